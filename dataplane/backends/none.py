@@ -1,0 +1,18 @@
+"""`none`: plain routing, no services. The lab as the network model alone defines it, for pod,
+node and outside reachability, and as the baseline every service backend is compared with."""
+from __future__ import annotations
+
+
+class NoneBackend:
+    name = "none"
+    description = "plain routing, no service handling (service VIPs are not served)"
+    needs = ("root", "netns")
+
+    def setup(self, lab, table) -> None:
+        pass
+
+    def sync(self, lab, table) -> list[str]:
+        return []
+
+    def teardown(self, lab) -> None:
+        pass

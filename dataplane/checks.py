@@ -1,0 +1,209 @@
+"""Checks: what a scenario says should happen, written once for every way of running it.
+
+A check names a client (a pod, node or outside host), a destination (a pod, node, host, service
+or lab IP) and port, and expects one outcome per request:
+  reachable   a server answered (optionally: only these backends; the server saw this source)
+  refused     TCP RST or ICMP port unreachable
+  dropped     no answer (time-out), or a router's ICMP network/host unreachable
+The parse step resolves names to addresses, so a runner only sends and compares; `evaluate` is the
+one judge of results, whichever lab (live or, later, simulated) produced them.
+"""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address
+
+from .lab.topology import TopologySpec
+from .model import PROTOCOLS, ServiceTable
+from .yamldoc import Doc
+
+OUTCOMES = ("reachable", "refused", "dropped")
+CLIENT_KINDS = ("pod", "node", "host")
+TARGET_KINDS = ("pod", "node", "host", "service")
+
+
+@dataclass(frozen=True)
+class CheckSpec:
+    name: str
+    client: str                     # the pod, node or host that sends
+    target: str                     # as written: "pod/web-1", "service/web", "10.0.1.5"
+    ip: IPv4Address                 # where the client sends
+    port: int
+    protocol: str
+    expect: str
+    backends: tuple[str, ...] | None = None   # names allowed to answer (None: any)
+    source: IPv4Address | None = None         # the source the server must see (None: any)
+    source_label: str = ""
+    requests: int = 1
+    timeout: float = 2.0
+    where: str = ""
+
+
+@dataclass
+class CheckResult:
+    name: str
+    passed: bool
+    detail: str
+    outcomes: dict = field(default_factory=dict)    # outcome -> count
+    answered: dict = field(default_factory=dict)    # backend name -> count
+    sources: dict = field(default_factory=dict)     # source seen (ip) -> count
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "passed": self.passed, "detail": self.detail,
+                "outcomes": self.outcomes, "backends": self.answered, "sources": self.sources}
+
+
+def _ref(doc: Doc, key: str, kinds, topology: TopologySpec, services: ServiceTable):
+    value = doc.take_str(key, expect=f"a reference such as pod/NAME ({', '.join(k + '/NAME' for k in kinds)})")
+    kind, sep, name = value.partition("/")
+    if not sep:
+        if "service" in kinds:
+            try:
+                ip = IPv4Address(value)
+            except ValueError:
+                doc.fail(key, f"expected KIND/NAME ({', '.join(k + '/NAME' for k in kinds)}) or an IPv4 "
+                              f"address, got {value!r}")
+            return "ip", value, ip
+        doc.fail(key, f"expected KIND/NAME ({', '.join(k + '/NAME' for k in kinds)}), got {value!r}")
+    if kind not in kinds:
+        doc.fail(key, f"unknown kind {kind!r} in {value!r}; expected one of: {', '.join(kinds)}")
+    if kind == "service":
+        svc = services.get(name)
+        if svc is None:
+            doc.fail(key, f"no service named {name!r}" +
+                     (f" (services: {', '.join(s.key for s in services)})" if len(services) else ""))
+        return kind, svc.key, svc
+    groups = {"pod": topology.pods, "node": topology.nodes, "host": topology.hosts}
+    obj = next((o for o in groups[kind] if o.name == name), None)
+    if obj is None:
+        names = ", ".join(o.name for o in groups[kind]) or "none"
+        doc.fail(key, f"no {kind} named {name!r} ({kind}s: {names})")
+    return kind, name, obj
+
+
+def _lab_address(topology: TopologySpec, ip: IPv4Address) -> bool:
+    return any(ip in net for net in (topology.cluster_cidr, topology.service_cidr,
+                                     topology.node_cidr, topology.outside_cidr))
+
+
+def parse_checks(root: Doc, topology: TopologySpec, services: ServiceTable) -> list[CheckSpec]:
+    checks, names = [], set()
+    for item in root.items("checks"):
+        if not isinstance(item, Doc):
+            item.fail("expected a mapping with from, to, port and expect")
+        ckind, cname, cobj = _ref(item, "from", CLIENT_KINDS, topology, services)
+        tkind, tname, tobj = _ref(item, "to", TARGET_KINDS, topology, services)
+        target = item.value["to"]
+        protocol = item.take_str("protocol", None, choices=PROTOCOLS)
+        if tkind == "service":
+            ip = tobj.cluster_ip
+            if item.has("port"):
+                port = item.take_int("port", lo=1, hi=65535)
+                sp = next((p for p in tobj.ports if p.port == port and (protocol in (None, p.protocol))), None)
+                if sp is None and item.value.get("expect", "reachable") == "reachable":
+                    item.fail("port", f"service {tname} serves no port {port}" +
+                              (f"/{protocol}" if protocol else "") +
+                              f" (ports: {', '.join(f'{p.port}/{p.protocol}' for p in tobj.ports)})")
+            else:
+                if len(tobj.ports) != 1:
+                    item.fail(None, f"missing field 'port': service {tname} has several ports")
+                sp = tobj.ports[0]
+                port = sp.port
+            protocol = protocol or (sp.protocol if sp else "TCP")
+        else:
+            ip = tobj if tkind == "ip" else tobj.ip
+            if tkind == "ip" and not _lab_address(topology, ip):
+                item.fail("to", f"{ip} is not a lab address (cluster, service, node or outside "
+                                f"network): checks never send outside the lab")
+            port = item.take_int("port", lo=1, hi=65535, expect="a port number from 1 to 65535")
+            protocol = protocol or "TCP"
+        expect = item.take_str("expect", "reachable", choices=OUTCOMES)
+        backends = None
+        if item.has("backends"):
+            backends = []
+            for b in item.items("backends"):
+                bname = b.value if not isinstance(b, Doc) else None
+                if not isinstance(bname, str) or topology.find(bname) is None:
+                    b.fail(f"expected the name of a pod, node or host in the topology, got {bname!r}")
+                backends.append(bname)
+            backends = tuple(backends)
+            if expect != "reachable":
+                item.fail("backends", f"backends only apply when expect is reachable (not {expect})")
+        source, source_label = None, ""
+        if item.has("source"):
+            if expect != "reachable":
+                item.fail("source", f"source only applies when expect is reachable (not {expect})")
+            text = item.take_str("source", expect="client, KIND/NAME or an IPv4 address")
+            if text == "client":
+                source, source_label = cobj.ip, f"client {cname}"
+            elif "/" in text:
+                skind, sname, sobj = _ref(item, "source", CLIENT_KINDS, topology, services)
+                source, source_label = sobj.ip, text
+            else:
+                try:
+                    source, source_label = IPv4Address(text), text
+                except ValueError:
+                    item.fail("source", f"expected client, KIND/NAME or an IPv4 address, got {text!r}")
+        requests = item.take_int("requests", 1, lo=1, hi=100000)
+        timeout = item.take("timeout", (int, float), 2.0, "seconds, such as 2 or 0.5")
+        if not 0 < timeout <= 60:
+            item.fail("timeout", f"expected seconds from 0 to 60, got {timeout}")
+        name = item.take_str("name", f"{ckind}/{cname} -> {target}:{port}/{protocol} {expect}")
+        if name in names:
+            item.fail("name", f"duplicate check name {name!r}")
+        names.add(name)
+        item.done()
+        checks.append(CheckSpec(name=name, client=cname, target=target, ip=ip, port=port,
+                                protocol=protocol, expect=expect, backends=backends, source=source,
+                                source_label=source_label, requests=requests, timeout=float(timeout),
+                                where=item.where()))
+    return checks
+
+
+def evaluate(spec: CheckSpec, results: list[dict]) -> CheckResult:
+    """Judge a check from the client's per-request results (see dataplane.agent.client)."""
+    outcomes = Counter(r["outcome"] for r in results)
+    answered = Counter(r["hostname"] for r in results if r["outcome"] == "reachable")
+    sources = Counter(r["clientip"].rsplit(":", 1)[0] for r in results
+                      if r["outcome"] == "reachable" and r.get("clientip"))
+    problems = []
+    if len(results) != spec.requests:
+        problems.append(f"{len(results)} results for {spec.requests} requests")
+    wrong = {k: v for k, v in outcomes.items() if k != spec.expect}
+    if wrong:
+        errors = Counter(r["error"] for r in results if r["outcome"] != spec.expect and r.get("error"))
+        problems.append(f"expected {spec.expect}, got " + ", ".join(f"{k} x{v}" for k, v in sorted(wrong.items()))
+                        + (f" ({', '.join(f'{e} x{n}' for e, n in errors.items())})" if errors else ""))
+    if spec.backends is not None:
+        stray = {b: n for b, n in answered.items() if b not in spec.backends}
+        if stray:
+            problems.append(f"answered by {', '.join(sorted(stray))}, allowed: {', '.join(spec.backends)}")
+    if spec.source is not None:
+        bad = {s: n for s, n in sources.items() if s != str(spec.source)}
+        if bad:
+            problems.append(f"server saw source {', '.join(sorted(bad))}, expected {spec.source} "
+                            f"({spec.source_label})")
+    if problems:
+        detail = "; ".join(problems)
+    else:
+        detail = f"{spec.expect} x{spec.requests}"
+        errors = Counter(r["error"] for r in results if r.get("error"))
+        if errors:
+            detail += " (" + ", ".join(f"{e} x{n}" if n > 1 else e for e, n in sorted(errors.items())) + ")"
+        if answered:
+            detail += ", answered by " + ", ".join(f"{b} x{n}" if spec.requests > 1 else b
+                                                   for b, n in sorted(answered.items()))
+        if sources:
+            detail += ", source seen " + ", ".join(sorted(sources))
+    return CheckResult(spec.name, not problems, detail, dict(outcomes), dict(answered), dict(sources))
+
+
+def client_argv(python: str, spec: CheckSpec) -> list[str]:
+    return [python, "-m", "dataplane.agent.client", "--to", str(spec.ip), "--port", str(spec.port),
+            "--protocol", spec.protocol, "--requests", str(spec.requests), "--timeout", str(spec.timeout)]
+
+
+def parse_client_output(stdout: str) -> list[dict]:
+    return json.loads(stdout)["results"]

@@ -1,0 +1,246 @@
+"""The `dataplane` command: build lab clusters of network namespaces and run scenarios on them."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import click
+
+from . import backends, doctor
+from .errors import DataplaneError, PrerequisiteError
+
+EPILOG_RUN = """\b
+Examples:
+  sudo dataplane run scenarios/pod-to-pod.yaml
+  sudo dataplane run scenarios/island.yaml --json > report.json
+  sudo dataplane run scenarios/pod-to-pod.yaml --keep --name demo   # then: dataplane exec demo client -- sh
+"""
+
+
+def _progress(enabled: bool):
+    def say(msg: str) -> None:
+        if enabled:
+            click.echo(click.style("» ", fg="cyan") + msg, err=True)
+    return say
+
+
+def _load(path):
+    from .scenario import load
+    return load(path)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="dataplane")
+def cli():
+    """A Kubernetes-shaped lab cluster of network namespaces, and the service dataplanes to
+    compare on it.
+
+    \b
+    Typical session:
+      sudo dataplane doctor                          # is this machine ready?
+      sudo dataplane run scenarios/pod-to-pod.yaml   # build, check, tear down
+      sudo dataplane up scenarios/island.yaml --name lab1
+      sudo dataplane exec lab1 client -- curl -s 10.0.2.2:8080/hostname
+      sudo dataplane down lab1
+    """
+
+
+@cli.command(epilog=EPILOG_RUN)
+@click.argument("scenario", type=click.Path(dir_okay=False))
+@click.option("--backend", "-b", default=backends.DEFAULT, show_default=True,
+              type=click.Choice(sorted(backends.BACKENDS)), help="The dataplane that serves services.")
+@click.option("--name", "lab_name", help="Lab name (default: the scenario's name).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+@click.option("--keep", is_flag=True, help="Leave the lab up after the checks (remove it with `down`).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress messages on stderr.")
+def run(scenario, backend, lab_name, as_json, keep, quiet):
+    """Build the lab of SCENARIO, program a backend, run its checks, tear down.
+
+    Prints a table of checks (or, with --json, {"scenario", "backend", "passed", "checks": [...]})
+    and exits 0 only if every check passed. The lab is removed however the run ends (failure,
+    Ctrl-C, SIGTERM) unless --keep is given.
+    """
+    from . import report
+    from .runner import run_live
+    sc = _load(scenario)
+    doctor.require(*backends.get(backend).needs)
+    rep = run_live(sc, backend, lab_name or sc.name, keep=keep, progress=_progress(not quiet))
+    click.echo(report.as_json(rep) if as_json else report.table(rep))
+    sys.exit(0 if rep.passed else 1)
+
+
+@cli.command(epilog="""\b
+Examples:
+  sudo dataplane up scenarios/pod-to-pod.yaml
+  sudo dataplane up scenarios/island.yaml --name lab2     # a second lab beside the first
+  dataplane up scenarios/island.yaml --dry-run            # print the plan, build nothing
+""")
+@click.argument("scenario", type=click.Path(dir_okay=False))
+@click.option("--name", "lab_name", help="Lab name (default: the scenario's name).")
+@click.option("--backend", "-b", default=backends.DEFAULT, show_default=True,
+              type=click.Choice(sorted(backends.BACKENDS)))
+@click.option("--dry-run", is_flag=True, help="Print every namespace, link, address and route; create nothing.")
+def up(scenario, lab_name, backend, dry_run):
+    """Build the lab of SCENARIO and leave it running (its test servers too).
+
+    Look inside with `dataplane exec LAB NAME -- CMD`, list labs with `dataplane status`,
+    remove with `dataplane down LAB`.
+    """
+    from .lab.lab import Lab
+    from .lab.plan import make_plan
+    sc = _load(scenario)
+    name = lab_name or sc.name
+    if dry_run:
+        click.echo(make_plan(sc.topology, name).describe())
+        return
+    doctor.require(*backends.get(backend).needs)
+    be = backends.get(backend)
+    lab = Lab.create(sc.topology, name, sc.file, _progress(True), be.name)
+    try:
+        be.setup(lab, sc.services)
+    except BaseException:
+        lab.teardown()
+        raise
+    topo = sc.topology
+    click.echo(f"lab {name} is up: {topo.model} model, {len(topo.nodes)} nodes, {len(topo.pods)} pods, "
+               f"{len(topo.hosts)} outside hosts")
+    for obj in (*topo.nodes, *topo.pods, *topo.hosts):
+        click.echo(f"  {obj.name:<14} {str(obj.ip):<15} netns {lab.record.objects[obj.name]}")
+    click.echo(f"remove it with: dataplane down {name}")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+def status(as_json):
+    """List labs on this machine: namespaces present, servers alive, and whether it is complete.
+
+    \b
+    Example:
+      dataplane status --json | jq '.[].name'
+    """
+    from .lab import netns, state
+    from .lab.lab import all_labs, namespaces_of
+    out = []
+    for name in all_labs():
+        rec = state.load(name)
+        present = [ns for ns in namespaces_of(name) if netns.exists(ns)]
+        servers = {o: pid for o, pid in (rec.servers if rec else {}).items() if os.path.exists(f"/proc/{pid}")}
+        if rec is None:
+            health = "orphaned (no record): dataplane down " + name
+        elif not rec.ready:
+            alive = rec.owner_pid and os.path.exists(f"/proc/{rec.owner_pid}")
+            health = "building" if alive else "incomplete (its run died): dataplane down " + name
+        elif len(present) != len(rec.namespaces):
+            health = f"damaged ({len(rec.namespaces) - len(present)} namespaces missing)"
+        else:
+            health = "up"
+        out.append({"name": name, "status": health, "scenario": rec.scenario if rec else "",
+                    "model": rec.model if rec else "", "backend": rec.backend if rec else "",
+                    "namespaces": len(present), "servers": len(servers),
+                    "age_s": round(time.time() - rec.created) if rec and rec.created else None})
+    if as_json:
+        click.echo(json.dumps(out, indent=2))
+        return
+    if not out:
+        click.echo("no labs")
+        return
+    click.echo(f"{'LAB':<20} {'MODEL':<11} {'BACKEND':<8} {'NETNS':>5} {'SERVERS':>7}  STATUS")
+    for o in out:
+        click.echo(f"{o['name']:<20} {o['model']:<11} {o['backend']:<8} {o['namespaces']:>5} "
+                   f"{o['servers']:>7}  {o['status']}")
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
+             epilog="""\b
+Examples:
+  sudo dataplane exec demo client -- curl -s 10.0.2.2:8080/clientip
+  sudo dataplane exec demo node1 -- ip route
+  sudo dataplane exec demo underlay -- bridge link
+  sudo dataplane exec demo client                  # an interactive shell
+""")
+@click.argument("lab")
+@click.argument("obj", metavar="NAME")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+def exec(lab, obj, command):  # noqa: A001 - the command is called exec
+    """Run COMMAND in the network namespace of pod, node or outside host NAME of LAB
+    ("underlay" is the network between nodes). Without a command, starts $SHELL."""
+    from .lab import netns, state
+    from .errors import LabError
+    rec = state.load(lab)
+    if rec is None:
+        raise LabError(f"no lab named {lab!r} (see `dataplane status`)")
+    if obj not in rec.objects:
+        raise LabError(f"lab {lab} has no pod, node or host named {obj!r}; it has: {', '.join(sorted(rec.objects))}")
+    doctor.require("root")
+    argv = list(command) or [os.environ.get("SHELL", "/bin/sh")]
+    netns.enter(rec.objects[obj])
+    try:
+        os.execvp(argv[0], argv)
+    except FileNotFoundError:
+        raise LabError(f"command not found: {argv[0]}") from None
+
+
+@cli.command(epilog="""\b
+Examples:
+  sudo dataplane down demo
+  sudo dataplane down --all      # also cleans up after runs that were killed
+""")
+@click.argument("lab", required=False)
+@click.option("--all", "all_", is_flag=True, help="Remove every lab on this machine.")
+def down(lab, all_):
+    """Remove LAB: its processes, namespaces (with every link, route, filter and rule in them),
+    pinned BPF objects and its record."""
+    from .lab.lab import all_labs, teardown
+    if bool(lab) == bool(all_):
+        raise click.UsageError("give either a LAB name or --all")
+    doctor.require("root")
+    names = all_labs() if all_ else [lab]
+    if all_ and not names:
+        click.echo("no labs to remove")
+    for name in names:
+        removed = teardown(name, _progress(True))
+        nss = sum(r.startswith("netns ") for r in removed)
+        procs = sum(r.startswith("process ") for r in removed)
+        if not removed:
+            click.echo(f"no lab named {name}")
+            if not all_:
+                sys.exit(1)
+        else:
+            click.echo(f"removed lab {name}: {nss} namespaces, {procs} processes")
+
+
+@cli.command(name="doctor")
+def doctor_cmd():
+    """Check every prerequisite and say how to fix what is missing.
+
+    \b
+    Example:
+      sudo dataplane doctor
+    """
+    results = doctor.run_all()
+    for r in results:
+        mark = click.style(" ok ", fg="green") if r.ok else click.style("FAIL", fg="red")
+        click.echo(f"[{mark}] {r.name:<16} {r.detail}")
+        if not r.ok:
+            click.echo(f"       {'':<16} fix: {r.fix}")
+    sys.exit(0 if all(r.ok for r in results) else 1)
+
+
+def main():
+    try:
+        cli(standalone_mode=True)
+    except PrerequisiteError as exc:
+        click.echo(click.style("error: ", fg="red") + str(exc), err=True)
+        sys.exit(3)
+    except DataplaneError as exc:
+        click.echo(click.style("error: ", fg="red") + str(exc), err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,191 @@
+"""Turn a TopologySpec into a LabPlan: every namespace, link, address, route and sysctl to create.
+
+The plan is plain data so that it can be read (`dataplane up --dry-run`), tested without root, and
+applied by `build.py` in one pass. Wiring, per the Kubernetes networking model:
+
+  outside host ── eth0 ─ v-<host> ─┐                    ┌─ v-<node> ─ eth0 ── node ── v-<pod> ─ eth0 ── pod
+                                   br-outside  underlay  br-nodes
+  (10.128.1.0/24, gw .254)          (router)             (10.240.0.0/24, gw .254)
+
+- The underlay namespace is the network: two bridges, one per segment, and a router between them.
+- A node has one uplink (eth0) on br-nodes and a /32 route per local pod to that pod's veth.
+  Nodes route each other's pod CIDRs over the shared segment (host-gw, as flannel and Calico do),
+  so pod-to-pod traffic crosses nodes without NAT in every model.
+- A pod has eth0 with its /32 and a default route via 169.254.1.1, a link-local gateway address
+  statically bound to the node side of its veth (Calico's scheme): no bridge, no ARP to the node.
+- Every link end gets a MAC derived from the lab and link names, so neighbours can be static and
+  captures are reproducible.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+from .topology import Names, TopologySpec
+
+POD_GATEWAY = "169.254.1.1"
+
+
+@dataclass(frozen=True)
+class Namespace:
+    name: str      # the netns name (dp-<lab>.<object>)
+    role: str      # underlay | node | pod | host
+    obj: str       # the scenario object's name ("underlay" for the underlay)
+
+
+@dataclass(frozen=True)
+class Veth:
+    ns: str
+    ifname: str
+    mac: str
+    peer_ns: str
+    peer_ifname: str
+    peer_mac: str
+
+
+@dataclass(frozen=True)
+class Bridge:
+    ns: str
+    ifname: str
+    ports: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Address:
+    ns: str
+    ifname: str
+    cidr: str
+
+
+@dataclass(frozen=True)
+class Route:
+    ns: str
+    dst: str                  # "default" or a CIDR
+    ifname: str
+    gateway: str | None = None
+    scope: str = "universe"   # "link" for on-link routes without a gateway
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    ns: str
+    ifname: str
+    ip: str
+    mac: str
+
+
+@dataclass
+class LabPlan:
+    lab: str
+    spec: TopologySpec
+    namespaces: list[Namespace] = field(default_factory=list)
+    sysctls: list[tuple[str, str, str]] = field(default_factory=list)   # (ns, key, value)
+    veths: list[Veth] = field(default_factory=list)
+    bridges: list[Bridge] = field(default_factory=list)
+    addresses: list[Address] = field(default_factory=list)
+    routes: list[Route] = field(default_factory=list)
+    neighbours: list[Neighbour] = field(default_factory=list)
+
+    def netns_of(self, obj: str) -> str:
+        for ns in self.namespaces:
+            if ns.obj == obj:
+                return ns.name
+        raise KeyError(obj)
+
+    def describe(self) -> str:
+        """A readable listing of the plan, one line per object, grouped by namespace."""
+        out = [f"lab {self.lab}: {self.spec.model} model, {len(self.namespaces)} namespaces"]
+        for ns in self.namespaces:
+            out.append(f"  netns {ns.name}  ({ns.role} {ns.obj})")
+            for v in self.veths:
+                if v.ns == ns.name:
+                    out.append(f"    veth {v.ifname} <-> {v.peer_ns}/{v.peer_ifname}")
+            for b in self.bridges:
+                if b.ns == ns.name:
+                    out.append(f"    bridge {b.ifname}: {', '.join(b.ports)}")
+            for a in self.addresses:
+                if a.ns == ns.name:
+                    out.append(f"    addr {a.cidr} dev {a.ifname}")
+            for r in self.routes:
+                if r.ns == ns.name:
+                    via = f" via {r.gateway}" if r.gateway else f" scope {r.scope}"
+                    out.append(f"    route {r.dst}{via} dev {r.ifname}")
+            for key, value in ((k, v) for n, k, v in self.sysctls if n == ns.name):
+                out.append(f"    sysctl {key}={value}")
+        return "\n".join(out)
+
+
+def mac_for(lab: str, ns: str, ifname: str) -> str:
+    """A stable, locally administered unicast MAC for one link end."""
+    digest = hashlib.sha256(f"{lab}/{ns}/{ifname}".encode()).digest()
+    return "02:" + ":".join(f"{b:02x}" for b in digest[:5])
+
+
+def make_plan(spec: TopologySpec, lab: str) -> LabPlan:
+    names = Names(lab)
+    plan = LabPlan(lab=lab, spec=spec)
+    ns_of = {}
+
+    def add_ns(role, obj):
+        ns = Namespace(names.netns(obj), role, obj)
+        plan.namespaces.append(ns)
+        ns_of[obj] = ns.name
+        # No IPv6 in the lab: no router solicitations, DAD or MLD noise in captures and counters.
+        plan.sysctls.append((ns.name, "net.ipv6.conf.all.disable_ipv6", "1"))
+        plan.sysctls.append((ns.name, "net.ipv6.conf.default.disable_ipv6", "1"))
+        return ns.name
+
+    def veth(ns, ifname, peer_ns, peer_ifname):
+        v = Veth(ns, ifname, mac_for(lab, ns, ifname), peer_ns, peer_ifname,
+                 mac_for(lab, peer_ns, peer_ifname))
+        plan.veths.append(v)
+        return v
+
+    underlay = add_ns("underlay", "underlay")
+    # The underlay forwards between its segments, except in the air-gapped model where it is the
+    # only thing between the cluster and the outside, and forwards nothing.
+    plan.sysctls.append((underlay, "net.ipv4.ip_forward", "0" if spec.model == "air-gapped" else "1"))
+    node_ports, outside_ports = [], []
+
+    for node in spec.nodes:
+        ns = add_ns("node", node.name)
+        plan.sysctls.append((ns, "net.ipv4.ip_forward", "1"))
+        up = names.ifname(node.name)
+        veth(underlay, up, ns, "eth0")
+        node_ports.append(up)
+        plan.addresses.append(Address(ns, "eth0", f"{node.ip}/{spec.node_cidr.prefixlen}"))
+        for other in spec.nodes:
+            if other.name != node.name:
+                plan.routes.append(Route(ns, str(other.pod_cidr), "eth0", gateway=str(other.ip)))
+        if spec.model != "air-gapped":
+            plan.routes.append(Route(ns, "default", "eth0", gateway=str(spec.node_gateway)))
+
+    for pod in spec.pods:
+        ns = add_ns("pod", pod.name)
+        node_ns = ns_of[pod.node]
+        v = veth(node_ns, names.ifname(pod.name), ns, "eth0")
+        plan.addresses.append(Address(ns, "eth0", f"{pod.ip}/32"))
+        plan.routes.append(Route(ns, f"{POD_GATEWAY}/32", "eth0", scope="link"))
+        plan.routes.append(Route(ns, "default", "eth0", gateway=POD_GATEWAY))
+        plan.neighbours.append(Neighbour(ns, "eth0", POD_GATEWAY, v.mac))
+        plan.routes.append(Route(node_ns, f"{pod.ip}/32", v.ifname, scope="link"))
+        plan.neighbours.append(Neighbour(node_ns, v.ifname, str(pod.ip), v.peer_mac))
+
+    for host in spec.hosts:
+        ns = add_ns("host", host.name)
+        ifname = names.ifname(host.name)
+        veth(underlay, ifname, ns, "eth0")
+        outside_ports.append(ifname)
+        plan.addresses.append(Address(ns, "eth0", f"{host.ip}/{spec.outside_cidr.prefixlen}"))
+        plan.routes.append(Route(ns, "default", "eth0", gateway=str(spec.outside_gateway)))
+
+    plan.bridges.append(Bridge(underlay, "br-nodes", tuple(node_ports)))
+    plan.bridges.append(Bridge(underlay, "br-outside", tuple(outside_ports)))
+    plan.addresses.append(Address(underlay, "br-nodes", f"{spec.node_gateway}/{spec.node_cidr.prefixlen}"))
+    plan.addresses.append(
+        Address(underlay, "br-outside", f"{spec.outside_gateway}/{spec.outside_cidr.prefixlen}"))
+    if spec.model == "flat":
+        # Only in the flat model does the network know where pods are.
+        for node in spec.nodes:
+            plan.routes.append(Route(underlay, str(node.pod_cidr), "br-nodes", gateway=str(node.ip)))
+    return plan

@@ -1,0 +1,125 @@
+"""What a lab is made of: the topology a scenario describes, with every address resolved.
+
+Pure data, no kernel: `scenario.py` fills a TopologySpec (defaults applied, everything validated)
+and `plan.py` turns it into the namespaces, links, addresses and routes to create.
+
+The three network models of Kubernetes are choices of routes, not of devices:
+  flat        the underlay routes every pod CIDR to its node: outside hosts reach pod IPs directly
+  island      pod CIDRs are routed only between nodes: outside hosts see node IPs only
+  air-gapped  the underlay does not forward at all and nodes have no default route
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network
+
+MODELS = ("flat", "island", "air-gapped")
+DEFAULT_PORTS = (("http", 8080, "TCP"), ("udp", 8080, "UDP"))
+
+# Interface names are derived from object names ("v-" + name), and Linux caps them at 15 bytes.
+IFNAME_PREFIX = "v-"
+IFNAMSIZ = 15
+MAX_NAME = IFNAMSIZ - len(IFNAME_PREFIX)
+MAX_LAB_NAME = 20
+RESERVED_NAMES = ("underlay",)  # namespace names the lab uses itself
+
+
+@dataclass(frozen=True)
+class PortSpec:
+    name: str
+    port: int
+    protocol: str  # TCP | UDP
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    name: str
+    ip: IPv4Address
+    pod_cidr: IPv4Network
+    ports: tuple[PortSpec, ...] = ()   # servers run in the node's namespace (host network)
+
+
+@dataclass(frozen=True)
+class PodSpec:
+    name: str
+    node: str
+    ip: IPv4Address
+    namespace: str = "default"          # the Kubernetes namespace, for selectors
+    labels: tuple[tuple[str, str], ...] = ()
+    ports: tuple[PortSpec, ...] = ()
+    ready: bool = True
+    terminating: bool = False
+
+    def label_map(self) -> dict[str, str]:
+        return dict(self.labels)
+
+
+@dataclass(frozen=True)
+class HostSpec:
+    """A machine outside the cluster, on the underlay's outside segment."""
+    name: str
+    ip: IPv4Address
+    ports: tuple[PortSpec, ...] = ()
+
+
+@dataclass(frozen=True)
+class TopologySpec:
+    model: str
+    cluster_cidr: IPv4Network
+    service_cidr: IPv4Network
+    node_cidr: IPv4Network        # the nodes' shared underlay segment
+    outside_cidr: IPv4Network     # the outside hosts' segment, behind the underlay router
+    nodes: tuple[NodeSpec, ...]
+    pods: tuple[PodSpec, ...] = ()
+    hosts: tuple[HostSpec, ...] = ()
+    mtu: int = 1500
+
+    @property
+    def node_gateway(self) -> IPv4Address:
+        return gateway_of(self.node_cidr)
+
+    @property
+    def outside_gateway(self) -> IPv4Address:
+        return gateway_of(self.outside_cidr)
+
+    def node(self, name: str) -> NodeSpec:
+        return next(n for n in self.nodes if n.name == name)
+
+    def find(self, name: str):
+        """The pod, node or outside host of that name (names are unique across the three)."""
+        for group in (self.pods, self.nodes, self.hosts):
+            for obj in group:
+                if obj.name == name:
+                    return obj
+        return None
+
+
+def gateway_of(net: IPv4Network) -> IPv4Address:
+    """The underlay router's address on a segment: the last usable one (10.240.0.254 in a /24)."""
+    return net.broadcast_address - 1
+
+
+@dataclass
+class Names:
+    """Deterministic names of everything a lab creates. Namespaces: dp-<lab>.<object>."""
+    lab: str
+    prefix: str = "dp-"
+
+    def netns(self, obj: str) -> str:
+        return f"{self.prefix}{self.lab}.{obj}"
+
+    @property
+    def underlay(self) -> str:
+        return self.netns("underlay")
+
+    @staticmethod
+    def ifname(obj: str) -> str:
+        return f"{IFNAME_PREFIX}{obj}"
+
+
+def lab_of_netns(netns: str, prefix: str = "dp-") -> str | None:
+    """The lab a namespace belongs to, or None if it is not a lab namespace ("dp-<lab>.<obj>")."""
+    if not netns.startswith(prefix) or "." not in netns:
+        return None
+    return netns[len(prefix):].split(".", 1)[0]
+

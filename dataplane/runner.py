@@ -1,0 +1,80 @@
+"""Run a scenario on a live lab: build, program the backend, run every check, tear down.
+
+Teardown runs however the run ends: checks failing, an exception, Ctrl-C (SIGINT) or SIGTERM.
+"""
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass, field
+
+from . import backends
+from .checks import CheckResult, CheckSpec, client_argv, evaluate, parse_client_output
+from .lab import netns
+from .lab.lab import Lab
+from .scenario import Scenario
+
+
+@dataclass
+class Report:
+    scenario: str
+    backend: str
+    lab: str
+    results: list[CheckResult] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(r.passed for r in self.results)
+
+    def to_json(self) -> dict:
+        return {"scenario": self.scenario, "backend": self.backend, "passed": self.passed,
+                "checks": [r.to_json() for r in self.results], "ignored": self.ignored}
+
+
+class Terminated(BaseException):
+    """SIGTERM, turned into an exception so that `finally` blocks tear the lab down."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
+def run_check(lab: Lab, spec: CheckSpec) -> CheckResult:
+    ns = lab.record.objects[spec.client]
+    budget = spec.requests * (spec.timeout * 2 + 1) + 10
+    try:
+        proc = netns.run(ns, client_argv(sys.executable, spec), timeout=budget)
+    except subprocess.TimeoutExpired:
+        return CheckResult(spec.name, False, f"client did not finish within {budget:.0f}s")
+    if proc.returncode != 0:
+        return CheckResult(spec.name, False, f"client failed (exit {proc.returncode}): {proc.stderr.strip()[-300:]}")
+    return evaluate(spec, parse_client_output(proc.stdout))
+
+
+def run_live(scenario: Scenario, backend_name: str, lab_name: str, keep: bool = False,
+             progress=lambda m: None) -> Report:
+    backend = backends.get(backend_name)
+    report = Report(scenario.name, backend.name, lab_name, ignored=list(scenario.ignored))
+    old_term = signal.signal(signal.SIGTERM, _on_sigterm)
+    lab = None
+    try:
+        progress(f"building lab {lab_name} from {scenario.file}")
+        lab = Lab.create(scenario.topology, lab_name, scenario.file, progress, backend.name)
+        progress(f"programming backend {backend.name}")
+        backend.setup(lab, scenario.services)
+        for i, spec in enumerate(scenario.checks, 1):
+            progress(f"check {i}/{len(scenario.checks)}: {spec.name}")
+            report.results.append(run_check(lab, spec))
+        return report
+    finally:
+        try:
+            if lab is not None and not keep:
+                backend.teardown(lab)
+        finally:
+            if lab is not None and not keep:
+                lab.teardown()
+            elif lab is not None:
+                progress(f"kept lab {lab_name}: `dataplane down {lab_name}` removes it")
+            signal.signal(signal.SIGTERM, old_term)

@@ -1,0 +1,282 @@
+"""Scenario files -> Scenario: topology, services, checks. Validated whole before anything is built.
+
+Every error names the file (and line), the field and what was expected; see docs/scenario-format.md
+for the format with a commented example of every field.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network
+
+from .checks import CheckSpec, parse_checks
+from .lab.topology import (DEFAULT_PORTS, IFNAMSIZ, IFNAME_PREFIX, MAX_NAME, MODELS, RESERVED_NAMES,
+                           HostSpec, NodeSpec, PodSpec, PortSpec, TopologySpec, gateway_of)
+from .manifests import ManifestSet, load as load_manifest, resolve
+from .model import PROTOCOLS, ServiceTable
+from .services import DNS_LABEL, Ignored, ServiceDefaults, endpoints_from_pods, parse_service, with_endpoints
+from .yamldoc import Doc, Scalar, load_all
+
+# Addresses the lab itself uses and a scenario may not claim.
+RESERVED_NETS = {"loopback": IPv4Network("127.0.0.0/8"), "link-local": IPv4Network("169.254.0.0/16")}
+
+
+@dataclass
+class Scenario:
+    name: str
+    file: str
+    topology: TopologySpec
+    services: ServiceTable
+    checks: list[CheckSpec]
+    description: str = ""
+    ignored: list[str] = field(default_factory=list)
+
+
+def load(path) -> Scenario:
+    path = str(path)
+    docs = load_all(path)
+    if len(docs) != 1:
+        from .errors import ScenarioError
+        raise ScenarioError(path, None, f"expected one YAML document, found {len(docs)}")
+    root = Doc(path, docs[0])
+    name = root.take_str("name", expect="the scenario's name, a DNS label")
+    if not DNS_LABEL.match(name) or len(name) > 40:
+        root.fail("name", f"{name!r} is not a DNS label of at most 40 characters")
+    description = root.take_str("description", "")
+    topo_doc = root.sub("topology")
+    topology, node_port_range = parse_topology(topo_doc)
+
+    defaults = ServiceDefaults(topology.service_cidr, node_port_range)
+    table = ServiceTable()
+    ignored = []
+    for item in root.items("services"):
+        if not isinstance(item, Doc):
+            item.fail("expected a mapping (a Service spec with name and namespace)")
+        sname = item.take_str("name")
+        if not DNS_LABEL.match(sname):
+            item.fail("name", f"{sname!r} is not a DNS label")
+        ns = item.take_str("namespace", "default")
+        try:
+            svc = parse_service(item, sname, ns, defaults)
+        except Ignored as why:
+            item.taken.update(item.value)
+            ignored.append(f"{item.where()}: service {ns}/{sname}: {why}")
+            continue
+        item.done()
+        if table.services.get(svc.key):
+            item.fail("name", f"duplicate service {svc.key}")
+        if not svc.selector:
+            item.fail("selector", "a scenario service needs a selector (give endpoints without one "
+                                  "as an EndpointSlice in a manifest)")
+        table.add(with_endpoints(svc, endpoints_from_pods(svc, topology.pods)))
+
+    manifests = ManifestSet()
+    pod_ips = {p.ip: (p.name, p.node) for p in topology.pods}
+    for item in root.items("manifests"):
+        if not isinstance(item.value, str):
+            _fail(item, "expected a file path (relative to the scenario)")
+        mpath = os.path.join(os.path.dirname(path), item.value)
+        if not os.path.exists(mpath):
+            _fail(item, f"manifest file {mpath} not found")
+        load_manifest(mpath, defaults, pod_ips, manifests)
+    for svc in manifests.services:
+        if table.services.get(svc.key):
+            from .errors import ScenarioError
+            raise ScenarioError(svc.source.split(" ")[0], "metadata.name", f"duplicate service {svc.key}")
+        if svc.selector:
+            endpoints = endpoints_from_pods(svc, topology.pods)
+            ignored.extend(f"{s.where}: EndpointSlice {s.name}: service {svc.key} has a selector, so "
+                           f"its endpoints come from the lab's pods" for s in manifests.slices
+                           if s.service == svc.key)
+        else:
+            endpoints = resolve(manifests, svc)
+        table.add(with_endpoints(svc, endpoints))
+    for s in manifests.slices:
+        if not table.services.get(s.service):
+            ignored.append(f"{s.where}: EndpointSlice {s.name}: no service {s.service} in the scenario")
+    ignored.extend(manifests.ignored)
+
+    checks = parse_checks(root, topology, table)
+    root.done()
+    return Scenario(name=name, file=path, topology=topology, services=table, checks=checks,
+                    description=description, ignored=ignored)
+
+
+def _fail(item, message):
+    if isinstance(item, Scalar):
+        item.fail(message)
+    item.fail(None, message)
+
+
+def parse_ports(doc: Doc, key: str = "ports") -> tuple:
+    if not doc.has(key):
+        return tuple(PortSpec(*p) for p in DEFAULT_PORTS)
+    ports, seen = [], set()
+    for item in doc.items(key):
+        if isinstance(item, Scalar):
+            # shorthand: 8080 or "8080/UDP"
+            text = str(item.value)
+            num, _, proto = text.partition("/")
+            proto = proto or "TCP"
+            if not num.isdigit() or proto not in PROTOCOLS or not 1 <= int(num) <= 65535:
+                item.fail(f"expected a port such as 8080 or \"8080/UDP\" (1-65535, TCP or UDP), got {text!r}")
+            p = PortSpec("", int(num), proto)
+        else:
+            p = PortSpec(item.take_str("name", ""),
+                         item.take_int("port", lo=1, hi=65535, expect="a port number from 1 to 65535"),
+                         item.take_str("protocol", "TCP", choices=PROTOCOLS))
+            item.done()
+        if (p.port, p.protocol) in seen:
+            _fail(item, f"duplicate port {p.port}/{p.protocol}")
+        seen.add((p.port, p.protocol))
+        ports.append(p)
+    return tuple(ports)
+
+
+def _check_object_name(doc, key, name, names_seen, kind):
+    if not isinstance(name, str) or not DNS_LABEL.match(name):
+        doc.fail(key, f"{kind} name {name!r} is not a DNS label (lowercase letters, digits, '-')")
+    if len(name) > MAX_NAME:
+        doc.fail(key, f"{kind} name {name!r} is {len(name)} characters; at most {MAX_NAME}, because "
+                      f"its interface is named {IFNAME_PREFIX + name!r} and Linux interface names "
+                      f"have at most {IFNAMSIZ} characters")
+    if name in RESERVED_NAMES:
+        doc.fail(key, f"{name!r} is reserved for the lab's own namespace")
+    if name in names_seen:
+        doc.fail(key, f"duplicate name {name!r} (already a {names_seen[name]}; names are unique "
+                      f"across nodes, pods and outside hosts)")
+    names_seen[name] = kind
+
+
+def parse_topology(doc: Doc) -> tuple[TopologySpec, tuple[int, int]]:
+    model = doc.take_str("model", "flat", choices=MODELS)
+    cluster = doc.take_cidr("clusterCIDR", IPv4Network("10.0.0.0/16"))
+    mask = doc.take_int("nodeCIDRMaskSize", 24, lo=cluster.prefixlen, hi=30)
+    services = doc.take_cidr("serviceCIDR", IPv4Network("10.96.0.0/12"))
+    node_net = doc.take_cidr("nodeNetwork", IPv4Network("10.240.0.0/24"))
+    outside_net = doc.take_cidr("outsideNetwork", IPv4Network("10.128.1.0/24"))
+    mtu = doc.take_int("mtu", 1500, lo=576, hi=9000)
+    npr = doc.take_str("nodePortRange", "30000-32767", expect="a range such as 30000-32767")
+    lo, _, hi = npr.partition("-")
+    if not (lo.isdigit() and hi.isdigit() and 1 <= int(lo) <= int(hi) <= 65535):
+        doc.fail("nodePortRange", f"expected a range such as 30000-32767, got {npr!r}")
+    node_port_range = (int(lo), int(hi))
+
+    nets = {"clusterCIDR": cluster, "serviceCIDR": services, "nodeNetwork": node_net,
+            "outsideNetwork": outside_net}
+    keys = list(nets)
+    for i, a in enumerate(keys):
+        for b in keys[i + 1:]:
+            if nets[a].overlaps(nets[b]):
+                doc.fail(b, f"{nets[b]} overlaps {a} {nets[a]}")
+        for what, net in RESERVED_NETS.items():
+            if nets[a].overlaps(net):
+                doc.fail(a, f"{nets[a]} overlaps the {what} range {net}, which the lab uses itself")
+    for key in ("nodeNetwork", "outsideNetwork"):
+        if nets[key].prefixlen > 29:
+            doc.fail(key, f"{nets[key]} is too small: a /29 or larger leaves room for hosts and the gateway")
+
+    names_seen: dict[str, str] = {}
+    subnets = cluster.subnets(new_prefix=mask)
+    next(subnets, None)  # 10.0.0.0/24 stays unused: node N gets 10.0.N.0/24
+    nodes = []
+    node_items = doc.items("nodes")
+    if not node_items:
+        doc.fail("nodes", "a lab needs at least one node")
+    used_ips = {gateway_of(node_net)}
+    for i, item in enumerate(node_items):
+        if isinstance(item, Scalar):
+            item_doc = Doc(item.file, {"name": item.value}, item.path, item._where.rsplit(":", 1)[-1]
+                           if ":" in item._where else None)
+        else:
+            item_doc = item
+        name = item_doc.take("name", str, expect="the node's name")
+        _check_object_name(item_doc, "name", name, names_seen, "node")
+        default_ip = node_net.network_address + i + 1
+        ip = item_doc.take_ip("ip", default_ip)
+        if ip not in node_net or ip in (node_net.network_address, node_net.broadcast_address):
+            item_doc.fail("ip", f"{ip} is not a host address of nodeNetwork {node_net}")
+        if ip in used_ips:
+            item_doc.fail("ip", f"{ip} is already used " +
+                          ("by the underlay gateway" if ip == gateway_of(node_net) else "by another node"))
+        used_ips.add(ip)
+        default_cidr = next(subnets, None)
+        pod_cidr = item_doc.take_cidr("podCIDR", default_cidr)
+        if pod_cidr is None:
+            item_doc.fail("podCIDR", f"clusterCIDR {cluster} has no /{mask} left for this node")
+        if not pod_cidr.subnet_of(cluster):
+            item_doc.fail("podCIDR", f"{pod_cidr} is not inside clusterCIDR {cluster}")
+        for other in nodes:
+            if other.pod_cidr.overlaps(pod_cidr):
+                item_doc.fail("podCIDR", f"{pod_cidr} overlaps node {other.name}'s podCIDR {other.pod_cidr}")
+        ports = parse_ports(item_doc)
+        item_doc.done()
+        nodes.append(NodeSpec(name, ip, pod_cidr, ports))
+
+    pods = []
+    node_by_name = {n.name: n for n in nodes}
+    pod_ips: dict[IPv4Address, str] = {}
+    for item in doc.items("pods"):
+        if isinstance(item, Scalar):
+            item.fail("expected a mapping with at least name and node")
+        name = item.take("name", str, expect="the pod's name")
+        _check_object_name(item, "name", name, names_seen, "pod")
+        node_name = item.take_str("node", expect="the name of the node the pod runs on")
+        node = node_by_name.get(node_name)
+        if node is None:
+            item.fail("node", f"no node named {node_name!r} (nodes: {', '.join(node_by_name)})")
+        if item.has("ip"):
+            ip = item.take_ip("ip")
+            if ip not in node.pod_cidr or ip in (node.pod_cidr.network_address, node.pod_cidr.broadcast_address):
+                item.fail("ip", f"{ip} is not a host address of node {node.name}'s podCIDR {node.pod_cidr}")
+            if ip in pod_ips:
+                item.fail("ip", f"{ip} is already the IP of pod {pod_ips[ip]}")
+        else:
+            ip = next((h for h in list(node.pod_cidr.hosts())[1:] if h not in pod_ips and
+                       h not in _explicit_pod_ips(doc)), None)
+            if ip is None:
+                item.fail("ip", f"node {node.name}'s podCIDR {node.pod_cidr} is full")
+        pod_ips[ip] = name
+        ns = item.take_str("namespace", "default")
+        labels = item.take("labels", dict, {}, "a mapping of label: value")
+        ports = parse_ports(item)
+        ready = item.take_bool("ready", True)
+        terminating = item.take_bool("terminating", False)
+        item.done()
+        pods.append(PodSpec(name, node.name, ip, ns, tuple(sorted((str(k), str(v)) for k, v in labels.items())),
+                            ports, ready, terminating))
+
+    hosts = []
+    used_host_ips = {gateway_of(outside_net)}
+    for i, item in enumerate(doc.items("outside")):
+        if isinstance(item, Scalar):
+            item.fail("expected a mapping with name and ip")
+        name = item.take("name", str, expect="the host's name")
+        _check_object_name(item, "name", name, names_seen, "outside host")
+        ip = item.take_ip("ip", outside_net.network_address + i + 1)
+        if ip not in outside_net or ip in (outside_net.network_address, outside_net.broadcast_address):
+            item.fail("ip", f"{ip} is not a host address of outsideNetwork {outside_net}")
+        if ip in used_host_ips:
+            item.fail("ip", f"{ip} is already used " + ("by the underlay gateway" if ip == gateway_of(outside_net)
+                                                       else "by another outside host"))
+        used_host_ips.add(ip)
+        ports = parse_ports(item)
+        item.done()
+        hosts.append(HostSpec(name, ip, ports))
+    doc.done()
+    spec = TopologySpec(model=model, cluster_cidr=cluster, service_cidr=services, node_cidr=node_net,
+                        outside_cidr=outside_net, nodes=tuple(nodes), pods=tuple(pods),
+                        hosts=tuple(hosts), mtu=mtu)
+    return spec, node_port_range
+
+
+def _explicit_pod_ips(doc: Doc) -> set:
+    """Pod IPs given explicitly anywhere in the topology: automatic ones avoid them."""
+    out = set()
+    for p in doc.value.get("pods") or []:
+        if isinstance(p, dict) and isinstance(p.get("ip"), str):
+            try:
+                out.add(IPv4Address(p["ip"]))
+            except ValueError:
+                pass
+    return out
