@@ -1,0 +1,139 @@
+"""Bad scenarios: every error names the file (and line), the field and what was expected."""
+from __future__ import annotations
+
+import pytest
+
+from dataplane.errors import ScenarioError
+from dataplane.scenario import load
+from tests.helpers import BASE, write
+
+CASES = {
+    "unknown top-level field": (
+        BASE + "chekcs: []\n", "chekcs", "unknown field 'chekcs'; did you mean 'checks'?"),
+    "unknown topology field": (
+        BASE.replace("model: flat", "model: flat\n  podCidr: 10.0.0.0/16"),
+        "topology.podCidr", "unknown field 'podCidr'"),
+    "unknown pod field": (
+        BASE.replace("{name: client, node: node1}", "{name: client, node: node1, lables: {a: b}}"),
+        "topology.pods[0].lables", "did you mean 'labels'?"),
+    "bad model": (
+        BASE.replace("model: flat", "model: mesh"), "topology.model",
+        "expected one of flat, island, air-gapped, got 'mesh'"),
+    "pod IP outside its node's CIDR": (
+        BASE.replace("{name: client, node: node1}", "{name: client, node: node1, ip: 10.0.2.7}"),
+        "topology.pods[0].ip", "10.0.2.7 is not a host address of node node1's podCIDR 10.0.1.0/24"),
+    "pod IP is the network address": (
+        BASE.replace("{name: client, node: node1}", "{name: client, node: node1, ip: 10.0.1.0}"),
+        "topology.pods[0].ip", "not a host address"),
+    "duplicate pod IP": (
+        BASE.replace("{name: client, node: node1}", "{name: client, node: node1, ip: 10.0.1.9}")
+            .replace("{name: web-1, node: node1,", "{name: web-1, node: node1, ip: 10.0.1.9,"),
+        "topology.pods[1].ip", "already the IP of pod client"),
+    "duplicate pod names": (
+        BASE.replace("name: web-2,", "name: web-1,"), "topology.pods[2].name", "duplicate name 'web-1'"),
+    "pod named like a node": (
+        BASE.replace("name: web-2,", "name: node2,"), "topology.pods[2].name",
+        "duplicate name 'node2' (already a node"),
+    "name too long for an interface": (
+        BASE.replace("name: web-2,", "name: backend-web-2x,"), "topology.pods[2].name",
+        "'backend-web-2x' is 14 characters; at most 13, because its interface is named 'v-backend-web-2x'"),
+    "name not a DNS label": (
+        BASE.replace("name: web-2,", "name: Web_2,"), "topology.pods[2].name", "not a DNS label"),
+    "reserved name": (
+        BASE.replace("[node1, node2]", "[node1, underlay]").replace("node: node2", "node: node1"),
+        "topology.nodes[1].name", "reserved for the lab's own namespace"),
+    "overlapping CIDRs": (
+        BASE.replace("model: flat", "model: flat\n  serviceCIDR: 10.0.128.0/17"),
+        "topology.serviceCIDR", "10.0.128.0/17 overlaps clusterCIDR 10.0.0.0/16"),
+    "overlapping pod CIDRs": (
+        BASE.replace("[node1, node2]", "[{name: node1, podCIDR: 10.0.1.0/24}, {name: node2, podCIDR: 10.0.1.128/25}]"),
+        "topology.nodes[1].podCIDR", "overlaps node node1's podCIDR 10.0.1.0/24"),
+    "pod CIDR outside the cluster CIDR": (
+        BASE.replace("[node1, node2]", "[{name: node1, podCIDR: 10.1.1.0/24}, node2]"),
+        "topology.nodes[0].podCIDR", "10.1.1.0/24 is not inside clusterCIDR 10.0.0.0/16"),
+    "link-local cluster CIDR": (
+        BASE.replace("model: flat", "model: flat\n  clusterCIDR: 169.254.0.0/16"),
+        "topology.clusterCIDR", "overlaps the link-local range"),
+    "bad CIDR": (
+        BASE.replace("model: flat", "model: flat\n  clusterCIDR: 10.0.0.1/16"),
+        "topology.clusterCIDR", "expected an IPv4 CIDR such as 10.0.0.0/16, got '10.0.0.1/16'"),
+    "node IP outside the node network": (
+        BASE.replace("[node1, node2]", "[{name: node1, ip: 10.241.0.1}, node2]"),
+        "topology.nodes[0].ip", "10.241.0.1 is not a host address of nodeNetwork 10.240.0.0/24"),
+    "outside host on the gateway address": (
+        BASE.replace("{name: ext}", "{name: ext, ip: 10.128.1.254}"),
+        "topology.outside[0].ip", "already used by the underlay gateway"),
+    "pod on a missing node": (
+        BASE.replace("{name: client, node: node1}", "{name: client, node: node9}"),
+        "topology.pods[0].node", "no node named 'node9' (nodes: node1, node2)"),
+    "service port out of range": (
+        BASE + "services:\n  - {name: web, selector: {app: web}, ports: [{port: 70000}]}\n",
+        "services[0].ports[0].port", "expected a port number from 1 to 65535, got 70000"),
+    "service target port out of range": (
+        BASE + "services:\n  - {name: web, selector: {app: web}, ports: [{port: 80, targetPort: 0}]}\n",
+        "services[0].ports[0].targetPort", "expected a port number from 1 to 65535, got 0"),
+    "node port outside the range": (
+        BASE + "services:\n  - {name: web, type: NodePort, selector: {app: web}, ports: [{port: 80, nodePort: 8080}]}\n",
+        "services[0].ports[0].nodePort", "8080 is outside the node port range 30000-32767"),
+    "cluster IP outside the service CIDR": (
+        BASE + "services:\n  - {name: web, clusterIP: 10.200.0.1, selector: {app: web}, ports: [{port: 80}]}\n",
+        "services[0].clusterIP", "10.200.0.1 is outside the service CIDR 10.96.0.0/12"),
+    "unnamed ports on a multi-port service": (
+        BASE + "services:\n  - {name: web, selector: {app: web}, ports: [{port: 80}, {port: 81}]}\n",
+        "services[0].ports", "every port of a multi-port service needs a name"),
+    "pod port out of range": (
+        BASE.replace("{name: client, node: node1}", "{name: client, node: node1, ports: [0]}"),
+        "topology.pods[0].ports[0]", "expected a port such as 8080"),
+    "check from an unknown pod": (
+        BASE + "checks:\n  - {from: pod/nobody, to: pod/web-1, port: 8080}\n",
+        "checks[0].from", "no pod named 'nobody' (pods: client, web-1, web-2)"),
+    "check to an address outside the lab": (
+        BASE + "checks:\n  - {from: pod/client, to: 8.8.8.8, port: 53}\n",
+        "checks[0].to", "8.8.8.8 is not a lab address"),
+    "check with a wrong expectation": (
+        BASE + "checks:\n  - {from: pod/client, to: pod/web-1, port: 8080, expect: works}\n",
+        "checks[0].expect", "expected one of reachable, refused, dropped, got 'works'"),
+    "check with backends but not reachable": (
+        BASE + "checks:\n  - {from: pod/client, to: pod/web-1, port: 8080, expect: refused, backends: [web-1]}\n",
+        "checks[0].backends", "backends only apply when expect is reachable"),
+    "wrong type": (
+        BASE.replace("model: flat", "model: flat\n  mtu: big"), "topology.mtu", "expected a number"),
+    "duplicate YAML key": (
+        BASE.replace("model: flat", "model: flat\n  model: island"), None, "duplicate key 'model'"),
+    "malformed YAML": (
+        BASE + "checks: [\n", None, "malformed YAML"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_error_names_file_field_and_expectation(tmp_path, case):
+    text, field, message = CASES[case]
+    path = write(tmp_path, text)
+    with pytest.raises(ScenarioError) as err:
+        load(path)
+    e = err.value
+    assert e.file.startswith(str(path)), e
+    assert e.file[len(str(path)):].startswith(":"), f"no line number in {e.file}"
+    if field is not None:
+        assert e.field == field, str(e)
+    assert message in e.message, str(e)
+    assert str(e).startswith(f"{path}:"), str(e)
+
+
+def test_error_line_points_at_the_field(tmp_path):
+    path = write(tmp_path, BASE.replace("{name: client, node: node1}", "{name: client, node: node1, ip: 10.0.2.7}"))
+    with pytest.raises(ScenarioError) as err:
+        load(path)
+    lines = path.read_text().splitlines()
+    line = int(err.value.file.rsplit(":", 1)[1])
+    assert "10.0.2.7" in lines[line - 1]
+
+
+def test_missing_file():
+    with pytest.raises(ScenarioError, match="no such file"):
+        load("/nonexistent/scenario.yaml")
+
+
+def test_not_a_mapping(tmp_path):
+    with pytest.raises(ScenarioError, match="expected a mapping, got a list"):
+        load(write(tmp_path, "- a\n- b\n"))
