@@ -174,7 +174,10 @@ def exec(lab, obj, command):  # noqa: A001 - the command is called exec
     if obj not in rec.objects:
         raise LabError(f"lab {lab} has no pod, node or host named {obj!r}; it has: {', '.join(sorted(rec.objects))}")
     doctor.require("root")
-    argv = list(command) or [os.environ.get("SHELL", "/bin/sh")]
+    argv = list(command)
+    if argv[:1] == ["--"]:
+        argv = argv[1:]
+    argv = argv or [os.environ.get("SHELL", "/bin/sh")]
     netns.enter(rec.objects[obj])
     try:
         os.execvp(argv[0], argv)

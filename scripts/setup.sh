@@ -28,6 +28,7 @@ PACKAGES=(
   iperf3 tcpdump netcat-openbsd iputils-ping curl  # traffic and observation
   python3-venv python3-pip                       # the project environment (system python)
   make gcc
+  vagrant                                        # the tests validate the lab VM's Vagrantfile
 )
 
 step "Debian packages"
