@@ -13,9 +13,9 @@ from .errors import DataplaneError, PrerequisiteError
 
 EPILOG_RUN = """\b
 Examples:
-  sudo dataplane run scenarios/pod-to-pod.yaml
+  sudo dataplane run scenarios/flat.yaml
   sudo dataplane run scenarios/island.yaml --json > report.json
-  sudo dataplane run scenarios/pod-to-pod.yaml --keep --name demo   # then: dataplane exec demo client -- sh
+  sudo dataplane run scenarios/flat.yaml --keep --name demo   # then: dataplane exec demo client -- sh
 """
 
 
@@ -40,7 +40,7 @@ def cli():
     \b
     Typical session:
       sudo dataplane doctor                          # is this machine ready?
-      sudo dataplane run scenarios/pod-to-pod.yaml   # build, check, tear down
+      sudo dataplane run scenarios/flat.yaml   # build, check, tear down
       sudo dataplane up scenarios/island.yaml --name lab1
       sudo dataplane exec lab1 client -- curl -s 10.0.2.2:8080/hostname
       sudo dataplane down lab1
@@ -73,7 +73,7 @@ def run(scenario, backend, lab_name, as_json, keep, quiet):
 
 @cli.command(epilog="""\b
 Examples:
-  sudo dataplane up scenarios/pod-to-pod.yaml
+  sudo dataplane up scenarios/flat.yaml
   sudo dataplane up scenarios/island.yaml --name lab2     # a second lab beside the first
   dataplane up scenarios/island.yaml --dry-run            # print the plan, build nothing
 """)

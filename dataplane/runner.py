@@ -34,7 +34,7 @@ class Report:
 
 
 class Terminated(BaseException):
-    """SIGTERM, turned into an exception so that `finally` blocks tear the lab down."""
+    """SIGTERM or SIGHUP, turned into an exception so that `finally` blocks tear the lab down."""
 
 
 def _on_sigterm(signum, frame):
@@ -57,7 +57,7 @@ def run_live(scenario: Scenario, backend_name: str, lab_name: str, keep: bool = 
              progress=lambda m: None) -> Report:
     backend = backends.get(backend_name)
     report = Report(scenario.name, backend.name, lab_name, ignored=list(scenario.ignored))
-    old_term = signal.signal(signal.SIGTERM, _on_sigterm)
+    old = {sig: signal.signal(sig, _on_sigterm) for sig in (signal.SIGTERM, signal.SIGHUP)}
     lab = None
     try:
         progress(f"building lab {lab_name} from {scenario.file}")
@@ -77,4 +77,5 @@ def run_live(scenario: Scenario, backend_name: str, lab_name: str, keep: bool = 
                 lab.teardown()
             elif lab is not None:
                 progress(f"kept lab {lab_name}: `dataplane down {lab_name}` removes it")
-            signal.signal(signal.SIGTERM, old_term)
+            for sig, handler in old.items():
+                signal.signal(sig, handler)

@@ -49,7 +49,10 @@ step "Kernel headers for bcc"
 KREL=$(uname -r)
 MODDIR=/lib/modules/$KREL
 if [ -e "$MODDIR/build/Makefile" ]; then
-  say skipped "$MODDIR/build exists (headers of the running kernel $KREL): nothing linked"
+  case "$(readlink -f "$MODDIR/build")" in
+    *"$KREL"*) say skipped "$MODDIR/build holds the running kernel's own headers: nothing linked" ;;
+    *) say skipped "$MODDIR/build already links to $(readlink -f "$MODDIR/build") (the running kernel $KREL has no headers)" ;;
+  esac
 else
   # The running kernel has no headers package (a custom or cloud kernel). bcc needs only a kernel
   # tree to compile against; Debian's generic headers compile and load TC programs on newer kernels.

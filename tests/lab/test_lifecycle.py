@@ -203,3 +203,19 @@ def test_demo_default_scenario_runs():
     backend = next(l.split("?=")[1].strip() for l in makefile.splitlines() if l.startswith("BACKEND"))
     proc = dataplane("run", str(ROOT / scenario), "--backend", backend, "--name", "t-demo", "-q")
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_without_root_commands_fail_with_the_doctors_advice():
+    """Dropped to an unprivileged user, commands that need root refuse before changing anything,
+    with the fix `dataplane doctor` gives."""
+    before = netns.list_all()
+    drop = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all",
+            sys.executable, "-m", "dataplane.cli"]
+    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", DATAPLANE_STATE_DIR="/tmp/dp-nobody-state")
+    for args in (["run", str(SCENARIOS / "flat.yaml")], ["up", str(SCENARIOS / "flat.yaml")], ["down", "--all"]):
+        proc = subprocess.run(drop + args, capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
+        assert proc.returncode == 3, proc.stderr
+        assert "prerequisite root not met" in proc.stderr and "fix: run as root" in proc.stderr
+    doctor = subprocess.run(drop + ["doctor"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
+    assert doctor.returncode == 1 and "FAIL" in doctor.stdout and "fix: run as root" in doctor.stdout
+    assert netns.list_all() == before
