@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 
 from .checks import CheckSpec, parse_checks
+from .errors import ScenarioError
 from .lab.topology import (DEFAULT_PORTS, IFNAMSIZ, IFNAME_PREFIX, MAX_NAME, MODELS, RESERVED_NAMES,
                            HostSpec, NodeSpec, PodSpec, PortSpec, TopologySpec, gateway_of)
 from .manifests import ManifestSet, load as load_manifest, resolve
@@ -36,7 +37,6 @@ def load(path) -> Scenario:
     path = str(path)
     docs = load_all(path)
     if len(docs) != 1:
-        from .errors import ScenarioError
         raise ScenarioError(path, None, f"expected one YAML document, found {len(docs)}")
     root = Doc(path, docs[0])
     name = root.take_str("name", expect="the scenario's name, a DNS label")
@@ -81,7 +81,6 @@ def load(path) -> Scenario:
         load_manifest(mpath, defaults, pod_ips, manifests)
     for svc in manifests.services:
         if table.services.get(svc.key):
-            from .errors import ScenarioError
             raise ScenarioError(svc.source.split(" ")[0], "metadata.name", f"duplicate service {svc.key}")
         if svc.selector:
             endpoints = endpoints_from_pods(svc, topology.pods)
@@ -186,8 +185,7 @@ def parse_topology(doc: Doc) -> tuple[TopologySpec, tuple[int, int]]:
     used_ips = {gateway_of(node_net)}
     for i, item in enumerate(node_items):
         if isinstance(item, Scalar):
-            item_doc = Doc(item.file, {"name": item.value}, item.path, item._where.rsplit(":", 1)[-1]
-                           if ":" in item._where else None)
+            item_doc = item.as_doc("name")
         else:
             item_doc = item
         name = item_doc.take("name", str, expect="the node's name")
@@ -216,6 +214,7 @@ def parse_topology(doc: Doc) -> tuple[TopologySpec, tuple[int, int]]:
     pods = []
     node_by_name = {n.name: n for n in nodes}
     pod_ips: dict[IPv4Address, str] = {}
+    explicit_ips = _explicit_pod_ips(doc)
     for item in doc.items("pods"):
         if isinstance(item, Scalar):
             item.fail("expected a mapping with at least name and node")
@@ -232,8 +231,9 @@ def parse_topology(doc: Doc) -> tuple[TopologySpec, tuple[int, int]]:
             if ip in pod_ips:
                 item.fail("ip", f"{ip} is already the IP of pod {pod_ips[ip]}")
         else:
-            ip = next((h for h in list(node.pod_cidr.hosts())[1:] if h not in pod_ips and
-                       h not in _explicit_pod_ips(doc)), None)
+            # .1 stays free, as host-local IPAM keeps it for a gateway
+            ip = next((h for h in node.pod_cidr.hosts() if int(h) - int(node.pod_cidr.network_address) > 1
+                       and h not in pod_ips and h not in explicit_ips), None)
             if ip is None:
                 item.fail("ip", f"node {node.name}'s podCIDR {node.pod_cidr} is full")
         pod_ips[ip] = name

@@ -83,9 +83,12 @@ class Doc:
 
     # -- errors ----------------------------------------------------------------------------------
 
-    def where(self, key=None) -> str:
+    def line_of(self, key=None) -> int | None:
         line = getattr(self.value, "lines", {}).get(key) if key is not None else None
-        line = line or self.line
+        return line or self.line
+
+    def where(self, key=None) -> str:
+        line = self.line_of(key)
         return f"{self.file}:{line}" if line else self.file
 
     def field(self, key=None) -> str:
@@ -170,7 +173,7 @@ class Doc:
             if isinstance(item, dict):
                 out.append(Doc(self.file, item, path))
             else:
-                out.append(Scalar(self.file, item, path, self.where(key)))
+                out.append(Scalar(self.file, item, path, self.line_of(key)))
         return out
 
     def done(self) -> None:
@@ -186,11 +189,15 @@ class Doc:
 class Scalar:
     """A list item that is not a mapping, with where it stands for errors."""
 
-    def __init__(self, file, value, path, where):
-        self.file, self.value, self.path, self._where = str(file), value, path, where
+    def __init__(self, file, value, path, line):
+        self.file, self.value, self.path, self.line = str(file), value, path, line
+
+    def as_doc(self, key: str) -> Doc:
+        """The scalar as the one field `key` of a mapping (`- node1` read as `- {name: node1}`)."""
+        return Doc(self.file, {key: self.value}, self.path, self.line)
 
     def fail(self, message):
-        raise ScenarioError(self._where, self.path, message)
+        raise ScenarioError(f"{self.file}:{self.line}" if self.line else self.file, self.path, message)
 
 
 def _tuple(types):

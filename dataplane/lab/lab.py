@@ -80,54 +80,50 @@ class Lab:
         self.progress(f"creating {len(plan.namespaces)} namespaces ({plan.spec.model} model)")
         for ns in plan.namespaces:
             netns.create(ns.name)
-            with netns.ipr(ns.name) as ipr:
-                ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
         for ns, key, value in plan.sysctls:
             netns.sysctl(ns, key, value)
 
         self.progress(f"wiring {len(plan.veths)} veth pairs and {len(plan.bridges)} bridges")
         mtu = plan.spec.mtu
-        for v in plan.veths:
-            # Created inside `v.ns` with the peer placed straight into `v.peer_ns`: neither end
-            # ever exists in the root namespace.
-            peer_fd = os.open(netns.path(v.peer_ns), os.O_RDONLY)
-            try:
-                with netns.ipr(v.ns) as ipr:
-                    ipr.link("add", ifname=v.ifname, kind="veth", address=v.mac, mtu=mtu,
-                             peer={"ifname": v.peer_ifname, "address": v.peer_mac,
-                                   "net_ns_fd": peer_fd, "mtu": mtu})
-            finally:
-                os.close(peer_fd)
-        for b in plan.bridges:
-            with netns.ipr(b.ns) as ipr:
-                ipr.link("add", ifname=b.ifname, kind="bridge", mtu=mtu)
-                master = _index(ipr, b.ifname)
-                for port in b.ports:
-                    ipr.link("set", index=_index(ipr, port), master=master)
         for ns in plan.namespaces:
             with netns.ipr(ns.name) as ipr:
-                for link in ipr.get_links():
-                    ipr.link("set", index=link["index"], state="up")
+                for v in (v for v in plan.veths if v.ns == ns.name):
+                    # Created here with the peer placed straight into `v.peer_ns`: neither end
+                    # ever exists in the root namespace.
+                    peer_fd = os.open(netns.path(v.peer_ns), os.O_RDONLY)
+                    try:
+                        ipr.link("add", ifname=v.ifname, kind="veth", address=v.mac, mtu=mtu,
+                                 peer={"ifname": v.peer_ifname, "address": v.peer_mac,
+                                       "net_ns_fd": peer_fd, "mtu": mtu})
+                    finally:
+                        os.close(peer_fd)
 
         self.progress(f"addressing: {len(plan.addresses)} addresses, {len(plan.routes)} routes")
-        for a in plan.addresses:
-            ip, prefix = a.cidr.split("/")
-            with netns.ipr(a.ns) as ipr:
-                ipr.addr("add", index=_index(ipr, a.ifname), address=ip, prefixlen=int(prefix))
-        for n in plan.neighbours:
-            with netns.ipr(n.ns) as ipr:
-                ipr.neigh("add", dst=n.ip, lladdr=n.mac, ifindex=_index(ipr, n.ifname),
-                          state=NUD_PERMANENT)
-        # Link-scope routes first: gateways of the later routes are reached through them.
-        for r in sorted(plan.routes, key=lambda r: r.gateway is not None):
-            with netns.ipr(r.ns) as ipr:
-                kw = {"dst": "0.0.0.0/0" if r.dst == "default" else r.dst,
-                      "oif": _index(ipr, r.ifname)}
-                if r.gateway:
-                    kw["gateway"] = r.gateway
-                else:
-                    kw["scope"] = SCOPE_LINK
-                ipr.route("add", **kw)
+        for ns in plan.namespaces:
+            mine = lambda items: [x for x in items if x.ns == ns.name]  # noqa: E731
+            with netns.ipr(ns.name) as ipr:
+                for b in mine(plan.bridges):
+                    ipr.link("add", ifname=b.ifname, kind="bridge", mtu=mtu)
+                    master = _index(ipr, b.ifname)
+                    for port in b.ports:
+                        ipr.link("set", index=_index(ipr, port), master=master)
+                for link in ipr.get_links():
+                    ipr.link("set", index=link["index"], state="up")
+                for a in mine(plan.addresses):
+                    ip, prefix = a.cidr.split("/")
+                    ipr.addr("add", index=_index(ipr, a.ifname), address=ip, prefixlen=int(prefix))
+                for n in mine(plan.neighbours):
+                    ipr.neigh("add", dst=n.ip, lladdr=n.mac, ifindex=_index(ipr, n.ifname),
+                              state=NUD_PERMANENT)
+                # Link-scope routes first: the gateways of the others are reached through them.
+                for r in sorted(mine(plan.routes), key=lambda r: r.gateway is not None):
+                    kw = {"dst": "0.0.0.0/0" if r.dst == "default" else r.dst,
+                          "oif": _index(ipr, r.ifname)}
+                    if r.gateway:
+                        kw["gateway"] = r.gateway
+                    else:
+                        kw["scope"] = SCOPE_LINK
+                    ipr.route("add", **kw)
 
     def _start_servers(self) -> None:
         spec = self.spec
@@ -156,7 +152,7 @@ class Lab:
                 raise LabError(f"test server in {name} did not start: "
                                f"{line.strip() or 'no answer'} (log: {logdir}/{name}.log)")
             proc.stdout.close()
-        self._servers = started
+        self._servers = started  # held so the Popen objects outlive this call quietly
 
 
 def _read_line(proc, deadline) -> str:
