@@ -55,7 +55,9 @@ def cli():
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("--keep", is_flag=True, help="Leave the lab up after the checks (remove it with `down`).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress messages on stderr.")
-def run(scenario, backend, lab_name, as_json, keep, quiet):
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1),
+              help="Seed of the backend choice (printed with every run): the same seed replays the same choices.")
+def run(scenario, backend, lab_name, as_json, keep, quiet, seed):
     """Build the lab of SCENARIO, program a backend, run its checks, tear down.
 
     Prints a table of checks (or, with --json, {"scenario", "backend", "passed", "checks": [...]})
@@ -66,7 +68,7 @@ def run(scenario, backend, lab_name, as_json, keep, quiet):
     from .runner import run_live
     sc = _load(scenario)
     doctor.require(*backends.get(backend).needs)
-    rep = run_live(sc, backend, lab_name or sc.name, keep=keep, progress=_progress(not quiet))
+    rep = run_live(sc, backend, lab_name or sc.name, keep=keep, progress=_progress(not quiet), seed=seed)
     click.echo(report.as_json(rep) if as_json else report.table(rep))
     sys.exit(0 if rep.passed else 1)
 

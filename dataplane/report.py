@@ -14,7 +14,8 @@ def table(report: Report) -> str:
     rows = [("", "check", "detail")] + [("PASS" if r.passed else "FAIL", r.name, r.detail)
                                          for r in report.results]
     w1 = max(len(r[1]) for r in rows)
-    lines = [f"scenario {report.scenario} on backend {report.backend}"]
+    lines = [f"scenario {report.scenario} on backend {report.backend}"
+             + (f" (seed {report.seed})" if report.seed is not None else "")]
     for i, (status, name, detail) in enumerate(rows):
         line = f"  {status:4}  {name:<{w1}}  {detail}"
         if len(line) > width and i:

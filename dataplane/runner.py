@@ -23,6 +23,7 @@ class Report:
     lab: str
     results: list[CheckResult] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
+    seed: int | None = None          # the backend's choice seed: `--seed` replays the run
 
     @property
     def passed(self) -> bool:
@@ -30,7 +31,8 @@ class Report:
 
     def to_json(self) -> dict:
         return {"scenario": self.scenario, "backend": self.backend, "passed": self.passed,
-                "checks": [r.to_json() for r in self.results], "ignored": self.ignored}
+                "seed": self.seed, "checks": [r.to_json() for r in self.results],
+                "ignored": self.ignored}
 
 
 class Terminated(BaseException):
@@ -54,9 +56,10 @@ def run_check(lab: Lab, spec: CheckSpec) -> CheckResult:
 
 
 def run_live(scenario: Scenario, backend_name: str, lab_name: str, keep: bool = False,
-             progress=lambda m: None) -> Report:
-    backend = backends.get(backend_name)
-    report = Report(scenario.name, backend.name, lab_name, ignored=list(scenario.ignored))
+             progress=lambda m: None, seed: int | None = None) -> Report:
+    backend = backends.get(backend_name, seed=seed)
+    report = Report(scenario.name, backend.name, lab_name, ignored=list(scenario.ignored),
+                    seed=getattr(backend, "seed", None))
     old = {sig: signal.signal(sig, _on_sigterm) for sig in (signal.SIGTERM, signal.SIGHUP)}
     lab = None
     try:

@@ -2,15 +2,20 @@
 from __future__ import annotations
 
 from ..errors import DataplaneError
+from .ebpf import EbpfBackend
 from .none import NoneBackend
 
-BACKENDS = {b.name: b for b in (NoneBackend,)}
-# The backend `run` and `demo` use when none is named: ebpf once it exists.
-DEFAULT = "none"
+BACKENDS = {b.name: b for b in (EbpfBackend, NoneBackend)}
+# The backend `run` and `demo` use when none is named.
+DEFAULT = "ebpf"
 
 
-def get(name: str):
+def get(name: str, **options):
+    """A backend instance; options (e.g. seed) go to backends that take them."""
     try:
-        return BACKENDS[name]()
+        cls = BACKENDS[name]
     except KeyError:
         raise DataplaneError(f"unknown backend {name!r}; available: {', '.join(BACKENDS)}") from None
+    import inspect
+    params = inspect.signature(cls).parameters
+    return cls(**{k: v for k, v in options.items() if k in params and v is not None})

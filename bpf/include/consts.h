@@ -1,0 +1,45 @@
+/* Constants: drop/reject reasons (one counter each), flags, timeouts. Mirrored by name in
+ * dataplane/backends/ebpf/consts.py, which a test checks against this file. */
+#ifndef DP_CONSTS_H
+#define DP_CONSTS_H
+
+/* Counters (metrics map index). Forwarding outcomes first, then every reason a packet is
+ * dropped or rejected. */
+enum metric {
+	M_PASS = 0,            /* not service traffic: passed untouched */
+	M_DNAT_NEW,            /* new flow to a service: backend chosen, DNATed */
+	M_DNAT,                /* packet of a known flow DNATed */
+	M_REVNAT,              /* reply translated back to the VIP */
+	M_ICMP_REVNAT,         /* ICMP error about a NATed flow translated */
+	M_HAIRPIN,             /* new flow whose backend is its own client: masqueraded */
+	M_AFFINITY_HIT,        /* backend chosen by session affinity */
+	REJECT_NO_ENDPOINTS,   /* service has no eligible endpoint: ICMP port unreachable */
+	REJECT_PORT_UNSERVED,  /* VIP on a port/protocol it does not serve: ICMP port unreachable */
+	DROP_UNKNOWN_L4,       /* VIP with a protocol other than TCP/UDP */
+	DROP_BAD_IHL,          /* IPv4 header length < 20 or beyond the packet */
+	DROP_BAD_LEN,          /* IPv4 total length shorter than its header or longer than the frame */
+	DROP_TRUNCATED_L4,     /* TCP/UDP header cut short */
+	DROP_IP_OPTIONS,       /* service traffic with IPv4 options (not supported, as in Katran) */
+	DROP_FRAGMENT,         /* fragment of service traffic (not supported, as in Katran) */
+	DROP_CT_INVALID,       /* TCP to a VIP that is neither a SYN nor part of a known flow */
+	DROP_CT_FULL,          /* conntrack entry could not be created */
+	DROP_NO_BACKEND,       /* slot or backend entry missing (table mid-update) */
+	DROP_REJECT_FAILED,    /* could not build the ICMP rejection */
+	M_MAX,
+};
+
+#define SVC_F_AFFINITY   0x1
+
+#define CT_SERVICE       1
+#define CT_REPLY         2
+
+#define CT_F_HAIRPIN     0x1
+#define CT_F_SEEN_REPLY  0x2
+
+#define NS_PER_SEC       1000000000ULL
+/* Conntrack lifetimes (refreshed by every packet of the flow). */
+#define CT_LIFETIME_TCP  (21600 * NS_PER_SEC)   /* established TCP: 6 h, as nf_conntrack */
+#define CT_LIFETIME_SYN  (60 * NS_PER_SEC)      /* TCP until the first reply */
+#define CT_LIFETIME_UDP  (60 * NS_PER_SEC)
+
+#endif

@@ -1,0 +1,82 @@
+/* Structs shared with user space. Python never copies these: it uses the Key/Leaf ctypes that bcc
+ * generates from them, and tests/bpf/test_layout.py pins their layout. Padding is explicit. */
+#ifndef DP_TYPES_H
+#define DP_TYPES_H
+
+/* services: one entry per (VIP, port, protocol, slot).
+ *   slot 0             the service port itself: backend count, flags, affinity timeout, id
+ *   slot 1..count      the eligible backends, by backend id
+ * A "VIP marker" (port 0, proto 0, slot 0) says the address is a service VIP at all, so that a
+ * VIP on a port it does not serve is rejected instead of passed. */
+struct svc_key {
+	__be32 vip;
+	__be16 port;
+	__u8   proto;
+	__u8   pad0;
+	__u16  slot;
+	__u16  pad1;
+};
+
+struct svc_value {
+	__u32 backend_id;        /* slot > 0 */
+	__u16 count;             /* slot 0: eligible backends; 0 = reject (no endpoints) */
+	__u16 flags;             /* slot 0: SVC_F_* */
+	__u32 affinity_timeout;  /* slot 0: seconds, with SVC_F_AFFINITY */
+	__u32 svc_id;            /* slot 0: the service port's id (affinity key) */
+};
+
+/* backends: id -> where to send. */
+struct backend {
+	__be32 addr;
+	__be16 port;
+	__u16  pad0;
+};
+
+/* conntrack key: a packet's 5-tuple as seen at the hook, and which table it belongs to. */
+struct ct_key {
+	__be32 saddr;
+	__be32 daddr;
+	__be16 sport;
+	__be16 dport;
+	__u8   proto;
+	__u8   dir;              /* CT_SERVICE: client -> VIP; CT_REPLY: backend -> client */
+	__u16  pad0;
+};
+
+/* conntrack entry.
+ *   CT_SERVICE: nat_addr:nat_port = the backend; with CT_F_HAIRPIN, snat_addr:snat_port = the
+ *               source the client was masqueraded to (the node IP, same port).
+ *   CT_REPLY:   nat_addr:nat_port = the VIP to restore as source; with CT_F_HAIRPIN,
+ *               snat_addr:snat_port = the client's own address to restore as destination. */
+struct ct_entry {
+	__u64  expires;          /* ns, on the dataplane clock (ktime + config clock offset) */
+	__be32 nat_addr;
+	__be16 nat_port;
+	__u16  flags;            /* CT_F_* */
+	__be32 snat_addr;
+	__be16 snat_port;
+	__u16  pad0;
+	__u32  backend_id;       /* so that removing a backend can flush its flows */
+	__u32  svc_id;
+};
+
+/* session affinity: (client, service port) -> backend, until last use + timeout. */
+struct affinity_key {
+	__be32 client;
+	__u32  svc_id;
+};
+
+struct affinity_value {
+	__u64 last_used;         /* ns, dataplane clock */
+	__u32 backend_id;
+	__u32 pad0;
+};
+
+/* config: one entry, written at load. */
+struct dp_config {
+	__u64  clock_offset;     /* ns added to bpf_ktime_get_ns(): lets tests move time forward */
+	__u32  seed;             /* backend selection hash seed: same seed, same choices */
+	__be32 node_ip;          /* source for hairpin masquerade */
+};
+
+#endif

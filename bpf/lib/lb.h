@@ -1,0 +1,76 @@
+/* Load balancing: service lookup and backend choice. Which endpoints are eligible (ready,
+ * terminating fallback, internalTrafficPolicy) was decided in user space for this node; here the
+ * choice among them is a seeded hash of the flow, so a run can be replayed, and session affinity. */
+#ifndef DP_LB_H
+#define DP_LB_H
+
+static __always_inline struct svc_value *svc_lookup(__be32 vip, __be16 port, __u8 proto, __u16 slot)
+{
+	struct svc_key k = {};
+	k.vip = vip;
+	k.port = port;
+	k.proto = proto;
+	k.slot = slot;
+	return services.lookup(&k);
+}
+
+static __always_inline int is_vip(__be32 addr)
+{
+	return svc_lookup(addr, 0, 0, 0) != NULL;
+}
+
+/* murmur3's finalizer: every input bit moves every output bit. */
+static __always_inline __u32 mix32(__u32 h)
+{
+	h ^= h >> 16;
+	h *= 0x85ebca6b;
+	h ^= h >> 13;
+	h *= 0xc2b2ae35;
+	h ^= h >> 16;
+	return h;
+}
+
+/* Hash of the flow's tuple as its bytes sit in the packet (read as little-endian words). */
+static __always_inline __u32 flow_hash(const struct pkt *p, __u32 seed)
+{
+	__u32 h = mix32(seed ^ p->saddr);
+	h = mix32(h ^ p->daddr);
+	h = mix32(h ^ ((__u32)p->sport | ((__u32)p->dport << 16)));
+	return mix32(h ^ p->proto);
+}
+
+/* Choose the backend for a new flow. Returns the backend id, 0 if none. */
+static __always_inline __u32 select_backend(const struct pkt *p, const struct svc_value *svc,
+					    __u32 seed, __u64 now)
+{
+	__u32 id = 0;
+	struct affinity_key ak = {};
+	struct affinity_value *av = NULL;
+
+	if (svc->flags & SVC_F_AFFINITY) {
+		ak.client = p->saddr;
+		ak.svc_id = svc->svc_id;
+		av = affinity.lookup(&ak);
+		if (av && now - av->last_used <= (__u64)svc->affinity_timeout * NS_PER_SEC &&
+		    backends.lookup(&av->backend_id)) {
+			id = av->backend_id;
+			count(M_AFFINITY_HIT);
+		}
+	}
+	if (!id) {
+		__u16 slot = (flow_hash(p, seed) % svc->count) + 1;
+		struct svc_value *s = svc_lookup(p->daddr, p->dport, p->proto, slot);
+		if (!s)
+			return 0;
+		id = s->backend_id;
+	}
+	if (svc->flags & SVC_F_AFFINITY) {
+		struct affinity_value nv = {};
+		nv.last_used = now;
+		nv.backend_id = id;
+		affinity.update(&ak, &nv);
+	}
+	return id;
+}
+
+#endif

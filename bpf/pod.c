@@ -1,0 +1,195 @@
+/* Entry points on the node side of each pod's veth (TC, in the node's namespace).
+ *
+ *   from_pod  ingress: what the pod sends. Services: DNAT of new and known flows, rejection,
+ *             hairpin masquerade; replies of local backends: reverse NAT.
+ *   to_pod    egress: what the pod receives. Replies from backends on any node: reverse NAT.
+ *
+ * Both then let the kernel route the packet (TC_ACT_OK). */
+#include <uapi/linux/bpf.h>
+#include <uapi/linux/if_ether.h>
+#include <uapi/linux/in.h>
+#include <uapi/linux/ip.h>
+#include <uapi/linux/tcp.h>
+#include <uapi/linux/udp.h>
+#include <uapi/linux/icmp.h>
+#include <uapi/linux/pkt_cls.h>
+#include <linux/stddef.h>
+
+#include "maps.h"
+#include "metrics.h"
+#include "parse.h"
+#include "csum.h"
+#include "conntrack.h"
+#include "lb.h"
+#include "nat.h"
+#include "l2.h"
+#include "reject.h"
+
+static __always_inline int pass(void)
+{
+	count(M_PASS);
+	return TC_ACT_OK;
+}
+
+/* Options or fragments on a packet that needs translation: not supported, dropped. */
+static __always_inline int unsupported(const struct pkt *p)
+{
+	if (p->options)
+		return DROP_IP_OPTIONS;
+	if (p->fragment)
+		return DROP_FRAGMENT;
+	return 0;
+}
+
+/* After a translation: hairpin packets go straight back to the pod, all others to routing. */
+static __always_inline int bounce_or_drop(struct __sk_buff *skb)
+{
+	int verdict = bounce(skb);
+	return verdict < 0 ? drop(DROP_REJECT_FAILED) : verdict;
+}
+
+static __always_inline int forward(struct __sk_buff *skb, const struct ct_entry *e)
+{
+	return (e->flags & CT_F_HAIRPIN) ? bounce_or_drop(skb) : TC_ACT_OK;
+}
+
+static __always_inline int new_flow(struct __sk_buff *skb, struct pkt *p, struct svc_value *svc,
+				    struct dp_config *cfg, __u64 now)
+{
+	if (p->proto == IPPROTO_TCP && !((p->tcp_flags & TCP_FLAG_SYN) && !(p->tcp_flags & TCP_FLAG_ACK)))
+		return drop(DROP_CT_INVALID);
+	if (svc->count == 0)
+		return reject(skb, p, REJECT_NO_ENDPOINTS);
+
+	__u32 id = select_backend(p, svc, cfg->seed, now);
+	struct backend *be = id ? backends.lookup(&id) : NULL;
+	if (!be)
+		return drop(DROP_NO_BACKEND);
+
+	struct ct_entry fwd = {}, rev = {};
+	struct ct_key fk = {}, rk = {};
+	struct pkt reply = {};
+	fwd.expires = rev.expires = now + ct_lifetime(p->proto, p->tcp_flags);
+	fwd.nat_addr = be->addr;
+	fwd.nat_port = be->port;
+	fwd.backend_id = rev.backend_id = id;
+	fwd.svc_id = rev.svc_id = svc->svc_id;
+	rev.nat_addr = p->daddr;
+	rev.nat_port = p->dport;
+	reply.saddr = be->addr;
+	reply.sport = be->port;
+	reply.daddr = p->saddr;
+	reply.dport = p->sport;
+	reply.proto = p->proto;
+	if (be->addr == p->saddr) {
+		/* Hairpin: the pod would drop a packet from itself; masquerade it as the node. */
+		fwd.flags = rev.flags = CT_F_HAIRPIN;
+		fwd.snat_addr = cfg->node_ip;
+		fwd.snat_port = p->sport;
+		rev.snat_addr = p->saddr;
+		rev.snat_port = p->sport;
+		reply.daddr = cfg->node_ip;
+		count(M_HAIRPIN);
+	}
+	ct_key_of(&fk, p, CT_SERVICE);
+	ct_key_of(&rk, &reply, CT_REPLY);
+	if (conntrack.update(&fk, &fwd) < 0 || conntrack.update(&rk, &rev) < 0) {
+		conntrack.delete(&fk);
+		return drop(DROP_CT_FULL);
+	}
+	if (dnat(skb, p, &fwd) < 0)
+		return drop(DROP_REJECT_FAILED);
+	count(M_DNAT_NEW);
+	return forward(skb, &fwd);
+}
+
+static __always_inline int handle(struct __sk_buff *skb, int service_hook)
+{
+	struct pkt p = {};
+	__u32 zero = 0;
+
+	int r = parse(skb, &p);
+	if (r == PARSE_NOT_IPV4)
+		return pass();
+	if (r == PARSE_MALFORMED)
+		return drop(p.reason);
+
+	struct dp_config *cfg = config.lookup(&zero);
+	if (!cfg)
+		return pass();
+	__u64 now = bpf_ktime_get_ns() + cfg->clock_offset;
+
+	if (p.proto == IPPROTO_ICMP) {
+		if (is_icmp_error(p.icmp_type)) {
+			int t = icmp_error_revnat(skb, &p, now);
+			if (t < 0)
+				return drop(DROP_REJECT_FAILED);
+			if (t > 0) {
+				count(M_ICMP_REVNAT);
+				return t == 2 ? bounce_or_drop(skb) : TC_ACT_OK;
+			}
+		}
+		if (service_hook && is_vip(p.daddr))
+			return drop(DROP_UNKNOWN_L4);
+		return pass();
+	}
+	if (p.proto != IPPROTO_TCP && p.proto != IPPROTO_UDP) {
+		if (service_hook && is_vip(p.daddr))
+			return drop(DROP_UNKNOWN_L4);
+		return pass();
+	}
+	if (!p.has_l4) {   /* a later fragment */
+		if (service_hook && is_vip(p.daddr))
+			return drop(DROP_FRAGMENT);
+		return pass();
+	}
+
+	struct ct_key k = {};
+	ct_key_of(&k, &p, CT_REPLY);
+	struct ct_entry *e = ct_lookup(&k, now);
+	if (e) {
+		if ((r = unsupported(&p)))
+			return drop(r);
+		ct_refresh(e, &p, now);
+		if (revnat(skb, &p, e) < 0)
+			return drop(DROP_REJECT_FAILED);
+		count(M_REVNAT);
+		return forward(skb, e);
+	}
+	if (!service_hook)
+		return pass();
+
+	ct_key_of(&k, &p, CT_SERVICE);
+	e = ct_lookup(&k, now);
+	if (e) {
+		if ((r = unsupported(&p)))
+			return drop(r);
+		ct_refresh(e, &p, now);
+		if (dnat(skb, &p, e) < 0)
+			return drop(DROP_REJECT_FAILED);
+		count(M_DNAT);
+		return forward(skb, e);
+	}
+
+	struct svc_value *svc = svc_lookup(p.daddr, p.dport, p.proto, 0);
+	if (!svc) {
+		if (!is_vip(p.daddr))
+			return pass();
+		if ((r = unsupported(&p)))
+			return drop(r);
+		return reject(skb, &p, REJECT_PORT_UNSERVED);
+	}
+	if ((r = unsupported(&p)))
+		return drop(r);
+	return new_flow(skb, &p, svc, cfg, now);
+}
+
+int from_pod(struct __sk_buff *skb)
+{
+	return handle(skb, 1);
+}
+
+int to_pod(struct __sk_buff *skb)
+{
+	return handle(skb, 0);
+}

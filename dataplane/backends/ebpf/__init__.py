@@ -1,0 +1,111 @@
+"""`ebpf`: the service dataplane as BPF programs on every node, loaded with bcc, attached with TC.
+
+Per node: one compiled instance of bpf/pod.c (its own maps), from_pod/to_pod on every pod veth,
+maps pinned under /sys/fs/bpf/dp-<lab>/<node>/. Programming is render (pure) -> diff -> batched
+map updates. Endpoints that leave a service have their flows flushed: UDP entries (the stale-UDP
+problem) and TCP entries alike, so a TCP flow to a removed backend is dropped from then on (its
+next packet is not a SYN and has no entry: DROP_CT_INVALID) rather than sent to another backend.
+"""
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass, field
+
+from ...policy import all_targets
+from .maps import apply
+from .program import PIN_ROOT, MapSizes, NodeProgram, be16, be32
+from .render import IPPROTO, Ids, NodeMaps, render_node
+from .consts import CT_REPLY
+
+
+def stale_targets(old, new) -> set:
+    """(address, port, proto) of endpoints that left a service port between two tables."""
+    def targets(table):
+        out = set()
+        for svc in table or ():
+            for sp in svc.ports:
+                out |= {(t.address, t.port, IPPROTO[sp.protocol]) for t in all_targets(svc, sp)}
+        return out
+    return targets(old) - targets(new)
+
+
+@dataclass
+class EbpfBackend:
+    name = "ebpf"
+    description = "BPF programs on TC hooks: ClusterIP DNAT, conntrack, reverse NAT"
+    needs = ("root", "netns", "headers", "bcc", "bcc-compile", "bpf")
+
+    seed: int | None = None
+    sizes: MapSizes = field(default_factory=MapSizes)
+    nodes: dict = field(default_factory=dict)      # node -> NodeProgram
+    current: dict = field(default_factory=dict)    # node -> NodeMaps
+    ids: dict = field(default_factory=dict)        # node -> Ids
+    table: object = None
+
+    def __post_init__(self):
+        if self.seed is None:
+            self.seed = random.SystemRandom().randrange(1 << 32)
+
+    def setup(self, lab, table) -> None:
+        pin_root = os.path.join(PIN_ROOT, f"dp-{lab.name}")
+        lab.record.pinned.append(pin_root)   # recorded first: teardown unpins even after SIGKILL
+        lab.record.save()
+        for node in lab.spec.nodes:
+            prog = NodeProgram(node.name, lab.record.objects[node.name], node.ip, self.sizes)
+            self.nodes[node.name] = prog
+            prog.load(self.seed)
+            prog.pin(os.path.join(pin_root, node.name))
+            for pod in lab.spec.pods:
+                if pod.node == node.name:
+                    prog.attach(f"v-{pod.name}")
+            self.current[node.name] = NodeMaps()
+            self.ids[node.name] = Ids()
+        self.sync(lab, table)
+
+    def sync(self, lab, table) -> list[str]:
+        report = []
+        stale = stale_targets(self.table, table)
+        for node, prog in self.nodes.items():
+            desired = render_node(table, node, self.ids[node])
+            change = apply(prog, self.current[node], desired)
+            flushed = flush_flows(prog, stale) if stale else 0
+            self.current[node] = desired
+            if change or flushed:
+                report.append(f"{node}: {change.upserted} map entries written, {change.deleted} deleted, "
+                              f"{flushed} conntrack/affinity entries of removed endpoints flushed")
+        self.table = table
+        return report
+
+    def teardown(self, lab) -> None:
+        for prog in self.nodes.values():
+            prog.close()
+        self.nodes.clear()
+        pin_root = os.path.join(PIN_ROOT, f"dp-{lab.name}")
+        if os.path.isdir(pin_root) and not os.listdir(pin_root):
+            os.rmdir(pin_root)
+
+    def metrics(self) -> dict:
+        return {node: prog.metrics() for node, prog in self.nodes.items()}
+
+
+def flush_flows(prog: NodeProgram, stale: set) -> int:
+    """Delete conntrack entries (both directions) and affinity entries of stale endpoints."""
+    wanted = {(be32(a), be16(p), proto) for a, p, proto in stale}
+    ct = prog.table("conntrack")
+    doomed, ids = [], set()
+    for k, v in ct.items():
+        if k.dir == CT_REPLY:
+            hit = (k.saddr, k.sport, k.proto) in wanted
+        else:
+            hit = (v.nat_addr, v.nat_port, k.proto) in wanted
+        if hit:
+            doomed.append(k)
+            ids.add(v.backend_id)
+    for k in doomed:
+        ct.pop(k, None)
+    aff = prog.table("affinity")
+    stale_aff = [k for k, v in aff.items() if v.backend_id in ids]
+    for k in stale_aff:
+        aff.pop(k, None)
+    return len(doomed) + len(stale_aff)

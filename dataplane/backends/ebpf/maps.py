@@ -1,0 +1,95 @@
+"""Write rendered NodeMaps into a node's BPF maps, as diffs applied with batched updates.
+
+Conversion to the kernel's layout goes through the Key/Leaf ctypes bcc generates from
+bpf/include/types.h; nothing here restates a struct. Order of a change keeps every packet safe
+mid-update: new backends, then new slots, then the service entries pointing at them; removals
+in the reverse order.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .program import NodeProgram, be16, be32, from_be32
+from .render import BackendValue, NodeMaps, SvcKey, SvcValue
+
+
+def _svc_key(t, k: SvcKey):
+    key = t.Key()
+    key.vip, key.port, key.proto, key.slot = be32(k.vip), be16(k.port), k.proto, k.slot
+    return key
+
+
+def _svc_leaf(t, v: SvcValue):
+    leaf = t.Leaf()
+    leaf.backend_id, leaf.count, leaf.flags = v.backend_id, v.count, v.flags
+    leaf.affinity_timeout, leaf.svc_id = v.affinity_timeout, v.svc_id
+    return leaf
+
+
+def _backend_leaf(t, v: BackendValue):
+    leaf = t.Leaf()
+    leaf.addr, leaf.port = be32(v.addr), be16(v.port)
+    return leaf
+
+
+def update_batch(table, pairs: list) -> None:
+    """One BPF_MAP_UPDATE_BATCH syscall for all pairs (no-op when empty)."""
+    if not pairs:
+        return
+    keys = (table.Key * len(pairs))(*(k for k, _ in pairs))
+    leaves = (table.Leaf * len(pairs))(*(v for _, v in pairs))
+    table.items_update_batch(keys, leaves)
+
+
+def delete_batch(table, keys: list) -> None:
+    if not keys:
+        return
+    arr = (table.Key * len(keys))(*keys)
+    # items_delete_batch yields nothing but must be consumed to run
+    for _ in table.items_delete_batch(arr) or ():
+        pass
+
+
+@dataclass
+class Change:
+    """What one sync changed in one node's maps."""
+    upserted: int = 0
+    deleted: int = 0
+    removed_backends: set = field(default_factory=set)   # BackendValue no longer in any slot
+
+    def __bool__(self):
+        return bool(self.upserted or self.deleted)
+
+
+def apply(prog: NodeProgram, current: NodeMaps, desired: NodeMaps) -> Change:
+    svc_t, be_t = prog.table("services"), prog.table("backends")
+    ch = Change()
+    new_be = [(be_t.Key(i), _backend_leaf(be_t, v)) for i, v in desired.backends.items()
+              if current.backends.get(i) != v]
+    changed = {k: v for k, v in desired.services.items() if current.services.get(k) != v}
+    slots = [(_svc_key(svc_t, k), _svc_leaf(svc_t, v)) for k, v in sorted(changed.items()) if k.slot]
+    heads = [(_svc_key(svc_t, k), _svc_leaf(svc_t, v)) for k, v in sorted(changed.items()) if not k.slot]
+    update_batch(be_t, new_be)
+    update_batch(svc_t, slots)
+    update_batch(svc_t, heads)
+    gone_svc = [k for k in current.services if k not in desired.services]
+    # heads first (count shrinks before its slots go), then slots, then backends
+    delete_batch(svc_t, [_svc_key(svc_t, k) for k in sorted(gone_svc, key=lambda k: k.slot)])
+    gone_be = [i for i in current.backends if i not in desired.backends]
+    delete_batch(be_t, [be_t.Key(i) for i in gone_be])
+    ch.upserted = len(new_be) + len(slots) + len(heads)
+    ch.deleted = len(gone_svc) + len(gone_be)
+    live = set(desired.backends.values())
+    ch.removed_backends = {v for v in current.backends.values() if v not in live}
+    return ch
+
+
+def read_services(prog: NodeProgram) -> NodeMaps:
+    """The maps' contents read back in rendered form (for tests and `dataplane maps`)."""
+    out = NodeMaps()
+    for k, v in prog.table("services").items():
+        out.services[SvcKey(from_be32(k.vip), be16(k.port), k.proto, k.slot)] = SvcValue(
+            v.backend_id, v.count, v.flags, v.affinity_timeout, v.svc_id)
+    for k, v in prog.table("backends").items():
+        out.backends[k.value] = BackendValue(from_be32(v.addr), be16(v.port))
+    return out

@@ -1,0 +1,136 @@
+"""One node's BPF programs: compile with bcc, attach with TC (pyroute2), pin maps, detach.
+
+Each lab node gets its own compiled instance, so its maps (services, conntrack, affinity) are its
+own, as on a real node. Programs attach to the node side of every pod veth: from_pod on TC ingress,
+to_pod on TC egress. Maps are pinned under /sys/fs/bpf/dp-<lab>/<node>/ for inspection.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import socket
+import struct
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address
+
+from ...errors import DataplaneError
+from ...lab import netns
+from .source import assemble
+
+TC_INGRESS = "ffff:fff2"
+TC_EGRESS = "ffff:fff3"
+PIN_ROOT = "/sys/fs/bpf"
+MAP_NAMES = ("services", "backends", "conntrack", "affinity", "metrics", "config")
+
+
+@dataclass
+class MapSizes:
+    """Capacities (entries); see bpf/include/maps.h and docs/ebpf.md."""
+    services: int = 262144
+    backends: int = 65536
+    conntrack: int = 262144
+    affinity: int = 65536
+
+    def defines(self) -> dict:
+        return {"SVC_MAP_SIZE": self.services, "BACKEND_MAP_SIZE": self.backends,
+                "CT_MAP_SIZE": self.conntrack, "AFFINITY_MAP_SIZE": self.affinity}
+
+
+def be32(ip) -> int:
+    """An IPv4 address as the u32 whose memory holds it in network order (what BPF compares)."""
+    return struct.unpack("=I", IPv4Address(ip).packed)[0]
+
+
+def from_be32(value: int) -> IPv4Address:
+    return IPv4Address(struct.pack("=I", value))
+
+
+def be16(port: int) -> int:
+    return socket.htons(port)
+
+
+@dataclass
+class NodeProgram:
+    node: str
+    netns: str
+    node_ip: IPv4Address
+    sizes: MapSizes = field(default_factory=MapSizes)
+    bpf: object = None
+    fns: dict = field(default_factory=dict)
+    attached: list = field(default_factory=list)     # ifnames with our clsact
+    pin_dir: str | None = None
+
+    def load(self, seed: int, clock_offset: int = 0) -> None:
+        from bcc import BPF
+        try:
+            self.bpf = BPF(text=assemble("pod.c", self.sizes.defines()).encode(), cflags=["-w"])
+            self.fns = {n: self.bpf.load_func(n.encode(), BPF.SCHED_CLS) for n in ("from_pod", "to_pod")}
+        except Exception as exc:
+            raise DataplaneError(f"compiling or loading bpf/pod.c for node {self.node} failed: {exc}") from exc
+        self.set_config(seed=seed, clock_offset=clock_offset)
+
+    def table(self, name: str):
+        return self.bpf[name.encode()]
+
+    def set_config(self, seed: int | None = None, clock_offset: int | None = None) -> None:
+        t = self.table("config")
+        cur = t[t.Key(0)]
+        if seed is not None:
+            cur.seed = seed
+        if clock_offset is not None:
+            cur.clock_offset = clock_offset
+        cur.node_ip = be32(self.node_ip)
+        t[t.Key(0)] = cur
+
+    def attach(self, ifname: str) -> None:
+        with netns.ipr(self.netns) as ipr:
+            idx = ipr.link_lookup(ifname=ifname)[0]
+            ipr.tc("add", "clsact", idx)
+            self.attached.append(ifname)
+            for fn, parent in (("from_pod", TC_INGRESS), ("to_pod", TC_EGRESS)):
+                f = self.fns[fn]
+                ipr.tc("add-filter", "bpf", idx, ":1", fd=f.fd, name=fn, parent=parent,
+                       classid=1, direct_action=True)
+
+    def detach_all(self) -> None:
+        if not netns.exists(self.netns):
+            self.attached.clear()
+            return
+        with netns.ipr(self.netns) as ipr:
+            for ifname in self.attached:
+                found = ipr.link_lookup(ifname=ifname)
+                if found:
+                    try:
+                        ipr.tc("del", "clsact", found[0])
+                    except Exception:
+                        pass   # already gone with its link
+        self.attached.clear()
+
+    def pin(self, directory: str) -> None:
+        from bcc.libbcc import lib
+        os.makedirs(directory, exist_ok=True)
+        self.pin_dir = directory
+        for name in MAP_NAMES:
+            path = os.path.join(directory, name)
+            if lib.bpf_obj_pin(self.table(name).map_fd, path.encode()) != 0:
+                raise DataplaneError(f"pinning map {name} at {path} failed: {os.strerror(ctypes.get_errno())}")
+
+    def unpin(self) -> None:
+        if self.pin_dir and os.path.isdir(self.pin_dir):
+            for name in os.listdir(self.pin_dir):
+                os.unlink(os.path.join(self.pin_dir, name))
+            os.rmdir(self.pin_dir)
+        self.pin_dir = None
+
+    def close(self) -> None:
+        self.detach_all()
+        self.unpin()
+        if self.bpf is not None:
+            self.bpf.cleanup()
+            self.bpf = None
+            self.fns = {}
+
+    def metrics(self) -> dict:
+        from .consts import METRICS
+        t = self.table("metrics")
+        return {name: sum(t[t.Key(i)]) for i, name in enumerate(METRICS)}

@@ -1,0 +1,93 @@
+"""The service table rendered into one node's BPF map contents, as plain Python values.
+
+The same rendering feeds the BPF maps (maps.py converts it to bcc's Key/Leaf types) and the
+reference model's state, so the two start every packet from identical tables. Ids are stable
+across renders: a service port or backend keeps its id while it exists.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address
+
+from ...model import ServiceTable
+from ...policy import internal_targets
+from .consts import SVC_F_AFFINITY  # noqa: F401  (read from bpf/include/consts.h)
+
+IPPROTO = {"TCP": 6, "UDP": 17}
+
+
+@dataclass(frozen=True, order=True)
+class SvcKey:
+    vip: IPv4Address
+    port: int          # 0 in the VIP marker
+    proto: int         # 0 in the VIP marker
+    slot: int          # 0: the service port; 1..count: backends
+
+
+@dataclass(frozen=True)
+class SvcValue:
+    backend_id: int = 0
+    count: int = 0
+    flags: int = 0
+    affinity_timeout: int = 0
+    svc_id: int = 0
+
+
+@dataclass(frozen=True)
+class BackendValue:
+    addr: IPv4Address
+    port: int
+
+
+@dataclass
+class NodeMaps:
+    services: dict = field(default_factory=dict)   # SvcKey -> SvcValue
+    backends: dict = field(default_factory=dict)   # id -> BackendValue
+
+
+@dataclass
+class Ids:
+    """Stable small integers for service ports and backends (0 means none)."""
+    svc: dict = field(default_factory=dict)       # (vip, port, proto) -> id
+    backend: dict = field(default_factory=dict)   # (addr, port) -> id
+
+    @staticmethod
+    def _get(table: dict, key) -> int:
+        if key not in table:
+            used = set(table.values())
+            table[key] = next(i for i in range(1, len(used) + 2) if i not in used)
+        return table[key]
+
+    def svc_id(self, key) -> int:
+        return self._get(self.svc, key)
+
+    def backend_id(self, key) -> int:
+        return self._get(self.backend, key)
+
+    def forget_unused(self, maps: NodeMaps) -> None:
+        live_b = {(b.addr, b.port) for b in maps.backends.values()}
+        self.backend = {k: v for k, v in self.backend.items() if k in live_b}
+        live_s = {(k.vip, k.port, k.proto) for k in maps.services if k.slot == 0}
+        self.svc = {k: v for k, v in self.svc.items() if k in live_s}
+
+
+def render_node(table: ServiceTable, node: str, ids: Ids) -> NodeMaps:
+    """What node `node`'s maps hold for `table`: ClusterIP frontends, as seen by its pods."""
+    out = NodeMaps()
+    for svc in table:
+        vip = svc.cluster_ip
+        out.services[SvcKey(vip, 0, 0, 0)] = SvcValue()   # the VIP marker
+        for sp in svc.ports:
+            proto = IPPROTO[sp.protocol]
+            targets = internal_targets(svc, sp, node)
+            flags = SVC_F_AFFINITY if svc.session_affinity == "ClientIP" else 0
+            sid = ids.svc_id((vip, sp.port, proto))
+            out.services[SvcKey(vip, sp.port, proto, 0)] = SvcValue(
+                count=len(targets), flags=flags,
+                affinity_timeout=svc.affinity_timeout if flags else 0, svc_id=sid)
+            for slot, t in enumerate(targets, 1):
+                bid = ids.backend_id((t.address, t.port))
+                out.backends[bid] = BackendValue(t.address, t.port)
+                out.services[SvcKey(vip, sp.port, proto, slot)] = SvcValue(backend_id=bid)
+    ids.forget_unused(out)
+    return out

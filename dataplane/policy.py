@@ -1,0 +1,62 @@
+"""Which endpoints may receive a packet: decided once, here, for every backend.
+
+kube-proxy's rules (pkg/proxy/topology.go, CategorizeEndpoints), for one service port:
+  - an endpoint counts only if it serves this port (has a port of this name and protocol);
+  - cluster-wide traffic goes to the ready endpoints; when none is ready, to the serving
+    terminating ones (so that a rolling update never leaves a service with nothing);
+  - node-local traffic (internalTrafficPolicy or externalTrafficPolicy Local) goes to the ready
+    endpoints on that node; when none is ready there, to that node's serving terminating ones.
+Endpoints are returned in a fixed order (address, port) so every backend numbers them alike.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+
+from .model import Endpoint, Service, ServicePort
+
+
+@dataclass(frozen=True)
+class Target:
+    address: IPv4Address
+    port: int
+    pod: str | None
+    node: str | None
+
+
+def _usable(svc: Service, sp: ServicePort) -> list[tuple[Endpoint, int]]:
+    out = []
+    for ep in svc.endpoints:
+        port = ep.port_for(sp.name, sp.protocol)
+        if port is not None:
+            out.append((ep, port))
+    return out
+
+
+def _with_fallback(candidates: list[tuple[Endpoint, int]]) -> list[Target]:
+    ready = [(e, p) for e, p in candidates if e.ready]
+    chosen = ready or [(e, p) for e, p in candidates if e.serving and e.terminating]
+    return sorted((Target(e.address, p, e.pod, e.node) for e, p in chosen),
+                  key=lambda t: (int(t.address), t.port))
+
+
+def cluster_targets(svc: Service, sp: ServicePort) -> list[Target]:
+    return _with_fallback(_usable(svc, sp))
+
+
+def local_targets(svc: Service, sp: ServicePort, node: str) -> list[Target]:
+    return _with_fallback([(e, p) for e, p in _usable(svc, sp) if e.node == node])
+
+
+def internal_targets(svc: Service, sp: ServicePort, node: str) -> list[Target]:
+    """Where a pod on `node` reaching the cluster IP may go."""
+    if svc.internal_traffic_policy == "Local":
+        return local_targets(svc, sp, node)
+    return cluster_targets(svc, sp)
+
+
+def all_targets(svc: Service, sp: ServicePort) -> list[Target]:
+    """Every endpoint of the port, eligible or not (terminating, unready): flows to these may
+    continue; flows to an endpoint that left this list are stale."""
+    return sorted((Target(e.address, p, e.pod, e.node) for e, p in _usable(svc, sp)),
+                  key=lambda t: (int(t.address), t.port))
