@@ -2,8 +2,8 @@
 VENV      ?= .venv
 PY        := $(VENV)/bin/python
 DATAPLANE := $(VENV)/bin/dataplane
-SCENARIO  ?= scenarios/flat.yaml
-BACKEND   ?= none
+SCENARIO  ?= scenarios/clusterip.yaml
+BACKEND   ?= ebpf
 PYTEST_ARGS ?=
 
 .PHONY: setup demo test test-unit test-lab clean help

@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from dataplane import backends
 from dataplane.errors import LabError
 from dataplane.lab import netns, state
 from dataplane.lab.lab import Lab
@@ -37,7 +38,7 @@ def test_run_json_report_and_cleanup():
     proc = dataplane("run", str(SCENARIOS / "flat.yaml"), "--json", "--name", "t-json", "-q")
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
-    assert report["scenario"] == "flat" and report["backend"] == "none" and report["passed"] is True
+    assert report["scenario"] == "flat" and report["backend"] == backends.DEFAULT and report["passed"] is True
     assert len(report["checks"]) == len(load(SCENARIOS / "flat.yaml").checks)
     for check in report["checks"]:
         assert set(check) >= {"name", "passed", "detail"} and check["passed"] is True
