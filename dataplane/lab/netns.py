@@ -26,7 +26,7 @@ def path(name: str) -> str:
 
 
 def exists(name: str) -> bool:
-    return os.path.exists(path(name))
+    return bool(name) and os.path.isfile(path(name))
 
 
 def list_all() -> list[str]:

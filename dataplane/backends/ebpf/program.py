@@ -93,7 +93,7 @@ class NodeProgram:
                        classid=1, direct_action=True)
 
     def detach_all(self) -> None:
-        if not netns.exists(self.netns):
+        if not self.attached or not netns.exists(self.netns):
             self.attached.clear()
             return
         with netns.ipr(self.netns) as ipr:

@@ -1,0 +1,413 @@
+"""The reference model of the pod-veth datapath: frame bytes in, verdict and frame bytes out.
+
+Written from the specification in docs/datapath.md, not from the C: it parses with `struct`,
+recomputes checksums in full (the C updates them incrementally), and keeps its state in plain
+dicts. It is the oracle the BPF programs are checked against (tests/bpf), and the packet engine of
+the emulator (`--backend model`). Every result says why, step by step.
+"""
+from __future__ import annotations
+
+import struct
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from ipaddress import IPv4Address
+
+from ..backends.ebpf.render import NodeMaps, SvcKey
+
+ETH_HLEN = 14
+ETH_P_IP = 0x0800
+TCP, UDP, ICMP = 6, 17, 1
+ICMP_ERRORS = (3, 4, 11, 12)   # destination unreachable, source quench, time exceeded, parameter problem
+SYN, ACK = 0x02, 0x10
+NS = 1_000_000_000
+LIFETIME_UDP = 60 * NS
+LIFETIME_SYN = 60 * NS
+LIFETIME_TCP = 21600 * NS
+SERVICE, REPLY = 1, 2           # conntrack directions
+
+
+@dataclass(frozen=True)
+class CtKey:
+    saddr: IPv4Address
+    daddr: IPv4Address
+    sport: int
+    dport: int
+    proto: int
+    dir: int
+
+
+@dataclass
+class CtEntry:
+    expires: int
+    nat_addr: IPv4Address
+    nat_port: int
+    hairpin: bool = False
+    snat_addr: IPv4Address = IPv4Address(0)
+    snat_port: int = 0
+    backend_id: int = 0
+    svc_id: int = 0
+
+
+@dataclass
+class NodeState:
+    """One node's tables, as the BPF maps of that node hold them."""
+    maps: NodeMaps
+    node_ip: IPv4Address
+    seed: int
+    conntrack: dict = field(default_factory=dict)   # CtKey -> CtEntry
+    affinity: dict = field(default_factory=dict)    # (client, svc_id) -> (last_used, backend_id)
+    metrics: Counter = field(default_factory=Counter)
+
+
+@dataclass
+class Result:
+    verdict: str                 # pass | drop | redirect (back out the interface it came in on)
+    data: bytes
+    reason: str | None = None    # the counter this packet incremented
+    why: list = field(default_factory=list)
+
+
+# -- checksums ---------------------------------------------------------------------------------
+
+def csum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
+
+def csum_update(check: int, old: bytes, new: bytes) -> int:
+    """RFC 1624 eqn. 3 for a field that cannot be summed in full (a quoted, truncated header)."""
+    s = ~check & 0xFFFF
+    for i in range(0, len(old), 2):
+        s += (~struct.unpack("!H", old[i:i + 2])[0] & 0xFFFF) + struct.unpack("!H", new[i:i + 2])[0]
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
+
+# -- the flow hash of the specification ----------------------------------------------------------
+
+def _mix32(h: int) -> int:
+    h ^= h >> 16
+    h = (h * 0x85EBCA6B) & 0xFFFFFFFF
+    h ^= h >> 13
+    h = (h * 0xC2B2AE35) & 0xFFFFFFFF
+    h ^= h >> 16
+    return h
+
+
+def flow_hash(saddr: bytes, daddr: bytes, sport: bytes, dport: bytes, proto: int, seed: int) -> int:
+    """Each field as its bytes sit in the packet, read as a little-endian word."""
+    le = lambda b: int.from_bytes(b, "little")  # noqa: E731
+    h = _mix32(seed ^ le(saddr))
+    h = _mix32(h ^ le(daddr))
+    h = _mix32(h ^ (le(sport) | le(dport) << 16))
+    return _mix32(h ^ proto)
+
+
+# -- parsing -------------------------------------------------------------------------------------
+
+@dataclass
+class Packet:
+    frame: bytearray
+    ihl: int
+    total: int
+    proto: int
+    saddr: IPv4Address
+    daddr: IPv4Address
+    fragment: bool
+    later_fragment: bool
+    sport: int = 0
+    dport: int = 0
+    tcp_flags: int = 0
+    icmp_type: int | None = None
+
+    @property
+    def l4(self) -> int:
+        return ETH_HLEN + self.ihl
+
+    @property
+    def options(self) -> bool:
+        return self.ihl > 20
+
+
+def parse(frame: bytes):
+    """(Packet, None), (None, None) for a frame that is not IPv4, or (None, reason) if malformed."""
+    if len(frame) < ETH_HLEN or struct.unpack("!H", frame[12:14])[0] != ETH_P_IP:
+        return None, None
+    if len(frame) < ETH_HLEN + 20:
+        return None, "DROP_BAD_IHL"
+    vihl = frame[ETH_HLEN]
+    ihl = (vihl & 0x0F) * 4
+    if vihl >> 4 != 4 or ihl < 20:
+        return None, "DROP_BAD_IHL"
+    total = struct.unpack("!H", frame[ETH_HLEN + 2:ETH_HLEN + 4])[0]
+    if total < ihl or ETH_HLEN + total > len(frame):
+        return None, "DROP_BAD_IHL" if ETH_HLEN + ihl > len(frame) else "DROP_BAD_LEN"
+    frag = struct.unpack("!H", frame[ETH_HLEN + 6:ETH_HLEN + 8])[0]
+    p = Packet(bytearray(frame), ihl, total, frame[ETH_HLEN + 9],
+               IPv4Address(frame[ETH_HLEN + 12:ETH_HLEN + 16]), IPv4Address(frame[ETH_HLEN + 16:ETH_HLEN + 20]),
+               fragment=bool(frag & 0x3FFF), later_fragment=bool(frag & 0x1FFF))
+    if p.later_fragment:
+        return p, None
+    l4len, o = total - ihl, p.l4
+    need = {TCP: 20, UDP: 8, ICMP: 8}.get(p.proto, 0)
+    if l4len < need:
+        return None, "DROP_TRUNCATED_L4"
+    if p.proto in (TCP, UDP):
+        p.sport, p.dport = struct.unpack("!HH", frame[o:o + 4])
+        if p.proto == TCP:
+            p.tcp_flags = frame[o + 13]
+    elif p.proto == ICMP:
+        p.icmp_type = frame[o]
+    return p, None
+
+
+# -- rewriting (full checksum recomputation) -------------------------------------------------------
+
+def _finish(p: Packet) -> bytes:
+    f = p.frame
+    ip = ETH_HLEN
+    f[ip + 12:ip + 16] = p.saddr.packed
+    f[ip + 16:ip + 20] = p.daddr.packed
+    f[ip + 10:ip + 12] = b"\0\0"
+    f[ip + 10:ip + 12] = struct.pack("!H", csum(bytes(f[ip:ip + p.ihl])))
+    if p.proto in (TCP, UDP):
+        o, end = p.l4, ETH_HLEN + p.total
+        f[o:o + 4] = struct.pack("!HH", p.sport, p.dport)
+        off = o + (16 if p.proto == TCP else 6)
+        if p.proto == UDP and f[off:off + 2] == b"\0\0":
+            return bytes(f)            # UDP without checksum stays without
+        f[off:off + 2] = b"\0\0"
+        pseudo = p.saddr.packed + p.daddr.packed + struct.pack("!BBH", 0, p.proto, end - o)
+        c = csum(pseudo + bytes(f[o:end]))
+        if p.proto == UDP and c == 0:
+            c = 0xFFFF
+        f[off:off + 2] = struct.pack("!H", c)
+    return bytes(f)
+
+
+def _swap_macs(frame: bytearray) -> None:
+    frame[0:12] = frame[6:12] + frame[0:6]
+
+
+# -- the datapath ----------------------------------------------------------------------------------
+
+class Datapath:
+    """from_pod / to_pod of one node. `now` is ns on the dataplane clock."""
+
+    def __init__(self, state: NodeState):
+        self.s = state
+
+    def _count(self, name: str) -> None:
+        self.s.metrics[name] += 1
+
+    def _svc(self, vip, port, proto, slot=0):
+        return self.s.maps.services.get(SvcKey(vip, port, proto, slot))
+
+    def _is_vip(self, addr) -> bool:
+        return self._svc(addr, 0, 0) is not None
+
+    def _result(self, verdict, data, reason, why) -> Result:
+        self._count(reason)
+        return Result(verdict, bytes(data), reason, why)
+
+    def from_pod(self, frame: bytes, now: int) -> Result:
+        return self._handle(frame, now, service_hook=True)
+
+    def to_pod(self, frame: bytes, now: int) -> Result:
+        return self._handle(frame, now, service_hook=False)
+
+    def _lookup(self, key: CtKey, now: int):
+        e = self.s.conntrack.get(key)
+        if e is not None and e.expires <= now:
+            del self.s.conntrack[key]
+            return None
+        return e
+
+    @staticmethod
+    def _lifetime(p: Packet) -> int:
+        if p.proto != TCP:
+            return LIFETIME_UDP
+        return LIFETIME_SYN if (p.tcp_flags & SYN and not p.tcp_flags & ACK) else LIFETIME_TCP
+
+    def _handle(self, frame: bytes, now: int, service_hook: bool) -> Result:
+        why = []
+        p, bad = parse(frame)
+        if bad:
+            return self._result("drop", frame, bad, [f"malformed IPv4: {bad}"])
+        if p is None:
+            return self._result("pass", frame, "M_PASS", ["not IPv4"])
+        vip_dst = service_hook and self._is_vip(p.daddr)
+        if p.proto == ICMP:
+            if p.icmp_type in ICMP_ERRORS:
+                r = self._icmp_error(p, now, why)
+                if r is not None:
+                    return r
+            if vip_dst:
+                return self._result("drop", frame, "DROP_UNKNOWN_L4", [f"ICMP to VIP {p.daddr}"])
+            return self._result("pass", frame, "M_PASS", ["ICMP not about a flow of ours"])
+        if p.proto not in (TCP, UDP):
+            if vip_dst:
+                return self._result("drop", frame, "DROP_UNKNOWN_L4", [f"protocol {p.proto} to VIP {p.daddr}"])
+            return self._result("pass", frame, "M_PASS", [f"protocol {p.proto}"])
+        if p.later_fragment:
+            if vip_dst:
+                return self._result("drop", frame, "DROP_FRAGMENT", ["later fragment to a VIP"])
+            return self._result("pass", frame, "M_PASS", ["later fragment, not to a VIP"])
+        unsupported = "DROP_IP_OPTIONS" if p.options else "DROP_FRAGMENT" if p.fragment else None
+
+        e = self._lookup(CtKey(p.saddr, p.daddr, p.sport, p.dport, p.proto, REPLY), now)
+        if e is not None:
+            if unsupported:
+                return self._result("drop", frame, unsupported, ["reply of a NATed flow, unsupported header"])
+            e.expires = now + self._lifetime(p)
+            why.append(f"reply of a flow to {e.nat_addr}:{e.nat_port}: source becomes the VIP")
+            p.saddr, p.sport = e.nat_addr, e.nat_port
+            if e.hairpin:
+                why.append(f"hairpin: destination back to the client {e.snat_addr}:{e.snat_port}")
+                p.daddr, p.dport = e.snat_addr, e.snat_port
+            return self._out(p, e.hairpin, "M_REVNAT", why)
+        if not service_hook:
+            return self._result("pass", frame, "M_PASS", ["no flow of ours"])
+
+        e = self._lookup(CtKey(p.saddr, p.daddr, p.sport, p.dport, p.proto, SERVICE), now)
+        if e is not None:
+            if unsupported:
+                return self._result("drop", frame, unsupported, ["packet of a NATed flow, unsupported header"])
+            e.expires = now + self._lifetime(p)
+            why.append(f"known flow to backend {e.nat_addr}:{e.nat_port}")
+            return self._out(self._dnat(p, e), e.hairpin, "M_DNAT", why)
+
+        svc = self._svc(p.daddr, p.dport, p.proto)
+        if svc is None:
+            if not self._is_vip(p.daddr):
+                return self._result("pass", frame, "M_PASS", ["not service traffic"])
+            if unsupported:
+                return self._result("drop", frame, unsupported, ["VIP, unsupported header"])
+            return self._reject(p, "REJECT_PORT_UNSERVED", [f"VIP {p.daddr} serves no {p.dport}/{p.proto}"])
+        if unsupported:
+            return self._result("drop", frame, unsupported, ["service traffic with an unsupported header"])
+        if p.proto == TCP and not (p.tcp_flags & SYN and not p.tcp_flags & ACK):
+            return self._result("drop", frame, "DROP_CT_INVALID", ["TCP to a VIP, not a SYN, no known flow"])
+        if svc.count == 0:
+            return self._reject(p, "REJECT_NO_ENDPOINTS", ["service has no eligible endpoint"])
+        return self._new_flow(p, svc, now, why)
+
+    def _select(self, p: Packet, svc, now: int, why: list) -> int:
+        bid = 0
+        if svc.flags & 1:
+            hit = self.s.affinity.get((p.saddr, svc.svc_id))
+            if hit and now - hit[0] <= svc.affinity_timeout * NS and hit[1] in self.s.maps.backends:
+                bid = hit[1]
+                self._count("M_AFFINITY_HIT")
+                why.append(f"session affinity: client {p.saddr} keeps backend {bid}")
+        if not bid:
+            f = p.frame
+            ip, o = ETH_HLEN, p.l4
+            h = flow_hash(f[ip + 12:ip + 16], f[ip + 16:ip + 20], f[o:o + 2], f[o + 2:o + 4], p.proto, self.s.seed)
+            slot = h % svc.count + 1
+            sv = self._svc(p.daddr, p.dport, p.proto, slot)
+            bid = sv.backend_id if sv else 0
+            why.append(f"flow hash {h:#010x} picks slot {slot} of {svc.count}: backend {bid}")
+        if svc.flags & 1:
+            self.s.affinity[(p.saddr, svc.svc_id)] = (now, bid)
+        return bid
+
+    def _new_flow(self, p: Packet, svc, now: int, why: list) -> Result:
+        bid = self._select(p, svc, now, why)
+        be = self.s.maps.backends.get(bid)
+        if be is None:
+            return self._result("drop", p.frame, "DROP_NO_BACKEND", why + ["no such backend"])
+        life = now + self._lifetime(p)
+        fwd = CtEntry(life, be.addr, be.port, backend_id=bid, svc_id=svc.svc_id)
+        rev = CtEntry(life, p.daddr, p.dport, backend_id=bid, svc_id=svc.svc_id)
+        reply_dst = p.saddr
+        if be.addr == p.saddr:
+            fwd = replace(fwd, hairpin=True, snat_addr=self.s.node_ip, snat_port=p.sport)
+            rev = replace(rev, hairpin=True, snat_addr=p.saddr, snat_port=p.sport)
+            reply_dst = self.s.node_ip
+            self._count("M_HAIRPIN")
+            why.append(f"hairpin: the client is its own backend, masqueraded as the node {self.s.node_ip}")
+        self.s.conntrack[CtKey(p.saddr, p.daddr, p.sport, p.dport, p.proto, SERVICE)] = fwd
+        self.s.conntrack[CtKey(be.addr, reply_dst, be.port, p.sport, p.proto, REPLY)] = rev
+        why.append(f"DNAT {p.daddr}:{p.dport} -> {be.addr}:{be.port}")
+        return self._out(self._dnat(p, fwd), fwd.hairpin, "M_DNAT_NEW", why)
+
+    def _dnat(self, p: Packet, e: CtEntry) -> Packet:
+        p.daddr, p.dport = e.nat_addr, e.nat_port
+        if e.hairpin:
+            p.saddr, p.sport = e.snat_addr, e.snat_port
+        return p
+
+    def _out(self, p: Packet, bounce: bool, reason: str, why: list) -> Result:
+        data = bytearray(_finish(p))
+        if bounce:
+            _swap_macs(data)
+            why.append("sent straight back to the pod it came from")
+            return self._result("redirect", data, reason, why)
+        return self._result("pass", data, reason, why)
+
+    def _reject(self, p: Packet, reason: str, why: list) -> Result:
+        if p.options:
+            return self._result("drop", p.frame, "DROP_REJECT_FAILED", why + ["cannot quote a header with options"])
+        quote = bytes(p.frame[ETH_HLEN:ETH_HLEN + 28])
+        icmp = bytearray(struct.pack("!BBHI", 3, 3, 0, 0) + quote)
+        icmp[2:4] = struct.pack("!H", csum(bytes(icmp)))
+        ip = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(icmp), 0, 0, 64, ICMP, 0,
+                                   p.daddr.packed, p.saddr.packed))
+        ip[10:12] = struct.pack("!H", csum(bytes(ip)))
+        frame = bytearray(p.frame[:ETH_HLEN]) + ip + icmp
+        _swap_macs(frame)
+        return self._result("redirect", frame, reason,
+                            why + ["rejected: ICMP port unreachable from the VIP, back to the client"])
+
+    def _icmp_error(self, p: Packet, now: int, why: list):
+        """An ICMP error quoting client -> backend becomes one quoting client -> VIP."""
+        o = p.l4
+        inner_at = o + 8
+        f = p.frame
+        if p.options or ETH_HLEN + p.total < inner_at + 28:
+            return None
+        inner = bytes(f[inner_at:inner_at + 28])
+        if inner[0] != 0x45 or inner[9] not in (TCP, UDP):
+            return None
+        isrc, idst = IPv4Address(inner[12:16]), IPv4Address(inner[16:20])
+        isport, idport = struct.unpack("!HH", inner[20:24])
+        e = self._lookup(CtKey(idst, isrc, idport, isport, inner[9], REPLY), now)
+        if e is None:
+            return None
+        new = bytearray(inner)
+        new[16:20] = e.nat_addr.packed
+        new[22:24] = struct.pack("!H", e.nat_port)
+        if e.hairpin:
+            new[12:16] = e.snat_addr.packed
+            new[20:22] = struct.pack("!H", e.snat_port)
+        new[10:12] = b"\0\0"
+        new[10:12] = struct.pack("!H", csum(bytes(new[:20])))
+        if inner[9] == UDP and inner[26:28] != b"\0\0":
+            old_fields = inner[12:20] + inner[20:24]
+            new_fields = bytes(new[12:20] + new[20:24])
+            c = csum_update(struct.unpack("!H", inner[26:28])[0], old_fields, new_fields) or 0xFFFF
+            new[26:28] = struct.pack("!H", c)
+        f[inner_at:inner_at + 28] = new
+        end = ETH_HLEN + p.total
+        f[o + 2:o + 4] = b"\0\0"
+        f[o + 2:o + 4] = struct.pack("!H", csum(bytes(f[o:end])))
+        why.append(f"ICMP error about {isrc}:{isport} -> {idst}:{idport}: quotes the VIP {e.nat_addr}:{e.nat_port}")
+        if p.saddr == idst:
+            p.saddr = e.nat_addr
+            why.append("sent by the backend itself: from the VIP")
+        if e.hairpin:
+            p.daddr = e.snat_addr
+        ip = ETH_HLEN
+        f[ip + 12:ip + 16], f[ip + 16:ip + 20] = p.saddr.packed, p.daddr.packed
+        f[ip + 10:ip + 12] = b"\0\0"
+        f[ip + 10:ip + 12] = struct.pack("!H", csum(bytes(f[ip:ip + p.ihl])))
+        if e.hairpin:
+            _swap_macs(f)
+            return self._result("redirect", f, "M_ICMP_REVNAT", why + ["hairpin: back to the pod"])
+        return self._result("pass", f, "M_ICMP_REVNAT", why)

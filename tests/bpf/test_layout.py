@@ -1,0 +1,51 @@
+"""The layout Python relies on: sizes and offsets of bcc's generated Key/Leaf types of every map,
+pinned here. A change to bpf/include/types.h must change this file too, deliberately."""
+from __future__ import annotations
+
+import ctypes
+import re
+
+import pytest
+
+from dataplane.backends.ebpf import consts
+from dataplane.backends.ebpf.source import BPF_DIR
+
+LAYOUT = {
+    # map: (key size, {key field: offset}, leaf size, {leaf field: offset})
+    "services": (12, {"vip": 0, "port": 4, "proto": 6, "pad0": 7, "slot": 8, "pad1": 10},
+                 16, {"backend_id": 0, "count": 4, "flags": 6, "affinity_timeout": 8, "svc_id": 12}),
+    "backends": (4, {}, 8, {"addr": 0, "port": 4, "pad0": 6}),
+    "conntrack": (16, {"saddr": 0, "daddr": 4, "sport": 8, "dport": 10, "proto": 12, "dir": 13, "pad0": 14},
+                  32, {"expires": 0, "nat_addr": 8, "nat_port": 12, "flags": 14, "snat_addr": 16,
+                       "snat_port": 20, "pad0": 22, "backend_id": 24, "svc_id": 28}),
+    "affinity": (8, {"client": 0, "svc_id": 4}, 16, {"last_used": 0, "backend_id": 8, "pad0": 12}),
+    "config": (4, {}, 16, {"clock_offset": 0, "seed": 8, "node_ip": 12}),
+}
+
+
+def _offsets(t) -> dict:
+    return {name: getattr(t, name).offset for name, _ in getattr(t, "_fields_", [])}
+
+
+@pytest.mark.parametrize("name", sorted(LAYOUT))
+def test_generated_types_match_the_pinned_layout(program, name):
+    ksize, koffs, lsize, loffs = LAYOUT[name]
+    t = program.table(name)
+    assert ctypes.sizeof(t.Key) == ksize
+    assert ctypes.sizeof(t.Leaf) == lsize
+    if koffs:
+        assert _offsets(t.Key) == koffs
+    assert _offsets(t.Leaf) == loffs
+
+
+def test_metric_names_follow_the_enum():
+    """consts.py reads enum metric from the header; check it against a second reading."""
+    text = (BPF_DIR / "include" / "consts.h").read_text()
+    body = text[text.index("enum metric {"):text.index("M_MAX,")]
+    names = re.findall(r"^\s+([A-Z_0-9]+)(?: = 0)?,", body, re.M)
+    assert tuple(names) == consts.METRICS and consts.METRICS[0] == "M_PASS"
+    assert consts.CT_SERVICE == 1 and consts.CT_REPLY == 2 and consts.CT_LIFETIME_UDP == 60 * 10**9
+
+
+def test_metrics_map_has_one_counter_per_reason(program):
+    assert len(program.table("metrics")) == len(consts.METRICS)
