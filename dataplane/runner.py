@@ -55,9 +55,27 @@ def run_check(lab: Lab, spec: CheckSpec) -> CheckResult:
     return evaluate(spec, parse_client_output(proc.stdout))
 
 
+def run_simulated(scenario: Scenario, backend, progress=lambda m: None) -> Report:
+    """The scenario on the emulator: same checks, same judge, no kernel."""
+    from .emulator.net import SimNet
+    from .lab.plan import make_plan
+    report = Report(scenario.name, backend.name, "(simulated)", ignored=list(scenario.ignored),
+                    seed=backend.seed)
+    plan = make_plan(scenario.topology, scenario.name)
+    net = SimNet(plan, scenario.services, backend.seed)
+    for i, spec in enumerate(scenario.checks, 1):
+        progress(f"check {i}/{len(scenario.checks)}: {spec.name}")
+        ns = plan.netns_of(spec.client)
+        results = [net.request(ns, spec.ip, spec.port, spec.protocol) for _ in range(spec.requests)]
+        report.results.append(evaluate(spec, results))
+    return report
+
+
 def run_live(scenario: Scenario, backend_name: str, lab_name: str, keep: bool = False,
              progress=lambda m: None, seed: int | None = None) -> Report:
     backend = backends.get(backend_name, seed=seed)
+    if getattr(backend, "simulated", False):
+        return run_simulated(scenario, backend, progress)
     report = Report(scenario.name, backend.name, lab_name, ignored=list(scenario.ignored),
                     seed=getattr(backend, "seed", None))
     old = {sig: signal.signal(sig, _on_sigterm) for sig in (signal.SIGTERM, signal.SIGHUP)}

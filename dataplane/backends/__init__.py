@@ -3,9 +3,10 @@ from __future__ import annotations
 
 from ..errors import DataplaneError
 from .ebpf import EbpfBackend
+from .model import ModelBackend
 from .none import NoneBackend
 
-BACKENDS = {b.name: b for b in (EbpfBackend, NoneBackend)}
+BACKENDS = {b.name: b for b in (EbpfBackend, ModelBackend, NoneBackend)}
 # The backend `run` and `demo` use when none is named.
 DEFAULT = "ebpf"
 
