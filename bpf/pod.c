@@ -58,8 +58,11 @@ static __always_inline int new_flow(struct __sk_buff *skb, struct pkt *p, struct
 {
 	if (p->proto == IPPROTO_TCP && !((p->tcp_flags & TCP_FLAG_SYN) && !(p->tcp_flags & TCP_FLAG_ACK)))
 		return drop(DROP_CT_INVALID);
-	if (svc->count == 0)
+	if (svc->count == 0) {
+		if (svc->flags & SVC_F_LOCAL_ONLY)
+			return drop(DROP_NO_LOCAL_ENDPOINT);
 		return reject(skb, p, REJECT_NO_ENDPOINTS);
+	}
 
 	__u32 id = select_backend(p, svc, cfg->seed, now);
 	struct backend *be = id ? backends.lookup(&id) : NULL;

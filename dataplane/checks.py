@@ -38,6 +38,12 @@ class CheckSpec:
     source_label: str = ""
     requests: int = 1
     timeout: float = 2.0
+    interval: float = 0.0                     # seconds between requests
+    source_port: int | None = None            # every request from this port (one UDP flow, ...)
+    same_backend: bool = False                # all requests answered by one backend (affinity)
+    every_backend: bool = False               # every listed backend answered at least once
+    min_backends: int | None = None           # at least this many backends answered
+    max_share: float | None = None            # no backend answered more than this fraction
     where: str = ""
 
 
@@ -88,78 +94,87 @@ def _lab_address(topology: TopologySpec, ip: IPv4Address) -> bool:
                                      topology.node_cidr, topology.outside_cidr))
 
 
-def parse_checks(root: Doc, topology: TopologySpec, services: ServiceTable) -> list[CheckSpec]:
-    checks, names = [], set()
-    for item in root.items("checks"):
-        if not isinstance(item, Doc):
-            item.fail("expected a mapping with from, to, port and expect")
-        ckind, cname, cobj = _ref(item, "from", CLIENT_KINDS, topology, services)
-        tkind, tname, tobj = _ref(item, "to", TARGET_KINDS, topology, services)
-        target = item.value["to"]
-        protocol = item.take_str("protocol", None, choices=PROTOCOLS)
-        if tkind == "service":
-            ip = tobj.cluster_ip
-            if item.has("port"):
-                port = item.take_int("port", lo=1, hi=65535)
-                sp = next((p for p in tobj.ports if p.port == port and (protocol in (None, p.protocol))), None)
-                if sp is None and item.value.get("expect", "reachable") == "reachable":
-                    item.fail("port", f"service {tname} serves no port {port}" +
-                              (f"/{protocol}" if protocol else "") +
-                              f" (ports: {', '.join(f'{p.port}/{p.protocol}' for p in tobj.ports)})")
-            else:
-                if len(tobj.ports) != 1:
-                    item.fail(None, f"missing field 'port': service {tname} has several ports")
-                sp = tobj.ports[0]
-                port = sp.port
-            protocol = protocol or (sp.protocol if sp else "TCP")
+def parse_check(item: Doc, topology: TopologySpec, services: ServiceTable, names: set) -> CheckSpec:
+    """One check, resolved against the topology and the services as they are at that step."""
+    ckind, cname, cobj = _ref(item, "from", CLIENT_KINDS, topology, services)
+    tkind, tname, tobj = _ref(item, "to", TARGET_KINDS, topology, services)
+    target = item.value["to"]
+    protocol = item.take_str("protocol", None, choices=PROTOCOLS)
+    if tkind == "service":
+        ip = tobj.cluster_ip
+        if item.has("port"):
+            port = item.take_int("port", lo=1, hi=65535)
+            sp = next((p for p in tobj.ports if p.port == port and (protocol in (None, p.protocol))), None)
+            if sp is None and item.value.get("expect", "reachable") == "reachable":
+                item.fail("port", f"service {tname} serves no port {port}" +
+                          (f"/{protocol}" if protocol else "") +
+                          f" (ports: {', '.join(f'{p.port}/{p.protocol}' for p in tobj.ports)})")
         else:
-            ip = tobj if tkind == "ip" else tobj.ip
-            if tkind == "ip" and not _lab_address(topology, ip):
-                item.fail("to", f"{ip} is not a lab address (cluster, service, node or outside "
-                                f"network): checks never send outside the lab")
-            port = item.take_int("port", lo=1, hi=65535, expect="a port number from 1 to 65535")
-            protocol = protocol or "TCP"
-        expect = item.take_str("expect", "reachable", choices=OUTCOMES)
-        backends = None
-        if item.has("backends"):
-            backends = []
-            for b in item.items("backends"):
-                bname = b.value if not isinstance(b, Doc) else None
-                if not isinstance(bname, str) or topology.find(bname) is None:
-                    b.fail(f"expected the name of a pod, node or host in the topology, got {bname!r}")
-                backends.append(bname)
-            backends = tuple(backends)
-            if expect != "reachable":
-                item.fail("backends", f"backends only apply when expect is reachable (not {expect})")
-        source, source_label = None, ""
-        if item.has("source"):
-            if expect != "reachable":
-                item.fail("source", f"source only applies when expect is reachable (not {expect})")
-            text = item.take_str("source", expect="client, KIND/NAME or an IPv4 address")
-            if text == "client":
-                source, source_label = cobj.ip, f"client {cname}"
-            elif "/" in text:
-                skind, sname, sobj = _ref(item, "source", CLIENT_KINDS, topology, services)
-                source, source_label = sobj.ip, text
-            else:
-                try:
-                    source, source_label = IPv4Address(text), text
-                except ValueError:
-                    item.fail("source", f"expected client, KIND/NAME or an IPv4 address, got {text!r}")
-        requests = item.take_int("requests", 1, lo=1, hi=100000)
-        timeout = item.take("timeout", (int, float), 2.0, "seconds, such as 2 or 0.5")
-        if not 0 < timeout <= 60:
-            item.fail("timeout", f"expected seconds from 0 to 60, got {timeout}")
-        name = item.take_str("name", f"{ckind}/{cname} -> {target}:{port}/{protocol} {expect}")
-        if name in names:
-            item.fail("name", f"duplicate check name {name!r}")
-        names.add(name)
-        item.done()
-        checks.append(CheckSpec(name=name, client=cname, target=target, ip=ip, port=port,
-                                protocol=protocol, expect=expect, backends=backends, source=source,
-                                source_label=source_label, requests=requests, timeout=float(timeout),
-                                where=item.where()))
-    return checks
+            if len(tobj.ports) != 1:
+                item.fail(None, f"missing field 'port': service {tname} has several ports")
+            sp = tobj.ports[0]
+            port = sp.port
+        protocol = protocol or (sp.protocol if sp else "TCP")
+    else:
+        ip = tobj if tkind == "ip" else tobj.ip
+        if tkind == "ip" and not _lab_address(topology, ip):
+            item.fail("to", f"{ip} is not a lab address (cluster, service, node or outside "
+                            f"network): checks never send outside the lab")
+        port = item.take_int("port", lo=1, hi=65535, expect="a port number from 1 to 65535")
+        protocol = protocol or "TCP"
+    expect = item.take_str("expect", "reachable", choices=OUTCOMES)
+    backends = None
+    if item.has("backends"):
+        backends = []
+        for b in item.items("backends"):
+            bname = b.value if not isinstance(b, Doc) else None
+            if not isinstance(bname, str) or topology.find(bname) is None:
+                b.fail(f"expected the name of a pod, node or host in the topology, got {bname!r}")
+            backends.append(bname)
+        backends = tuple(backends)
+    source, source_label = None, ""
+    if item.has("source"):
+        text = item.take_str("source", expect="client, KIND/NAME or an IPv4 address")
+        if text == "client":
+            source, source_label = cobj.ip, f"client {cname}"
+        elif "/" in text:
+            skind, sname, sobj = _ref(item, "source", CLIENT_KINDS, topology, services)
+            source, source_label = sobj.ip, text
+        else:
+            try:
+                source, source_label = IPv4Address(text), text
+            except ValueError:
+                item.fail("source", f"expected client, KIND/NAME or an IPv4 address, got {text!r}")
+    requests = item.take_int("requests", 1, lo=1, hi=100000)
+    timeout = item.take("timeout", (int, float), 2.0, "seconds, such as 2 or 0.5")
+    if not 0 < timeout <= 60:
+        item.fail("timeout", f"expected seconds from 0 to 60, got {timeout}")
+    interval = item.take("interval", (int, float), 0, "seconds between requests, such as 1.5")
+    if not 0 <= interval <= 600:
+        item.fail("interval", f"expected seconds from 0 to 600, got {interval}")
+    sport = item.take_int("sourcePort", None, lo=1024, hi=65535, expect="a port from 1024 to 65535")
+    same = item.take_bool("sameBackend", False)
+    every = item.take_bool("everyBackend", False)
+    min_b = item.take_int("minBackends", None, lo=1, hi=1000)
+    share = item.take("maxShare", (int, float), None, "a fraction such as 0.45")
+    if share is not None and not 0 < share <= 1:
+        item.fail("maxShare", f"expected a fraction from 0 to 1, got {share}")
+    if expect != "reachable":
+        for key in ("backends", "source", "sameBackend", "everyBackend", "minBackends", "maxShare"):
+            if item.has(key):
+                item.fail(key, f"{key} only applies when expect is reachable (not {expect})")
+    if every and backends is None:
+        item.fail("everyBackend", "everyBackend needs the list of backends")
+    name = item.take_str("name", f"{ckind}/{cname} -> {target}:{port}/{protocol} {expect}")
+    if name in names:
+        item.fail("name", f"duplicate check name {name!r}")
+    names.add(name)
+    item.done()
+    return CheckSpec(name=name, client=cname, target=target, ip=ip, port=port, protocol=protocol,
+                     expect=expect, backends=backends, source=source, source_label=source_label,
+                     requests=requests, timeout=float(timeout), interval=float(interval),
+                     source_port=sport, same_backend=same, every_backend=every, min_backends=min_b,
+                     max_share=share, where=item.where())
 
 
 def evaluate(spec: CheckSpec, results: list[dict]) -> CheckResult:
@@ -180,6 +195,19 @@ def evaluate(spec: CheckSpec, results: list[dict]) -> CheckResult:
         stray = {b: n for b, n in answered.items() if b not in spec.backends}
         if stray:
             problems.append(f"answered by {', '.join(sorted(stray))}, allowed: {', '.join(spec.backends)}")
+    if spec.same_backend and len(answered) > 1:
+        problems.append(f"expected one backend for every request, got {_counts(answered)}")
+    if spec.every_backend:
+        silent = [b for b in spec.backends if b not in answered]
+        if silent:
+            problems.append(f"never answered: {', '.join(silent)}")
+    if spec.min_backends is not None and len(answered) < spec.min_backends:
+        problems.append(f"expected at least {spec.min_backends} backends, got {_counts(answered) or 'none'}")
+    if spec.max_share is not None and results:
+        top = max(answered.values(), default=0) / len(results)
+        if top > spec.max_share:
+            problems.append(f"one backend took {top:.0%} of requests (at most {spec.max_share:.0%}): "
+                            f"{_counts(answered)}")
     if spec.source is not None:
         bad = {s: n for s, n in sources.items() if s != str(spec.source)}
         if bad:
@@ -200,9 +228,18 @@ def evaluate(spec: CheckSpec, results: list[dict]) -> CheckResult:
     return CheckResult(spec.name, not problems, detail, dict(outcomes), dict(answered), dict(sources))
 
 
+def _counts(answered: Counter | dict) -> str:
+    return ", ".join(f"{b} x{n}" for b, n in sorted(answered.items()))
+
+
 def client_argv(python: str, spec: CheckSpec) -> list[str]:
-    return [python, "-m", "dataplane.agent.client", "--to", str(spec.ip), "--port", str(spec.port),
+    argv = [python, "-m", "dataplane.agent.client", "--to", str(spec.ip), "--port", str(spec.port),
             "--protocol", spec.protocol, "--requests", str(spec.requests), "--timeout", str(spec.timeout)]
+    if spec.interval:
+        argv += ["--interval", str(spec.interval)]
+    if spec.source_port:
+        argv += ["--source-port", str(spec.source_port)]
+    return argv
 
 
 def parse_client_output(stdout: str) -> list[dict]:

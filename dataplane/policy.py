@@ -55,6 +55,19 @@ def internal_targets(svc: Service, sp: ServicePort, node: str) -> list[Target]:
     return cluster_targets(svc, sp)
 
 
+def stale_targets(old, new) -> set:
+    """(address, port, protocol) of endpoints that left a service port between two tables: their
+    flows are stale (the UDP problem of kube-proxy #48370) and every backend flushes them."""
+    def targets(table):
+        out = set()
+        for svc in table or ():
+            for sp in svc.ports:
+                proto = {"TCP": 6, "UDP": 17}[sp.protocol]
+                out |= {(t.address, t.port, proto) for t in all_targets(svc, sp)}
+        return out
+    return targets(old) - targets(new)
+
+
 def all_targets(svc: Service, sp: ServicePort) -> list[Target]:
     """Every endpoint of the port, eligible or not (terminating, unready): flows to these may
     continue; flows to an endpoint that left this list are stale."""

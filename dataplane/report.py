@@ -27,6 +27,8 @@ def table(report: Report) -> str:
         lines.append(line)
     passed = sum(r.passed for r in report.results)
     lines.append(f"{passed} of {len(report.results)} checks passed")
+    for event in report.events:
+        lines.append(f"update: {event}")
     for note in report.ignored:
         lines.append(f"ignored: {note}")
     return "\n".join(lines)

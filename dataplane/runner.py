@@ -7,13 +7,14 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 
 from . import backends
 from .checks import CheckResult, CheckSpec, client_argv, evaluate, parse_client_output
 from .lab import netns
 from .lab.lab import Lab
-from .scenario import Scenario
+from .scenario import Scenario, Sleep, Update
 
 
 @dataclass
@@ -24,6 +25,7 @@ class Report:
     results: list[CheckResult] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
     seed: int | None = None          # the backend's choice seed: `--seed` replays the run
+    events: list[str] = field(default_factory=list)   # what updates changed
 
     @property
     def passed(self) -> bool:
@@ -45,7 +47,7 @@ def _on_sigterm(signum, frame):
 
 def run_check(lab: Lab, spec: CheckSpec) -> CheckResult:
     ns = lab.record.objects[spec.client]
-    budget = spec.requests * (spec.timeout * 2 + 1) + 10
+    budget = spec.requests * (spec.timeout * 2 + 1 + spec.interval) + 10
     try:
         proc = netns.run(ns, client_argv(sys.executable, spec), timeout=budget)
     except subprocess.TimeoutExpired:
@@ -63,12 +65,35 @@ def run_simulated(scenario: Scenario, backend, progress=lambda m: None) -> Repor
                     seed=backend.seed)
     plan = make_plan(scenario.topology, scenario.name)
     net = SimNet(plan, scenario.services, backend.seed)
-    for i, spec in enumerate(scenario.checks, 1):
-        progress(f"check {i}/{len(scenario.checks)}: {spec.name}")
-        ns = plan.netns_of(spec.client)
-        results = [net.request(ns, spec.ip, spec.port, spec.protocol) for _ in range(spec.requests)]
-        report.results.append(evaluate(spec, results))
+    for step in _steps(scenario, progress):
+        if isinstance(step, Sleep):
+            net.advance(step.seconds)
+        elif isinstance(step, Update):
+            report.events.extend(net.sync(step.table))
+        else:
+            ns = plan.netns_of(step.client)
+            results = []
+            for i in range(step.requests):
+                if i and step.interval:
+                    net.advance(step.interval)
+                results.append(net.request(ns, step.ip, step.port, step.protocol, step.source_port))
+            report.results.append(evaluate(step, results))
     return report
+
+
+def _steps(scenario: Scenario, progress):
+    """The scenario's steps, announcing each."""
+    checks = len(scenario.checks)
+    n = 0
+    for step in scenario.steps:
+        if isinstance(step, Sleep):
+            progress(f"sleep {step.seconds:g}s")
+        elif isinstance(step, Update):
+            progress(f"update: {step.name}")
+        else:
+            n += 1
+            progress(f"check {n}/{checks}: {step.name}")
+        yield step
 
 
 def run_live(scenario: Scenario, backend_name: str, lab_name: str, keep: bool = False,
@@ -85,9 +110,15 @@ def run_live(scenario: Scenario, backend_name: str, lab_name: str, keep: bool = 
         lab = Lab.create(scenario.topology, lab_name, scenario.file, progress, backend.name)
         progress(f"programming backend {backend.name}")
         backend.setup(lab, scenario.services)
-        for i, spec in enumerate(scenario.checks, 1):
-            progress(f"check {i}/{len(scenario.checks)}: {spec.name}")
-            report.results.append(run_check(lab, spec))
+        for step in _steps(scenario, progress):
+            if isinstance(step, Sleep):
+                time.sleep(step.seconds)
+            elif isinstance(step, Update):
+                for line in backend.sync(lab, step.table):
+                    progress(line)
+                    report.events.append(line)
+            else:
+                report.results.append(run_check(lab, step))
         return report
     finally:
         try:

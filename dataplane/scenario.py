@@ -6,10 +6,10 @@ for the format with a commented example of every field.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Network
 
-from .checks import CheckSpec, parse_checks
+from .checks import CheckSpec, parse_check
 from .errors import ScenarioError
 from .lab.topology import (DEFAULT_PORTS, IFNAMSIZ, IFNAME_PREFIX, MAX_NAME, MODELS, RESERVED_NAMES,
                            HostSpec, NodeSpec, PodSpec, PortSpec, TopologySpec, gateway_of)
@@ -22,15 +22,106 @@ from .yamldoc import Doc, Scalar, load_all
 RESERVED_NETS = {"loopback": IPv4Network("127.0.0.0/8"), "link-local": IPv4Network("169.254.0.0/16")}
 
 
+@dataclass(frozen=True)
+class Sleep:
+    seconds: float
+    where: str = ""
+
+
+@dataclass(frozen=True)
+class Update:
+    """The cluster changes (services, pod states); every backend syncs to `table`."""
+    name: str
+    table: ServiceTable
+    where: str = ""
+
+
 @dataclass
 class Scenario:
     name: str
     file: str
     topology: TopologySpec
-    services: ServiceTable
-    checks: list[CheckSpec]
+    services: ServiceTable                 # the table at the start
+    steps: list                            # CheckSpec | Sleep | Update, in order
     description: str = ""
     ignored: list[str] = field(default_factory=list)
+
+    @property
+    def checks(self) -> list[CheckSpec]:
+        return [s for s in self.steps if isinstance(s, CheckSpec)]
+
+
+class _Cluster:
+    """The service model's view of the cluster as the scenario's steps change it."""
+
+    def __init__(self, topology: TopologySpec, defaults: ServiceDefaults):
+        self.pods = {p.name: p for p in topology.pods}
+        self.defaults = defaults
+        self.services: dict = {}          # key -> Service (endpoints resolved by table())
+        self.given: dict = {}             # key -> endpoints from EndpointSlices (no selector)
+
+    def parse_native(self, item: Doc, ignored: list, replacing: bool = False):
+        if not isinstance(item, Doc):
+            item.fail("expected a mapping (a Service spec with name and namespace)")
+        sname = item.take_str("name")
+        if not DNS_LABEL.match(sname):
+            item.fail("name", f"{sname!r} is not a DNS label")
+        ns = item.take_str("namespace", "default")
+        old = self.services.get(f"{ns}/{sname}")
+        if old is not None and not replacing:
+            item.fail("name", f"duplicate service {ns}/{sname}")
+        if old is not None:
+            # the replaced service's addresses are free again; an unchanged clusterIP is kept
+            self.defaults.used_ips.discard(old.cluster_ip)
+            self.defaults.used_node_ports.difference_update(p.node_port for p in old.ports)
+        try:
+            svc = parse_service(item, sname, ns, self.defaults, keep_ip=old.cluster_ip if old else None)
+        except Ignored as why:
+            item.taken.update(item.value)
+            ignored.append(f"{item.where()}: service {ns}/{sname}: {why}")
+            return
+        item.done()
+        if not svc.selector:
+            item.fail("selector", "a scenario service needs a selector (give endpoints without one "
+                                  "as an EndpointSlice in a manifest)")
+        self.services[svc.key] = svc
+        self.given.pop(svc.key, None)
+
+    def table(self) -> ServiceTable:
+        t = ServiceTable()
+        pods = list(self.pods.values())
+        for key, svc in self.services.items():
+            eps = self.given[key] if key in self.given else endpoints_from_pods(svc, pods)
+            t.add(with_endpoints(svc, eps))
+        return t
+
+    def update(self, doc: Doc, ignored: list) -> str:
+        name = doc.take_str("name", "update")
+        for item in doc.items("services"):
+            self.parse_native(item, ignored, replacing=True)
+        for item in doc.items("deleteServices"):
+            key = item.value if "/" in str(item.value) else f"default/{item.value}"
+            if key not in self.services:
+                item.fail(f"no service {key} to delete")
+            svc = self.services.pop(key)
+            self.given.pop(key, None)
+            self.defaults.used_ips.discard(svc.cluster_ip)
+            self.defaults.used_node_ports.difference_update(p.node_port for p in svc.ports)
+        for item in doc.items("pods"):
+            if not isinstance(item, Doc):
+                item.fail("expected a mapping with the pod's name and what changes")
+            pname = item.take_str("name")
+            pod = self.pods.get(pname)
+            if pod is None:
+                item.fail("name", f"no pod named {pname!r} (pods cannot be added by an update)")
+            labels = item.take("labels", dict, None, "a mapping of label: value")
+            self.pods[pname] = replace(
+                pod, ready=item.take_bool("ready", pod.ready),
+                terminating=item.take_bool("terminating", pod.terminating),
+                labels=pod.labels if labels is None else tuple(sorted((str(k), str(v)) for k, v in labels.items())))
+            item.done()
+        doc.done()
+        return name
 
 
 def load(path) -> Scenario:
@@ -47,28 +138,10 @@ def load(path) -> Scenario:
     topology, node_port_range = parse_topology(topo_doc)
 
     defaults = ServiceDefaults(topology.service_cidr, node_port_range)
-    table = ServiceTable()
+    cluster = _Cluster(topology, defaults)
     ignored = []
     for item in root.items("services"):
-        if not isinstance(item, Doc):
-            item.fail("expected a mapping (a Service spec with name and namespace)")
-        sname = item.take_str("name")
-        if not DNS_LABEL.match(sname):
-            item.fail("name", f"{sname!r} is not a DNS label")
-        ns = item.take_str("namespace", "default")
-        try:
-            svc = parse_service(item, sname, ns, defaults)
-        except Ignored as why:
-            item.taken.update(item.value)
-            ignored.append(f"{item.where()}: service {ns}/{sname}: {why}")
-            continue
-        item.done()
-        if table.services.get(svc.key):
-            item.fail("name", f"duplicate service {svc.key}")
-        if not svc.selector:
-            item.fail("selector", "a scenario service needs a selector (give endpoints without one "
-                                  "as an EndpointSlice in a manifest)")
-        table.add(with_endpoints(svc, endpoints_from_pods(svc, topology.pods)))
+        cluster.parse_native(item, ignored)
 
     manifests = ManifestSet()
     pod_ips = {p.ip: (p.name, p.node) for p in topology.pods}
@@ -80,24 +153,40 @@ def load(path) -> Scenario:
             _fail(item, f"manifest file {mpath} not found")
         load_manifest(mpath, defaults, pod_ips, manifests)
     for svc in manifests.services:
-        if table.services.get(svc.key):
+        if svc.key in cluster.services:
             raise ScenarioError(svc.source.split(" ")[0], "metadata.name", f"duplicate service {svc.key}")
+        cluster.services[svc.key] = svc
         if svc.selector:
-            endpoints = endpoints_from_pods(svc, topology.pods)
             ignored.extend(f"{s.where}: EndpointSlice {s.name}: service {svc.key} has a selector, so "
                            f"its endpoints come from the lab's pods" for s in manifests.slices
                            if s.service == svc.key)
         else:
-            endpoints = resolve(manifests, svc)
-        table.add(with_endpoints(svc, endpoints))
+            cluster.given[svc.key] = resolve(manifests, svc)
     for s in manifests.slices:
-        if not table.services.get(s.service):
+        if s.service not in cluster.services:
             ignored.append(f"{s.where}: EndpointSlice {s.name}: no service {s.service} in the scenario")
     ignored.extend(manifests.ignored)
 
-    checks = parse_checks(root, topology, table)
+    table = initial = cluster.table()
+    steps, names = [], set()
+    for item in root.items("checks"):
+        if not isinstance(item, Doc):
+            item.fail("expected a check (a mapping with from, to, port), {sleep: SECONDS} or {update: ...}")
+        if item.has("sleep"):
+            seconds = item.take("sleep", (int, float), expect="seconds, such as 2.5")
+            if not 0 < seconds <= 3600:
+                item.fail("sleep", f"expected seconds from 0 to 3600, got {seconds}")
+            item.done()
+            steps.append(Sleep(float(seconds), item.where()))
+        elif item.has("update"):
+            what = cluster.update(item.sub("update"), ignored)
+            item.done()
+            table = cluster.table()
+            steps.append(Update(what, table, item.where()))
+        else:
+            steps.append(parse_check(item, topology, table, names))
     root.done()
-    return Scenario(name=name, file=path, topology=topology, services=table, checks=checks,
+    return Scenario(name=name, file=path, topology=topology, services=initial, steps=steps,
                     description=description, ignored=ignored)
 
 

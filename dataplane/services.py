@@ -54,7 +54,7 @@ def check_name(doc: Doc, key: str, value: str, what: str) -> None:
 
 
 def parse_service(spec: Doc, name: str, namespace: str, defaults: ServiceDefaults,
-                  lb_ips: tuple = ()) -> Service:
+                  lb_ips: tuple = (), keep_ip=None) -> Service:
     """Read a Service spec (`spec` is the mapping holding `type`, `ports`, ...). Takes every field
     it knows; the caller calls `spec.done()` after taking its own."""
     type_ = spec.take_str("type", "ClusterIP", choices=SERVICE_TYPES + ("ExternalName",))
@@ -67,7 +67,10 @@ def parse_service(spec: Doc, name: str, namespace: str, defaults: ServiceDefault
     cluster_ip_raw = spec.take("clusterIP", str, None, "an IPv4 address, or None for a headless service")
     if cluster_ip_raw == "None":
         raise Ignored("headless service (clusterIP: None): DNS-only, no virtual IP to serve")
-    if cluster_ip_raw is None:
+    if cluster_ip_raw is None and keep_ip is not None:
+        cluster_ip = keep_ip                  # an updated service keeps its cluster IP
+        defaults.used_ips.add(keep_ip)
+    elif cluster_ip_raw is None:
         cluster_ip = defaults.next_ip()
     else:
         cluster_ip = spec.take_ip("clusterIP")

@@ -24,11 +24,13 @@ enum metric {
 	DROP_CT_INVALID,       /* TCP to a VIP that is neither a SYN nor part of a known flow */
 	DROP_CT_FULL,          /* conntrack entry could not be created */
 	DROP_NO_BACKEND,       /* slot or backend entry missing (table mid-update) */
+	DROP_NO_LOCAL_ENDPOINT,/* internalTrafficPolicy Local, no endpoint on this node (kube-proxy drops) */
 	DROP_REJECT_FAILED,    /* could not build the ICMP rejection */
 	M_MAX,
 };
 
 #define SVC_F_AFFINITY   0x1
+#define SVC_F_LOCAL_ONLY 0x2   /* count 0 because no endpoint is local: drop, not reject */
 
 #define CT_SERVICE       1
 #define CT_REPLY         2

@@ -9,6 +9,7 @@ reports one outcome:
 Prints one JSON document: {"results": [{"outcome", "hostname", "clientip", "error", "ms"}...]}
 
   python -m dataplane.agent.client --to 10.0.2.10 --port 8080 --protocol TCP --requests 3
+  python -m dataplane.agent.client --to 10.96.0.10 --port 53 --protocol UDP --source-port 40000
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import argparse
 import errno
 import json
 import socket
+import struct
 import sys
 import time
 
@@ -64,11 +66,21 @@ def _http_get(sock: socket.socket, path: str, host: str) -> str:
     return body[:length].decode()
 
 
-def tcp_request(ip: str, port: int, timeout: float) -> dict:
+def _bind(sock: socket.socket, source_port: int | None) -> None:
+    if source_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if sock.type == socket.SOCK_STREAM:
+            # close with RST: no TIME_WAIT, so the next request can reuse the same tuple
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.bind(("0.0.0.0", source_port))
+
+
+def tcp_request(ip: str, port: int, timeout: float, source_port: int | None = None) -> dict:
     start = time.monotonic()
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:
+        _bind(sock, source_port)
         sock.connect((ip, port))
         # Two requests on one connection: the same flow, so the same backend and source.
         hostname = _http_get(sock, "/hostname", ip)
@@ -80,11 +92,12 @@ def tcp_request(ip: str, port: int, timeout: float) -> dict:
         sock.close()
 
 
-def udp_request(ip: str, port: int, timeout: float) -> dict:
+def udp_request(ip: str, port: int, timeout: float, source_port: int | None = None) -> dict:
     start = time.monotonic()
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.settimeout(timeout)
     try:
+        _bind(sock, source_port)
         sock.connect((ip, port))  # connected: an ICMP port unreachable surfaces as ECONNREFUSED
         answers = []
         for req in (b"hostname", b"clientip"):
@@ -104,9 +117,15 @@ def main(argv=None) -> int:
     ap.add_argument("--protocol", choices=["TCP", "UDP"], default="TCP")
     ap.add_argument("--requests", type=int, default=1)
     ap.add_argument("--timeout", type=float, default=2.0, help="seconds per request")
+    ap.add_argument("--interval", type=float, default=0.0, help="seconds between requests")
+    ap.add_argument("--source-port", type=int, help="send every request from this port")
     args = ap.parse_args(argv)
     request = tcp_request if args.protocol == "TCP" else udp_request
-    results = [request(args.to, args.port, args.timeout) for _ in range(args.requests)]
+    results = []
+    for i in range(args.requests):
+        if i and args.interval:
+            time.sleep(args.interval)
+        results.append(request(args.to, args.port, args.timeout, args.source_port))
     json.dump({"results": results}, sys.stdout)
     sys.stdout.write("\n")
     return 0

@@ -73,6 +73,8 @@ class SimNet:
     def __init__(self, plan: LabPlan, table, seed: int):
         self.plan, self.seed = plan, seed
         self.seen: dict = {}                       # what servers saw of the current request
+        self.ids: dict = {}                        # node -> Ids, stable across updates
+        self.table = None
         self.rng = random.Random(seed)
         self.now = 10 ** 12                        # ns on the dataplane clock
         self.ns: dict[str, SimNS] = {}
@@ -119,9 +121,10 @@ class SimNet:
 
     def program(self, table) -> None:
         """Program every node's model datapath from the table (render, as the ebpf backend does)."""
+        self.table = table
         for node in self.plan.spec.nodes:
             sim = self.ns[self.plan.netns_of(node.name)]
-            maps = render_node(table, node.name, Ids())
+            maps = render_node(table, node.name, self.ids.setdefault(node.name, Ids()))
             if sim.datapath is None:
                 sim.datapath = Datapath(NodeState(maps=maps, node_ip=node.ip, seed=self.seed))
             else:
@@ -129,6 +132,18 @@ class SimNet:
 
     def advance(self, seconds: float) -> None:
         self.now += int(seconds * 1e9)
+
+    def sync(self, table) -> list[str]:
+        """An update: reprogram every node and flush the flows of endpoints that left."""
+        from ..policy import stale_targets
+        stale = stale_targets(self.table, table)
+        self.program(table)
+        out = []
+        for node in self.plan.spec.nodes:
+            flushed = self.ns[self.plan.netns_of(node.name)].datapath.s.flush(stale) if stale else 0
+            if flushed:
+                out.append(f"{node.name}: {flushed} conntrack/affinity entries of removed endpoints flushed")
+        return out
 
     # -- moving frames -------------------------------------------------------------------------------
 
@@ -303,13 +318,14 @@ class SimNet:
 
     # -- the client agent, emulated -------------------------------------------------------------------------
 
-    def request(self, client_ns: str, dst: IPv4Address, port: int, protocol: str) -> dict:
+    def request(self, client_ns: str, dst: IPv4Address, port: int, protocol: str,
+                source_port: int | None = None) -> dict:
         """One request as dataplane.agent.client makes it; the same result format."""
         self.seen = {}
         sim = self.ns[client_ns]
         self.now += 1_000_000     # 1 ms per request
         proto = 6 if protocol == "TCP" else 17
-        sport = self.rng.randint(*EPHEMERAL)
+        sport = source_port or self.rng.randint(*EPHEMERAL)
         while (proto, sport) in sim.sockets:
             sport = self.rng.randint(*EPHEMERAL)
         route = sim.route(dst)

@@ -12,6 +12,7 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address
 
+from ..backends.ebpf.consts import SVC_F_AFFINITY, SVC_F_LOCAL_ONLY  # the maps' flag bits
 from ..backends.ebpf.render import NodeMaps, SvcKey
 
 ETH_HLEN = 14
@@ -57,6 +58,20 @@ class NodeState:
     conntrack: dict = field(default_factory=dict)   # CtKey -> CtEntry
     affinity: dict = field(default_factory=dict)    # (client, svc_id) -> (last_used, backend_id)
     metrics: Counter = field(default_factory=Counter)
+
+
+    def flush(self, stale: set) -> int:
+        """Forget the flows (both directions) and affinities of endpoints that left their
+        service: (address, port, proto) triples."""
+        doomed = [k for k, e in self.conntrack.items()
+                  if ((k.saddr, k.sport, k.proto) if k.dir == REPLY else (e.nat_addr, e.nat_port, k.proto)) in stale]
+        ids = {self.conntrack[k].backend_id for k in doomed}
+        for k in doomed:
+            del self.conntrack[k]
+        gone = [k for k, (_, bid) in self.affinity.items() if bid in ids]
+        for k in gone:
+            del self.affinity[k]
+        return len(doomed) + len(gone)
 
 
 @dataclass
@@ -294,12 +309,15 @@ class Datapath:
         if p.proto == TCP and not (p.tcp_flags & SYN and not p.tcp_flags & ACK):
             return self._result("drop", frame, "DROP_CT_INVALID", ["TCP to a VIP, not a SYN, no known flow"])
         if svc.count == 0:
+            if svc.flags & SVC_F_LOCAL_ONLY:
+                return self._result("drop", frame, "DROP_NO_LOCAL_ENDPOINT",
+                                    ["internalTrafficPolicy Local: no endpoint on this node"])
             return self._reject(p, "REJECT_NO_ENDPOINTS", ["service has no eligible endpoint"])
         return self._new_flow(p, svc, now, why)
 
     def _select(self, p: Packet, svc, now: int, why: list) -> int:
         bid = 0
-        if svc.flags & 1:
+        if svc.flags & SVC_F_AFFINITY:
             hit = self.s.affinity.get((p.saddr, svc.svc_id))
             if hit and now - hit[0] <= svc.affinity_timeout * NS and hit[1] in self.s.maps.backends:
                 bid = hit[1]
@@ -313,7 +331,7 @@ class Datapath:
             sv = self._svc(p.daddr, p.dport, p.proto, slot)
             bid = sv.backend_id if sv else 0
             why.append(f"flow hash {h:#010x} picks slot {slot} of {svc.count}: backend {bid}")
-        if svc.flags & 1:
+        if svc.flags & SVC_F_AFFINITY:
             self.s.affinity[(p.saddr, svc.svc_id)] = (now, bid)
         return bid
 

@@ -95,7 +95,7 @@ CASES = {
         "checks[0].expect", "expected one of reachable, refused, dropped, got 'works'"),
     "check with backends but not reachable": (
         BASE + "checks:\n  - {from: pod/client, to: pod/web-1, port: 8080, expect: refused, backends: [web-1]}\n",
-        "checks[0].backends", "backends only apply when expect is reachable"),
+        "checks[0].backends", "backends only applies when expect is reachable"),
     "wrong type": (
         BASE.replace("model: flat", "model: flat\n  mtu: big"), "topology.mtu", "expected a number"),
     "duplicate YAML key": (

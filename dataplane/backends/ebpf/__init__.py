@@ -12,22 +12,11 @@ import os
 import random
 from dataclasses import dataclass, field
 
-from ...policy import all_targets
+from ...policy import stale_targets
 from .maps import apply
 from .program import PIN_ROOT, MapSizes, NodeProgram, be16, be32
-from .render import IPPROTO, Ids, NodeMaps, render_node
+from .render import Ids, NodeMaps, render_node
 from .consts import CT_REPLY
-
-
-def stale_targets(old, new) -> set:
-    """(address, port, proto) of endpoints that left a service port between two tables."""
-    def targets(table):
-        out = set()
-        for svc in table or ():
-            for sp in svc.ports:
-                out |= {(t.address, t.port, IPPROTO[sp.protocol]) for t in all_targets(svc, sp)}
-        return out
-    return targets(old) - targets(new)
 
 
 @dataclass

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 
 from ...model import ServiceTable
-from ...policy import internal_targets
-from .consts import SVC_F_AFFINITY  # noqa: F401  (read from bpf/include/consts.h)
+from ...policy import cluster_targets, internal_targets
+from .consts import SVC_F_AFFINITY, SVC_F_LOCAL_ONLY  # read from bpf/include/consts.h
 
 IPPROTO = {"TCP": 6, "UDP": 17}
 
@@ -81,6 +81,8 @@ def render_node(table: ServiceTable, node: str, ids: Ids) -> NodeMaps:
             proto = IPPROTO[sp.protocol]
             targets = internal_targets(svc, sp, node)
             flags = SVC_F_AFFINITY if svc.session_affinity == "ClientIP" else 0
+            if not targets and svc.internal_traffic_policy == "Local" and cluster_targets(svc, sp):
+                flags |= SVC_F_LOCAL_ONLY   # kube-proxy drops ("has no local endpoints"), not rejects
             sid = ids.svc_id((vip, sp.port, proto))
             out.services[SvcKey(vip, sp.port, proto, 0)] = SvcValue(
                 count=len(targets), flags=flags,
