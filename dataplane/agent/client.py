@@ -78,6 +78,7 @@ def _bind(sock: socket.socket, source_port: int | None) -> None:
 def tcp_request(ip: str, port: int, timeout: float, source_port: int | None = None) -> dict:
     start = time.monotonic()
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.settimeout(timeout)
     try:
         _bind(sock, source_port)

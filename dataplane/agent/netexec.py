@@ -42,6 +42,7 @@ def answer(name: str, request: str, client) -> str | None:
 def http_server(name: str, port: int) -> ThreadingHTTPServer:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"   # keep-alive: several requests on one connection
+        disable_nagle_algorithm = True  # headers and body leave at once, no delayed-ACK stall
 
         def do_GET(self):
             body = answer(name, self.path, self.client_address)

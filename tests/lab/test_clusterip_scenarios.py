@@ -1,0 +1,36 @@
+"""Every ClusterIP scenario, live on the eBPF backend (real namespaces, TC, sockets) and on the
+emulator with the reference model: each must pass, with the same result for every check."""
+from __future__ import annotations
+
+import pytest
+
+from dataplane.runner import run_live
+from dataplane.scenario import load
+from tests.conftest import SCENARIOS
+
+CLUSTERIP = ["clusterip", "multiport", "affinity", "hairpin", "no-endpoints", "internal-traffic-local",
+             "terminating", "endpoint-update"]
+
+
+@pytest.mark.parametrize("name", CLUSTERIP)
+def test_scenario_on_ebpf_and_model(name):
+    sc = load(SCENARIOS / f"{name}.yaml")
+    live = run_live(sc, "ebpf", f"t-{name}"[:20])
+    model = run_live(sc, "model", f"t-{name}"[:20], seed=live.seed)
+    for report in (live, model):
+        failed = [f"{r.name}: {r.detail}" for r in report.results if not r.passed]
+        assert not failed, f"{report.backend}: " + "; ".join(failed)
+    assert [(r.name, r.passed, sorted(r.outcomes)) for r in live.results] == \
+           [(r.name, r.passed, sorted(r.outcomes)) for r in model.results]
+
+
+def test_e2e_behaviours_are_all_covered():
+    """The Kubernetes e2e behaviours issue 3 names, each in a scenario's comment."""
+    text = "\n".join((SCENARIOS / f"{n}.yaml").read_text() for n in CLUSTERIP)
+    for behaviour in ["should preserve source pod IP", "should serve multiport endpoints",
+                      "should allow pods to hairpin back to themselves", "should be rejected when no endpoints",
+                      "session affinity work / timeout work / be able to switch",
+                      "should respect internalTrafficPolicy=Local", "should fallback to terminating endpoints",
+                      "should serve endpoints on same port and different protocols",
+                      "should be updated after adding or deleting ports"]:
+        assert behaviour in text.replace("\n# ", " "), behaviour
