@@ -28,7 +28,8 @@ class Pair:
         metrics = prog.table("metrics")
         for k in list(metrics.keys()):
             metrics[k] = metrics.Leaf(*([0] * len(metrics[k])))
-        rendered = render_node(table, node, Ids())
+        self.ids = Ids()
+        rendered = render_node(table, node, self.ids)
         apply(prog, NodeMaps(), rendered)
         self.offset = 0
         prog.set_config(seed=seed, clock_offset=0)
@@ -74,3 +75,16 @@ def _first_diff(a: bytes, b: bytes) -> str:
         if x != y:
             return f"byte {i}"
     return f"length {len(a)} vs {len(b)}"
+
+
+def sync(pair: "Pair", old_table, new_table, node: str = "node1") -> None:
+    """Apply a service update to both sides as the backends do: map diff, then flush the flows of
+    endpoints that left."""
+    from dataplane.backends.ebpf import flush_flows
+    from dataplane.policy import stale_targets
+    rendered = render_node(new_table, node, pair.ids)
+    apply(pair.prog, pair.model.s.maps, rendered)
+    stale = stale_targets(old_table, new_table)
+    flush_flows(pair.prog, stale)
+    pair.model.s.maps = rendered
+    pair.model.s.flush(stale)

@@ -1,0 +1,91 @@
+"""Endpoint eligibility (decided once for every backend) and its rendering into BPF map contents."""
+from __future__ import annotations
+
+from ipaddress import IPv4Address
+
+from dataplane.backends.ebpf.consts import SVC_F_AFFINITY, SVC_F_LOCAL_ONLY
+from dataplane.backends.ebpf.render import Ids, SvcKey, render_node
+from dataplane.policy import cluster_targets, internal_targets, local_targets, stale_targets
+from tests.bpf.packets import table
+
+TOPO = """\
+name: t
+topology:
+  nodes: [node1, node2]
+  pods:
+    - {name: a, node: node1, labels: {app: web}%s}
+    - {name: b, node: node2, labels: {app: web}%s}
+    - {name: c, node: node2, labels: {app: web}%s}
+"""
+SVC = """\
+services:
+  - {name: web, clusterIP: 10.96.0.10, selector: {app: web}, ports: [{name: http, port: 80, targetPort: 8080}]%s}
+"""
+
+
+def svc_of(a="", b="", c="", extra=""):
+    t = table(SVC % extra, TOPO % (a, b, c))
+    s = t.get("web")
+    return t, s, s.ports[0]
+
+
+def names(targets):
+    return [t.pod for t in targets]
+
+
+def test_ready_endpoints_only():
+    _, s, sp = svc_of(b=", ready: false")
+    assert names(cluster_targets(s, sp)) == ["a", "c"]
+
+
+def test_terminating_used_only_when_nothing_is_ready():
+    _, s, sp = svc_of(a=", terminating: true")
+    assert names(cluster_targets(s, sp)) == ["b", "c"]
+    _, s, sp = svc_of(a=", terminating: true", b=", terminating: true", c=", ready: false")
+    assert names(cluster_targets(s, sp)) == ["a", "b"]     # serving terminating ones; c is not serving
+
+
+def test_local_policy_per_node_with_its_own_fallback():
+    _, s, sp = svc_of(b=", terminating: true", extra=", internalTrafficPolicy: Local")
+    assert names(internal_targets(s, sp, "node1")) == ["a"]
+    assert names(internal_targets(s, sp, "node2")) == ["c"]
+    _, s, sp = svc_of(c=", terminating: true", b=", terminating: true")
+    assert names(local_targets(s, sp, "node2")) == ["b", "c"]
+
+
+def test_render_slots_marker_and_flags():
+    t, s, sp = svc_of(extra=", sessionAffinity: ClientIP")
+    maps = render_node(t, "node1", Ids())
+    vip = IPv4Address("10.96.0.10")
+    head = maps.services[SvcKey(vip, 80, 6, 0)]
+    assert head.count == 3 and head.flags == SVC_F_AFFINITY and head.affinity_timeout == 10800
+    assert SvcKey(vip, 0, 0, 0) in maps.services                    # the VIP marker
+    slots = [maps.backends[maps.services[SvcKey(vip, 80, 6, i)].backend_id] for i in (1, 2, 3)]
+    assert [str(b.addr) for b in slots] == ["10.0.1.2", "10.0.2.2", "10.0.2.3"] and {b.port for b in slots} == {8080}
+
+
+def test_render_local_only_flag_means_drop():
+    t, *_ = svc_of(a=", ready: false", extra=", internalTrafficPolicy: Local")
+    head = render_node(t, "node1", Ids()).services[SvcKey(IPv4Address("10.96.0.10"), 80, 6, 0)]
+    assert head.count == 0 and head.flags & SVC_F_LOCAL_ONLY
+    t, *_ = svc_of(a=", ready: false", b=", ready: false", c=", ready: false", extra=", internalTrafficPolicy: Local")
+    head = render_node(t, "node1", Ids()).services[SvcKey(IPv4Address("10.96.0.10"), 80, 6, 0)]
+    assert head.count == 0 and not head.flags & SVC_F_LOCAL_ONLY   # no endpoint at all: reject
+
+
+def test_ids_are_stable_across_renders():
+    ids = Ids()
+    t1, *_ = svc_of()
+    m1 = render_node(t1, "node1", ids)
+    t2, *_ = svc_of(b=", ready: false")
+    m2 = render_node(t2, "node1", ids)
+    by_addr = lambda m: {str(b.addr): i for i, b in m.backends.items()}  # noqa: E731
+    assert by_addr(m2) == {k: v for k, v in by_addr(m1).items() if k != "10.0.2.2"}
+
+
+def test_stale_targets_are_endpoints_that_left():
+    t1, *_ = svc_of()
+    t2, *_ = svc_of(b=", ready: false")                 # unready: still an endpoint, not stale
+    assert stale_targets(t1, t2) == set()
+    t3 = table(SVC % "", (TOPO % ("", "", "")).replace("{name: c, node: node2, labels: {app: web}", "{name: c, node: node2, labels: {app: x}"))
+    assert stale_targets(t1, t3) == {(IPv4Address("10.0.2.3"), 8080, 6)}
