@@ -29,6 +29,7 @@ PACKAGES=(
   python3-venv python3-pip                       # the project environment (system python)
   make gcc
   vagrant                                        # the tests validate the lab VM's Vagrantfile
+  ethtool                                        # checksum offload on and off in wire tests
 )
 
 step "Debian packages"
