@@ -57,7 +57,9 @@ def cli():
 @click.option("--quiet", "-q", is_flag=True, help="No progress messages on stderr.")
 @click.option("--seed", type=click.IntRange(0, 2**32 - 1),
               help="Seed of the backend choice (printed with every run): the same seed replays the same choices.")
-def run(scenario, backend, lab_name, as_json, keep, quiet, seed):
+@click.option("--map-size", "map_sizes", multiple=True, metavar="NAME=ENTRIES",
+              help="eBPF map capacity: services, backends, conntrack or affinity (repeatable).")
+def run(scenario, backend, lab_name, as_json, keep, quiet, seed, map_sizes):
     """Build the lab of SCENARIO, program a backend, run its checks, tear down.
 
     Prints a table of checks (or, with --json, {"scenario", "backend", "passed", "checks": [...]})
@@ -68,7 +70,9 @@ def run(scenario, backend, lab_name, as_json, keep, quiet, seed):
     from .runner import run_live
     sc = _load(scenario)
     doctor.require(*backends.get(backend).needs)
-    rep = run_live(sc, backend, lab_name or sc.name, keep=keep, progress=_progress(not quiet), seed=seed)
+    from .backends.ebpf.program import MapSizes
+    rep = run_live(sc, backend, lab_name or sc.name, keep=keep, progress=_progress(not quiet), seed=seed,
+                   sizes=MapSizes.parse(map_sizes))
     click.echo(report.as_json(rep) if as_json else report.table(rep))
     sys.exit(0 if rep.passed else 1)
 
@@ -84,7 +88,10 @@ Examples:
 @click.option("--backend", "-b", default=backends.DEFAULT, show_default=True,
               type=click.Choice(sorted(backends.BACKENDS)))
 @click.option("--dry-run", is_flag=True, help="Print every namespace, link, address and route; create nothing.")
-def up(scenario, lab_name, backend, dry_run):
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), help="Seed of the backend choice.")
+@click.option("--map-size", "map_sizes", multiple=True, metavar="NAME=ENTRIES",
+              help="eBPF map capacity: services, backends, conntrack or affinity (repeatable).")
+def up(scenario, lab_name, backend, dry_run, seed, map_sizes):
     """Build the lab of SCENARIO and leave it running (its test servers too).
 
     Look inside with `dataplane exec LAB NAME -- CMD`, list labs with `dataplane status`,
@@ -97,8 +104,11 @@ def up(scenario, lab_name, backend, dry_run):
     if dry_run:
         click.echo(make_plan(sc.topology, name).describe())
         return
-    doctor.require(*backends.get(backend).needs)
-    be = backends.get(backend)
+    from .backends.ebpf.program import MapSizes
+    be = backends.get(backend, seed=seed, sizes=MapSizes.parse(map_sizes))
+    if getattr(be, "simulated", False):
+        raise click.UsageError(f"backend {backend} is simulated: there is no lab to bring up (use `run`)")
+    doctor.require(*be.needs)
     lab = Lab.create(sc.topology, name, sc.file, _progress(True), be.name)
     try:
         be.setup(lab, sc.services)

@@ -27,6 +27,9 @@ def table(report: Report) -> str:
         lines.append(line)
     passed = sum(r.passed for r in report.results)
     lines.append(f"{passed} of {len(report.results)} checks passed")
+    for node, counters in sorted(report.counters.items()):
+        if counters:
+            lines.append(f"counters {node}: " + ", ".join(f"{k} {v}" for k, v in counters.items()))
     for event in report.events:
         lines.append(f"update: {event}")
     for note in report.ignored:

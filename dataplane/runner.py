@@ -26,6 +26,7 @@ class Report:
     ignored: list[str] = field(default_factory=list)
     seed: int | None = None          # the backend's choice seed: `--seed` replays the run
     events: list[str] = field(default_factory=list)   # what updates changed
+    counters: dict = field(default_factory=dict)      # node -> {counter: packets}, non-zero only
 
     @property
     def passed(self) -> bool:
@@ -34,7 +35,7 @@ class Report:
     def to_json(self) -> dict:
         return {"scenario": self.scenario, "backend": self.backend, "passed": self.passed,
                 "seed": self.seed, "checks": [r.to_json() for r in self.results],
-                "ignored": self.ignored}
+                "events": self.events, "counters": self.counters, "ignored": self.ignored}
 
 
 class Terminated(BaseException):
@@ -78,6 +79,9 @@ def run_simulated(scenario: Scenario, backend, progress=lambda m: None) -> Repor
                     net.advance(step.interval)
                 results.append(net.request(ns, step.ip, step.port, step.protocol, step.source_port))
             report.results.append(evaluate(step, results))
+    from .backends.ebpf.consts import INDEX
+    report.counters = {n.obj: {k: v for k, v in sorted(n.datapath.s.metrics.items(), key=lambda kv: INDEX[kv[0]]) if v}
+                       for n in (net.ns[ns.name] for ns in plan.namespaces) if n.datapath is not None}
     return report
 
 
@@ -97,8 +101,8 @@ def _steps(scenario: Scenario, progress):
 
 
 def run_live(scenario: Scenario, backend_name: str, lab_name: str, keep: bool = False,
-             progress=lambda m: None, seed: int | None = None) -> Report:
-    backend = backends.get(backend_name, seed=seed)
+             progress=lambda m: None, seed: int | None = None, sizes=None) -> Report:
+    backend = backends.get(backend_name, seed=seed, sizes=sizes)
     if getattr(backend, "simulated", False):
         return run_simulated(scenario, backend, progress)
     report = Report(scenario.name, backend.name, lab_name, ignored=list(scenario.ignored),
@@ -119,6 +123,8 @@ def run_live(scenario: Scenario, backend_name: str, lab_name: str, keep: bool = 
                     report.events.append(line)
             else:
                 report.results.append(run_check(lab, step))
+        if hasattr(backend, "metrics"):
+            report.counters = {node: {k: v for k, v in m.items() if v} for node, m in backend.metrics().items()}
         return report
     finally:
         try:

@@ -1,5 +1,7 @@
-/* Every map, with its purpose. Sizes can be set at compile time (-D...); defaults hold 64k
- * services with several backends each. */
+/* Every map, with its purpose. Sizes are set at load (dataplane --map-size NAME=ENTRIES, -D here);
+ * the defaults hold 64k services of up to 6 ports*backends each (marker + head + slots per port).
+ * services and backends allocate entries on demand (no prealloc): a lab with three services costs
+ * what three services cost. LRU maps are always preallocated. */
 #ifndef DP_MAPS_H
 #define DP_MAPS_H
 
@@ -7,10 +9,10 @@
 #include "consts.h"
 
 #ifndef SVC_MAP_SIZE
-#define SVC_MAP_SIZE      262144
+#define SVC_MAP_SIZE      524288
 #endif
 #ifndef BACKEND_MAP_SIZE
-#define BACKEND_MAP_SIZE  65536
+#define BACKEND_MAP_SIZE  262144
 #endif
 #ifndef CT_MAP_SIZE
 #define CT_MAP_SIZE       262144
@@ -20,9 +22,9 @@
 #endif
 
 /* (VIP, port, proto, slot) -> service port or backend slot */
-BPF_TABLE("hash", struct svc_key, struct svc_value, services, SVC_MAP_SIZE);
+BPF_F_TABLE("hash", struct svc_key, struct svc_value, services, SVC_MAP_SIZE, BPF_F_NO_PREALLOC);
 /* backend id -> address and port */
-BPF_TABLE("hash", __u32, struct backend, backends, BACKEND_MAP_SIZE);
+BPF_F_TABLE("hash", __u32, struct backend, backends, BACKEND_MAP_SIZE, BPF_F_NO_PREALLOC);
 /* flows: (5-tuple, direction) -> translation; LRU so a full table evicts the oldest */
 BPF_TABLE("lru_hash", struct ct_key, struct ct_entry, conntrack, CT_MAP_SIZE);
 /* (client, service port) -> backend, for sessionAffinity: ClientIP */

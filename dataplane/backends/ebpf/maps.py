@@ -67,8 +67,8 @@ def apply(prog: NodeProgram, current: NodeMaps, desired: NodeMaps) -> Change:
     new_be = [(be_t.Key(i), _backend_leaf(be_t, v)) for i, v in desired.backends.items()
               if current.backends.get(i) != v]
     changed = {k: v for k, v in desired.services.items() if current.services.get(k) != v}
-    slots = [(_svc_key(svc_t, k), _svc_leaf(svc_t, v)) for k, v in sorted(changed.items()) if k.slot]
-    heads = [(_svc_key(svc_t, k), _svc_leaf(svc_t, v)) for k, v in sorted(changed.items()) if not k.slot]
+    slots = [(_svc_key(svc_t, k), _svc_leaf(svc_t, v)) for k, v in changed.items() if k.slot]
+    heads = [(_svc_key(svc_t, k), _svc_leaf(svc_t, v)) for k, v in changed.items() if not k.slot]
     update_batch(be_t, new_be)
     update_batch(svc_t, slots)
     update_batch(svc_t, heads)

@@ -26,10 +26,22 @@ MAP_NAMES = ("services", "backends", "conntrack", "affinity", "metrics", "config
 @dataclass
 class MapSizes:
     """Capacities (entries); see bpf/include/maps.h and docs/ebpf.md."""
-    services: int = 262144
-    backends: int = 65536
+    services: int = 524288
+    backends: int = 262144
     conntrack: int = 262144
     affinity: int = 65536
+
+    @classmethod
+    def parse(cls, items) -> "MapSizes":
+        """From NAME=ENTRIES strings (the CLI's --map-size)."""
+        sizes = cls()
+        for item in items or ():
+            name, _, value = item.partition("=")
+            if name not in cls.__dataclass_fields__ or not value.isdigit() or not 1 <= int(value) <= 1 << 26:
+                raise DataplaneError(f"--map-size {item!r}: expected NAME=ENTRIES with NAME one of "
+                                     f"{', '.join(cls.__dataclass_fields__)} and 1 <= ENTRIES <= {1 << 26}")
+            setattr(sizes, name, int(value))
+        return sizes
 
     def defines(self) -> dict:
         return {"SVC_MAP_SIZE": self.services, "BACKEND_MAP_SIZE": self.backends,

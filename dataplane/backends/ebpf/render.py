@@ -47,28 +47,36 @@ class NodeMaps:
 
 @dataclass
 class Ids:
-    """Stable small integers for service ports and backends (0 means none)."""
+    """Stable small integers for service ports and backends (0 means none); freed ids are reused."""
     svc: dict = field(default_factory=dict)       # (vip, port, proto) -> id
     backend: dict = field(default_factory=dict)   # (addr, port) -> id
+    _free: dict = field(default_factory=lambda: {"svc": [], "backend": []})
+    _next: dict = field(default_factory=lambda: {"svc": 1, "backend": 1})
 
-    @staticmethod
-    def _get(table: dict, key) -> int:
+    def _get(self, kind: str, key) -> int:
+        table = getattr(self, kind)
         if key not in table:
-            used = set(table.values())
-            table[key] = next(i for i in range(1, len(used) + 2) if i not in used)
+            free = self._free[kind]
+            if free:
+                table[key] = free.pop()
+            else:
+                table[key] = self._next[kind]
+                self._next[kind] += 1
         return table[key]
 
     def svc_id(self, key) -> int:
-        return self._get(self.svc, key)
+        return self._get("svc", key)
 
     def backend_id(self, key) -> int:
-        return self._get(self.backend, key)
+        return self._get("backend", key)
 
     def forget_unused(self, maps: NodeMaps) -> None:
         live_b = {(b.addr, b.port) for b in maps.backends.values()}
-        self.backend = {k: v for k, v in self.backend.items() if k in live_b}
         live_s = {(k.vip, k.port, k.proto) for k in maps.services if k.slot == 0}
-        self.svc = {k: v for k, v in self.svc.items() if k in live_s}
+        for kind, live in (("backend", live_b), ("svc", live_s)):
+            table = getattr(self, kind)
+            for key in [k for k in table if k not in live]:
+                self._free[kind].append(table.pop(key))
 
 
 def render_node(table: ServiceTable, node: str, ids: Ids) -> NodeMaps:
