@@ -219,4 +219,9 @@ def test_without_root_commands_fail_with_the_doctors_advice():
         assert "prerequisite root not met" in proc.stderr and "fix: run as root" in proc.stderr
     doctor = subprocess.run(drop + ["doctor"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
     assert doctor.returncode == 1 and "FAIL" in doctor.stdout and "fix: run as root" in doctor.stdout
+    # the emulator needs no privilege at all
+    model = subprocess.run(drop + ["run", str(SCENARIOS / "clusterip.yaml"), "--backend", "model", "-q"],
+                           capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert model.returncode == 0, model.stdout + model.stderr
+    assert "4 of 4 checks passed" in model.stdout
     assert netns.list_all() == before
