@@ -97,3 +97,38 @@ def test_affinity_to_a_removed_endpoint_is_forgotten(pair):
         got, _ = p.send("from_pod", from_pod(CLIENT, VIP, syn(sport=sport)))
         assert parsed(got.data)[IP].dst != backend
     p.assert_same_state()
+
+
+def _backends_for(p, count=30, base=43000):
+    return {parsed(p.send("from_pod", from_pod(CLIENT, VIP, syn(sport=s)))[0].data)[IP].dst
+            for s in range(base, base + count)}
+
+
+def test_unready_endpoints_get_nothing(pair):
+    p = pair(table(ONE, topology(web2=", ready: false")))
+    assert _backends_for(p) == {WEB1}
+
+
+def test_terminating_endpoints_only_as_fallback(pair):
+    p = pair(table(ONE, topology(web2=", terminating: true")))
+    assert _backends_for(p) == {WEB1}
+    p = pair(table(ONE, topology(web1=", terminating: true", web2=", terminating: true")))
+    assert _backends_for(p) == {WEB1, WEB2}
+    p.assert_same_state()
+
+
+def test_itp_local_picks_only_local_endpoints(pair):
+    p = pair(table(ITP_LOCAL, topology()))          # node1 has web-1; web-2 is on node2
+    assert _backends_for(p) == {WEB1}
+
+
+def test_switching_affinity_off_and_on(pair):
+    sticky = ONE.replace("    selector: {app: web}\n", "    selector: {app: web}\n    sessionAffinity: ClientIP\n")
+    on, off = table(sticky, topology()), table(ONE, topology())
+    p = pair(on)
+    assert len(_backends_for(p, base=44000)) == 1
+    sync(p, on, off)
+    assert _backends_for(p, base=45000) == {WEB1, WEB2}
+    sync(p, off, on)
+    assert len(_backends_for(p, base=46000)) == 1
+    p.assert_same_state()
