@@ -44,6 +44,7 @@ class CheckSpec:
     every_backend: bool = False               # every listed backend answered at least once
     min_backends: int | None = None           # at least this many backends answered
     max_share: float | None = None            # no backend answered more than this fraction
+    capture: bool = False                     # verify the translation on the wire (see capture.py)
     where: str = ""
 
 
@@ -159,8 +160,9 @@ def parse_check(item: Doc, topology: TopologySpec, services: ServiceTable, names
     share = item.take("maxShare", (int, float), None, "a fraction such as 0.45")
     if share is not None and not 0 < share <= 1:
         item.fail("maxShare", f"expected a fraction from 0 to 1, got {share}")
+    capture = item.take_bool("capture", False)
     if expect != "reachable":
-        for key in ("backends", "source", "sameBackend", "everyBackend", "minBackends", "maxShare"):
+        for key in ("backends", "source", "sameBackend", "everyBackend", "minBackends", "maxShare", "capture"):
             if item.has(key):
                 item.fail(key, f"{key} only applies when expect is reachable (not {expect})")
     if every and backends is None:
@@ -174,7 +176,7 @@ def parse_check(item: Doc, topology: TopologySpec, services: ServiceTable, names
                      expect=expect, backends=backends, source=source, source_label=source_label,
                      requests=requests, timeout=float(timeout), interval=float(interval),
                      source_port=sport, same_backend=same, every_backend=every, min_backends=min_b,
-                     max_share=share, where=item.where())
+                     max_share=share, capture=capture, where=item.where())
 
 
 def evaluate(spec: CheckSpec, results: list[dict]) -> CheckResult:
@@ -226,6 +228,29 @@ def evaluate(spec: CheckSpec, results: list[dict]) -> CheckResult:
         if sources:
             detail += ", source seen " + ", ".join(sorted(sources))
     return CheckResult(spec.name, not problems, detail, dict(outcomes), dict(answered), dict(sources))
+
+
+def capture_targets(spec: CheckSpec, topology: TopologySpec) -> dict:
+    """The objects a capture watches besides the client: name -> address of each possible server."""
+    if spec.backends:
+        names = spec.backends
+    elif topology.find(spec.target.split("/", 1)[-1]) is not None and "/" in spec.target \
+            and not spec.target.startswith("service/"):
+        names = (spec.target.split("/", 1)[1],)
+    else:
+        names = tuple(p.name for p in topology.pods)
+    return {n: topology.find(n).ip for n in names if n != spec.client}
+
+
+def with_capture(result: CheckResult, spec: CheckSpec, topology: TopologySpec, frames: dict) -> CheckResult:
+    """Add what the capture shows to a judged check."""
+    from .capture import judge
+    problems, summary = judge(spec, topology.find(spec.client).ip, capture_targets(spec, topology), frames)
+    if problems:
+        detail = "; ".join(problems) if result.passed else result.detail + "; " + "; ".join(problems)
+        return CheckResult(result.name, False, detail, result.outcomes, result.answered, result.sources)
+    return CheckResult(result.name, result.passed, f"{result.detail}; {summary}", result.outcomes,
+                       result.answered, result.sources)
 
 
 def _counts(answered: Counter | dict) -> str:

@@ -47,6 +47,16 @@ def _on_sigterm(signum, frame):
 
 
 def run_check(lab: Lab, spec: CheckSpec) -> CheckResult:
+    if spec.capture:
+        from . import capture
+        from .checks import capture_targets, with_capture
+        with capture.live(lab, [spec.client, *capture_targets(spec, lab.spec)]) as frames:
+            result = _run_client(lab, spec)
+        return with_capture(result, spec, lab.spec, frames)
+    return _run_client(lab, spec)
+
+
+def _run_client(lab: Lab, spec: CheckSpec) -> CheckResult:
     ns = lab.record.objects[spec.client]
     budget = spec.requests * (spec.timeout * 2 + 1 + spec.interval) + 10
     try:
@@ -74,11 +84,19 @@ def run_simulated(scenario: Scenario, backend, progress=lambda m: None) -> Repor
         else:
             ns = plan.netns_of(step.client)
             results = []
+            if step.capture:
+                net.recording = {}
             for i in range(step.requests):
                 if i and step.interval:
                     net.advance(step.interval)
                 results.append(net.request(ns, step.ip, step.port, step.protocol, step.source_port))
-            report.results.append(evaluate(step, results))
+            result = evaluate(step, results)
+            if step.capture:
+                from .checks import with_capture
+                frames = {n.obj: net.recording.get(n.name, []) for n in plan.namespaces}
+                net.recording = None
+                result = with_capture(result, step, scenario.topology, frames)
+            report.results.append(result)
     from .backends.ebpf.consts import INDEX
     report.counters = {n.obj: {k: v for k, v in sorted(n.datapath.s.metrics.items(), key=lambda kv: INDEX[kv[0]]) if v}
                        for n in (net.ns[ns.name] for ns in plan.namespaces) if n.datapath is not None}

@@ -74,6 +74,7 @@ class SimNet:
         self.plan, self.seed = plan, seed
         self.seen: dict = {}                       # what servers saw of the current request
         self.ids: dict = {}                        # node -> Ids, stable across updates
+        self.recording: dict | None = None         # netns -> frames on pod eth0s, while capturing
         self.table = None
         self.rng = random.Random(seed)
         self.now = 10 ** 12                        # ns on the dataplane clock
@@ -160,7 +161,9 @@ class SimNet:
                 return
             frame = r.data
         iface = self.ns[ns].ifaces[ifname]
+        self._record(ns, frame)
         if iface.peer is not None:
+            self._record(iface.peer[0], frame)
             self.events.append(("rx", iface.peer[0], iface.peer[1], frame))
             return
         for mns, mif in self.segments.get(iface.segment, ()):
@@ -168,6 +171,11 @@ class SimNet:
                 self.events.append(("rx", mns, mif, frame))
                 return
         # nobody on the segment has that address: ARP fails, the frame is lost
+
+    def _record(self, ns: str, frame: bytes) -> None:
+        """A capture on a pod's eth0 sees what the pod sends and receives."""
+        if self.recording is not None and self.ns[ns].role == "pod":
+            self.recording.setdefault(ns, []).append(bytes(frame))
 
     def _receive(self, ns: str, ifname: str, frame: bytes) -> None:
         dp = self._hooked(ns, ifname)

@@ -50,3 +50,23 @@ def test_missing_results_fail():
 def test_one_bad_request_among_many_fails():
     bad = {"outcome": "refused", "hostname": None, "clientip": None, "error": "ECONNREFUSED"}
     assert not evaluate(spec(requests=3), [ok(), bad, ok()]).passed
+
+
+def test_capture_judge_catches_an_untranslated_reply():
+    from scapy.layers.inet import IP as SIP, TCP as STCP
+    from scapy.layers.l2 import Ether
+    from dataplane.capture import judge
+    s = spec(target="service/web", ip=IPv4Address("10.96.0.10"), port=80, source=IPv4Address("10.0.1.2"))
+    good_reply = bytes(Ether() / SIP(src="10.96.0.10", dst="10.0.1.2") / STCP(sport=80, dport=40000))
+    bad_reply = bytes(Ether() / SIP(src="10.0.2.2", dst="10.0.1.2") / STCP(sport=8080, dport=40001))
+    at_backend = bytes(Ether() / SIP(src="10.0.1.2", dst="10.0.2.2") / STCP(sport=40000, dport=8080))
+    backends = {"web-2": IPv4Address("10.0.2.2")}
+    problems, summary = judge(s, IPv4Address("10.0.1.2"), backends, {"client": [good_reply], "web-2": [at_backend]})
+    assert problems == [] and "only from 10.96.0.10:80" in summary
+    problems, _ = judge(s, IPv4Address("10.0.1.2"), backends, {"client": [good_reply, bad_reply], "web-2": [at_backend]})
+    assert problems == ["capture: the client saw replies from 10.0.2.2:8080, not only from 10.96.0.10:80"]
+    masq = bytes(Ether() / SIP(src="10.240.0.1", dst="10.0.2.2") / STCP(sport=40000, dport=8080))
+    problems, _ = judge(s, IPv4Address("10.0.1.2"), backends, {"client": [good_reply], "web-2": [masq]})
+    assert problems == ["capture: web-2 saw source 10.240.0.1, expected 10.0.1.2"]
+    problems, _ = judge(s, IPv4Address("10.0.1.2"), backends, {"client": [], "web-2": []})
+    assert "capture: no reply reached the client" in problems and "capture: no request reached any backend" in problems
