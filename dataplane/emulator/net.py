@@ -320,8 +320,8 @@ class SimNet:
         src, dst = IPv4Address(quote[12:16]), IPv4Address(quote[16:20])
         sport, dport = struct.unpack("!HH", quote[20:24])
         sock = sim.sockets.get((proto, sport))
-        if sock is None or (dst, dport) != (IPv4Address(sock.remote[0]), sock.remote[1]):
-            return
+        if sock is None or (src, dst, dport) != (IPv4Address(sock.local[0]), IPv4Address(sock.remote[0]), sock.remote[1]):
+            return                            # the quoted packet is not this socket's
         sock.error = {3: "ECONNREFUSED", 0: "ENETUNREACH", 1: "EHOSTUNREACH"}.get(icmp.code, "EHOSTUNREACH")
 
     # -- the client agent, emulated -------------------------------------------------------------------------

@@ -10,7 +10,7 @@ The three network models of Kubernetes are choices of routes, not of devices:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 
 MODELS = ("flat", "island", "air-gapped")

@@ -6,8 +6,8 @@ import tempfile
 import textwrap
 from pathlib import Path
 
-from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, TCPerror, UDPerror  # noqa: F401
-from scapy.layers.l2 import ARP, Ether
+from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, TCPerror, UDPerror  # noqa: F401  (for tests)
+from scapy.layers.l2 import ARP, Ether  # noqa: F401
 
 from dataplane.scenario import load
 from tests.helpers import BASE

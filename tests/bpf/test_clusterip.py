@@ -3,8 +3,6 @@ model from the same state; Pair.send asserts they agree byte for byte, and each 
 the specification says the result must be."""
 from __future__ import annotations
 
-from ipaddress import IPv4Address
-
 import pytest
 
 from tests.bpf.packets import (CLIENT, NODE1, NODE2, NODE_MAC, POD_MAC, VIP, WEB1, WEB2, ICMP, IP,

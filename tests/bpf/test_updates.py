@@ -3,7 +3,7 @@ when endpoints become terminating or leave, and to node-local policy."""
 from __future__ import annotations
 
 from tests.bpf.harness import sync
-from tests.bpf.packets import CLIENT, IP, TCP, UDP, VIP, WEB1, WEB2, ack, from_pod, parsed, syn, table, udp
+from tests.bpf.packets import CLIENT, IP, VIP, WEB1, WEB2, ack, from_pod, parsed, syn, table, udp
 
 ONE = """\
 services:

@@ -78,7 +78,6 @@ def test_pod_addressing(lab):
     """Each pod has its /32 on eth0 and a default route via the link-local gateway; the node has a
     /32 route to it. Read back from the kernel, not from the plan."""
     from dataplane.lab import netns
-    from pyroute2 import IPRoute  # noqa: F401  (netns.ipr opens it inside the namespace)
     pod = lab.spec.find("web-2")
     with netns.ipr(lab.record.objects["web-2"]) as ipr:
         addrs = {(a.get("address"), a["prefixlen"]) for a in ipr.get_addr(family=2)}

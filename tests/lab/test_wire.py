@@ -4,12 +4,12 @@ offload off, every checksum the BPF programs updated incrementally must verify (
 with offload on (veth's default) the same traffic must flow."""
 from __future__ import annotations
 
-import json
-import subprocess
 import sys
+from ipaddress import IPv4Address
 
 import pytest
 
+from dataplane import capture
 from dataplane.backends import get
 from dataplane.checks import CheckSpec, evaluate, client_argv, parse_client_output
 from dataplane.lab import netns
@@ -50,24 +50,13 @@ def lab(tmp_path_factory):
 
 def capture_during(lab, pods, action) -> dict:
     """Frames seen on each pod's eth0 while `action()` runs."""
-    procs = {}
-    for pod in pods:
-        procs[pod] = netns.popen(lab.record.objects[pod], [sys.executable, "-m", "dataplane.agent.capture",
-                                                           "--duration", "30"],
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    for proc in procs.values():
-        assert proc.stdout.readline().strip() == "ready"
-    try:
+    with capture.live(lab, pods) as frames:
         action()
-    finally:
-        for proc in procs.values():
-            proc.terminate()
-    return {pod: [Ether(bytes.fromhex(h)) for h in json.loads(proc.communicate(timeout=30)[0])["frames"]]
-            for pod, proc in procs.items()}
+    return {pod: [Ether(f) for f in got] for pod, got in frames.items()}
 
 
 def request(lab, protocol, port):
-    spec = CheckSpec(name="wire", client="client", target="service/web", ip=__import__("ipaddress").IPv4Address(VIP),
+    spec = CheckSpec(name="wire", client="client", target="service/web", ip=IPv4Address(VIP),
                      port=port, protocol=protocol, expect="reachable", backends=("web",), requests=3)
     out = netns.run(lab.record.objects["client"], client_argv(sys.executable, spec), timeout=30)
     result = evaluate(spec, parse_client_output(out.stdout))
