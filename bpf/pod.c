@@ -56,7 +56,7 @@ static __always_inline int forward(struct __sk_buff *skb, const struct ct_entry 
 static __always_inline int new_flow(struct __sk_buff *skb, struct pkt *p, struct svc_value *svc,
 				    struct dp_config *cfg, __u64 now)
 {
-	if (p->proto == IPPROTO_TCP && !((p->tcp_flags & TCP_FLAG_SYN) && !(p->tcp_flags & TCP_FLAG_ACK)))
+	if (p->proto == IPPROTO_TCP && !is_bare_syn(p))
 		return drop(DROP_CT_INVALID);
 	if (svc->count == 0) {
 		if (svc->flags & SVC_F_LOCAL_ONLY)
@@ -72,7 +72,7 @@ static __always_inline int new_flow(struct __sk_buff *skb, struct pkt *p, struct
 	struct ct_entry fwd = {}, rev = {};
 	struct ct_key fk = {}, rk = {};
 	struct pkt reply = {};
-	fwd.expires = rev.expires = now + ct_lifetime(p->proto, p->tcp_flags);
+	fwd.expires = rev.expires = now + ct_lifetime(cfg, p->proto, 0);
 	fwd.nat_addr = be->addr;
 	fwd.nat_port = be->port;
 	fwd.backend_id = rev.backend_id = id;
@@ -153,7 +153,7 @@ static __always_inline int handle(struct __sk_buff *skb, int service_hook)
 	if (e) {
 		if ((r = unsupported(&p)))
 			return drop(r);
-		ct_refresh(e, &p, now);
+		ct_update(&k, e, &p, cfg, now);
 		if (revnat(skb, &p, e) < 0)
 			return drop(DROP_REJECT_FAILED);
 		count(M_REVNAT);
@@ -164,10 +164,15 @@ static __always_inline int handle(struct __sk_buff *skb, int service_hook)
 
 	ct_key_of(&k, &p, CT_SERVICE);
 	e = ct_lookup(&k, now);
+	if (e && (e->flags & CT_F_CLOSING) && is_bare_syn(&p)) {
+		/* a new connection on the tuple of a closed one: a fresh flow, a fresh choice */
+		ct_delete(&k, e);
+		e = NULL;
+	}
 	if (e) {
 		if ((r = unsupported(&p)))
 			return drop(r);
-		ct_refresh(e, &p, now);
+		ct_update(&k, e, &p, cfg, now);
 		if (dnat(skb, &p, e) < 0)
 			return drop(DROP_REJECT_FAILED);
 		count(M_DNAT);

@@ -59,7 +59,9 @@ def cli():
               help="Seed of the backend choice (printed with every run): the same seed replays the same choices.")
 @click.option("--map-size", "map_sizes", multiple=True, metavar="NAME=ENTRIES",
               help="eBPF map capacity: services, backends, conntrack or affinity (repeatable).")
-def run(scenario, backend, lab_name, as_json, keep, quiet, seed, map_sizes):
+@click.option("--ct-timeout", "ct_timeouts", multiple=True, metavar="NAME=SECONDS",
+              help="Conntrack lifetime: syn, tcp (established), close (after FIN/RST) or udp (repeatable).")
+def run(scenario, backend, lab_name, as_json, keep, quiet, seed, map_sizes, ct_timeouts):
     """Build the lab of SCENARIO, program a backend, run its checks, tear down.
 
     Prints a table of checks (or, with --json, {"scenario", "backend", "passed", "checks": [...]})
@@ -70,9 +72,9 @@ def run(scenario, backend, lab_name, as_json, keep, quiet, seed, map_sizes):
     from .runner import run_live
     sc = _load(scenario)
     doctor.require(*backends.get(backend).needs)
-    from .backends.ebpf.program import MapSizes
+    from .backends.ebpf.program import CtTimeouts, MapSizes
     rep = run_live(sc, backend, lab_name or sc.name, keep=keep, progress=_progress(not quiet), seed=seed,
-                   sizes=MapSizes.parse(map_sizes))
+                   sizes=MapSizes.parse(map_sizes), timeouts=CtTimeouts.parse(ct_timeouts))
     click.echo(report.as_json(rep) if as_json else report.table(rep))
     sys.exit(0 if rep.passed else 1)
 
@@ -91,7 +93,9 @@ Examples:
 @click.option("--seed", type=click.IntRange(0, 2**32 - 1), help="Seed of the backend choice.")
 @click.option("--map-size", "map_sizes", multiple=True, metavar="NAME=ENTRIES",
               help="eBPF map capacity: services, backends, conntrack or affinity (repeatable).")
-def up(scenario, lab_name, backend, dry_run, seed, map_sizes):
+@click.option("--ct-timeout", "ct_timeouts", multiple=True, metavar="NAME=SECONDS",
+              help="Conntrack lifetime: syn, tcp (established), close (after FIN/RST) or udp (repeatable).")
+def up(scenario, lab_name, backend, dry_run, seed, map_sizes, ct_timeouts):
     """Build the lab of SCENARIO and leave it running (its test servers too).
 
     Look inside with `dataplane exec LAB NAME -- CMD`, list labs with `dataplane status`,
@@ -104,8 +108,8 @@ def up(scenario, lab_name, backend, dry_run, seed, map_sizes):
     if dry_run:
         click.echo(make_plan(sc.topology, name).describe())
         return
-    from .backends.ebpf.program import MapSizes
-    be = backends.get(backend, seed=seed, sizes=MapSizes.parse(map_sizes))
+    from .backends.ebpf.program import CtTimeouts, MapSizes
+    be = backends.get(backend, seed=seed, sizes=MapSizes.parse(map_sizes), timeouts=CtTimeouts.parse(ct_timeouts))
     if getattr(be, "simulated", False):
         raise click.UsageError(f"backend {backend} is simulated: there is no lab to bring up (use `run`)")
     doctor.require(*be.needs)

@@ -75,7 +75,7 @@ def run_simulated(scenario: Scenario, backend, progress=lambda m: None) -> Repor
     report = Report(scenario.name, backend.name, "(simulated)", ignored=list(scenario.ignored),
                     seed=backend.seed)
     plan = make_plan(scenario.topology, scenario.name)
-    net = SimNet(plan, scenario.services, backend.seed)
+    net = SimNet(plan, scenario.services, backend.seed, backend.timeouts)
     for step in _steps(scenario, progress):
         if isinstance(step, Sleep):
             net.advance(step.seconds)
@@ -97,6 +97,7 @@ def run_simulated(scenario: Scenario, backend, progress=lambda m: None) -> Repor
                 net.recording = None
                 result = with_capture(result, step, scenario.topology, frames)
             report.results.append(result)
+        net.collect()
     from .backends.ebpf.consts import INDEX
     report.counters = {n.obj: {k: v for k, v in sorted(n.datapath.s.metrics.items(), key=lambda kv: INDEX[kv[0]]) if v}
                        for n in (net.ns[ns.name] for ns in plan.namespaces) if n.datapath is not None}
@@ -119,8 +120,8 @@ def _steps(scenario: Scenario, progress):
 
 
 def run_live(scenario: Scenario, backend_name: str, lab_name: str, keep: bool = False,
-             progress=lambda m: None, seed: int | None = None, sizes=None) -> Report:
-    backend = backends.get(backend_name, seed=seed, sizes=sizes)
+             progress=lambda m: None, seed: int | None = None, sizes=None, timeouts=None) -> Report:
+    backend = backends.get(backend_name, seed=seed, sizes=sizes, timeouts=timeouts)
     if getattr(backend, "simulated", False):
         return run_simulated(scenario, backend, progress)
     report = Report(scenario.name, backend.name, lab_name, ignored=list(scenario.ignored),
@@ -141,6 +142,8 @@ def run_live(scenario: Scenario, backend_name: str, lab_name: str, keep: bool = 
                     report.events.append(line)
             else:
                 report.results.append(run_check(lab, step))
+            if hasattr(backend, "collect"):
+                backend.collect()      # garbage-collect expired flows between steps
         if hasattr(backend, "metrics"):
             report.counters = {node: {k: v for k, v in m.items() if v} for node, m in backend.metrics().items()}
         return report

@@ -36,12 +36,15 @@ enum metric {
 #define CT_REPLY         2
 
 #define CT_F_HAIRPIN     0x1
-#define CT_F_SEEN_REPLY  0x2
+#define CT_F_SEEN_REPLY  0x2   /* TCP: the reply direction was seen (established) */
+#define CT_F_CLOSING     0x4   /* TCP: a FIN or RST was seen */
 
 #define NS_PER_SEC       1000000000ULL
-/* Conntrack lifetimes (refreshed by every packet of the flow). */
-#define CT_LIFETIME_TCP  (21600 * NS_PER_SEC)   /* established TCP: 6 h, as nf_conntrack */
-#define CT_LIFETIME_SYN  (60 * NS_PER_SEC)      /* TCP until the first reply */
-#define CT_LIFETIME_UDP  (60 * NS_PER_SEC)
+/* Default conntrack lifetimes in seconds (config map; `--ct-timeout` sets them). Every packet of
+ * a flow renews both of its entries. */
+#define CT_DEFAULT_SYN   60      /* TCP before any reply */
+#define CT_DEFAULT_TCP   21600   /* established TCP: 6 h (Cilium's default) */
+#define CT_DEFAULT_CLOSE 10      /* TCP after FIN or RST */
+#define CT_DEFAULT_UDP   60
 
 #endif

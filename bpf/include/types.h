@@ -77,6 +77,10 @@ struct dp_config {
 	__u64  clock_offset;     /* ns added to bpf_ktime_get_ns(): lets tests move time forward */
 	__u32  seed;             /* backend selection hash seed: same seed, same choices */
 	__be32 node_ip;          /* source for hairpin masquerade */
+	__u32  ct_syn;           /* conntrack lifetimes, seconds: TCP before any reply */
+	__u32  ct_tcp;           /*   TCP once the reply direction was seen */
+	__u32  ct_close;         /*   TCP after a FIN or RST */
+	__u32  ct_udp;           /*   UDP (and any other protocol) */
 };
 
 #endif

@@ -1,5 +1,6 @@
 /* Conntrack: two entries per flow, one per direction, each keyed by the tuple its packets carry
- * at the hook (CT_SERVICE: client -> VIP as sent; CT_REPLY: backend -> client as received). */
+ * at the hook (CT_SERVICE: client -> VIP as sent; CT_REPLY: backend -> client as received).
+ * Both entries share the flow's state and lifetime: every packet updates both. */
 #ifndef DP_CONNTRACK_H
 #define DP_CONNTRACK_H
 
@@ -14,15 +15,55 @@ static __always_inline void ct_key_of(struct ct_key *k, const struct pkt *p, __u
 	k->pad0 = 0;
 }
 
-/* How long an entry lives after this packet: a TCP flow still opening (a bare SYN) gets a
- * short lifetime, any other TCP packet the established one. */
-static __always_inline __u64 ct_lifetime(__u8 proto, __u8 tcp_flags)
+/* The other direction's key, from an entry and its own key. */
+static __always_inline void ct_peer_key(struct ct_key *peer, const struct ct_key *k, const struct ct_entry *e)
 {
+	peer->proto = k->proto;
+	peer->pad0 = 0;
+	if (k->dir == CT_SERVICE) {          /* client -> VIP; peer: backend -> client (or masquerade) */
+		peer->saddr = e->nat_addr;
+		peer->sport = e->nat_port;
+		peer->daddr = (e->flags & CT_F_HAIRPIN) ? e->snat_addr : k->saddr;
+		peer->dport = (e->flags & CT_F_HAIRPIN) ? e->snat_port : k->sport;
+		peer->dir = CT_REPLY;
+	} else {                             /* backend -> client; peer: client -> VIP */
+		peer->saddr = (e->flags & CT_F_HAIRPIN) ? e->snat_addr : k->daddr;
+		peer->sport = (e->flags & CT_F_HAIRPIN) ? e->snat_port : k->dport;
+		peer->daddr = e->nat_addr;
+		peer->dport = e->nat_port;
+		peer->dir = CT_SERVICE;
+	}
+}
+
+static __always_inline int is_bare_syn(const struct pkt *p)
+{
+	return p->proto == IPPROTO_TCP && (p->tcp_flags & TCP_FLAG_SYN) && !(p->tcp_flags & TCP_FLAG_ACK);
+}
+
+/* The flow's state after this packet, travelling in direction `dir`. */
+static __always_inline __u16 ct_next_flags(__u16 flags, const struct pkt *p, __u8 dir)
+{
+	if (p->proto != IPPROTO_TCP)
+		return flags;
+	if (p->tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST))
+		flags |= CT_F_CLOSING;
+	else if (dir == CT_REPLY)
+		flags |= CT_F_SEEN_REPLY;
+	return flags;
+}
+
+static __always_inline __u64 ct_lifetime(const struct dp_config *cfg, __u8 proto, __u16 flags)
+{
+	__u32 s;
 	if (proto != IPPROTO_TCP)
-		return CT_LIFETIME_UDP;
-	if ((tcp_flags & TCP_FLAG_SYN) && !(tcp_flags & TCP_FLAG_ACK))
-		return CT_LIFETIME_SYN;
-	return CT_LIFETIME_TCP;
+		s = cfg->ct_udp;
+	else if (flags & CT_F_CLOSING)
+		s = cfg->ct_close;
+	else if (flags & CT_F_SEEN_REPLY)
+		s = cfg->ct_tcp;
+	else
+		s = cfg->ct_syn;
+	return (__u64)s * NS_PER_SEC;
 }
 
 /* The live entry for a key, or NULL; an expired entry is removed and not returned. */
@@ -38,9 +79,31 @@ static __always_inline struct ct_entry *ct_lookup(struct ct_key *k, __u64 now)
 	return e;
 }
 
-static __always_inline void ct_refresh(struct ct_entry *e, const struct pkt *p, __u64 now)
+/* A packet of the flow passed in direction k->dir: advance the state of both entries. */
+static __always_inline void ct_update(struct ct_key *k, struct ct_entry *e, const struct pkt *p,
+				      const struct dp_config *cfg, __u64 now)
 {
-	e->expires = now + ct_lifetime(p->proto, p->tcp_flags);
+	struct ct_key pk = {};
+	__u16 flags = ct_next_flags(e->flags, p, k->dir);
+	__u64 expires = now + ct_lifetime(cfg, p->proto, flags);
+
+	e->flags = flags;
+	e->expires = expires;
+	ct_peer_key(&pk, k, e);
+	struct ct_entry *peer = conntrack.lookup(&pk);
+	if (peer) {
+		peer->flags = flags;
+		peer->expires = expires;
+	}
+}
+
+/* Forget a flow: this entry and its peer. */
+static __always_inline void ct_delete(struct ct_key *k, struct ct_entry *e)
+{
+	struct ct_key pk = {};
+	ct_peer_key(&pk, k, e);
+	conntrack.delete(&pk);
+	conntrack.delete(k);
 }
 
 #endif

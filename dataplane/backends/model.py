@@ -3,7 +3,9 @@ hooks. Needs neither root nor namespaces; runs the same checks, judged by the sa
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from .ebpf.program import CtTimeouts
 
 
 @dataclass
@@ -14,6 +16,7 @@ class ModelBackend:
     simulated = True
 
     seed: int | None = None
+    timeouts: CtTimeouts = field(default_factory=CtTimeouts)
 
     def __post_init__(self):
         if self.seed is None:

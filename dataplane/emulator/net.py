@@ -20,7 +20,7 @@ from scapy.layers.l2 import Ether
 
 from ..backends.ebpf.render import Ids, render_node
 from ..lab.plan import LabPlan, mac_for
-from ..refmodel.datapath import Datapath, NodeState
+from ..refmodel.datapath import Datapath, NodeState, Timeouts
 
 MAX_EVENTS = 10_000
 EPHEMERAL = (32768, 60999)
@@ -70,8 +70,10 @@ class SimNS:
 
 
 class SimNet:
-    def __init__(self, plan: LabPlan, table, seed: int):
+    def __init__(self, plan: LabPlan, table, seed: int, timeouts=None):
         self.plan, self.seed = plan, seed
+        self.timeouts = Timeouts(**({k: getattr(timeouts, k) for k in ("syn", "tcp", "close", "udp")}
+                                    if timeouts else {}))
         self.seen: dict = {}                       # what servers saw of the current request
         self.ids: dict = {}                        # node -> Ids, stable across updates
         self.recording: dict | None = None         # netns -> frames on pod eth0s, while capturing
@@ -127,12 +129,17 @@ class SimNet:
             sim = self.ns[self.plan.netns_of(node.name)]
             maps = render_node(table, node.name, self.ids.setdefault(node.name, Ids()))
             if sim.datapath is None:
-                sim.datapath = Datapath(NodeState(maps=maps, node_ip=node.ip, seed=self.seed))
+                sim.datapath = Datapath(NodeState(maps=maps, node_ip=node.ip, seed=self.seed,
+                                                  timeouts=self.timeouts))
             else:
                 sim.datapath.s.maps = maps
 
     def advance(self, seconds: float) -> None:
         self.now += int(seconds * 1e9)
+
+    def collect(self) -> int:
+        """Garbage-collect expired flows on every node (as the live run does between steps)."""
+        return sum(n.datapath.s.collect(self.now) for n in self.ns.values() if n.datapath is not None)
 
     def sync(self, table) -> list[str]:
         """An update: reprogram every node and flush the flows of endpoints that left."""

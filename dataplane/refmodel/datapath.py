@@ -12,18 +12,16 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address
 
-from ..backends.ebpf.consts import SVC_F_AFFINITY, SVC_F_LOCAL_ONLY  # the maps' flag bits
+from ..backends.ebpf.consts import (CT_DEFAULT_CLOSE, CT_DEFAULT_SYN, CT_DEFAULT_TCP, CT_DEFAULT_UDP,
+                                    SVC_F_AFFINITY, SVC_F_LOCAL_ONLY)  # map flags and default config
 from ..backends.ebpf.render import NodeMaps, SvcKey
 
 ETH_HLEN = 14
 ETH_P_IP = 0x0800
 TCP, UDP, ICMP = 6, 17, 1
 ICMP_ERRORS = (3, 4, 11, 12)   # destination unreachable, source quench, time exceeded, parameter problem
-SYN, ACK = 0x02, 0x10
+FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
 NS = 1_000_000_000
-LIFETIME_UDP = 60 * NS
-LIFETIME_SYN = 60 * NS
-LIFETIME_TCP = 21600 * NS
 SERVICE, REPLY = 1, 2           # conntrack directions
 
 
@@ -47,6 +45,17 @@ class CtEntry:
     snat_port: int = 0
     backend_id: int = 0
     svc_id: int = 0
+    seen_reply: bool = False     # TCP: the reply direction was seen
+    closing: bool = False        # TCP: a FIN or RST was seen
+
+
+@dataclass
+class Timeouts:
+    """Conntrack lifetimes in seconds (the dataplane's config)."""
+    syn: int = CT_DEFAULT_SYN
+    tcp: int = CT_DEFAULT_TCP
+    close: int = CT_DEFAULT_CLOSE
+    udp: int = CT_DEFAULT_UDP
 
 
 @dataclass
@@ -58,6 +67,14 @@ class NodeState:
     conntrack: dict = field(default_factory=dict)   # CtKey -> CtEntry
     affinity: dict = field(default_factory=dict)    # (client, svc_id) -> (last_used, backend_id)
     metrics: Counter = field(default_factory=Counter)
+    timeouts: Timeouts = field(default_factory=Timeouts)
+
+    def collect(self, now: int) -> int:
+        """Forget expired flows (what the agent's garbage collection does to the BPF map)."""
+        dead = [k for k, e in self.conntrack.items() if e.expires <= now]
+        for k in dead:
+            del self.conntrack[k]
+        return len(dead)
 
 
     def flush(self, stale: set) -> int:
@@ -243,11 +260,36 @@ class Datapath:
             return None
         return e
 
+    def _lifetime(self, proto: int, e: CtEntry) -> int:
+        t = self.s.timeouts
+        if proto != TCP:
+            return t.udp * NS
+        return (t.close if e.closing else t.tcp if e.seen_reply else t.syn) * NS
+
     @staticmethod
-    def _lifetime(p: Packet) -> int:
-        if p.proto != TCP:
-            return LIFETIME_UDP
-        return LIFETIME_SYN if (p.tcp_flags & SYN and not p.tcp_flags & ACK) else LIFETIME_TCP
+    def _peer(key: CtKey, e: CtEntry) -> CtKey:
+        """The other direction of the flow an entry belongs to."""
+        if key.dir == SERVICE:
+            client = (e.snat_addr, e.snat_port) if e.hairpin else (key.saddr, key.sport)
+            return CtKey(e.nat_addr, client[0], e.nat_port, client[1], key.proto, REPLY)
+        client = (e.snat_addr, e.snat_port) if e.hairpin else (key.daddr, key.dport)
+        return CtKey(client[0], e.nat_addr, client[1], e.nat_port, key.proto, SERVICE)
+
+    def _update(self, key: CtKey, e: CtEntry, p: Packet, now: int) -> None:
+        """A packet of the flow passed in direction key.dir: both entries take the new state."""
+        if p.proto == TCP:
+            if p.tcp_flags & (FIN | RST):
+                e.closing = True
+            elif key.dir == REPLY:
+                e.seen_reply = True
+        e.expires = now + self._lifetime(p.proto, e)
+        peer = self.s.conntrack.get(self._peer(key, e))
+        if peer is not None:
+            peer.seen_reply, peer.closing, peer.expires = e.seen_reply, e.closing, e.expires
+
+    @staticmethod
+    def _bare_syn(p: Packet) -> bool:
+        return p.proto == TCP and bool(p.tcp_flags & SYN) and not p.tcp_flags & ACK
 
     def _handle(self, frame: bytes, now: int, service_hook: bool) -> Result:
         why = []
@@ -275,11 +317,12 @@ class Datapath:
             return self._result("pass", frame, "M_PASS", ["later fragment, not to a VIP"])
         unsupported = "DROP_IP_OPTIONS" if p.options else "DROP_FRAGMENT" if p.fragment else None
 
-        e = self._lookup(CtKey(p.saddr, p.daddr, p.sport, p.dport, p.proto, REPLY), now)
+        key = CtKey(p.saddr, p.daddr, p.sport, p.dport, p.proto, REPLY)
+        e = self._lookup(key, now)
         if e is not None:
             if unsupported:
                 return self._result("drop", frame, unsupported, ["reply of a NATed flow, unsupported header"])
-            e.expires = now + self._lifetime(p)
+            self._update(key, e, p, now)
             why.append(f"reply of a flow to {e.nat_addr}:{e.nat_port}: source becomes the VIP")
             p.saddr, p.sport = e.nat_addr, e.nat_port
             if e.hairpin:
@@ -289,11 +332,17 @@ class Datapath:
         if not service_hook:
             return self._result("pass", frame, "M_PASS", ["no flow of ours"])
 
-        e = self._lookup(CtKey(p.saddr, p.daddr, p.sport, p.dport, p.proto, SERVICE), now)
+        key = CtKey(p.saddr, p.daddr, p.sport, p.dport, p.proto, SERVICE)
+        e = self._lookup(key, now)
+        if e is not None and e.closing and self._bare_syn(p):
+            why.append("a new SYN on the tuple of a closed flow: a fresh flow")
+            self.s.conntrack.pop(self._peer(key, e), None)
+            del self.s.conntrack[key]
+            e = None
         if e is not None:
             if unsupported:
                 return self._result("drop", frame, unsupported, ["packet of a NATed flow, unsupported header"])
-            e.expires = now + self._lifetime(p)
+            self._update(key, e, p, now)
             why.append(f"known flow to backend {e.nat_addr}:{e.nat_port}")
             return self._out(self._dnat(p, e), e.hairpin, "M_DNAT", why)
 
@@ -306,7 +355,7 @@ class Datapath:
             return self._reject(p, "REJECT_PORT_UNSERVED", [f"VIP {p.daddr} serves no {p.dport}/{p.proto}"])
         if unsupported:
             return self._result("drop", frame, unsupported, ["service traffic with an unsupported header"])
-        if p.proto == TCP and not (p.tcp_flags & SYN and not p.tcp_flags & ACK):
+        if p.proto == TCP and not self._bare_syn(p):
             return self._result("drop", frame, "DROP_CT_INVALID", ["TCP to a VIP, not a SYN, no known flow"])
         if svc.count == 0:
             if svc.flags & SVC_F_LOCAL_ONLY:
@@ -340,7 +389,7 @@ class Datapath:
         be = self.s.maps.backends.get(bid)
         if be is None:
             return self._result("drop", p.frame, "DROP_NO_BACKEND", why + ["no such backend"])
-        life = now + self._lifetime(p)
+        life = now + self._lifetime(p.proto, CtEntry(0, be.addr, be.port))
         fwd = CtEntry(life, be.addr, be.port, backend_id=bid, svc_id=svc.svc_id)
         rev = CtEntry(life, p.daddr, p.dport, backend_id=bid, svc_id=svc.svc_id)
         reply_dst = p.saddr

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from ipaddress import IPv4Address
 
-from dataplane.backends.ebpf.consts import CT_F_HAIRPIN
+from dataplane.backends.ebpf.consts import CT_F_CLOSING, CT_F_HAIRPIN, CT_F_SEEN_REPLY
 from dataplane.backends.ebpf.maps import apply
 from dataplane.backends.ebpf.program import NodeProgram, be16, from_be32
 from dataplane.backends.ebpf.render import Ids, NodeMaps, render_node
@@ -21,8 +21,12 @@ def _clear(table) -> None:
 
 
 class Pair:
-    def __init__(self, prog: NodeProgram, table, node: str = "node1", seed: int = 7):
+    def __init__(self, prog: NodeProgram, table, node: str = "node1", seed: int = 7, timeouts=None):
+        from dataplane.backends.ebpf.program import CtTimeouts
+        from dataplane.refmodel.datapath import Timeouts
         self.prog = prog
+        t = timeouts or {}
+        prog.timeouts = CtTimeouts(**t)
         for name in ("services", "backends", "conntrack", "affinity"):
             _clear(prog.table(name))
         metrics = prog.table("metrics")
@@ -33,7 +37,13 @@ class Pair:
         apply(prog, NodeMaps(), rendered)
         self.offset = 0
         prog.set_config(seed=seed, clock_offset=0)
-        self.model = Datapath(NodeState(maps=rendered, node_ip=NODE_IP, seed=seed))
+        self.model = Datapath(NodeState(maps=rendered, node_ip=NODE_IP, seed=seed,
+                                        timeouts=Timeouts(**{k: getattr(prog.timeouts, k) for k in
+                                                             ("syn", "tcp", "close", "udp")})))
+
+    def collect(self) -> tuple:
+        """Garbage collection on both sides: (bpf removed, model removed)."""
+        return self.prog.collect(), self.model.s.collect(self.now())
 
     def now(self) -> int:
         return time.monotonic_ns() + self.offset
@@ -57,15 +67,23 @@ class Pair:
         for k, v in self.prog.table("conntrack").items():
             key = CtKey(from_be32(k.saddr), from_be32(k.daddr), be16(k.sport), be16(k.dport), k.proto, k.dir)
             out[key] = (from_be32(v.nat_addr), be16(v.nat_port), bool(v.flags & CT_F_HAIRPIN),
-                        from_be32(v.snat_addr), be16(v.snat_port), v.backend_id, v.svc_id)
+                        from_be32(v.snat_addr), be16(v.snat_port), v.backend_id, v.svc_id,
+                        bool(v.flags & CT_F_SEEN_REPLY), bool(v.flags & CT_F_CLOSING))
         return out
 
     def model_conntrack(self) -> dict:
-        return {k: (e.nat_addr, e.nat_port, e.hairpin, e.snat_addr, e.snat_port, e.backend_id, e.svc_id)
+        return {k: (e.nat_addr, e.nat_port, e.hairpin, e.snat_addr, e.snat_port, e.backend_id, e.svc_id,
+                    e.seen_reply, e.closing)
                 for k, e in self.model.s.conntrack.items()}
 
     def assert_same_state(self) -> None:
         assert self.bpf_conntrack() == self.model_conntrack()
+        # lifetimes: both clocks read within the same second
+        bpf = {}
+        for k, v in self.prog.table("conntrack").items():
+            bpf[CtKey(from_be32(k.saddr), from_be32(k.daddr), be16(k.sport), be16(k.dport), k.proto, k.dir)] = v.expires
+        for key, e in self.model.s.conntrack.items():
+            assert abs(bpf[key] - e.expires) < 1_000_000_000, f"{key}: expiry bpf {bpf[key]} model {e.expires}"
         bpf_metrics = {k: v for k, v in self.prog.metrics().items() if v}
         assert bpf_metrics == {k: v for k, v in self.model.s.metrics.items() if v}
 

@@ -19,7 +19,8 @@ LAYOUT = {
                   32, {"expires": 0, "nat_addr": 8, "nat_port": 12, "flags": 14, "snat_addr": 16,
                        "snat_port": 20, "pad0": 22, "backend_id": 24, "svc_id": 28}),
     "affinity": (8, {"client": 0, "svc_id": 4}, 16, {"last_used": 0, "backend_id": 8, "pad0": 12}),
-    "config": (4, {}, 16, {"clock_offset": 0, "seed": 8, "node_ip": 12}),
+    "config": (4, {}, 32, {"clock_offset": 0, "seed": 8, "node_ip": 12, "ct_syn": 16, "ct_tcp": 20,
+                            "ct_close": 24, "ct_udp": 28}),
 }
 
 
@@ -44,7 +45,7 @@ def test_metric_names_follow_the_enum():
     body = text[text.index("enum metric {"):text.index("M_MAX,")]
     names = re.findall(r"^\s+([A-Z_0-9]+)(?: = 0)?,", body, re.M)
     assert tuple(names) == consts.METRICS and consts.METRICS[0] == "M_PASS"
-    assert consts.CT_SERVICE == 1 and consts.CT_REPLY == 2 and consts.CT_LIFETIME_UDP == 60 * 10**9
+    assert consts.CT_SERVICE == 1 and consts.CT_REPLY == 2 and consts.CT_DEFAULT_UDP == 60
 
 
 def test_metrics_map_has_one_counter_per_reason(program):

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from ...policy import stale_targets
 from .maps import apply
-from .program import PIN_ROOT, MapSizes, NodeProgram, be16, be32
+from .program import PIN_ROOT, CtTimeouts, MapSizes, NodeProgram, be16, be32
 from .render import Ids, NodeMaps, render_node
 from .consts import CT_REPLY
 
@@ -27,6 +27,7 @@ class EbpfBackend:
 
     seed: int | None = None
     sizes: MapSizes = field(default_factory=MapSizes)
+    timeouts: CtTimeouts = field(default_factory=CtTimeouts)
     nodes: dict = field(default_factory=dict)      # node -> NodeProgram
     current: dict = field(default_factory=dict)    # node -> NodeMaps
     ids: dict = field(default_factory=dict)        # node -> Ids
@@ -41,7 +42,7 @@ class EbpfBackend:
         lab.record.pinned.append(pin_root)   # recorded first: teardown unpins even after SIGKILL
         lab.record.save()
         for node in lab.spec.nodes:
-            prog = NodeProgram(node.name, lab.record.objects[node.name], node.ip, self.sizes)
+            prog = NodeProgram(node.name, lab.record.objects[node.name], node.ip, self.sizes, self.timeouts)
             self.nodes[node.name] = prog
             prog.load(self.seed)
             prog.pin(os.path.join(pin_root, node.name))
@@ -76,6 +77,10 @@ class EbpfBackend:
 
     def metrics(self) -> dict:
         return {node: prog.metrics() for node, prog in self.nodes.items()}
+
+    def collect(self) -> int:
+        """Garbage-collect expired conntrack entries on every node."""
+        return sum(prog.collect() for prog in self.nodes.values())
 
 
 def flush_flows(prog: NodeProgram, stale: set) -> int:

@@ -48,6 +48,34 @@ class MapSizes:
                 "CT_MAP_SIZE": self.conntrack, "AFFINITY_MAP_SIZE": self.affinity}
 
 
+@dataclass
+class CtTimeouts:
+    """Conntrack lifetimes in seconds; defaults from bpf/include/consts.h (CT_DEFAULT_*)."""
+    syn: int = 0
+    tcp: int = 0
+    close: int = 0
+    udp: int = 0
+
+    def __post_init__(self):
+        from .consts import CT_DEFAULT_CLOSE, CT_DEFAULT_SYN, CT_DEFAULT_TCP, CT_DEFAULT_UDP
+        self.syn = self.syn or CT_DEFAULT_SYN
+        self.tcp = self.tcp or CT_DEFAULT_TCP
+        self.close = self.close or CT_DEFAULT_CLOSE
+        self.udp = self.udp or CT_DEFAULT_UDP
+
+    @classmethod
+    def parse(cls, items) -> "CtTimeouts":
+        """From NAME=SECONDS strings (the CLI's --ct-timeout)."""
+        t = cls()
+        for item in items or ():
+            name, _, value = item.partition("=")
+            if name not in ("syn", "tcp", "close", "udp") or not value.isdigit() or not 1 <= int(value) <= 10**7:
+                raise DataplaneError(f"--ct-timeout {item!r}: expected NAME=SECONDS with NAME one of "
+                                     f"syn, tcp, close, udp and 1 <= SECONDS <= 10000000")
+            setattr(t, name, int(value))
+        return t
+
+
 def be32(ip) -> int:
     """An IPv4 address as the u32 whose memory holds it in network order (what BPF compares)."""
     return struct.unpack("=I", IPv4Address(ip).packed)[0]
@@ -67,6 +95,7 @@ class NodeProgram:
     netns: str
     node_ip: IPv4Address
     sizes: MapSizes = field(default_factory=MapSizes)
+    timeouts: CtTimeouts = field(default_factory=CtTimeouts)
     bpf: object = None
     fns: dict = field(default_factory=dict)
     attached: list = field(default_factory=list)     # ifnames with our clsact
@@ -92,7 +121,24 @@ class NodeProgram:
         if clock_offset is not None:
             cur.clock_offset = clock_offset
         cur.node_ip = be32(self.node_ip)
+        cur.ct_syn, cur.ct_tcp = self.timeouts.syn, self.timeouts.tcp
+        cur.ct_close, cur.ct_udp = self.timeouts.close, self.timeouts.udp
         t[t.Key(0)] = cur
+
+    def now(self) -> int:
+        """The dataplane clock: CLOCK_MONOTONIC (bpf_ktime_get_ns) plus the configured offset."""
+        import time
+        t = self.table("config")
+        return time.monotonic_ns() + t[t.Key(0)].clock_offset
+
+    def collect(self) -> int:
+        """Delete expired conntrack entries (the programs ignore them; this frees their room)."""
+        ct = self.table("conntrack")
+        now = self.now()
+        dead = [k for k, v in ct.items() if v.expires <= now]
+        for k in dead:
+            ct.pop(k, None)
+        return len(dead)
 
     def attach(self, ifname: str) -> None:
         with netns.ipr(self.netns) as ipr:
