@@ -25,12 +25,6 @@
 #include "l2.h"
 #include "reject.h"
 
-static __always_inline int pass(void)
-{
-	count(M_PASS);
-	return TC_ACT_OK;
-}
-
 /* Options or fragments on a packet that needs translation: not supported, dropped. */
 static __always_inline int unsupported(const struct pkt *p)
 {

@@ -12,7 +12,7 @@ from ipaddress import IPv4Address, IPv4Network
 from .checks import CheckSpec, parse_check
 from .errors import ScenarioError
 from .lab.topology import (DEFAULT_PORTS, IFNAMSIZ, IFNAME_PREFIX, MAX_NAME, MODELS, RESERVED_NAMES,
-                           HostSpec, NodeSpec, PodSpec, PortSpec, TopologySpec, gateway_of)
+                           HostSpec, MasqueradeSpec, NodeSpec, PodSpec, PortSpec, TopologySpec, gateway_of)
 from .manifests import ManifestSet, load as load_manifest, resolve
 from .model import PROTOCOLS, ServiceTable
 from .services import DNS_LABEL, Ignored, ServiceDefaults, endpoints_from_pods, parse_service, with_endpoints
@@ -352,11 +352,37 @@ def parse_topology(doc: Doc) -> tuple[TopologySpec, tuple[int, int]]:
         ports = parse_ports(item)
         item.done()
         hosts.append(HostSpec(name, ip, ports))
+    masq = parse_masquerade(doc.sub("masquerade", {}), model, cluster, node_net, outside_net)
     doc.done()
     spec = TopologySpec(model=model, cluster_cidr=cluster, service_cidr=services, node_cidr=node_net,
                         outside_cidr=outside_net, nodes=tuple(nodes), pods=tuple(pods),
-                        hosts=tuple(hosts), mtu=mtu)
+                        hosts=tuple(hosts), mtu=mtu, masquerade=masq)
     return spec, node_port_range
+
+
+def parse_masquerade(doc: Doc, model: str, cluster, node_net, outside_net) -> MasqueradeSpec:
+    """ip-masq-agent's settings. By default the cluster CIDR is exempt, and in the flat model the
+    whole lab network too (pods are first-class there: no NAT to in-network destinations)."""
+    default = [cluster] + ([node_net, outside_net] if model == "flat" else [])
+    nets = default
+    if doc.has("nonMasqueradeCIDRs"):
+        nets = []
+        for item in doc.items("nonMasqueradeCIDRs"):
+            if not isinstance(item.value, str):
+                _fail(item, "expected an IPv4 CIDR such as 10.0.0.0/16")
+            try:
+                nets.append(IPv4Network(item.value))
+            except ValueError as exc:
+                _fail(item, f"expected an IPv4 CIDR such as 10.0.0.0/16, got {item.value!r} ({exc})")
+    rng = doc.take_str("portRange", "32768-60999", expect="a range such as 32768-60999")
+    lo, _, hi = rng.partition("-")
+    if not (lo.isdigit() and hi.isdigit() and 1024 <= int(lo) <= int(hi) <= 65535):
+        doc.fail("portRange", f"expected a range such as 32768-60999 within 1024-65535, got {rng!r}")
+    spec = MasqueradeSpec(enabled=doc.take_bool("enabled", True), non_masquerade=tuple(nets),
+                          masq_link_local=doc.take_bool("masqLinkLocal", False),
+                          port_range=(int(lo), int(hi)))
+    doc.done()
+    return spec
 
 
 def _explicit_pod_ips(doc: Doc) -> set:

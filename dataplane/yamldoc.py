@@ -160,9 +160,11 @@ class Doc:
         return self.take(key, list, default, "a list")
 
     def sub(self, key, default=MISSING) -> "Doc | None":
+        """The mapping at `key` as a Doc. Absent: an error without default, None with default
+        None, an empty Doc (all its fields defaulted) with default {}."""
         value = self.take(key, dict, default, "a mapping")
         if value is default:
-            return None if default is MISSING else Doc(self.file, {}, self.field(key), self.where(key))
+            return None if default is None else Doc(self.file, {}, self.field(key), self.line_of(key))
         return Doc(self.file, value, self.field(key))
 
     def items(self, key) -> list:

@@ -26,6 +26,11 @@ enum metric {
 	DROP_NO_BACKEND,       /* slot or backend entry missing (table mid-update) */
 	DROP_NO_LOCAL_ENDPOINT,/* internalTrafficPolicy Local, no endpoint on this node (kube-proxy drops) */
 	DROP_REJECT_FAILED,    /* could not build the ICMP rejection */
+	M_SNAT_NEW,            /* new masqueraded flow: source port mapped on the node IP */
+	M_SNAT,                /* packet of a masqueraded flow */
+	M_UNSNAT,              /* reply to a masqueraded flow, back to its pod */
+	M_SNAT_PORT_MOVED,     /* the pod's source port was taken: another port was allocated */
+	DROP_SNAT_EXHAUSTED,   /* no free port on the node IP for this destination */
 	M_MAX,
 };
 
@@ -34,6 +39,13 @@ enum metric {
 
 #define CT_SERVICE       1
 #define CT_REPLY         2
+#define CT_SNAT_OUT      3
+#define CT_SNAT_IN       4
+#define CT_NO_SNAT       5   /* reply tuple of a UDP flow that came in from outside: never masqueraded */
+
+#define SNAT_RETRIES     32      /* random ports tried after the source port itself */
+#define LINK_LOCAL_NET   0x0000fea9  /* 169.254.0.0 as read from the packet (little-endian) */
+#define LINK_LOCAL_MASK  0x0000ffff
 
 #define CT_F_HAIRPIN     0x1
 #define CT_F_SEEN_REPLY  0x2   /* TCP: the reply direction was seen (established) */

@@ -33,5 +33,7 @@ BPF_TABLE("lru_hash", struct affinity_key, struct affinity_value, affinity, AFFI
 BPF_TABLE("percpu_array", __u32, __u64, metrics, M_MAX);
 /* index 0: struct dp_config */
 BPF_TABLE("array", __u32, struct dp_config, config, 1);
+/* destinations pods reach without masquerade (ip-masq-agent's nonMasqueradeCIDRs) */
+BPF_F_TABLE("lpm_trie", struct lpm_v4_key, __u8, nonmasq, 64, BPF_F_NO_PREALLOC);
 
 #endif

@@ -39,7 +39,9 @@ struct ct_key {
 	__be16 sport;
 	__be16 dport;
 	__u8   proto;
-	__u8   dir;              /* CT_SERVICE: client -> VIP; CT_REPLY: backend -> client */
+	__u8   dir;              /* CT_SERVICE: client -> VIP; CT_REPLY: backend -> client;
+	                          * CT_SNAT_OUT: pod -> remote as sent; CT_SNAT_IN: remote -> node IP;
+	                          * CT_NO_SNAT: pod -> remote replies of a flow the remote began */
 	__u16  pad0;
 };
 
@@ -81,6 +83,19 @@ struct dp_config {
 	__u32  ct_tcp;           /*   TCP once the reply direction was seen */
 	__u32  ct_close;         /*   TCP after a FIN or RST */
 	__u32  ct_udp;           /*   UDP (and any other protocol) */
+	__be32 cluster_net;      /* the cluster CIDR: sources that egress masquerade applies to */
+	__be32 cluster_mask;
+	__u16  snat_lo;          /* masquerade port range, when the source port is taken */
+	__u16  snat_hi;
+	__u8   masquerade;       /* egress masquerade on (ip-masq-agent semantics) */
+	__u8   masq_link_local;  /* masquerade to 169.254.0.0/16 too */
+	__u16  pad0;
+};
+
+/* nonmasq: destinations pods reach with their own address (ip-masq-agent's nonMasqueradeCIDRs). */
+struct lpm_v4_key {
+	__u32  prefixlen;
+	__be32 addr;
 };
 
 #endif

@@ -20,7 +20,20 @@ static __always_inline void ct_peer_key(struct ct_key *peer, const struct ct_key
 {
 	peer->proto = k->proto;
 	peer->pad0 = 0;
-	if (k->dir == CT_SERVICE) {          /* client -> VIP; peer: backend -> client (or masquerade) */
+	if (k->dir == CT_SNAT_OUT || k->dir == CT_SNAT_IN) {
+		/* OUT pod -> remote holds the node IP:port; IN remote -> node IP:port holds the pod */
+		peer->saddr = k->daddr;
+		peer->sport = k->dport;
+		peer->daddr = e->nat_addr;
+		peer->dport = e->nat_port;
+		peer->dir = k->dir == CT_SNAT_OUT ? CT_SNAT_IN : CT_SNAT_OUT;
+		if (k->dir == CT_SNAT_IN) {   /* OUT's key is pod -> remote */
+			peer->saddr = e->nat_addr;
+			peer->sport = e->nat_port;
+			peer->daddr = k->saddr;
+			peer->dport = k->sport;
+		}
+	} else if (k->dir == CT_SERVICE) {          /* client -> VIP; peer: backend -> client (or masquerade) */
 		peer->saddr = e->nat_addr;
 		peer->sport = e->nat_port;
 		peer->daddr = (e->flags & CT_F_HAIRPIN) ? e->snat_addr : k->saddr;
@@ -47,7 +60,7 @@ static __always_inline __u16 ct_next_flags(__u16 flags, const struct pkt *p, __u
 		return flags;
 	if (p->tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST))
 		flags |= CT_F_CLOSING;
-	else if (dir == CT_REPLY)
+	else if (dir == CT_REPLY || dir == CT_SNAT_IN)
 		flags |= CT_F_SEEN_REPLY;
 	return flags;
 }

@@ -15,4 +15,10 @@ static __always_inline int drop(__u32 reason)
 	return TC_ACT_SHOT;
 }
 
+static __always_inline int pass(void)
+{
+	count(M_PASS);
+	return TC_ACT_OK;
+}
+
 #endif

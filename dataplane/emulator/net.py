@@ -18,7 +18,7 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.l2 import Ether
 
-from ..backends.ebpf.render import Ids, render_node
+from ..backends.ebpf.render import Ids, render_config, render_node
 from ..lab.plan import LabPlan, mac_for
 from ..refmodel.datapath import Datapath, NodeState, Timeouts
 
@@ -130,7 +130,8 @@ class SimNet:
             maps = render_node(table, node.name, self.ids.setdefault(node.name, Ids()))
             if sim.datapath is None:
                 sim.datapath = Datapath(NodeState(maps=maps, node_ip=node.ip, seed=self.seed,
-                                                  timeouts=self.timeouts))
+                                                  timeouts=self.timeouts,
+                                                  config=render_config(self.plan.spec, node.name)))
             else:
                 sim.datapath.s.maps = maps
 
@@ -155,15 +156,22 @@ class SimNet:
 
     # -- moving frames -------------------------------------------------------------------------------
 
-    def _hooked(self, ns: str, ifname: str) -> Datapath | None:
+    def _hooks(self, ns: str, ifname: str):
+        """(datapath, ingress hook, egress hook) where the BPF programs sit, else None."""
         sim = self.ns[ns]
-        return sim.datapath if sim.role == "node" and ifname.startswith("v-") else None
+        if sim.role != "node" or sim.datapath is None:
+            return None
+        if ifname.startswith("v-"):
+            return sim.datapath, sim.datapath.from_pod, sim.datapath.to_pod
+        if ifname == "eth0":
+            return sim.datapath, sim.datapath.from_netdev, sim.datapath.to_netdev
+        return None
 
     def transmit(self, ns: str, ifname: str, frame: bytes, next_hop: IPv4Address) -> None:
         """Send a frame out of (ns, ifname) toward next_hop; egress hooks run here."""
-        dp = self._hooked(ns, ifname)
-        if dp is not None:
-            r = dp.to_pod(frame, self.now)
+        hooks = self._hooks(ns, ifname)
+        if hooks is not None:
+            r = hooks[2](frame, self.now)
             if r.verdict == "drop":
                 return
             frame = r.data
@@ -185,9 +193,9 @@ class SimNet:
             self.recording.setdefault(ns, []).append(bytes(frame))
 
     def _receive(self, ns: str, ifname: str, frame: bytes) -> None:
-        dp = self._hooked(ns, ifname)
-        if dp is not None:
-            r = dp.from_pod(frame, self.now)
+        hooks = self._hooks(ns, ifname)
+        if hooks is not None:
+            r = hooks[1](frame, self.now)
             if r.verdict == "drop":
                 return
             if r.verdict == "redirect":      # back out the same veth, through its egress hook

@@ -63,6 +63,15 @@ class HostSpec:
 
 
 @dataclass(frozen=True)
+class MasqueradeSpec:
+    """Egress masquerade as ip-masq-agent configures it."""
+    enabled: bool
+    non_masquerade: tuple[IPv4Network, ...]   # destinations reached with the pod's own address
+    masq_link_local: bool = False             # 169.254.0.0/16 is exempt unless this is set
+    port_range: tuple[int, int] = (32768, 60999)
+
+
+@dataclass(frozen=True)
 class TopologySpec:
     model: str
     cluster_cidr: IPv4Network
@@ -73,6 +82,7 @@ class TopologySpec:
     pods: tuple[PodSpec, ...] = ()
     hosts: tuple[HostSpec, ...] = ()
     mtu: int = 1500
+    masquerade: MasqueradeSpec | None = None
 
     @property
     def node_gateway(self) -> IPv4Address:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import struct
 from collections import Counter
 from dataclasses import dataclass, field, replace
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 
 from ..backends.ebpf.consts import (CT_DEFAULT_CLOSE, CT_DEFAULT_SYN, CT_DEFAULT_TCP, CT_DEFAULT_UDP,
                                     SVC_F_AFFINITY, SVC_F_LOCAL_ONLY)  # map flags and default config
@@ -22,7 +22,9 @@ TCP, UDP, ICMP = 6, 17, 1
 ICMP_ERRORS = (3, 4, 11, 12)   # destination unreachable, source quench, time exceeded, parameter problem
 FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
 NS = 1_000_000_000
-SERVICE, REPLY = 1, 2           # conntrack directions
+SERVICE, REPLY, SNAT_OUT, SNAT_IN, NO_SNAT = 1, 2, 3, 4, 5   # conntrack directions
+SNAT_RETRIES = 32
+LINK_LOCAL = IPv4Network("169.254.0.0/16")
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,7 @@ class NodeState:
     affinity: dict = field(default_factory=dict)    # (client, svc_id) -> (last_used, backend_id)
     metrics: Counter = field(default_factory=Counter)
     timeouts: Timeouts = field(default_factory=Timeouts)
+    config: object = None                           # render.NodeConfig: masquerade settings
 
     def collect(self, now: int) -> int:
         """Forget expired flows (what the agent's garbage collection does to the BPF map)."""
@@ -228,7 +231,7 @@ def _swap_macs(frame: bytearray) -> None:
 
 # -- the datapath ----------------------------------------------------------------------------------
 
-class Datapath:
+class PodHooks:
     """from_pod / to_pod of one node. `now` is ns on the dataplane clock."""
 
     def __init__(self, state: NodeState):
@@ -269,6 +272,10 @@ class Datapath:
     @staticmethod
     def _peer(key: CtKey, e: CtEntry) -> CtKey:
         """The other direction of the flow an entry belongs to."""
+        if key.dir == SNAT_OUT:      # pod -> remote; peer: remote -> node IP:port
+            return CtKey(key.daddr, e.nat_addr, key.dport, e.nat_port, key.proto, SNAT_IN)
+        if key.dir == SNAT_IN:       # remote -> node IP:port; peer: pod -> remote
+            return CtKey(e.nat_addr, key.saddr, e.nat_port, key.sport, key.proto, SNAT_OUT)
         if key.dir == SERVICE:
             client = (e.snat_addr, e.snat_port) if e.hairpin else (key.saddr, key.sport)
             return CtKey(e.nat_addr, client[0], e.nat_port, client[1], key.proto, REPLY)
@@ -280,7 +287,7 @@ class Datapath:
         if p.proto == TCP:
             if p.tcp_flags & (FIN | RST):
                 e.closing = True
-            elif key.dir == REPLY:
+            elif key.dir in (REPLY, SNAT_IN):
                 e.seen_reply = True
         e.expires = now + self._lifetime(p.proto, e)
         peer = self.s.conntrack.get(self._peer(key, e))
@@ -478,3 +485,141 @@ class Datapath:
             _swap_macs(f)
             return self._result("redirect", f, "M_ICMP_REVNAT", why + ["hairpin: back to the pod"])
         return self._result("pass", f, "M_ICMP_REVNAT", why)
+
+
+# -- the uplink: egress masquerade (docs/datapath.md, "The node uplink") -----------------------
+
+class Datapath(PodHooks):
+    """All four hooks of one node, on one state: from_pod / to_pod (PodHooks) and the uplink's
+    to_netdev / from_netdev (egress masquerade)."""
+
+    def _masq_pair(self, pod: IPv4Address, remote: IPv4Address) -> bool:
+        c = self.s.config
+        if c is None or not c.masquerade or pod not in c.cluster_cidr:
+            return False
+        if not c.masq_link_local and remote in LINK_LOCAL:
+            return False
+        return not any(remote in net for net in c.non_masquerade)
+
+    def _masquerade(self, p: Packet) -> bool:
+        """Only the start of a connection is masqueraded: a TCP SYN, or a UDP datagram that does
+        not answer one that came in from outside."""
+        if not self._masq_pair(p.saddr, p.daddr):
+            return False
+        if p.proto == TCP:
+            return self._bare_syn(p)
+        return CtKey(p.saddr, p.daddr, p.sport, p.dport, p.proto, NO_SNAT) not in self.s.conntrack
+
+    def _candidate(self, p: Packet, attempt: int) -> int:
+        if attempt == 0:
+            return p.sport
+        lo, hi = self.s.config.snat_range
+        f, ip, o = p.frame, ETH_HLEN, p.l4
+        h = flow_hash(f[ip + 12:ip + 16], f[ip + 16:ip + 20], f[o:o + 2], f[o + 2:o + 4], p.proto, self.s.seed)
+        return lo + _mix32(h ^ attempt) % (hi - lo + 1)
+
+    def to_netdev(self, frame: bytes, now: int) -> Result:
+        p, bad = parse(frame)
+        if bad:
+            return self._result("drop", frame, bad, [f"malformed IPv4: {bad}"])
+        if p is None or p.proto not in (TCP, UDP) or p.later_fragment or self.s.config is None:
+            return self._result("pass", frame, "M_PASS", ["not masquerade traffic"])
+        key = CtKey(p.saddr, p.daddr, p.sport, p.dport, p.proto, SNAT_OUT)
+        e = self._lookup(key, now)
+        why = []
+        if e is not None and e.closing and self._bare_syn(p):
+            self.s.conntrack.pop(self._peer(key, e), None)
+            del self.s.conntrack[key]
+            e = None
+            why.append("a new SYN on the tuple of a closed flow: a fresh mapping")
+        unsupported = "DROP_IP_OPTIONS" if p.options else "DROP_FRAGMENT" if p.fragment else None
+        if e is not None:
+            if unsupported:
+                return self._result("drop", frame, unsupported, ["masqueraded flow, unsupported header"])
+            self._update(key, e, p, now)
+            p.saddr, p.sport = e.nat_addr, e.nat_port
+            return self._out(p, False, "M_SNAT", why + [f"masqueraded flow: source {e.nat_addr}:{e.nat_port}"])
+        if not self._masquerade(p):
+            return self._result("pass", frame, "M_PASS", why + ["no masquerade for this source/destination"])
+        if unsupported:
+            return self._result("drop", frame, unsupported, ["to be masqueraded, unsupported header"])
+        node_ip = self.s.config.node_ip
+        for attempt in range(SNAT_RETRIES + 1):
+            port = self._candidate(p, attempt)
+            ki = CtKey(p.daddr, node_ip, p.dport, port, p.proto, SNAT_IN)
+            self._lookup(ki, now)                       # an expired mapping is free again
+            if ki not in self.s.conntrack:
+                break
+        else:
+            return self._result("drop", frame, "DROP_SNAT_EXHAUSTED",
+                                why + [f"no free port on {node_ip} for {p.daddr}:{p.dport}"])
+        if attempt:
+            self._count("M_SNAT_PORT_MOVED")
+            why.append(f"source port {p.sport} taken for this destination: port {port} (try {attempt})")
+        fresh = CtEntry(0, node_ip, port)
+        life = now + self._lifetime(p.proto, fresh)
+        self.s.conntrack[ki] = CtEntry(life, p.saddr, p.sport)
+        self.s.conntrack[key] = CtEntry(life, node_ip, port)
+        why.append(f"masquerade {p.saddr}:{p.sport} as {node_ip}:{port}")
+        p.saddr, p.sport = node_ip, port
+        return self._out(p, False, "M_SNAT_NEW", why)
+
+    def from_netdev(self, frame: bytes, now: int) -> Result:
+        p, bad = parse(frame)
+        if bad:
+            return self._result("drop", frame, bad, [f"malformed IPv4: {bad}"])
+        if p is None:
+            return self._result("pass", frame, "M_PASS", ["not IPv4"])
+        if p.proto == ICMP and p.icmp_type in ICMP_ERRORS:
+            r = self._icmp_unsnat(p, now)
+            return r or self._result("pass", frame, "M_PASS", ["ICMP error not about a masqueraded flow"])
+        if p.proto not in (TCP, UDP) or p.later_fragment:
+            return self._result("pass", frame, "M_PASS", ["not a reply to masquerade"])
+        key = CtKey(p.saddr, p.daddr, p.sport, p.dport, p.proto, SNAT_IN)
+        e = self._lookup(key, now)
+        if e is None:
+            if p.proto == UDP and self._masq_pair(p.daddr, p.saddr):
+                # its answers are replies, not new flows to masquerade
+                self.s.conntrack[CtKey(p.daddr, p.saddr, p.dport, p.sport, UDP, NO_SNAT)] = CtEntry(
+                    now + self.s.timeouts.udp * NS, IPv4Address(0), 0)
+            return self._result("pass", frame, "M_PASS", ["no masqueraded flow"])
+        if p.options or p.fragment:
+            return self._result("drop", frame, "DROP_IP_OPTIONS" if p.options else "DROP_FRAGMENT",
+                                ["reply to masquerade, unsupported header"])
+        self._update(key, e, p, now)
+        p.daddr, p.dport = e.nat_addr, e.nat_port
+        return self._out(p, False, "M_UNSNAT", [f"reply to a masqueraded flow: back to {e.nat_addr}:{e.nat_port}"])
+
+    def _icmp_unsnat(self, p: Packet, now: int):
+        o, f = p.l4, p.frame
+        inner_at = o + 8
+        if p.options or ETH_HLEN + p.total < inner_at + 28:
+            return None
+        inner = bytes(f[inner_at:inner_at + 28])
+        if inner[0] != 0x45 or inner[9] not in (TCP, UDP):
+            return None
+        isrc, idst = IPv4Address(inner[12:16]), IPv4Address(inner[16:20])
+        isport, idport = struct.unpack("!HH", inner[20:24])
+        e = self._lookup(CtKey(idst, isrc, idport, isport, inner[9], SNAT_IN), now)
+        if e is None:
+            return None
+        new = bytearray(inner)
+        new[12:16] = e.nat_addr.packed
+        new[20:22] = struct.pack("!H", e.nat_port)
+        new[10:12] = b"\0\0"
+        new[10:12] = struct.pack("!H", csum(bytes(new[:20])))
+        if inner[9] == UDP and inner[26:28] != b"\0\0":
+            c = csum_update(struct.unpack("!H", inner[26:28])[0], inner[12:16] + inner[20:22],
+                            bytes(new[12:16] + new[20:22])) or 0xFFFF
+            new[26:28] = struct.pack("!H", c)
+        f[inner_at:inner_at + 28] = new
+        end = ETH_HLEN + p.total
+        f[o + 2:o + 4] = b"\0\0"
+        f[o + 2:o + 4] = struct.pack("!H", csum(bytes(f[o:end])))
+        p.daddr = e.nat_addr
+        ip = ETH_HLEN
+        f[ip + 16:ip + 20] = p.daddr.packed
+        f[ip + 10:ip + 12] = b"\0\0"
+        f[ip + 10:ip + 12] = struct.pack("!H", csum(bytes(f[ip:ip + p.ihl])))
+        return self._result("pass", f, "M_ICMP_REVNAT",
+                            [f"ICMP error about masqueraded {isrc}:{isport}: to the pod {e.nat_addr}:{e.nat_port}"])

@@ -25,8 +25,8 @@ def pair(program):
     """Call pair(table_or_scenario_text, seed=...) to program both sides."""
     made = []
 
-    def make(table, seed=7, timeouts=None):
-        p = Pair(program, table, seed=seed, timeouts=timeouts)
+    def make(table, seed=7, timeouts=None, config=None):
+        p = Pair(program, table, seed=seed, timeouts=timeouts, config=config)
         made.append(p)
         return p
 

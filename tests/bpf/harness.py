@@ -3,12 +3,12 @@ model run the same frame from the same state; every result must agree byte for b
 from __future__ import annotations
 
 import time
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 
 from dataplane.backends.ebpf.consts import CT_F_CLOSING, CT_F_HAIRPIN, CT_F_SEEN_REPLY
 from dataplane.backends.ebpf.maps import apply
 from dataplane.backends.ebpf.program import NodeProgram, be16, from_be32
-from dataplane.backends.ebpf.render import Ids, NodeMaps, render_node
+from dataplane.backends.ebpf.render import Ids, NodeConfig, NodeMaps, render_node
 from dataplane.backends.ebpf.testrun import run
 from dataplane.refmodel.datapath import CtKey, Datapath, NodeState
 
@@ -21,7 +21,8 @@ def _clear(table) -> None:
 
 
 class Pair:
-    def __init__(self, prog: NodeProgram, table, node: str = "node1", seed: int = 7, timeouts=None):
+    def __init__(self, prog: NodeProgram, table, node: str = "node1", seed: int = 7, timeouts=None,
+                 config=None):
         from dataplane.backends.ebpf.program import CtTimeouts
         from dataplane.refmodel.datapath import Timeouts
         self.prog = prog
@@ -36,10 +37,14 @@ class Pair:
         rendered = render_node(table, node, self.ids)
         apply(prog, NodeMaps(), rendered)
         self.offset = 0
+        self.config = config or NodeConfig(NODE_IP, IPv4Network("10.0.0.0/16"), masquerade=True,
+                                           non_masquerade=(IPv4Network("10.0.0.0/16"),))
         prog.set_config(seed=seed, clock_offset=0)
+        prog.set_node_config(self.config)
         self.model = Datapath(NodeState(maps=rendered, node_ip=NODE_IP, seed=seed,
                                         timeouts=Timeouts(**{k: getattr(prog.timeouts, k) for k in
-                                                             ("syn", "tcp", "close", "udp")})))
+                                                             ("syn", "tcp", "close", "udp")}),
+                                        config=self.config))
 
     def collect(self) -> tuple:
         """Garbage collection on both sides: (bpf removed, model removed)."""

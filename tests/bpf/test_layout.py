@@ -19,8 +19,11 @@ LAYOUT = {
                   32, {"expires": 0, "nat_addr": 8, "nat_port": 12, "flags": 14, "snat_addr": 16,
                        "snat_port": 20, "pad0": 22, "backend_id": 24, "svc_id": 28}),
     "affinity": (8, {"client": 0, "svc_id": 4}, 16, {"last_used": 0, "backend_id": 8, "pad0": 12}),
-    "config": (4, {}, 32, {"clock_offset": 0, "seed": 8, "node_ip": 12, "ct_syn": 16, "ct_tcp": 20,
-                            "ct_close": 24, "ct_udp": 28}),
+    "config": (4, {}, 48, {"clock_offset": 0, "seed": 8, "node_ip": 12, "ct_syn": 16, "ct_tcp": 20,
+                            "ct_close": 24, "ct_udp": 28, "cluster_net": 32, "cluster_mask": 36,
+                            "snat_lo": 40, "snat_hi": 42, "masquerade": 44, "masq_link_local": 45,
+                            "pad0": 46}),
+    "nonmasq": (8, {"prefixlen": 0, "addr": 4}, 1, {}),
 }
 
 

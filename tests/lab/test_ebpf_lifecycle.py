@@ -8,6 +8,7 @@ import subprocess
 import time
 
 from dataplane.backends import get
+from dataplane.backends.ebpf.program import ENTRY_POINTS, MAP_NAMES
 from dataplane.lab import netns
 from dataplane.lab.lab import Lab
 from dataplane.scenario import load
@@ -50,10 +51,11 @@ def test_load_update_unload_leaves_nothing():
     try:
         backend.setup(lab, sc.services)
         progs, maps = bpf_ids("prog") - progs0, bpf_ids("map") - maps0
-        assert len(progs) == 2 * len(sc.topology.nodes)          # from_pod + to_pod per node
-        assert len(maps) >= 6 * len(sc.topology.nodes)           # services ... config per node
-        assert sorted(filters(lab, "node1")) == [("v-client", "egress", "to_pod"), ("v-client", "ingress", "from_pod")]
-        assert len(filters(lab, "node2")) == 4 and {f[0] for f in filters(lab, "node2")} == {"v-web-1", "v-web-2"}
+        assert len(progs) == len(ENTRY_POINTS) * len(sc.topology.nodes)   # one object per node
+        assert len(maps) >= len(MAP_NAMES) * len(sc.topology.nodes)
+        assert sorted(filters(lab, "node1")) == [("eth0", "egress", "to_netdev"), ("eth0", "ingress", "from_netdev"),
+                                                 ("v-client", "egress", "to_pod"), ("v-client", "ingress", "from_pod")]
+        assert len(filters(lab, "node2")) == 6 and {f[0] for f in filters(lab, "node2")} == {"eth0", "v-web-1", "v-web-2"}
         pins = f"/sys/fs/bpf/dp-{lab.name}"
         assert sorted(os.listdir(pins)) == ["node1", "node2"]
         update = next(s for s in sc.steps if hasattr(s, "table"))

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from ...policy import stale_targets
 from .maps import apply
 from .program import PIN_ROOT, CtTimeouts, MapSizes, NodeProgram, be16, be32
-from .render import Ids, NodeMaps, render_node
+from .render import Ids, NodeMaps, render_config, render_node
 from .consts import CT_REPLY
 
 
@@ -45,10 +45,12 @@ class EbpfBackend:
             prog = NodeProgram(node.name, lab.record.objects[node.name], node.ip, self.sizes, self.timeouts)
             self.nodes[node.name] = prog
             prog.load(self.seed)
+            prog.set_node_config(render_config(lab.spec, node.name))
             prog.pin(os.path.join(pin_root, node.name))
             for pod in lab.spec.pods:
                 if pod.node == node.name:
                     prog.attach(f"v-{pod.name}")
+            prog.attach("eth0", ingress="from_netdev", egress="to_netdev")
             self.current[node.name] = NodeMaps()
             self.ids[node.name] = Ids()
         self.sync(lab, table)

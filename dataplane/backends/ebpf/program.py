@@ -20,7 +20,8 @@ from .source import assemble
 TC_INGRESS = "ffff:fff2"
 TC_EGRESS = "ffff:fff3"
 PIN_ROOT = "/sys/fs/bpf"
-MAP_NAMES = ("services", "backends", "conntrack", "affinity", "metrics", "config")
+MAP_NAMES = ("services", "backends", "conntrack", "affinity", "metrics", "config", "nonmasq")
+ENTRY_POINTS = ("from_pod", "to_pod", "from_netdev", "to_netdev")
 
 
 @dataclass
@@ -104,14 +105,33 @@ class NodeProgram:
     def load(self, seed: int, clock_offset: int = 0) -> None:
         from bcc import BPF
         try:
-            self.bpf = BPF(text=assemble("pod.c", self.sizes.defines()).encode(), cflags=["-w"])
-            self.fns = {n: self.bpf.load_func(n.encode(), BPF.SCHED_CLS) for n in ("from_pod", "to_pod")}
+            self.bpf = BPF(text=assemble("dataplane.c", self.sizes.defines()).encode(), cflags=["-w"])
+            self.fns = {n: self.bpf.load_func(n.encode(), BPF.SCHED_CLS) for n in ENTRY_POINTS}
         except Exception as exc:
-            raise DataplaneError(f"compiling or loading bpf/pod.c for node {self.node} failed: {exc}") from exc
+            raise DataplaneError(f"compiling or loading bpf/dataplane.c for node {self.node} failed: {exc}") from exc
         self.set_config(seed=seed, clock_offset=clock_offset)
 
     def table(self, name: str):
         return self.bpf[name.encode()]
+
+    def set_node_config(self, cfg) -> None:
+        """Masquerade settings and the non-masquerade CIDRs (a render.NodeConfig)."""
+        self.node_ip = cfg.node_ip
+        t = self.table("config")
+        cur = t[t.Key(0)]
+        cur.cluster_net = be32(cfg.cluster_cidr.network_address)
+        cur.cluster_mask = be32(cfg.cluster_cidr.netmask)
+        cur.masquerade, cur.masq_link_local = int(cfg.masquerade), int(cfg.masq_link_local)
+        cur.snat_lo, cur.snat_hi = cfg.snat_range
+        t[t.Key(0)] = cur
+        nm = self.table("nonmasq")
+        for k in list(nm.keys()):
+            nm.pop(k, None)
+        for net in cfg.non_masquerade:
+            k = nm.Key()
+            k.prefixlen, k.addr = net.prefixlen, be32(net.network_address)
+            nm[k] = nm.Leaf(1)
+        self.set_config()
 
     def set_config(self, seed: int | None = None, clock_offset: int | None = None) -> None:
         t = self.table("config")
@@ -140,12 +160,12 @@ class NodeProgram:
             ct.pop(k, None)
         return len(dead)
 
-    def attach(self, ifname: str) -> None:
+    def attach(self, ifname: str, ingress: str = "from_pod", egress: str = "to_pod") -> None:
         with netns.ipr(self.netns) as ipr:
             idx = ipr.link_lookup(ifname=ifname)[0]
             ipr.tc("add", "clsact", idx)
             self.attached.append(ifname)
-            for fn, parent in (("from_pod", TC_INGRESS), ("to_pod", TC_EGRESS)):
+            for fn, parent in ((ingress, TC_INGRESS), (egress, TC_EGRESS)):
                 f = self.fns[fn]
                 ipr.tc("add-filter", "bpf", idx, ":1", fd=f.fd, name=fn, parent=parent,
                        classid=1, direct_action=True)

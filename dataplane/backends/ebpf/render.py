@@ -7,7 +7,7 @@ across renders: a service port or backend keeps its id while it exists.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 
 from ...model import ServiceTable
 from ...policy import cluster_targets, internal_targets
@@ -77,6 +77,25 @@ class Ids:
             table = getattr(self, kind)
             for key in [k for k in table if k not in live]:
                 self._free[kind].append(table.pop(key))
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """One node's dataplane settings (the config map and the nonmasq map)."""
+    node_ip: IPv4Address
+    cluster_cidr: IPv4Network
+    masquerade: bool = False
+    masq_link_local: bool = False
+    snat_range: tuple = (32768, 60999)
+    non_masquerade: tuple = ()
+
+
+def render_config(spec, node: str) -> NodeConfig:
+    m = spec.masquerade
+    n = spec.node(node)
+    if m is None:
+        return NodeConfig(n.ip, spec.cluster_cidr)
+    return NodeConfig(n.ip, spec.cluster_cidr, m.enabled, m.masq_link_local, m.port_range, m.non_masquerade)
 
 
 def render_node(table: ServiceTable, node: str, ids: Ids) -> NodeMaps:

@@ -1,5 +1,5 @@
-"""Every ClusterIP scenario, live on the eBPF backend (real namespaces, TC, sockets) and on the
-emulator with the reference model: each must pass, with the same result for every check."""
+"""Every scenario, live on the eBPF backend (real namespaces, TC, sockets) and on the emulator
+with the reference model: each must pass, with the same result for every check."""
 from __future__ import annotations
 
 import pytest
@@ -10,9 +10,14 @@ from tests.conftest import SCENARIOS
 
 CLUSTERIP = ["clusterip", "multiport", "affinity", "hairpin", "no-endpoints", "internal-traffic-local",
              "terminating", "endpoint-update"]
+ALL = sorted(p.stem for p in SCENARIOS.glob("*.yaml"))
 
 
-@pytest.mark.parametrize("name", CLUSTERIP)
+def test_the_clusterip_list_is_complete():
+    assert set(CLUSTERIP) <= set(ALL)
+
+
+@pytest.mark.parametrize("name", ALL)
 def test_scenario_on_ebpf_and_model(name):
     sc = load(SCENARIOS / f"{name}.yaml")
     live = run_live(sc, "ebpf", f"t-{name}"[:20])

@@ -1,0 +1,162 @@
+/* Egress masquerade, with ip-masq-agent's semantics: a packet from a pod (source in the cluster
+ * CIDR) to a destination outside the non-masquerade CIDRs (and outside 169.254.0.0/16 unless
+ * configured) leaves with the node's IP. The pod's source port is kept when that mapping is free
+ * for the destination; otherwise up to SNAT_RETRIES ports of the range are tried, chosen by a
+ * seeded hash of the flow and the attempt (replayable, predictable by the model). A mapping is
+ * claimed with BPF_NOEXIST on its inbound entry, so two flows can never share one; when every
+ * try fails the packet is dropped and counted (DROP_SNAT_EXHAUSTED). */
+#ifndef DP_SNAT_H
+#define DP_SNAT_H
+
+/* Would traffic from `pod` to `remote` be masqueraded? */
+static __always_inline int masq_pair(const struct dp_config *cfg, __be32 pod, __be32 remote)
+{
+	if (!cfg->masquerade || (pod & cfg->cluster_mask) != cfg->cluster_net)
+		return 0;
+	if (!cfg->masq_link_local && (remote & LINK_LOCAL_MASK) == LINK_LOCAL_NET)
+		return 0;
+	struct lpm_v4_key k = {};
+	k.prefixlen = 32;
+	k.addr = remote;
+	return nonmasq.lookup(&k) == NULL;
+}
+
+/* Masquerade starts connections, as netfilter's nat table sees only a connection's first packet:
+ * a TCP flow only with its SYN (so the replies of a connection someone else opened to a pod pass
+ * untouched), a UDP flow with any datagram unless it answers one that came in (CT_NO_SNAT). */
+static __always_inline int should_masquerade(const struct dp_config *cfg, const struct pkt *p)
+{
+	if (!masq_pair(cfg, p->saddr, p->daddr))
+		return 0;
+	if (p->proto == IPPROTO_TCP)
+		return is_bare_syn(p);
+	struct ct_key k = {};
+	ct_key_of(&k, p, CT_NO_SNAT);
+	return conntrack.lookup(&k) == NULL;
+}
+
+/* A UDP datagram from outside to a pod: remember that the pod's answers are replies. */
+static __always_inline void snat_note_inbound(const struct dp_config *cfg, const struct pkt *p, __u64 now)
+{
+	if (p->proto != IPPROTO_UDP || !masq_pair(cfg, p->daddr, p->saddr))
+		return;
+	struct ct_key k = {};
+	struct ct_entry e = {};
+	k.saddr = p->daddr;
+	k.daddr = p->saddr;
+	k.sport = p->dport;
+	k.dport = p->sport;
+	k.proto = p->proto;
+	k.dir = CT_NO_SNAT;
+	e.expires = now + ct_lifetime(cfg, p->proto, 0);
+	conntrack.update(&k, &e);
+}
+
+/* The port tried at `attempt` (0: the pod's own source port). */
+static __always_inline __be16 snat_candidate(const struct pkt *p, const struct dp_config *cfg, __u32 attempt)
+{
+	if (attempt == 0)
+		return p->sport;
+	__u32 span = (__u32)cfg->snat_hi - cfg->snat_lo + 1;
+	__u32 h = mix32(flow_hash(p, cfg->seed) ^ attempt);
+	return bpf_htons(cfg->snat_lo + h % span);
+}
+
+/* Claim a mapping for a new masqueraded flow and translate its first packet. */
+static __always_inline int snat_new(struct __sk_buff *skb, struct pkt *p, const struct dp_config *cfg, __u64 now)
+{
+	struct ct_entry out = {}, in = {};
+	struct ct_key ko = {}, ki = {};
+	__be16 port = 0;
+	int claimed = 0;
+
+	out.expires = in.expires = now + ct_lifetime(cfg, p->proto, 0);
+	out.nat_addr = cfg->node_ip;
+	in.nat_addr = p->saddr;
+	in.nat_port = p->sport;
+	ki.saddr = p->daddr;
+	ki.sport = p->dport;
+	ki.daddr = cfg->node_ip;
+	ki.proto = p->proto;
+	ki.dir = CT_SNAT_IN;
+	for (__u32 attempt = 0; attempt <= SNAT_RETRIES; attempt++) {
+		port = snat_candidate(p, cfg, attempt);
+		ki.dport = port;
+		struct ct_entry *held = conntrack.lookup(&ki);
+		if (held && held->expires <= now) {
+			conntrack.delete(&ki);       /* a dead flow's mapping is free again */
+		}
+		if (conntrack.insert(&ki, &in) == 0) {
+			claimed = 1;
+			if (attempt)
+				count(M_SNAT_PORT_MOVED);
+			break;
+		}
+	}
+	if (!claimed)
+		return drop(DROP_SNAT_EXHAUSTED);
+	out.nat_port = port;
+	ct_key_of(&ko, p, CT_SNAT_OUT);
+	if (conntrack.update(&ko, &out) < 0) {
+		conntrack.delete(&ki);
+		return drop(DROP_CT_FULL);
+	}
+	if (rewrite_addr(skb, p->proto, L4_OFF, IP_SRC_OFF, p->saddr, cfg->node_ip) < 0 ||
+	    rewrite_port(skb, p->proto, L4_OFF, SPORT_OFF, p->sport, port) < 0)
+		return drop(DROP_REJECT_FAILED);
+	count(M_SNAT_NEW);
+	return TC_ACT_OK;
+}
+
+/* An ICMP error from outside about a masqueraded flow (it quotes node IP:port -> remote) is
+ * delivered to the pod quoting what the pod sent. Returns 1 if translated, 0 if not ours. */
+static __always_inline int icmp_error_unsnat(struct __sk_buff *skb, const struct pkt *p, __u64 now)
+{
+	__u32 quote_words[QUOTE_LEN / 4];
+	__u32 new_words[QUOTE_LEN / 4];
+	__u8 *n = (__u8 *)new_words;
+	struct iphdr *inner = (struct iphdr *)n;
+
+	if (p->options || bpf_skb_load_bytes(skb, INNER_IP_OFF, quote_words, QUOTE_LEN) < 0)
+		return 0;
+	__builtin_memcpy(new_words, quote_words, QUOTE_LEN);
+	if (inner->version != 4 || inner->ihl != 5 ||
+	    (inner->protocol != IPPROTO_TCP && inner->protocol != IPPROTO_UDP))
+		return 0;
+	struct ct_key k = {};
+	k.saddr = inner->daddr;
+	k.daddr = inner->saddr;
+	__builtin_memcpy(&k.sport, n + 22, 2);
+	__builtin_memcpy(&k.dport, n + 20, 2);
+	k.proto = inner->protocol;
+	k.dir = CT_SNAT_IN;
+	struct ct_entry *e = ct_lookup(&k, now);
+	if (!e)
+		return 0;
+	__be16 old_sport, pod_port = e->nat_port;
+	__builtin_memcpy(&old_sport, n + 20, 2);
+	__u32 l4delta = csum_delta4(inner->saddr, e->nat_addr) + csum_delta2(old_sport, pod_port);
+	inner->saddr = e->nat_addr;
+	__builtin_memcpy(n + 20, &pod_port, 2);
+	inner->check = 0;
+	inner->check = csum_fold(bpf_csum_diff(0, 0, new_words, 20, 0));
+	if (inner->protocol == IPPROTO_UDP) {
+		__u16 uc;
+		__builtin_memcpy(&uc, n + 26, 2);
+		if (uc) {
+			uc = csum_update(uc, l4delta);
+			if (!uc)
+				uc = 0xffff;
+			__builtin_memcpy(n + 26, &uc, 2);
+		}
+	}
+	__s64 diff = bpf_csum_diff(quote_words, QUOTE_LEN, new_words, QUOTE_LEN, 0);
+	if (diff < 0 || bpf_l4_csum_replace(skb, ICMP_CSUM_OFF, 0, diff, 0) < 0 ||
+	    bpf_skb_store_bytes(skb, INNER_IP_OFF, new_words, QUOTE_LEN, 0) < 0 ||
+	    bpf_l3_csum_replace(skb, IP_CSUM_OFF, p->daddr, e->nat_addr, 4) < 0 ||
+	    bpf_skb_store_bytes(skb, IP_DST_OFF, &e->nat_addr, 4, 0) < 0)
+		return -1;
+	return 1;
+}
+
+#endif

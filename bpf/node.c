@@ -1,0 +1,117 @@
+/* Entry points on each node's uplink (eth0, in the node's namespace).
+ *
+ *   to_netdev    egress: packets leaving the node. Egress masquerade: pod -> outside becomes
+ *                node IP -> outside, with a port mapping per flow.
+ *   from_netdev  ingress: packets arriving from the network. Replies to masqueraded flows (and
+ *                ICMP errors about them) go back to their pod.
+ *
+ * Destinations are rewritten on ingress and sources on egress, as netfilter does (DNAT/un-SNAT
+ * in PREROUTING, SNAT in POSTROUTING): routing in between never sees the node's own address as
+ * a source arriving from outside. */
+#include <uapi/linux/bpf.h>
+#include <uapi/linux/if_ether.h>
+#include <uapi/linux/in.h>
+#include <uapi/linux/ip.h>
+#include <uapi/linux/tcp.h>
+#include <uapi/linux/udp.h>
+#include <uapi/linux/icmp.h>
+#include <uapi/linux/pkt_cls.h>
+#include <linux/stddef.h>
+
+#include "maps.h"
+#include "metrics.h"
+#include "parse.h"
+#include "csum.h"
+#include "conntrack.h"
+#include "lb.h"
+#include "nat.h"
+#include "snat.h"
+
+int to_netdev(struct __sk_buff *skb)
+{
+	struct pkt p = {};
+	__u32 zero = 0;
+
+	int r = parse(skb, &p);
+	if (r == PARSE_NOT_IPV4)
+		return pass();
+	if (r == PARSE_MALFORMED)
+		return drop(p.reason);
+	struct dp_config *cfg = config.lookup(&zero);
+	if (!cfg || (p.proto != IPPROTO_TCP && p.proto != IPPROTO_UDP) || !p.has_l4)
+		return pass();
+	__u64 now = bpf_ktime_get_ns() + cfg->clock_offset;
+
+	struct ct_key k = {};
+	ct_key_of(&k, &p, CT_SNAT_OUT);
+	struct ct_entry *e = ct_lookup(&k, now);
+	if (e && (e->flags & CT_F_CLOSING) && is_bare_syn(&p)) {
+		ct_delete(&k, e);     /* a new connection on a closed one's tuple: a fresh mapping */
+		e = NULL;
+	}
+	if (e) {
+		if (p.options)
+			return drop(DROP_IP_OPTIONS);
+		if (p.fragment)
+			return drop(DROP_FRAGMENT);
+		ct_update(&k, e, &p, cfg, now);
+		if (rewrite_addr(skb, p.proto, L4_OFF, IP_SRC_OFF, p.saddr, e->nat_addr) < 0 ||
+		    rewrite_port(skb, p.proto, L4_OFF, SPORT_OFF, p.sport, e->nat_port) < 0)
+			return drop(DROP_REJECT_FAILED);
+		count(M_SNAT);
+		return TC_ACT_OK;
+	}
+	if (!should_masquerade(cfg, &p))
+		return pass();
+	if (p.options)
+		return drop(DROP_IP_OPTIONS);
+	if (p.fragment)
+		return drop(DROP_FRAGMENT);
+	return snat_new(skb, &p, cfg, now);
+}
+
+int from_netdev(struct __sk_buff *skb)
+{
+	struct pkt p = {};
+	__u32 zero = 0;
+
+	int r = parse(skb, &p);
+	if (r == PARSE_NOT_IPV4)
+		return pass();
+	if (r == PARSE_MALFORMED)
+		return drop(p.reason);
+	struct dp_config *cfg = config.lookup(&zero);
+	if (!cfg)
+		return pass();
+	__u64 now = bpf_ktime_get_ns() + cfg->clock_offset;
+
+	if (p.proto == IPPROTO_ICMP && is_icmp_error(p.icmp_type)) {
+		int t = icmp_error_unsnat(skb, &p, now);
+		if (t < 0)
+			return drop(DROP_REJECT_FAILED);
+		if (t > 0) {
+			count(M_ICMP_REVNAT);
+			return TC_ACT_OK;
+		}
+		return pass();
+	}
+	if ((p.proto != IPPROTO_TCP && p.proto != IPPROTO_UDP) || !p.has_l4)
+		return pass();
+	struct ct_key k = {};
+	ct_key_of(&k, &p, CT_SNAT_IN);
+	struct ct_entry *e = ct_lookup(&k, now);
+	if (!e) {
+		snat_note_inbound(cfg, &p, now);
+		return pass();
+	}
+	if (p.options)
+		return drop(DROP_IP_OPTIONS);
+	if (p.fragment)
+		return drop(DROP_FRAGMENT);
+	ct_update(&k, e, &p, cfg, now);
+	if (rewrite_addr(skb, p.proto, L4_OFF, IP_DST_OFF, p.daddr, e->nat_addr) < 0 ||
+	    rewrite_port(skb, p.proto, L4_OFF, DPORT_OFF, p.dport, e->nat_port) < 0)
+		return drop(DROP_REJECT_FAILED);
+	count(M_UNSNAT);
+	return TC_ACT_OK;
+}
