@@ -25,7 +25,10 @@
 #include "conntrack.h"
 #include "lb.h"
 #include "nat.h"
+#include "l2.h"
+#include "reject.h"
 #include "snat.h"
+#include "nodeport.h"
 
 int to_netdev(struct __sk_buff *skb)
 {
@@ -42,9 +45,24 @@ int to_netdev(struct __sk_buff *skb)
 		return pass();
 	__u64 now = bpf_ktime_get_ns() + cfg->clock_offset;
 
+	/* replies of NodePort flows leave with the frontend as source */
 	struct ct_key k = {};
-	ct_key_of(&k, &p, CT_SNAT_OUT);
+	ct_key_of(&k, &p, CT_REPLY);
 	struct ct_entry *e = ct_lookup(&k, now);
+	if (e && (e->flags & CT_F_EGRESS)) {
+		if (p.options)
+			return drop(DROP_IP_OPTIONS);
+		if (p.fragment)
+			return drop(DROP_FRAGMENT);
+		ct_update(&k, e, &p, cfg, now);
+		if (revnat(skb, &p, e) < 0)
+			return drop(DROP_REJECT_FAILED);
+		count(M_REVNAT);
+		return TC_ACT_OK;
+	}
+
+	ct_key_of(&k, &p, CT_SNAT_OUT);
+	e = ct_lookup(&k, now);
 	if (e && (e->flags & CT_F_CLOSING) && is_bare_syn(&p)) {
 		ct_delete(&k, e);     /* a new connection on a closed one's tuple: a fresh mapping */
 		e = NULL;
@@ -100,18 +118,47 @@ int from_netdev(struct __sk_buff *skb)
 	struct ct_key k = {};
 	ct_key_of(&k, &p, CT_SNAT_IN);
 	struct ct_entry *e = ct_lookup(&k, now);
-	if (!e) {
-		snat_note_inbound(cfg, &p, now);
-		return pass();
+	if (e) {
+		if (p.options)
+			return drop(DROP_IP_OPTIONS);
+		if (p.fragment)
+			return drop(DROP_FRAGMENT);
+		ct_update(&k, e, &p, cfg, now);
+		if (rewrite_addr(skb, p.proto, L4_OFF, IP_DST_OFF, p.daddr, e->nat_addr) < 0 ||
+		    rewrite_port(skb, p.proto, L4_OFF, DPORT_OFF, p.dport, e->nat_port) < 0)
+			return drop(DROP_REJECT_FAILED);
+		count(M_UNSNAT);
+		return TC_ACT_OK;
 	}
-	if (p.options)
-		return drop(DROP_IP_OPTIONS);
-	if (p.fragment)
-		return drop(DROP_FRAGMENT);
-	ct_update(&k, e, &p, cfg, now);
-	if (rewrite_addr(skb, p.proto, L4_OFF, IP_DST_OFF, p.daddr, e->nat_addr) < 0 ||
-	    rewrite_port(skb, p.proto, L4_OFF, DPORT_OFF, p.dport, e->nat_port) < 0)
-		return drop(DROP_REJECT_FAILED);
-	count(M_UNSNAT);
-	return TC_ACT_OK;
+
+	/* NodePort, LoadBalancer and external IPs */
+	ct_key_of(&k, &p, CT_SERVICE);
+	e = ct_lookup(&k, now);
+	if (e && (e->flags & CT_F_CLOSING) && is_bare_syn(&p)) {
+		ct_delete(&k, e);
+		e = NULL;
+	}
+	if (e) {
+		if (p.options)
+			return drop(DROP_IP_OPTIONS);
+		if (p.fragment)
+			return drop(DROP_FRAGMENT);
+		ct_update(&k, e, &p, cfg, now);
+		if (dnat(skb, &p, e) < 0)
+			return drop(DROP_REJECT_FAILED);
+		count(M_DNAT);
+		return TC_ACT_OK;
+	}
+	struct svc_value *svc = svc_lookup(p.daddr, p.dport, p.proto, 0);
+	if (svc || is_vip(p.daddr)) {
+		if (p.options)
+			return drop(DROP_IP_OPTIONS);
+		if (p.fragment)
+			return drop(DROP_FRAGMENT);
+		if (!svc)
+			return reject(skb, &p, REJECT_PORT_UNSERVED);
+		return nodeport_new_flow(skb, &p, svc, cfg, now);
+	}
+	snat_note_inbound(cfg, &p, now);
+	return pass();
 }

@@ -144,7 +144,7 @@ static __always_inline int handle(struct __sk_buff *skb, int service_hook)
 	struct ct_key k = {};
 	ct_key_of(&k, &p, CT_REPLY);
 	struct ct_entry *e = ct_lookup(&k, now);
-	if (e) {
+	if (e && !(service_hook && (e->flags & CT_F_EGRESS))) {
 		if ((r = unsupported(&p)))
 			return drop(r);
 		ct_update(&k, e, &p, cfg, now);
@@ -152,6 +152,27 @@ static __always_inline int handle(struct __sk_buff *skb, int service_hook)
 			return drop(DROP_REJECT_FAILED);
 		count(M_REVNAT);
 		return forward(skb, e);
+	}
+	/* A NodePort flow masqueraded to a backend on this node: SNAT on the way to the pod,
+	 * un-SNAT of its replies on the way out (see nodeport.h). */
+	ct_key_of(&k, &p, service_hook ? CT_SNAT_IN : CT_SNAT_OUT);
+	e = ct_lookup(&k, now);
+	if (e) {
+		if ((r = unsupported(&p)))
+			return drop(r);
+		ct_update(&k, e, &p, cfg, now);
+		if (service_hook) {
+			if (rewrite_addr(skb, p.proto, L4_OFF, IP_DST_OFF, p.daddr, e->nat_addr) < 0 ||
+			    rewrite_port(skb, p.proto, L4_OFF, DPORT_OFF, p.dport, e->nat_port) < 0)
+				return drop(DROP_REJECT_FAILED);
+			count(M_UNSNAT);
+		} else {
+			if (rewrite_addr(skb, p.proto, L4_OFF, IP_SRC_OFF, p.saddr, e->nat_addr) < 0 ||
+			    rewrite_port(skb, p.proto, L4_OFF, SPORT_OFF, p.sport, e->nat_port) < 0)
+				return drop(DROP_REJECT_FAILED);
+			count(M_SNAT);
+		}
+		return TC_ACT_OK;
 	}
 	if (!service_hook)
 		return pass();

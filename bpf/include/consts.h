@@ -36,6 +36,8 @@ enum metric {
 
 #define SVC_F_AFFINITY   0x1
 #define SVC_F_LOCAL_ONLY 0x2   /* count 0 because no endpoint is local: drop, not reject */
+#define SVC_F_MASQ       0x4   /* external frontend with externalTrafficPolicy Cluster: new flows
+                                * are masqueraded to the node IP on their way to the backend */
 
 #define CT_SERVICE       1
 #define CT_REPLY         2
@@ -50,6 +52,7 @@ enum metric {
 #define CT_F_HAIRPIN     0x1
 #define CT_F_SEEN_REPLY  0x2   /* TCP: the reply direction was seen (established) */
 #define CT_F_CLOSING     0x4   /* TCP: a FIN or RST was seen */
+#define CT_F_EGRESS      0x8   /* reverse NAT to the node's own address: only on egress hooks */
 
 #define NS_PER_SEC       1000000000ULL
 /* Default conntrack lifetimes in seconds (config map; `--ct-timeout` sets them). Every packet of

@@ -62,8 +62,10 @@ static __always_inline __be16 snat_candidate(const struct pkt *p, const struct d
 	return bpf_htons(cfg->snat_lo + h % span);
 }
 
-/* Claim a mapping for a new masqueraded flow and translate its first packet. */
-static __always_inline int snat_new(struct __sk_buff *skb, struct pkt *p, const struct dp_config *cfg, __u64 now)
+/* Claim a mapping (node IP:port) for flow p, pod/client -> remote: create its SNAT_OUT and
+ * SNAT_IN entries. 0 and *port_out on success; -1 when no port is free (counted by the caller). */
+static __always_inline int snat_claim(const struct pkt *p, const struct dp_config *cfg, __u64 now,
+				      __be16 *port_out)
 {
 	struct ct_entry out = {}, in = {};
 	struct ct_key ko = {}, ki = {};
@@ -94,13 +96,23 @@ static __always_inline int snat_new(struct __sk_buff *skb, struct pkt *p, const 
 		}
 	}
 	if (!claimed)
-		return drop(DROP_SNAT_EXHAUSTED);
+		return -1;
 	out.nat_port = port;
 	ct_key_of(&ko, p, CT_SNAT_OUT);
 	if (conntrack.update(&ko, &out) < 0) {
 		conntrack.delete(&ki);
-		return drop(DROP_CT_FULL);
+		return -1;
 	}
+	*port_out = port;
+	return 0;
+}
+
+/* A new masqueraded flow: claim its mapping and translate its first packet. */
+static __always_inline int snat_new(struct __sk_buff *skb, struct pkt *p, const struct dp_config *cfg, __u64 now)
+{
+	__be16 port;
+	if (snat_claim(p, cfg, now, &port) < 0)
+		return drop(DROP_SNAT_EXHAUSTED);
 	if (rewrite_addr(skb, p->proto, L4_OFF, IP_SRC_OFF, p->saddr, cfg->node_ip) < 0 ||
 	    rewrite_port(skb, p->proto, L4_OFF, SPORT_OFF, p->sport, port) < 0)
 		return drop(DROP_REJECT_FAILED);

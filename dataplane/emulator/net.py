@@ -127,7 +127,7 @@ class SimNet:
         self.table = table
         for node in self.plan.spec.nodes:
             sim = self.ns[self.plan.netns_of(node.name)]
-            maps = render_node(table, node.name, self.ids.setdefault(node.name, Ids()))
+            maps = render_node(table, node.name, self.ids.setdefault(node.name, Ids()), node.ip)
             if sim.datapath is None:
                 sim.datapath = Datapath(NodeState(maps=maps, node_ip=node.ip, seed=self.seed,
                                                   timeouts=self.timeouts,

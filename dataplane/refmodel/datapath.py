@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Network
 
 from ..backends.ebpf.consts import (CT_DEFAULT_CLOSE, CT_DEFAULT_SYN, CT_DEFAULT_TCP, CT_DEFAULT_UDP,
-                                    SVC_F_AFFINITY, SVC_F_LOCAL_ONLY)  # map flags and default config
+                                    SVC_F_AFFINITY, SVC_F_LOCAL_ONLY, SVC_F_MASQ)  # map flags, config
 from ..backends.ebpf.render import NodeMaps, SvcKey
 
 ETH_HLEN = 14
@@ -49,6 +49,7 @@ class CtEntry:
     svc_id: int = 0
     seen_reply: bool = False     # TCP: the reply direction was seen
     closing: bool = False        # TCP: a FIN or RST was seen
+    egress: bool = False         # reverse NAT to the node's own address: egress hooks only
 
 
 @dataclass
@@ -326,7 +327,7 @@ class PodHooks:
 
         key = CtKey(p.saddr, p.daddr, p.sport, p.dport, p.proto, REPLY)
         e = self._lookup(key, now)
-        if e is not None:
+        if e is not None and not (service_hook and e.egress):
             if unsupported:
                 return self._result("drop", frame, unsupported, ["reply of a NATed flow, unsupported header"])
             self._update(key, e, p, now)
@@ -336,6 +337,18 @@ class PodHooks:
                 why.append(f"hairpin: destination back to the client {e.snat_addr}:{e.snat_port}")
                 p.daddr, p.dport = e.snat_addr, e.snat_port
             return self._out(p, e.hairpin, "M_REVNAT", why)
+        # a NodePort flow masqueraded to a backend on this node
+        key = CtKey(p.saddr, p.daddr, p.sport, p.dport, p.proto, SNAT_IN if service_hook else SNAT_OUT)
+        e = self._lookup(key, now)
+        if e is not None:
+            if unsupported:
+                return self._result("drop", frame, unsupported, ["masqueraded flow, unsupported header"])
+            self._update(key, e, p, now)
+            if service_hook:
+                p.daddr, p.dport = e.nat_addr, e.nat_port
+                return self._out(p, False, "M_UNSNAT", [f"reply to a masqueraded NodePort flow: to {e.nat_addr}"])
+            p.saddr, p.sport = e.nat_addr, e.nat_port
+            return self._out(p, False, "M_SNAT", [f"NodePort flow masqueraded as {e.nat_addr}:{e.nat_port}"])
         if not service_hook:
             return self._result("pass", frame, "M_PASS", ["no flow of ours"])
 
@@ -518,12 +531,40 @@ class Datapath(PodHooks):
         h = flow_hash(f[ip + 12:ip + 16], f[ip + 16:ip + 20], f[o:o + 2], f[o + 2:o + 4], p.proto, self.s.seed)
         return lo + _mix32(h ^ attempt) % (hi - lo + 1)
 
+    def _claim(self, p: Packet, now: int, why: list):
+        """A mapping node IP:port for flow p (source -> remote): both SNAT entries; None if none free."""
+        node_ip = self.s.config.node_ip
+        for attempt in range(SNAT_RETRIES + 1):
+            port = self._candidate(p, attempt)
+            ki = CtKey(p.daddr, node_ip, p.dport, port, p.proto, SNAT_IN)
+            self._lookup(ki, now)                       # an expired mapping is free again
+            if ki not in self.s.conntrack:
+                break
+        else:
+            return None
+        if attempt:
+            self._count("M_SNAT_PORT_MOVED")
+            why.append(f"source port {p.sport} taken for this destination: port {port} (try {attempt})")
+        life = now + self._lifetime(p.proto, CtEntry(0, node_ip, port))
+        self.s.conntrack[ki] = CtEntry(life, p.saddr, p.sport)
+        self.s.conntrack[CtKey(p.saddr, p.daddr, p.sport, p.dport, p.proto, SNAT_OUT)] = CtEntry(life, node_ip, port)
+        return port
+
     def to_netdev(self, frame: bytes, now: int) -> Result:
         p, bad = parse(frame)
         if bad:
             return self._result("drop", frame, bad, [f"malformed IPv4: {bad}"])
         if p is None or p.proto not in (TCP, UDP) or p.later_fragment or self.s.config is None:
             return self._result("pass", frame, "M_PASS", ["not masquerade traffic"])
+        key = CtKey(p.saddr, p.daddr, p.sport, p.dport, p.proto, REPLY)
+        e = self._lookup(key, now)
+        if e is not None and e.egress:
+            if p.options or p.fragment:
+                return self._result("drop", frame, "DROP_IP_OPTIONS" if p.options else "DROP_FRAGMENT",
+                                    ["NodePort reply, unsupported header"])
+            self._update(key, e, p, now)
+            p.saddr, p.sport = e.nat_addr, e.nat_port
+            return self._out(p, False, "M_REVNAT", [f"reply of a NodePort flow: from {e.nat_addr}:{e.nat_port}"])
         key = CtKey(p.saddr, p.daddr, p.sport, p.dport, p.proto, SNAT_OUT)
         e = self._lookup(key, now)
         why = []
@@ -544,22 +585,10 @@ class Datapath(PodHooks):
         if unsupported:
             return self._result("drop", frame, unsupported, ["to be masqueraded, unsupported header"])
         node_ip = self.s.config.node_ip
-        for attempt in range(SNAT_RETRIES + 1):
-            port = self._candidate(p, attempt)
-            ki = CtKey(p.daddr, node_ip, p.dport, port, p.proto, SNAT_IN)
-            self._lookup(ki, now)                       # an expired mapping is free again
-            if ki not in self.s.conntrack:
-                break
-        else:
+        port = self._claim(p, now, why)
+        if port is None:
             return self._result("drop", frame, "DROP_SNAT_EXHAUSTED",
                                 why + [f"no free port on {node_ip} for {p.daddr}:{p.dport}"])
-        if attempt:
-            self._count("M_SNAT_PORT_MOVED")
-            why.append(f"source port {p.sport} taken for this destination: port {port} (try {attempt})")
-        fresh = CtEntry(0, node_ip, port)
-        life = now + self._lifetime(p.proto, fresh)
-        self.s.conntrack[ki] = CtEntry(life, p.saddr, p.sport)
-        self.s.conntrack[key] = CtEntry(life, node_ip, port)
         why.append(f"masquerade {p.saddr}:{p.sport} as {node_ip}:{port}")
         p.saddr, p.sport = node_ip, port
         return self._out(p, False, "M_SNAT_NEW", why)
@@ -578,6 +607,9 @@ class Datapath(PodHooks):
         key = CtKey(p.saddr, p.daddr, p.sport, p.dport, p.proto, SNAT_IN)
         e = self._lookup(key, now)
         if e is None:
+            r = self._nodeport(p, frame, now)
+            if r is not None:
+                return r
             if p.proto == UDP and self._masq_pair(p.daddr, p.saddr):
                 # its answers are replies, not new flows to masquerade
                 self.s.conntrack[CtKey(p.daddr, p.saddr, p.dport, p.sport, UDP, NO_SNAT)] = CtEntry(
@@ -623,3 +655,56 @@ class Datapath(PodHooks):
         f[ip + 10:ip + 12] = struct.pack("!H", csum(bytes(f[ip:ip + p.ihl])))
         return self._result("pass", f, "M_ICMP_REVNAT",
                             [f"ICMP error about masqueraded {isrc}:{isport}: to the pod {e.nat_addr}:{e.nat_port}"])
+
+    def _nodeport(self, p: Packet, frame: bytes, now: int):
+        """NodePort, LoadBalancer and external IP frontends (docs/datapath.md); None if not one."""
+        unsupported = "DROP_IP_OPTIONS" if p.options else "DROP_FRAGMENT" if p.fragment else None
+        key = CtKey(p.saddr, p.daddr, p.sport, p.dport, p.proto, SERVICE)
+        e = self._lookup(key, now)
+        why = []
+        if e is not None and e.closing and self._bare_syn(p):
+            self.s.conntrack.pop(self._peer(key, e), None)
+            del self.s.conntrack[key]
+            e = None
+            why.append("a new SYN on the tuple of a closed flow: a fresh flow")
+        if e is not None:
+            if unsupported:
+                return self._result("drop", frame, unsupported, ["NodePort flow, unsupported header"])
+            self._update(key, e, p, now)
+            return self._out(self._dnat(p, e), False, "M_DNAT", [f"known NodePort flow to {e.nat_addr}:{e.nat_port}"])
+        svc = self._svc(p.daddr, p.dport, p.proto)
+        if svc is None and not self._is_vip(p.daddr):
+            return None
+        if unsupported:
+            return self._result("drop", frame, unsupported, ["external frontend, unsupported header"])
+        if svc is None:
+            return self._reject(p, "REJECT_PORT_UNSERVED", [f"{p.daddr} serves no {p.dport}/{p.proto}"])
+        if p.proto == TCP and not self._bare_syn(p):
+            return self._result("drop", frame, "DROP_CT_INVALID", ["TCP to a frontend, not a SYN, no flow"])
+        if svc.count == 0:
+            if svc.flags & SVC_F_LOCAL_ONLY:
+                return self._result("drop", frame, "DROP_NO_LOCAL_ENDPOINT",
+                                    ["externalTrafficPolicy Local: no endpoint on this node"])
+            return self._reject(p, "REJECT_NO_ENDPOINTS", ["service has no eligible endpoint"])
+        bid = self._select(p, svc, now, why)
+        be = self.s.maps.backends.get(bid)
+        if be is None:
+            return self._result("drop", frame, "DROP_NO_BACKEND", why + ["no such backend"])
+        life = now + self._lifetime(p.proto, CtEntry(0, be.addr, be.port))
+        fwd = CtEntry(life, be.addr, be.port, backend_id=bid, svc_id=svc.svc_id, egress=True)
+        rev = CtEntry(life, p.daddr, p.dport, backend_id=bid, svc_id=svc.svc_id, egress=True)
+        if svc.flags & SVC_F_MASQ:
+            after = Packet(p.frame, p.ihl, p.total, p.proto, p.saddr, be.addr, p.fragment, p.later_fragment,
+                           p.sport, be.port, p.tcp_flags)
+            # the hash reads the frame: show it the flow as it will be after DNAT
+            f = bytearray(p.frame)
+            f[ETH_HLEN + 16:ETH_HLEN + 20] = be.addr.packed
+            f[p.l4 + 2:p.l4 + 4] = struct.pack("!H", be.port)
+            after.frame = f
+            if self._claim(after, now, why) is None:
+                return self._result("drop", frame, "DROP_SNAT_EXHAUSTED", why + ["no free port to masquerade"])
+            why.append("externalTrafficPolicy Cluster: masqueraded to the node IP on the way to the backend")
+        self.s.conntrack[key] = fwd
+        self.s.conntrack[CtKey(be.addr, p.saddr, be.port, p.sport, p.proto, REPLY)] = rev
+        why.append(f"external frontend {p.daddr}:{p.dport}: DNAT to {be.addr}:{be.port}")
+        return self._out(self._dnat(p, fwd), False, "M_DNAT_NEW", why)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from ipaddress import IPv4Address, IPv4Network
 
-from dataplane.backends.ebpf.consts import CT_F_CLOSING, CT_F_HAIRPIN, CT_F_SEEN_REPLY
+from dataplane.backends.ebpf.consts import CT_F_CLOSING, CT_F_EGRESS, CT_F_HAIRPIN, CT_F_SEEN_REPLY
 from dataplane.backends.ebpf.maps import apply
 from dataplane.backends.ebpf.program import NodeProgram, be16, from_be32
 from dataplane.backends.ebpf.render import Ids, NodeConfig, NodeMaps, render_node
@@ -34,7 +34,7 @@ class Pair:
         for k in list(metrics.keys()):
             metrics[k] = metrics.Leaf(*([0] * len(metrics[k])))
         self.ids = Ids()
-        rendered = render_node(table, node, self.ids)
+        rendered = render_node(table, node, self.ids, NODE_IP)
         apply(prog, NodeMaps(), rendered)
         self.offset = 0
         self.config = config or NodeConfig(NODE_IP, IPv4Network("10.0.0.0/16"), masquerade=True,
@@ -73,12 +73,12 @@ class Pair:
             key = CtKey(from_be32(k.saddr), from_be32(k.daddr), be16(k.sport), be16(k.dport), k.proto, k.dir)
             out[key] = (from_be32(v.nat_addr), be16(v.nat_port), bool(v.flags & CT_F_HAIRPIN),
                         from_be32(v.snat_addr), be16(v.snat_port), v.backend_id, v.svc_id,
-                        bool(v.flags & CT_F_SEEN_REPLY), bool(v.flags & CT_F_CLOSING))
+                        bool(v.flags & CT_F_SEEN_REPLY), bool(v.flags & CT_F_CLOSING), bool(v.flags & CT_F_EGRESS))
         return out
 
     def model_conntrack(self) -> dict:
         return {k: (e.nat_addr, e.nat_port, e.hairpin, e.snat_addr, e.snat_port, e.backend_id, e.svc_id,
-                    e.seen_reply, e.closing)
+                    e.seen_reply, e.closing, e.egress)
                 for k, e in self.model.s.conntrack.items()}
 
     def assert_same_state(self) -> None:
@@ -105,7 +105,7 @@ def sync(pair: "Pair", old_table, new_table, node: str = "node1") -> None:
     endpoints that left."""
     from dataplane.backends.ebpf import flush_flows
     from dataplane.policy import stale_targets
-    rendered = render_node(new_table, node, pair.ids)
+    rendered = render_node(new_table, node, pair.ids, NODE_IP)
     apply(pair.prog, pair.model.s.maps, rendered)
     stale = stale_targets(old_table, new_table)
     flush_flows(pair.prog, stale)

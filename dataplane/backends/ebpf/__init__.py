@@ -59,7 +59,7 @@ class EbpfBackend:
         report = []
         stale = stale_targets(self.table, table)
         for node, prog in self.nodes.items():
-            desired = render_node(table, node, self.ids[node])
+            desired = render_node(table, node, self.ids[node], prog.node_ip)
             change = apply(prog, self.current[node], desired)
             flushed = flush_flows(prog, stale) if stale else 0
             self.current[node] = desired

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 
 from ...model import ServiceTable
-from ...policy import cluster_targets, internal_targets
-from .consts import SVC_F_AFFINITY, SVC_F_LOCAL_ONLY  # read from bpf/include/consts.h
+from ...policy import cluster_targets, internal_targets, local_targets
+from .consts import SVC_F_AFFINITY, SVC_F_LOCAL_ONLY, SVC_F_MASQ  # read from bpf/include/consts.h
 
 IPPROTO = {"TCP": 6, "UDP": 17}
 
@@ -98,25 +98,57 @@ def render_config(spec, node: str) -> NodeConfig:
     return NodeConfig(n.ip, spec.cluster_cidr, m.enabled, m.masq_link_local, m.port_range, m.non_masquerade)
 
 
-def render_node(table: ServiceTable, node: str, ids: Ids) -> NodeMaps:
-    """What node `node`'s maps hold for `table`: ClusterIP frontends, as seen by its pods."""
+def _frontend(out: NodeMaps, ids: Ids, addr, port: int, proto: int, targets, flags: int, timeout: int):
+    sid = ids.svc_id((addr, port, proto))
+    out.services[SvcKey(addr, port, proto, 0)] = SvcValue(count=len(targets), flags=flags,
+                                                          affinity_timeout=timeout, svc_id=sid)
+    for slot, t in enumerate(targets, 1):
+        bid = ids.backend_id((t.address, t.port))
+        out.backends[bid] = BackendValue(t.address, t.port)
+        out.services[SvcKey(addr, port, proto, slot)] = SvcValue(backend_id=bid)
+
+
+def _external(out: NodeMaps, ids: Ids, svc, node: str, node_ip) -> None:
+    """NodePort (on this node's IP), LoadBalancer ingress IPs and external IPs: external traffic,
+    to the node-local endpoints with externalTrafficPolicy Local (dropped where there are none),
+    to every endpoint and masqueraded to the node IP with Cluster."""
+    affinity = SVC_F_AFFINITY if svc.session_affinity == "ClientIP" else 0
+    timeout = svc.affinity_timeout if affinity else 0
+    if svc.type == "ClusterIP" and not svc.external_ips:
+        return
+    for addr in (*svc.external_ips, *svc.load_balancer_ips):
+        out.services[SvcKey(addr, 0, 0, 0)] = SvcValue()            # unserved ports are rejected
+    for sp in svc.ports:
+        proto = IPPROTO[sp.protocol]
+        flags = affinity
+        if svc.external_traffic_policy == "Local":
+            targets = local_targets(svc, sp, node)
+            if not targets and cluster_targets(svc, sp):
+                flags |= SVC_F_LOCAL_ONLY
+        else:
+            targets = cluster_targets(svc, sp)
+            flags |= SVC_F_MASQ
+        if sp.node_port and node_ip is not None:
+            _frontend(out, ids, node_ip, sp.node_port, proto, targets, flags, timeout)
+        for addr in (*svc.external_ips, *svc.load_balancer_ips):
+            _frontend(out, ids, addr, sp.port, proto, targets, flags, timeout)
+
+
+def render_node(table: ServiceTable, node: str, ids: Ids, node_ip=None) -> NodeMaps:
+    """What node `node`'s maps hold for `table`: ClusterIP frontends as its pods see them, and
+    the external frontends (NodePort on `node_ip`, LoadBalancer and external IPs)."""
     out = NodeMaps()
     for svc in table:
+        _external(out, ids, svc, node, node_ip)
         vip = svc.cluster_ip
         out.services[SvcKey(vip, 0, 0, 0)] = SvcValue()   # the VIP marker
+        affinity = SVC_F_AFFINITY if svc.session_affinity == "ClientIP" else 0
         for sp in svc.ports:
-            proto = IPPROTO[sp.protocol]
             targets = internal_targets(svc, sp, node)
-            flags = SVC_F_AFFINITY if svc.session_affinity == "ClientIP" else 0
+            flags = affinity
             if not targets and svc.internal_traffic_policy == "Local" and cluster_targets(svc, sp):
                 flags |= SVC_F_LOCAL_ONLY   # kube-proxy drops ("has no local endpoints"), not rejects
-            sid = ids.svc_id((vip, sp.port, proto))
-            out.services[SvcKey(vip, sp.port, proto, 0)] = SvcValue(
-                count=len(targets), flags=flags,
-                affinity_timeout=svc.affinity_timeout if flags else 0, svc_id=sid)
-            for slot, t in enumerate(targets, 1):
-                bid = ids.backend_id((t.address, t.port))
-                out.backends[bid] = BackendValue(t.address, t.port)
-                out.services[SvcKey(vip, sp.port, proto, slot)] = SvcValue(backend_id=bid)
+            _frontend(out, ids, vip, sp.port, IPPROTO[sp.protocol], targets, flags,
+                      svc.affinity_timeout if affinity else 0)
     ids.forget_unused(out)
     return out

@@ -1,0 +1,128 @@
+"""NodePort, LoadBalancer IPs (issue 4), BPF and model side by side: a client outside the cluster
+reaches node IP:nodePort; destinations are rewritten on ingress, sources on egress. With
+externalTrafficPolicy Cluster the backend sees the node's IP; with Local it sees the client's."""
+from __future__ import annotations
+
+from tests.bpf.harness import NODE_IP
+from tests.bpf.packets import (ICMP, IP, TCP, UDP, WEB1, WEB2, checksums_valid, from_pod, parsed, syn,
+                               synack, table, to_pod, udp)
+from tests.bpf.test_updates import topology
+
+EXT = "10.128.1.1"
+NODE = str(NODE_IP)
+LB = "10.128.2.10"
+SERVICES = """\
+services:
+  - name: np
+    type: NodePort
+    clusterIP: 10.96.0.10
+    selector: {app: web}
+    ports: [{name: http, port: 80, targetPort: 8080, nodePort: 30080}, {name: dns, port: 53, targetPort: 5353, protocol: UDP, nodePort: 30053}]
+  - name: np-local
+    type: NodePort
+    clusterIP: 10.96.0.11
+    selector: {app: web}
+    externalTrafficPolicy: Local
+    ports: [{port: 80, targetPort: 8080, nodePort: 30081}]
+  - name: lb
+    type: LoadBalancer
+    clusterIP: 10.96.0.12
+    selector: {app: web}
+    loadBalancerIP: 10.128.2.10
+    ports: [{port: 80, targetPort: 8080, nodePort: 30082}]
+"""
+
+
+def outside(dst, l4):
+    """A frame arriving on the node's uplink from the network."""
+    return to_pod(EXT, dst, l4)
+
+
+def test_etp_cluster_remote_backend_round_trip(pair):
+    p = pair(table(SERVICES, topology(app1="other")), seed=3)        # only web-2, on node2
+    got, want = p.send("from_netdev", outside(NODE, syn(sport=45000, dport=30080)))
+    out = parsed(got.data)
+    assert want.reason == "M_DNAT_NEW" and (out[IP].dst, out[TCP].dport) == (WEB2, 8080)
+    assert out[IP].src == EXT                                      # the source is rewritten on egress
+    fwd, want = p.send("to_netdev", got.data)                       # routed back out the uplink
+    out = parsed(fwd.data)
+    assert want.reason == "M_SNAT" and out[IP].src == NODE and out[IP].dst == WEB2
+    port = out[TCP].sport
+    back, want = p.send("from_netdev", to_pod(WEB2, NODE, synack(sport=8080, dport=port)))
+    out = parsed(back.data)
+    assert want.reason == "M_UNSNAT" and (out[IP].src, out[IP].dst, out[TCP].dport) == (WEB2, EXT, 45000)
+    reply, want = p.send("to_netdev", back.data)
+    out = parsed(reply.data)
+    assert want.reason == "M_REVNAT" and (out[IP].src, out[TCP].sport) == (NODE, 30080)
+    assert out[IP].dst == EXT and checksums_valid(reply.data)
+    p.assert_same_state()
+
+
+def test_etp_cluster_local_backend_is_masqueraded_on_the_pod_veth(pair):
+    p = pair(table(SERVICES, topology(app2="other")))                # only web-1, on this node
+    got, _ = p.send("from_netdev", outside(NODE, syn(sport=45000, dport=30080)))
+    assert parsed(got.data)[IP].dst == WEB1
+    to_backend, want = p.send("to_pod", got.data)
+    assert want.reason == "M_SNAT" and parsed(to_backend.data)[IP].src == NODE
+    port = parsed(to_backend.data)[TCP].sport
+    back, want = p.send("from_pod", from_pod(WEB1, NODE, synack(sport=8080, dport=port)))
+    assert want.reason == "M_UNSNAT" and parsed(back.data)[IP].dst == EXT
+    reply, want = p.send("to_netdev", back.data)
+    assert want.reason == "M_REVNAT" and parsed(reply.data)[IP].src == NODE
+    p.assert_same_state()
+
+
+def test_etp_local_keeps_the_client_ip(pair):
+    p = pair(table(SERVICES, topology()))
+    got, want = p.send("from_netdev", outside(NODE, syn(sport=45001, dport=30081)))
+    out = parsed(got.data)
+    assert want.reason == "M_DNAT_NEW" and out[IP].dst == WEB1 and out[IP].src == EXT   # node-local only
+    to_backend, want = p.send("to_pod", got.data)
+    assert want.reason == "M_PASS" and parsed(to_backend.data)[IP].src == EXT           # no SNAT
+    # the reply's source is the node's own address: rewritten on egress, never on the pod's ingress
+    back, want = p.send("from_pod", from_pod(WEB1, EXT, synack(sport=8080, dport=45001)))
+    assert want.reason == "M_PASS" and parsed(back.data)[IP].src == WEB1
+    reply, want = p.send("to_netdev", back.data)
+    assert want.reason == "M_REVNAT" and (parsed(reply.data)[IP].src, parsed(reply.data)[TCP].sport) == (NODE, 30081)
+    p.assert_same_state()
+
+
+def test_etp_local_without_a_local_endpoint_drops(pair):
+    p = pair(table(SERVICES, topology(app1="other")))                # web-2 is on node2 only
+    got, want = p.send("from_netdev", outside(NODE, syn(dport=30081)))
+    assert got.verdict == "drop" and want.reason == "DROP_NO_LOCAL_ENDPOINT"
+
+
+def test_nodeport_without_endpoints_rejects_from_the_node(pair):
+    p = pair(table(SERVICES, topology(app1="other", app2="other")))
+    got, want = p.send("from_netdev", outside(NODE, syn(dport=30080)))
+    out = parsed(got.data)
+    assert got.verdict == "redirect" and want.reason == "REJECT_NO_ENDPOINTS"
+    assert out[IP].src == NODE and out[IP].dst == EXT and out[ICMP].type == 3 and checksums_valid(got.data)
+
+
+def test_nodeport_udp(pair):
+    p = pair(table(SERVICES, topology(app1="other")))
+    got, want = p.send("from_netdev", outside(NODE, udp(sport=45002, dport=30053)))
+    assert want.reason == "M_DNAT_NEW" and parsed(got.data)[UDP].dport == 5353
+    fwd, _ = p.send("to_netdev", got.data)
+    port = parsed(fwd.data)[UDP].sport
+    back, _ = p.send("from_netdev", to_pod(WEB2, NODE, UDP(sport=5353, dport=port) / b"x"))
+    reply, want = p.send("to_netdev", back.data)
+    assert want.reason == "M_REVNAT" and (parsed(reply.data)[IP].src, parsed(reply.data)[UDP].sport) == (NODE, 30053)
+    p.assert_same_state()
+
+
+def test_load_balancer_ip_and_unserved_port(pair):
+    p = pair(table(SERVICES, topology()))
+    got, want = p.send("from_netdev", outside(LB, syn(dport=80)))
+    assert want.reason == "M_DNAT_NEW" and parsed(got.data)[IP].dst in {WEB1, WEB2}
+    got, want = p.send("from_netdev", outside(LB, syn(dport=81)))
+    assert want.reason == "REJECT_PORT_UNSERVED" and parsed(got.data)[IP].src == LB
+
+
+def test_other_traffic_on_the_uplink_passes(pair):
+    p = pair(table(SERVICES, topology()))
+    for frame in (outside(NODE, syn(dport=22)), outside(WEB1, syn(dport=8080)), outside(NODE, ICMP(type=8))):
+        got, want = p.send("from_netdev", frame)
+        assert want.reason == "M_PASS" and got.data == bytes(frame)
