@@ -90,9 +90,10 @@ def _ref(doc: Doc, key: str, kinds, topology: TopologySpec, services: ServiceTab
     return kind, name, obj
 
 
-def _lab_address(topology: TopologySpec, ip: IPv4Address) -> bool:
+def _lab_address(topology: TopologySpec, ip: IPv4Address, services: ServiceTable) -> bool:
     return any(ip in net for net in (topology.cluster_cidr, topology.service_cidr,
-                                     topology.node_cidr, topology.outside_cidr))
+                                     topology.node_cidr, topology.outside_cidr)) or any(
+        ip in (*s.load_balancer_ips, *s.external_ips) for s in services)
 
 
 def parse_check(item: Doc, topology: TopologySpec, services: ServiceTable, names: set) -> CheckSpec:
@@ -118,9 +119,9 @@ def parse_check(item: Doc, topology: TopologySpec, services: ServiceTable, names
         protocol = protocol or (sp.protocol if sp else "TCP")
     else:
         ip = tobj if tkind == "ip" else tobj.ip
-        if tkind == "ip" and not _lab_address(topology, ip):
+        if tkind == "ip" and not _lab_address(topology, ip, services):
             item.fail("to", f"{ip} is not a lab address (cluster, service, node or outside "
-                            f"network): checks never send outside the lab")
+                            f"network, or a LoadBalancer/external IP): checks never send outside the lab")
         port = item.take_int("port", lo=1, hi=65535, expect="a port number from 1 to 65535")
         protocol = protocol or "TCP"
     expect = item.take_str("expect", "reachable", choices=OUTCOMES)

@@ -106,14 +106,14 @@ def up(scenario, lab_name, backend, dry_run, seed, map_sizes, ct_timeouts):
     sc = _load(scenario)
     name = lab_name or sc.name
     if dry_run:
-        click.echo(make_plan(sc.topology, name).describe())
+        click.echo(make_plan(sc.topology, name, sc.frontend_routes).describe())
         return
     from .backends.ebpf.program import CtTimeouts, MapSizes
     be = backends.get(backend, seed=seed, sizes=MapSizes.parse(map_sizes), timeouts=CtTimeouts.parse(ct_timeouts))
     if getattr(be, "simulated", False):
         raise click.UsageError(f"backend {backend} is simulated: there is no lab to bring up (use `run`)")
     doctor.require(*be.needs)
-    lab = Lab.create(sc.topology, name, sc.file, _progress(True), be.name)
+    lab = Lab.create(sc.topology, name, sc.file, _progress(True), be.name, sc.frontend_routes)
     try:
         be.setup(lab, sc.services)
     except BaseException:

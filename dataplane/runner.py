@@ -74,7 +74,7 @@ def run_simulated(scenario: Scenario, backend, progress=lambda m: None) -> Repor
     from .lab.plan import make_plan
     report = Report(scenario.name, backend.name, "(simulated)", ignored=list(scenario.ignored),
                     seed=backend.seed)
-    plan = make_plan(scenario.topology, scenario.name)
+    plan = make_plan(scenario.topology, scenario.name, scenario.frontend_routes)
     net = SimNet(plan, scenario.services, backend.seed, backend.timeouts)
     for step in _steps(scenario, progress):
         if isinstance(step, Sleep):
@@ -130,7 +130,8 @@ def run_live(scenario: Scenario, backend_name: str, lab_name: str, keep: bool = 
     lab = None
     try:
         progress(f"building lab {lab_name} from {scenario.file}")
-        lab = Lab.create(scenario.topology, lab_name, scenario.file, progress, backend.name)
+        lab = Lab.create(scenario.topology, lab_name, scenario.file, progress, backend.name,
+                         scenario.frontend_routes)
         progress(f"programming backend {backend.name}")
         backend.setup(lab, scenario.services)
         for step in _steps(scenario, progress):

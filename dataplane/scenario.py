@@ -45,6 +45,7 @@ class Scenario:
     steps: list                            # CheckSpec | Sleep | Update, in order
     description: str = ""
     ignored: list[str] = field(default_factory=list)
+    frontend_routes: tuple = ()            # (LB or external IP, node) the underlay routes
 
     @property
     def checks(self) -> list[CheckSpec]:
@@ -168,6 +169,7 @@ def load(path) -> Scenario:
     ignored.extend(manifests.ignored)
 
     table = initial = cluster.table()
+    routes = frontend_routes(initial, topology)
     steps, names = [], set()
     for item in root.items("checks"):
         if not isinstance(item, Doc):
@@ -187,7 +189,29 @@ def load(path) -> Scenario:
             steps.append(parse_check(item, topology, table, names))
     root.done()
     return Scenario(name=name, file=path, topology=topology, services=initial, steps=steps,
-                    description=description, ignored=ignored)
+                    description=description, ignored=ignored, frontend_routes=routes)
+
+
+def frontend_routes(table: ServiceTable, topology: TopologySpec) -> tuple:
+    """Where the underlay sends each LoadBalancer and external IP, as a cloud load balancer with
+    health checks would: to the first node with a local endpoint when externalTrafficPolicy is
+    Local, else to the first node. Addresses must lie outside the lab's own networks."""
+    from .policy import local_targets
+    out = []
+    for svc in table:
+        for addr in (*svc.load_balancer_ips, *svc.external_ips):
+            for net in (topology.cluster_cidr, topology.service_cidr, topology.node_cidr, topology.outside_cidr):
+                if addr in net:
+                    raise ScenarioError(svc.source.split(" ")[0], f"{svc.key}",
+                                        f"LoadBalancer/external IP {addr} lies in the lab network {net}; "
+                                        f"choose an address outside it (the underlay routes it to a node)")
+            node = topology.nodes[0].name
+            if svc.external_traffic_policy == "Local" and svc.ports:
+                local = [n.name for n in topology.nodes if local_targets(svc, svc.ports[0], n.name)]
+                node = local[0] if local else node
+            if all(a != addr for a, _ in out):
+                out.append((addr, node))
+    return tuple(out)
 
 
 def _fail(item, message):

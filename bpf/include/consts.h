@@ -31,6 +31,7 @@ enum metric {
 	M_UNSNAT,              /* reply to a masqueraded flow, back to its pod */
 	M_SNAT_PORT_MOVED,     /* the pod's source port was taken: another port was allocated */
 	DROP_SNAT_EXHAUSTED,   /* no free port on the node IP for this destination */
+	DROP_SOURCE_RANGE,     /* LoadBalancer IP from a client outside loadBalancerSourceRanges */
 	M_MAX,
 };
 
@@ -38,6 +39,7 @@ enum metric {
 #define SVC_F_LOCAL_ONLY 0x2   /* count 0 because no endpoint is local: drop, not reject */
 #define SVC_F_MASQ       0x4   /* external frontend with externalTrafficPolicy Cluster: new flows
                                 * are masqueraded to the node IP on their way to the backend */
+#define SVC_F_SRC_RANGES 0x8   /* LoadBalancer frontend: only clients in its source ranges */
 
 #define CT_SERVICE       1
 #define CT_REPLY         2

@@ -35,5 +35,7 @@ BPF_TABLE("percpu_array", __u32, __u64, metrics, M_MAX);
 BPF_TABLE("array", __u32, struct dp_config, config, 1);
 /* destinations pods reach without masquerade (ip-masq-agent's nonMasqueradeCIDRs) */
 BPF_F_TABLE("lpm_trie", struct lpm_v4_key, __u8, nonmasq, 64, BPF_F_NO_PREALLOC);
+/* loadBalancerSourceRanges: which clients each LoadBalancer frontend admits */
+BPF_F_TABLE("lpm_trie", struct lb_source_key, __u8, lb_sources, 16384, BPF_F_NO_PREALLOC);
 
 #endif

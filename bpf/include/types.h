@@ -92,6 +92,13 @@ struct dp_config {
 	__u16  pad0;
 };
 
+/* lb_sources: (frontend id, client CIDR): prefixlen counts the 32 bits of svc_id, then the CIDR's. */
+struct lb_source_key {
+	__u32  prefixlen;
+	__u32  svc_id;
+	__be32 addr;
+};
+
 /* nonmasq: destinations pods reach with their own address (ip-masq-agent's nonMasqueradeCIDRs). */
 struct lpm_v4_key {
 	__u32  prefixlen;

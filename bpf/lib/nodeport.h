@@ -11,6 +11,14 @@
 static __always_inline int nodeport_new_flow(struct __sk_buff *skb, struct pkt *p, struct svc_value *svc,
 					     struct dp_config *cfg, __u64 now)
 {
+	if (svc->flags & SVC_F_SRC_RANGES) {
+		struct lb_source_key sk = {};
+		sk.prefixlen = 64;
+		sk.svc_id = svc->svc_id;
+		sk.addr = p->saddr;
+		if (!lb_sources.lookup(&sk))
+			return drop(DROP_SOURCE_RANGE);
+	}
 	if (p->proto == IPPROTO_TCP && !is_bare_syn(p))
 		return drop(DROP_CT_INVALID);
 	if (svc->count == 0) {

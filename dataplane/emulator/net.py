@@ -167,8 +167,9 @@ class SimNet:
             return sim.datapath, sim.datapath.from_netdev, sim.datapath.to_netdev
         return None
 
-    def transmit(self, ns: str, ifname: str, frame: bytes, next_hop: IPv4Address) -> None:
-        """Send a frame out of (ns, ifname) toward next_hop; egress hooks run here."""
+    def transmit(self, ns: str, ifname: str, frame: bytes, next_hop: IPv4Address | None) -> None:
+        """Send a frame out of (ns, ifname) toward next_hop (None: to the frame's destination MAC,
+        for frames a hook sends straight back); egress hooks run here."""
         hooks = self._hooks(ns, ifname)
         if hooks is not None:
             r = hooks[2](frame, self.now)
@@ -181,8 +182,12 @@ class SimNet:
             self._record(iface.peer[0], frame)
             self.events.append(("rx", iface.peer[0], iface.peer[1], frame))
             return
+        dst_mac = Ether(frame).dst if next_hop is None else None
         for mns, mif in self.segments.get(iface.segment, ()):
-            if (mns, mif) != (ns, ifname) and next_hop in {a.ip for a in self.ns[mns].ifaces[mif].addrs}:
+            member = self.ns[mns].ifaces[mif]
+            if (mns, mif) == (ns, ifname):
+                continue
+            if (next_hop is not None and next_hop in {a.ip for a in member.addrs}) or member.mac == dst_mac:
                 self.events.append(("rx", mns, mif, frame))
                 return
         # nobody on the segment has that address: ARP fails, the frame is lost
@@ -198,8 +203,8 @@ class SimNet:
             r = hooks[1](frame, self.now)
             if r.verdict == "drop":
                 return
-            if r.verdict == "redirect":      # back out the same veth, through its egress hook
-                self.transmit(ns, ifname, r.data, IPv4Address(0))
+            if r.verdict == "redirect":      # back out the same link, through its egress hook
+                self.transmit(ns, ifname, r.data, None)
                 return
             frame = r.data
         pkt = Ether(frame)

@@ -49,10 +49,10 @@ class Lab:
 
     @classmethod
     def create(cls, spec: TopologySpec, name: str, scenario: str = "", progress=_quiet,
-               backend: str = "none") -> "Lab":
+               backend: str = "none", frontends=()) -> "Lab":
         """Build the lab and start its servers. On any failure, what was built is removed."""
         check_free(name)
-        plan = make_plan(spec, name)
+        plan = make_plan(spec, name, frontends)
         record = state.LabRecord(
             name=name, scenario=scenario, model=spec.model, backend=backend, created=time.time(),
             owner_pid=os.getpid(), namespaces=[ns.name for ns in plan.namespaces],

@@ -121,7 +121,9 @@ def mac_for(lab: str, ns: str, ifname: str) -> str:
     return "02:" + ":".join(f"{b:02x}" for b in digest[:5])
 
 
-def make_plan(spec: TopologySpec, lab: str) -> LabPlan:
+def make_plan(spec: TopologySpec, lab: str, frontends=()) -> LabPlan:
+    """`frontends`: (address, node) pairs the underlay routes to a node, as a cloud load balancer
+    (or a router announcing external IPs) would: LoadBalancer ingress IPs and external IPs."""
     names = Names(lab)
     plan = LabPlan(lab=lab, spec=spec)
     ns_of = {}
@@ -188,4 +190,7 @@ def make_plan(spec: TopologySpec, lab: str) -> LabPlan:
         # Only in the flat model does the network know where pods are.
         for node in spec.nodes:
             plan.routes.append(Route(underlay, str(node.pod_cidr), "br-nodes", gateway=str(node.ip)))
+    if spec.model != "air-gapped":
+        for addr, node in frontends:
+            plan.routes.append(Route(underlay, f"{addr}/32", "br-nodes", gateway=str(spec.node(node).ip)))
     return plan

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Network
 
 from ..backends.ebpf.consts import (CT_DEFAULT_CLOSE, CT_DEFAULT_SYN, CT_DEFAULT_TCP, CT_DEFAULT_UDP,
-                                    SVC_F_AFFINITY, SVC_F_LOCAL_ONLY, SVC_F_MASQ)  # map flags, config
+                                    SVC_F_AFFINITY, SVC_F_LOCAL_ONLY, SVC_F_MASQ,
+                                    SVC_F_SRC_RANGES)  # map flags, config
 from ..backends.ebpf.render import NodeMaps, SvcKey
 
 ETH_HLEN = 14
@@ -679,6 +680,10 @@ class Datapath(PodHooks):
             return self._result("drop", frame, unsupported, ["external frontend, unsupported header"])
         if svc is None:
             return self._reject(p, "REJECT_PORT_UNSERVED", [f"{p.daddr} serves no {p.dport}/{p.proto}"])
+        if svc.flags & SVC_F_SRC_RANGES and not any(
+                sid == svc.svc_id and p.saddr in net for sid, net in self.s.maps.lb_sources):
+            return self._result("drop", frame, "DROP_SOURCE_RANGE",
+                                [f"{p.saddr} is outside the LoadBalancer's source ranges"])
         if p.proto == TCP and not self._bare_syn(p):
             return self._result("drop", frame, "DROP_CT_INVALID", ["TCP to a frontend, not a SYN, no flow"])
         if svc.count == 0:

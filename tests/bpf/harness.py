@@ -28,7 +28,7 @@ class Pair:
         self.prog = prog
         t = timeouts or {}
         prog.timeouts = CtTimeouts(**t)
-        for name in ("services", "backends", "conntrack", "affinity"):
+        for name in ("services", "backends", "conntrack", "affinity", "lb_sources"):
             _clear(prog.table(name))
         metrics = prog.table("metrics")
         for k in list(metrics.keys()):

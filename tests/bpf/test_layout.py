@@ -24,6 +24,7 @@ LAYOUT = {
                             "snat_lo": 40, "snat_hi": 42, "masquerade": 44, "masq_link_local": 45,
                             "pad0": 46}),
     "nonmasq": (8, {"prefixlen": 0, "addr": 4}, 1, {}),
+    "lb_sources": (12, {"prefixlen": 0, "svc_id": 4, "addr": 8}, 1, {}),
 }
 
 

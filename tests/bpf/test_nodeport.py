@@ -126,3 +126,19 @@ def test_other_traffic_on_the_uplink_passes(pair):
     for frame in (outside(NODE, syn(dport=22)), outside(WEB1, syn(dport=8080)), outside(NODE, ICMP(type=8))):
         got, want = p.send("from_netdev", frame)
         assert want.reason == "M_PASS" and got.data == bytes(frame)
+
+
+RANGED = SERVICES.replace("    loadBalancerIP: 10.128.2.10\n",
+                          "    loadBalancerIP: 10.128.2.10\n    loadBalancerSourceRanges: [10.128.1.0/28]\n")
+
+
+def test_load_balancer_source_ranges(pair):
+    p = pair(table(RANGED, topology()))
+    got, want = p.send("from_netdev", outside(LB, syn(dport=80)))                      # 10.128.1.1: in
+    assert want.reason == "M_DNAT_NEW"
+    stranger = to_pod("10.128.1.77", LB, syn(dport=80))                               # outside /28
+    got, want = p.send("from_netdev", stranger)
+    assert got.verdict == "drop" and want.reason == "DROP_SOURCE_RANGE" and got.data == bytes(stranger)
+    # the node port of the same service is not firewalled, as with kube-proxy
+    _, want = p.send("from_netdev", to_pod("10.128.1.77", NODE, syn(dport=30082)))
+    assert want.reason == "M_DNAT_NEW"

@@ -32,6 +32,12 @@ def _backend_leaf(t, v: BackendValue):
     return leaf
 
 
+def _source_key(t, svc_id: int, net):
+    key = t.Key()
+    key.prefixlen, key.svc_id, key.addr = 32 + net.prefixlen, svc_id, be32(net.network_address)
+    return key
+
+
 def update_batch(table, pairs: list) -> None:
     """One BPF_MAP_UPDATE_BATCH syscall for all pairs (no-op when empty)."""
     if not pairs:
@@ -77,7 +83,13 @@ def apply(prog: NodeProgram, current: NodeMaps, desired: NodeMaps) -> Change:
     delete_batch(svc_t, [_svc_key(svc_t, k) for k in sorted(gone_svc, key=lambda k: k.slot)])
     gone_be = [i for i in current.backends if i not in desired.backends]
     delete_batch(be_t, [be_t.Key(i) for i in gone_be])
-    ch.upserted = len(new_be) + len(slots) + len(heads)
+    src_t = prog.table("lb_sources")
+    added = desired.lb_sources - current.lb_sources
+    for sid, net in added:
+        src_t[_source_key(src_t, sid, net)] = src_t.Leaf(1)
+    for sid, net in current.lb_sources - desired.lb_sources:
+        src_t.pop(_source_key(src_t, sid, net), None)
+    ch.upserted = len(new_be) + len(slots) + len(heads) + len(added)
     ch.deleted = len(gone_svc) + len(gone_be)
     live = set(desired.backends.values())
     ch.removed_backends = {v for v in current.backends.values() if v not in live}

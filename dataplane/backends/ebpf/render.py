@@ -11,7 +11,7 @@ from ipaddress import IPv4Address, IPv4Network
 
 from ...model import ServiceTable
 from ...policy import cluster_targets, internal_targets, local_targets
-from .consts import SVC_F_AFFINITY, SVC_F_LOCAL_ONLY, SVC_F_MASQ  # read from bpf/include/consts.h
+from .consts import SVC_F_AFFINITY, SVC_F_LOCAL_ONLY, SVC_F_MASQ, SVC_F_SRC_RANGES  # from consts.h
 
 IPPROTO = {"TCP": 6, "UDP": 17}
 
@@ -43,6 +43,7 @@ class BackendValue:
 class NodeMaps:
     services: dict = field(default_factory=dict)   # SvcKey -> SvcValue
     backends: dict = field(default_factory=dict)   # id -> BackendValue
+    lb_sources: set = field(default_factory=set)   # (svc_id, IPv4Network) admitted
 
 
 @dataclass
@@ -130,8 +131,13 @@ def _external(out: NodeMaps, ids: Ids, svc, node: str, node_ip) -> None:
             flags |= SVC_F_MASQ
         if sp.node_port and node_ip is not None:
             _frontend(out, ids, node_ip, sp.node_port, proto, targets, flags, timeout)
-        for addr in (*svc.external_ips, *svc.load_balancer_ips):
+        for addr in svc.external_ips:
             _frontend(out, ids, addr, sp.port, proto, targets, flags, timeout)
+        for addr in svc.load_balancer_ips:
+            ranges = svc.load_balancer_source_ranges
+            _frontend(out, ids, addr, sp.port, proto, targets, flags | (SVC_F_SRC_RANGES if ranges else 0), timeout)
+            sid = ids.svc_id((addr, sp.port, proto))
+            out.lb_sources.update((sid, net) for net in ranges)
 
 
 def render_node(table: ServiceTable, node: str, ids: Ids, node_ip=None) -> NodeMaps:
