@@ -45,6 +45,9 @@ class CheckSpec:
     min_backends: int | None = None           # at least this many backends answered
     max_share: float | None = None            # no backend answered more than this fraction
     capture: bool = False                     # verify the translation on the wire (see capture.py)
+    http_get: str | None = None               # one GET of this path per request, instead of netexec's
+    status: int | None = None                 # with http_get: the HTTP status every answer must have
+    body_contains: str | None = None          # with http_get: text every answer's body must contain
     where: str = ""
 
 
@@ -162,6 +165,13 @@ def parse_check(item: Doc, topology: TopologySpec, services: ServiceTable, names
     if share is not None and not 0 < share <= 1:
         item.fail("maxShare", f"expected a fraction from 0 to 1, got {share}")
     capture = item.take_bool("capture", False)
+    http_get = item.take_str("httpGet", None, expect="a path such as /healthz")
+    status = item.take_int("status", None, lo=100, hi=599, expect="an HTTP status such as 200")
+    body_contains = item.take_str("bodyContains", None)
+    if (status is not None or body_contains is not None) and http_get is None:
+        item.fail("status" if status is not None else "bodyContains", "only applies with httpGet")
+    if http_get is not None and (backends or item.has("source") or capture):
+        item.fail("httpGet", "httpGet checks an HTTP answer: backends, source and capture do not apply")
     if expect != "reachable":
         for key in ("backends", "source", "sameBackend", "everyBackend", "minBackends", "maxShare", "capture"):
             if item.has(key):
@@ -177,13 +187,14 @@ def parse_check(item: Doc, topology: TopologySpec, services: ServiceTable, names
                      expect=expect, backends=backends, source=source, source_label=source_label,
                      requests=requests, timeout=float(timeout), interval=float(interval),
                      source_port=sport, same_backend=same, every_backend=every, min_backends=min_b,
-                     max_share=share, capture=capture, where=item.where())
+                     max_share=share, capture=capture, http_get=http_get, status=status,
+                     body_contains=body_contains, where=item.where())
 
 
 def evaluate(spec: CheckSpec, results: list[dict]) -> CheckResult:
     """Judge a check from the client's per-request results (see dataplane.agent.client)."""
     outcomes = Counter(r["outcome"] for r in results)
-    answered = Counter(r["hostname"] for r in results if r["outcome"] == "reachable")
+    answered = Counter(r["hostname"] for r in results if r["outcome"] == "reachable" and r.get("hostname"))
     sources = Counter(r["clientip"].rsplit(":", 1)[0] for r in results
                       if r["outcome"] == "reachable" and r.get("clientip"))
     problems = []
@@ -198,6 +209,16 @@ def evaluate(spec: CheckSpec, results: list[dict]) -> CheckResult:
         stray = {b: n for b, n in answered.items() if b not in spec.backends}
         if stray:
             problems.append(f"answered by {', '.join(sorted(stray))}, allowed: {', '.join(spec.backends)}")
+    if spec.http_get is not None:
+        answers = [r for r in results if r["outcome"] == "reachable"]
+        if spec.status is not None:
+            bad = Counter(r.get("status") for r in answers if r.get("status") != spec.status)
+            if bad:
+                problems.append(f"expected HTTP {spec.status}, got " + ", ".join(f"{s} x{n}" for s, n in bad.items()))
+        if spec.body_contains is not None:
+            missing = [r.get("body", "") for r in answers if spec.body_contains not in (r.get("body") or "")]
+            if missing:
+                problems.append(f"body without {spec.body_contains!r}: {missing[0][:120]}")
     if spec.same_backend and len(answered) > 1:
         problems.append(f"expected one backend for every request, got {_counts(answered)}")
     if spec.every_backend:
@@ -223,6 +244,9 @@ def evaluate(spec: CheckSpec, results: list[dict]) -> CheckResult:
         errors = Counter(r["error"] for r in results if r.get("error"))
         if errors:
             detail += " (" + ", ".join(f"{e} x{n}" if n > 1 else e for e, n in sorted(errors.items())) + ")"
+        if spec.http_get is not None:
+            statuses = Counter(r.get("status") for r in results if r["outcome"] == "reachable")
+            detail += ", HTTP " + ", ".join(f"{s} x{n}" if spec.requests > 1 else str(s) for s, n in statuses.items())
         if answered:
             detail += ", answered by " + ", ".join(f"{b} x{n}" if spec.requests > 1 else b
                                                    for b, n in sorted(answered.items()))
@@ -265,6 +289,8 @@ def client_argv(python: str, spec: CheckSpec) -> list[str]:
         argv += ["--interval", str(spec.interval)]
     if spec.source_port:
         argv += ["--source-port", str(spec.source_port)]
+    if spec.http_get:
+        argv += ["--http-get", spec.http_get]
     return argv
 
 

@@ -116,6 +116,9 @@ def up(scenario, lab_name, backend, dry_run, seed, map_sizes, ct_timeouts):
     lab = Lab.create(sc.topology, name, sc.file, _progress(True), be.name, sc.frontend_routes)
     try:
         be.setup(lab, sc.services)
+        if getattr(be, "serves_health_checks", False):
+            from .healthcheck import HealthChecks
+            HealthChecks(lab).sync(sc.services)
     except BaseException:
         lab.teardown()
         raise

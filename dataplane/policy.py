@@ -73,3 +73,15 @@ def all_targets(svc: Service, sp: ServicePort) -> list[Target]:
     continue; flows to an endpoint that left this list are stale."""
     return sorted((Target(e.address, p, e.pod, e.node) for e, p in _usable(svc, sp)),
                   key=lambda t: (int(t.address), t.port))
+
+
+def health_checks(table, node: str) -> dict:
+    """kube-proxy's health-check node ports on `node`: port -> (service key, ready local endpoints).
+    Terminating endpoints do not count, so a node whose endpoints are all terminating fails its
+    check and load balancers stop sending it new traffic."""
+    out = {}
+    for svc in table or ():
+        if svc.health_check_node_port and svc.external_traffic_policy == "Local":
+            local = {e.address for e in svc.endpoints if e.node == node and e.ready}
+            out[svc.health_check_node_port] = (svc.key, len(local))
+    return out

@@ -89,7 +89,8 @@ def run_simulated(scenario: Scenario, backend, progress=lambda m: None) -> Repor
             for i in range(step.requests):
                 if i and step.interval:
                     net.advance(step.interval)
-                results.append(net.request(ns, step.ip, step.port, step.protocol, step.source_port))
+                results.append(net.request(ns, step.ip, step.port, step.protocol, step.source_port,
+                                           step.http_get))
             result = evaluate(step, results)
             if step.capture:
                 from .checks import with_capture
@@ -134,6 +135,11 @@ def run_live(scenario: Scenario, backend_name: str, lab_name: str, keep: bool = 
                          scenario.frontend_routes)
         progress(f"programming backend {backend.name}")
         backend.setup(lab, scenario.services)
+        health = None
+        if getattr(backend, "serves_health_checks", False):
+            from .healthcheck import HealthChecks
+            health = HealthChecks(lab)
+            health.sync(scenario.services)
         for step in _steps(scenario, progress):
             if isinstance(step, Sleep):
                 time.sleep(step.seconds)
@@ -141,6 +147,8 @@ def run_live(scenario: Scenario, backend_name: str, lab_name: str, keep: bool = 
                 for line in backend.sync(lab, step.table):
                     progress(line)
                     report.events.append(line)
+                if health is not None:
+                    health.sync(step.table)
             else:
                 report.results.append(run_check(lab, step))
             if hasattr(backend, "collect"):

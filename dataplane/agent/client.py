@@ -93,6 +93,32 @@ def tcp_request(ip: str, port: int, timeout: float, source_port: int | None = No
         sock.close()
 
 
+def http_get(ip: str, port: int, timeout: float, path: str) -> dict:
+    """One GET; any HTTP answer is `reachable`, with its status and body."""
+    start = time.monotonic()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.settimeout(timeout)
+    try:
+        sock.connect((ip, port))
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {ip}\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while True:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        result = _result("reachable", start=start)
+        result["status"] = int(head.split(b" ", 2)[1])
+        result["body"] = body.decode(errors="replace")
+        return result
+    except (OSError, ValueError, IndexError) as exc:
+        return _failure(exc, start)
+    finally:
+        sock.close()
+
+
 def udp_request(ip: str, port: int, timeout: float, source_port: int | None = None) -> dict:
     start = time.monotonic()
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -120,8 +146,11 @@ def main(argv=None) -> int:
     ap.add_argument("--timeout", type=float, default=2.0, help="seconds per request")
     ap.add_argument("--interval", type=float, default=0.0, help="seconds between requests")
     ap.add_argument("--source-port", type=int, help="send every request from this port")
+    ap.add_argument("--http-get", metavar="PATH", help="one GET of PATH per request; report status and body")
     args = ap.parse_args(argv)
     request = tcp_request if args.protocol == "TCP" else udp_request
+    if args.http_get:
+        request = lambda ip, port, timeout, _sp: http_get(ip, port, timeout, args.http_get)  # noqa: E731
     results = []
     for i in range(args.requests):
         if i and args.interval:

@@ -57,6 +57,7 @@ class SimNS:
     listeners: dict = field(default_factory=dict)  # (proto, port) -> server name
     sockets: dict = field(default_factory=dict)    # (proto, local port) -> Socket
     datapath: Datapath | None = None               # on node namespaces
+    health: dict = field(default_factory=dict)     # health-check node port -> (service, count)
 
     def local_ips(self) -> set:
         return {a.ip for i in self.ifaces.values() for a in i.addrs}
@@ -124,7 +125,10 @@ class SimNet:
 
     def program(self, table) -> None:
         """Program every node's model datapath from the table (render, as the ebpf backend does)."""
+        from ..policy import health_checks
         self.table = table
+        for node in self.plan.spec.nodes:
+            self.ns[self.plan.netns_of(node.name)].health = health_checks(table, node.name)
         for node in self.plan.spec.nodes:
             sim = self.ns[self.plan.netns_of(node.name)]
             maps = render_node(table, node.name, self.ids.setdefault(node.name, Ids()), node.ip)
@@ -307,11 +311,11 @@ class SimNet:
                 self._reply(sim, ip, TCP(sport=t.dport, dport=t.sport, flags="A", seq=t.ack, ack=t.seq + 1))
             return
         if t.flags & 0x02 and not t.flags & 0x10:       # a SYN
-            name = sim.listeners.get((6, t.dport))
+            name = sim.listeners.get((6, t.dport)) or (sim.obj if t.dport in sim.health else None)
             if name is None:
                 self._reply(sim, ip, TCP(sport=t.dport, dport=t.sport, flags="RA", ack=t.seq + 1))
                 return
-            self.seen[(str(ip.dst), t.dport, str(ip.src), t.sport)] = (name, f"{ip.src}:{t.sport}")
+            self.seen[(str(ip.dst), t.dport, str(ip.src), t.sport)] = (name, f"{ip.src}:{t.sport}", sim, t.dport)
             self._reply(sim, ip, TCP(sport=t.dport, dport=t.sport, flags="SA", seq=7000, ack=t.seq + 1))
 
     def _udp_in(self, sim: SimNS, ip) -> None:
@@ -347,7 +351,7 @@ class SimNet:
     # -- the client agent, emulated -------------------------------------------------------------------------
 
     def request(self, client_ns: str, dst: IPv4Address, port: int, protocol: str,
-                source_port: int | None = None) -> dict:
+                source_port: int | None = None, http_get: str | None = None) -> dict:
         """One request as dataplane.agent.client makes it; the same result format."""
         self.seen = {}
         sim = self.ns[client_ns]
@@ -367,6 +371,8 @@ class SimNet:
                 self.originate(sim, IP(src=str(src), dst=str(dst)) / TCP(sport=sport, dport=port, flags="S", seq=1000))
                 self.run()
                 if sock.established:
+                    if http_get is not None:
+                        return self._http(http_get)
                     name, clientip = self._server_view()
                     return _result("reachable", name, clientip)
             else:
@@ -386,7 +392,25 @@ class SimNet:
     def _server_view(self):
         if len(self.seen) != 1:
             return None, None
-        return next(iter(self.seen.values()))
+        return next(iter(self.seen.values()))[:2]
+
+    def _http(self, path: str) -> dict:
+        """The answer of whatever accepted the connection: a health-check port or netexec."""
+        import json
+        name, clientip, sim, port = next(iter(self.seen.values()))
+        if port in sim.health and (6, port) not in sim.listeners:
+            key, count = sim.health[port]
+            ns, _, svc = key.partition("/")
+            status = 200 if count > 0 else 503
+            body = json.dumps({"service": {"namespace": ns, "name": svc}, "localEndpoints": count,
+                               "serviceProxyHealthy": True})
+        else:
+            from ..agent.netexec import answer
+            text = answer(name, path, clientip.rsplit(":", 1))
+            status, body = (200, text) if text is not None else (404, "not found")
+        out = _result("reachable")
+        out["status"], out["body"] = status, body
+        return out
 
 
 def _result(outcome, hostname=None, clientip=None, error=None) -> dict:

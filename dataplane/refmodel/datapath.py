@@ -85,8 +85,15 @@ class NodeState:
     def flush(self, stale: set) -> int:
         """Forget the flows (both directions) and affinities of endpoints that left their
         service: (address, port, proto) triples."""
-        doomed = [k for k, e in self.conntrack.items()
-                  if ((k.saddr, k.sport, k.proto) if k.dir == REPLY else (e.nat_addr, e.nat_port, k.proto)) in stale]
+        def endpoint(k, e):
+            if k.dir in (REPLY, SNAT_IN):
+                return k.saddr, k.sport, k.proto
+            if k.dir == SNAT_OUT:
+                return k.daddr, k.dport, k.proto
+            if k.dir == SERVICE:
+                return e.nat_addr, e.nat_port, k.proto
+            return None
+        doomed = [k for k, e in self.conntrack.items() if endpoint(k, e) in stale]
         ids = {self.conntrack[k].backend_id for k in doomed}
         for k in doomed:
             del self.conntrack[k]

@@ -16,7 +16,7 @@ from ...policy import stale_targets
 from .maps import apply
 from .program import PIN_ROOT, CtTimeouts, MapSizes, NodeProgram, be16, be32
 from .render import Ids, NodeMaps, render_config, render_node
-from .consts import CT_REPLY
+from .consts import CT_REPLY, CT_SERVICE, CT_SNAT_IN, CT_SNAT_OUT
 
 
 @dataclass
@@ -24,6 +24,7 @@ class EbpfBackend:
     name = "ebpf"
     description = "BPF programs on TC hooks: ClusterIP DNAT, conntrack, reverse NAT"
     needs = ("root", "netns", "headers", "bcc", "bcc-compile", "bpf")
+    serves_health_checks = True      # kube-proxy's healthCheckNodePort servers run beside it
 
     seed: int | None = None
     sizes: MapSizes = field(default_factory=MapSizes)
@@ -91,10 +92,14 @@ def flush_flows(prog: NodeProgram, stale: set) -> int:
     ct = prog.table("conntrack")
     doomed, ids = [], set()
     for k, v in ct.items():
-        if k.dir == CT_REPLY:
+        if k.dir in (CT_REPLY, CT_SNAT_IN):        # keyed by what the endpoint sends
             hit = (k.saddr, k.sport, k.proto) in wanted
-        else:
+        elif k.dir == CT_SNAT_OUT:                 # keyed by what is sent to it
+            hit = (k.daddr, k.dport, k.proto) in wanted
+        elif k.dir == CT_SERVICE:
             hit = (v.nat_addr, v.nat_port, k.proto) in wanted
+        else:
+            hit = False
         if hit:
             doomed.append(k)
             ids.add(v.backend_id)
