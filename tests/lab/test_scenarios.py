@@ -39,3 +39,16 @@ def test_e2e_behaviours_are_all_covered():
                       "should serve endpoints on same port and different protocols",
                       "should be updated after adding or deleting ports"]:
         assert behaviour in text.replace("\n# ", " "), behaviour
+
+
+def test_edge_e2e_behaviours_are_all_covered():
+    """The Kubernetes e2e behaviours issue 4 names, each in a scenario's comment."""
+    text = "\n".join(p.read_text() for p in SCENARIOS.glob("*.yaml")).replace("\n# ", " ")
+    for behaviour in ["should be able to create a functioning NodePort service",
+                      "should have session affinity work for NodePort service",
+                      "should fail health check node port if there are only terminating endpoints",
+                      "should fallback to local terminating endpoints when there are no ready endpoints "
+                      "with externalTrafficPolicy=Local",
+                      "should be able to preserve UDP traffic when server pod cycles for a NodePort service",
+                      'ESIPP "should work for type=NodePort"', '"should only target nodes with endpoints"']:
+        assert behaviour in text, behaviour

@@ -23,11 +23,12 @@ def test_scenario_format_example_loads(tmp_path):
     assert len(sc.ignored) == 2 and sc.checks[0].backends == ("web-1",)
     from dataplane.scenario import Sleep, Update
     kinds = [type(s).__name__ for s in sc.steps]
-    assert kinds == ["CheckSpec", "Sleep", "Update", "CheckSpec"]
-    after = sc.steps[2].table
+    assert kinds == ["CheckSpec", "CheckSpec", "Sleep", "Update", "CheckSpec"]
+    assert sc.steps[1].http_get == "/" and sc.steps[1].status == 200
+    after = sc.steps[3].table
     assert after.get("shop").cluster_ip == shop.cluster_ip and after.get("legacy-db") is None
     assert after.get("shop").endpoints == ()
-    assert isinstance(sc.steps[1], Sleep) and isinstance(sc.steps[2], Update)
+    assert isinstance(sc.steps[2], Sleep) and isinstance(sc.steps[3], Update)
 
 
 def test_help_examples_name_real_files():
