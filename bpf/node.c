@@ -27,6 +27,7 @@
 #include "nat.h"
 #include "l2.h"
 #include "reject.h"
+#include "flow.h"
 #include "snat.h"
 #include "nodeport.h"
 
@@ -50,10 +51,8 @@ int to_netdev(struct __sk_buff *skb)
 	ct_key_of(&k, &p, CT_REPLY);
 	struct ct_entry *e = ct_lookup(&k, now);
 	if (e && (e->flags & CT_F_EGRESS)) {
-		if (p.options)
-			return drop(DROP_IP_OPTIONS);
-		if (p.fragment)
-			return drop(DROP_FRAGMENT);
+		if ((r = unsupported(&p)))
+			return drop(r);
 		ct_update(&k, e, &p, cfg, now);
 		if (revnat(skb, &p, e) < 0)
 			return drop(DROP_REJECT_FAILED);
@@ -68,10 +67,8 @@ int to_netdev(struct __sk_buff *skb)
 		e = NULL;
 	}
 	if (e) {
-		if (p.options)
-			return drop(DROP_IP_OPTIONS);
-		if (p.fragment)
-			return drop(DROP_FRAGMENT);
+		if ((r = unsupported(&p)))
+			return drop(r);
 		ct_update(&k, e, &p, cfg, now);
 		if (rewrite_addr(skb, p.proto, L4_OFF, IP_SRC_OFF, p.saddr, e->nat_addr) < 0 ||
 		    rewrite_port(skb, p.proto, L4_OFF, SPORT_OFF, p.sport, e->nat_port) < 0)
@@ -81,10 +78,8 @@ int to_netdev(struct __sk_buff *skb)
 	}
 	if (!should_masquerade(cfg, &p))
 		return pass();
-	if (p.options)
-		return drop(DROP_IP_OPTIONS);
-	if (p.fragment)
-		return drop(DROP_FRAGMENT);
+	if ((r = unsupported(&p)))
+		return drop(r);
 	return snat_new(skb, &p, cfg, now);
 }
 
@@ -119,10 +114,8 @@ int from_netdev(struct __sk_buff *skb)
 	ct_key_of(&k, &p, CT_SNAT_IN);
 	struct ct_entry *e = ct_lookup(&k, now);
 	if (e) {
-		if (p.options)
-			return drop(DROP_IP_OPTIONS);
-		if (p.fragment)
-			return drop(DROP_FRAGMENT);
+		if ((r = unsupported(&p)))
+			return drop(r);
 		ct_update(&k, e, &p, cfg, now);
 		if (rewrite_addr(skb, p.proto, L4_OFF, IP_DST_OFF, p.daddr, e->nat_addr) < 0 ||
 		    rewrite_port(skb, p.proto, L4_OFF, DPORT_OFF, p.dport, e->nat_port) < 0)
@@ -139,10 +132,8 @@ int from_netdev(struct __sk_buff *skb)
 		e = NULL;
 	}
 	if (e) {
-		if (p.options)
-			return drop(DROP_IP_OPTIONS);
-		if (p.fragment)
-			return drop(DROP_FRAGMENT);
+		if ((r = unsupported(&p)))
+			return drop(r);
 		ct_update(&k, e, &p, cfg, now);
 		if (dnat(skb, &p, e) < 0)
 			return drop(DROP_REJECT_FAILED);
@@ -151,10 +142,8 @@ int from_netdev(struct __sk_buff *skb)
 	}
 	struct svc_value *svc = svc_lookup(p.daddr, p.dport, p.proto, 0);
 	if (svc || is_vip(p.daddr)) {
-		if (p.options)
-			return drop(DROP_IP_OPTIONS);
-		if (p.fragment)
-			return drop(DROP_FRAGMENT);
+		if ((r = unsupported(&p)))
+			return drop(r);
 		if (!svc)
 			return reject(skb, &p, REJECT_PORT_UNSERVED);
 		return nodeport_new_flow(skb, &p, svc, cfg, now);

@@ -24,16 +24,7 @@
 #include "nat.h"
 #include "l2.h"
 #include "reject.h"
-
-/* Options or fragments on a packet that needs translation: not supported, dropped. */
-static __always_inline int unsupported(const struct pkt *p)
-{
-	if (p->options)
-		return DROP_IP_OPTIONS;
-	if (p->fragment)
-		return DROP_FRAGMENT;
-	return 0;
-}
+#include "flow.h"
 
 /* After a translation: hairpin packets go straight back to the pod, all others to routing. */
 static __always_inline int bounce_or_drop(struct __sk_buff *skb)
@@ -50,34 +41,14 @@ static __always_inline int forward(struct __sk_buff *skb, const struct ct_entry 
 static __always_inline int new_flow(struct __sk_buff *skb, struct pkt *p, struct svc_value *svc,
 				    struct dp_config *cfg, __u64 now)
 {
-	if (p->proto == IPPROTO_TCP && !is_bare_syn(p))
-		return drop(DROP_CT_INVALID);
-	if (svc->count == 0) {
-		if (svc->flags & SVC_F_LOCAL_ONLY)
-			return drop(DROP_NO_LOCAL_ENDPOINT);
-		return reject(skb, p, REJECT_NO_ENDPOINTS);
-	}
-
-	__u32 id = select_backend(p, svc, cfg->seed, now);
-	struct backend *be = id ? backends.lookup(&id) : NULL;
-	if (!be)
-		return drop(DROP_NO_BACKEND);
+	__u32 id;
+	struct backend *be;
+	int verdict = flow_backend(skb, p, svc, cfg, now, &id, &be);
+	if (verdict >= 0)
+		return verdict;
 
 	struct ct_entry fwd = {}, rev = {};
-	struct ct_key fk = {}, rk = {};
-	struct pkt reply = {};
-	fwd.expires = rev.expires = now + ct_lifetime(cfg, p->proto, 0);
-	fwd.nat_addr = be->addr;
-	fwd.nat_port = be->port;
-	fwd.backend_id = rev.backend_id = id;
-	fwd.svc_id = rev.svc_id = svc->svc_id;
-	rev.nat_addr = p->daddr;
-	rev.nat_port = p->dport;
-	reply.saddr = be->addr;
-	reply.sport = be->port;
-	reply.daddr = p->saddr;
-	reply.dport = p->sport;
-	reply.proto = p->proto;
+	__be32 reply_daddr = p->saddr;
 	if (be->addr == p->saddr) {
 		/* Hairpin: the pod would drop a packet from itself; masquerade it as the node. */
 		fwd.flags = rev.flags = CT_F_HAIRPIN;
@@ -85,15 +56,11 @@ static __always_inline int new_flow(struct __sk_buff *skb, struct pkt *p, struct
 		fwd.snat_port = p->sport;
 		rev.snat_addr = p->saddr;
 		rev.snat_port = p->sport;
-		reply.daddr = cfg->node_ip;
+		reply_daddr = cfg->node_ip;
 		count(M_HAIRPIN);
 	}
-	ct_key_of(&fk, p, CT_SERVICE);
-	ct_key_of(&rk, &reply, CT_REPLY);
-	if (conntrack.update(&fk, &fwd) < 0 || conntrack.update(&rk, &rev) < 0) {
-		conntrack.delete(&fk);
+	if (flow_create(p, svc, cfg, now, id, be, &fwd, &rev, reply_daddr, p->sport) < 0)
 		return drop(DROP_CT_FULL);
-	}
 	if (dnat(skb, p, &fwd) < 0)
 		return drop(DROP_REJECT_FAILED);
 	count(M_DNAT_NEW);

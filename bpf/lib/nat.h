@@ -62,6 +62,33 @@ static __always_inline int is_icmp_error(__u8 type)
 #define INNER_IP_OFF   (L4_OFF + 8)
 #define QUOTE_LEN      28   /* inner IPv4 header (no options) + the 8 bytes of L4 RFC 792 requires */
 
+/* Write back a rewritten ICMP quote: `new_words` is `quote_words` with addresses and ports
+ * changed, `l4delta` the RFC 1624 sum of those changes. Recomputes the inner IP checksum,
+ * updates the inner UDP checksum (0, "none", stays 0), and the ICMP checksum over both. */
+static __always_inline int icmp_quote_commit(struct __sk_buff *skb, __u32 *quote_words, __u32 *new_words,
+					     __u32 l4delta)
+{
+	__u8 *n = (__u8 *)new_words;
+	struct iphdr *inner = (struct iphdr *)n;
+	inner->check = 0;
+	inner->check = csum_fold(bpf_csum_diff(0, 0, new_words, 20, 0));
+	if (inner->protocol == IPPROTO_UDP) {
+		__u16 uc;
+		__builtin_memcpy(&uc, n + 26, 2);
+		if (uc) {
+			uc = csum_update(uc, l4delta);
+			if (!uc)
+				uc = 0xffff;
+			__builtin_memcpy(n + 26, &uc, 2);
+		}
+	}
+	__s64 diff = bpf_csum_diff(quote_words, QUOTE_LEN, new_words, QUOTE_LEN, 0);
+	if (diff < 0 || bpf_l4_csum_replace(skb, ICMP_CSUM_OFF, 0, diff, 0) < 0 ||
+	    bpf_skb_store_bytes(skb, INNER_IP_OFF, new_words, QUOTE_LEN, 0) < 0)
+		return -1;
+	return 0;
+}
+
 /* An ICMP error quoting a packet the client sent to a backend (client -> backend:port) is made
  * to quote what the client really sent (client -> VIP:port): inner destination and port, inner
  * IP checksum, inner UDP checksum, ICMP checksum; and if the backend itself sent the error, the
@@ -109,21 +136,7 @@ static __always_inline int icmp_error_revnat(struct __sk_buff *skb, const struct
 		inner->saddr = e->snat_addr;
 		__builtin_memcpy(n + 20, &cport, 2);
 	}
-	inner->check = 0;
-	inner->check = csum_fold(bpf_csum_diff(0, 0, new_words, 20, 0));
-	if (inner->protocol == IPPROTO_UDP) {
-		__u16 uc;
-		__builtin_memcpy(&uc, n + 26, 2);
-		if (uc) {
-			uc = csum_update(uc, l4delta);
-			if (!uc)
-				uc = 0xffff;
-			__builtin_memcpy(n + 26, &uc, 2);
-		}
-	}
-	__s64 diff = bpf_csum_diff(quote_words, QUOTE_LEN, new_words, QUOTE_LEN, 0);
-	if (diff < 0 || bpf_l4_csum_replace(skb, ICMP_CSUM_OFF, 0, diff, 0) < 0 ||
-	    bpf_skb_store_bytes(skb, INNER_IP_OFF, new_words, QUOTE_LEN, 0) < 0)
+	if (icmp_quote_commit(skb, quote_words, new_words, l4delta) < 0)
 		return -1;
 
 	/* outer header: no pseudo-header in ICMP, so only the IP checksum follows */

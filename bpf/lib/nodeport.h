@@ -19,35 +19,11 @@ static __always_inline int nodeport_new_flow(struct __sk_buff *skb, struct pkt *
 		if (!lb_sources.lookup(&sk))
 			return drop(DROP_SOURCE_RANGE);
 	}
-	if (p->proto == IPPROTO_TCP && !is_bare_syn(p))
-		return drop(DROP_CT_INVALID);
-	if (svc->count == 0) {
-		if (svc->flags & SVC_F_LOCAL_ONLY)
-			return drop(DROP_NO_LOCAL_ENDPOINT);
-		return reject(skb, p, REJECT_NO_ENDPOINTS);
-	}
-	__u32 id = select_backend(p, svc, cfg->seed, now);
-	struct backend *be = id ? backends.lookup(&id) : NULL;
-	if (!be)
-		return drop(DROP_NO_BACKEND);
-
-	struct ct_entry fwd = {}, rev = {};
-	struct ct_key fk = {}, rk = {};
-	fwd.expires = rev.expires = now + ct_lifetime(cfg, p->proto, 0);
-	fwd.nat_addr = be->addr;
-	fwd.nat_port = be->port;
-	fwd.flags = rev.flags = CT_F_EGRESS;
-	fwd.backend_id = rev.backend_id = id;
-	fwd.svc_id = rev.svc_id = svc->svc_id;
-	rev.nat_addr = p->daddr;
-	rev.nat_port = p->dport;
-	ct_key_of(&fk, p, CT_SERVICE);
-	rk.saddr = be->addr;
-	rk.sport = be->port;
-	rk.daddr = p->saddr;
-	rk.dport = p->sport;
-	rk.proto = p->proto;
-	rk.dir = CT_REPLY;
+	__u32 id;
+	struct backend *be;
+	int verdict = flow_backend(skb, p, svc, cfg, now, &id, &be);
+	if (verdict >= 0)
+		return verdict;
 	if (svc->flags & SVC_F_MASQ) {
 		/* masquerade the flow as it will look after DNAT: client -> backend */
 		struct pkt after = *p;
@@ -57,10 +33,10 @@ static __always_inline int nodeport_new_flow(struct __sk_buff *skb, struct pkt *
 		if (snat_claim(&after, cfg, now, &port) < 0)
 			return drop(DROP_SNAT_EXHAUSTED);
 	}
-	if (conntrack.update(&fk, &fwd) < 0 || conntrack.update(&rk, &rev) < 0) {
-		conntrack.delete(&fk);
+	struct ct_entry fwd = {}, rev = {};
+	fwd.flags = rev.flags = CT_F_EGRESS;
+	if (flow_create(p, svc, cfg, now, id, be, &fwd, &rev, p->saddr, p->sport) < 0)
 		return drop(DROP_CT_FULL);
-	}
 	if (dnat(skb, p, &fwd) < 0)
 		return drop(DROP_REJECT_FAILED);
 	count(M_DNAT_NEW);

@@ -106,4 +106,14 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 	return PARSE_OK;
 }
 
+/* Options or fragments on a packet that needs translation: not supported; the drop reason. */
+static __always_inline int unsupported(const struct pkt *p)
+{
+	if (p->options)
+		return DROP_IP_OPTIONS;
+	if (p->fragment)
+		return DROP_FRAGMENT;
+	return 0;
+}
+
 #endif

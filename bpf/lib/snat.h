@@ -150,21 +150,7 @@ static __always_inline int icmp_error_unsnat(struct __sk_buff *skb, const struct
 	__u32 l4delta = csum_delta4(inner->saddr, e->nat_addr) + csum_delta2(old_sport, pod_port);
 	inner->saddr = e->nat_addr;
 	__builtin_memcpy(n + 20, &pod_port, 2);
-	inner->check = 0;
-	inner->check = csum_fold(bpf_csum_diff(0, 0, new_words, 20, 0));
-	if (inner->protocol == IPPROTO_UDP) {
-		__u16 uc;
-		__builtin_memcpy(&uc, n + 26, 2);
-		if (uc) {
-			uc = csum_update(uc, l4delta);
-			if (!uc)
-				uc = 0xffff;
-			__builtin_memcpy(n + 26, &uc, 2);
-		}
-	}
-	__s64 diff = bpf_csum_diff(quote_words, QUOTE_LEN, new_words, QUOTE_LEN, 0);
-	if (diff < 0 || bpf_l4_csum_replace(skb, ICMP_CSUM_OFF, 0, diff, 0) < 0 ||
-	    bpf_skb_store_bytes(skb, INNER_IP_OFF, new_words, QUOTE_LEN, 0) < 0 ||
+	if (icmp_quote_commit(skb, quote_words, new_words, l4delta) < 0 ||
 	    bpf_l3_csum_replace(skb, IP_CSUM_OFF, p->daddr, e->nat_addr, 4) < 0 ||
 	    bpf_skb_store_bytes(skb, IP_DST_OFF, &e->nat_addr, 4, 0) < 0)
 		return -1;

@@ -383,13 +383,6 @@ class PodHooks:
             return self._reject(p, "REJECT_PORT_UNSERVED", [f"VIP {p.daddr} serves no {p.dport}/{p.proto}"])
         if unsupported:
             return self._result("drop", frame, unsupported, ["service traffic with an unsupported header"])
-        if p.proto == TCP and not self._bare_syn(p):
-            return self._result("drop", frame, "DROP_CT_INVALID", ["TCP to a VIP, not a SYN, no known flow"])
-        if svc.count == 0:
-            if svc.flags & SVC_F_LOCAL_ONLY:
-                return self._result("drop", frame, "DROP_NO_LOCAL_ENDPOINT",
-                                    ["internalTrafficPolicy Local: no endpoint on this node"])
-            return self._reject(p, "REJECT_NO_ENDPOINTS", ["service has no eligible endpoint"])
         return self._new_flow(p, svc, now, why)
 
     def _select(self, p: Packet, svc, now: int, why: list) -> int:
@@ -412,11 +405,26 @@ class PodHooks:
             self.s.affinity[(p.saddr, svc.svc_id)] = (now, bid)
         return bid
 
-    def _new_flow(self, p: Packet, svc, now: int, why: list) -> Result:
+    def _flow_backend(self, p: Packet, svc, now: int, why: list):
+        """A new flow to a frontend: (backend id, backend), or the Result that ends it here."""
+        if p.proto == TCP and not self._bare_syn(p):
+            return self._result("drop", p.frame, "DROP_CT_INVALID", ["TCP to a frontend, not a SYN, no known flow"])
+        if svc.count == 0:
+            if svc.flags & SVC_F_LOCAL_ONLY:
+                return self._result("drop", p.frame, "DROP_NO_LOCAL_ENDPOINT",
+                                    ["traffic policy Local: no endpoint on this node"])
+            return self._reject(p, "REJECT_NO_ENDPOINTS", ["service has no eligible endpoint"])
         bid = self._select(p, svc, now, why)
         be = self.s.maps.backends.get(bid)
         if be is None:
             return self._result("drop", p.frame, "DROP_NO_BACKEND", why + ["no such backend"])
+        return bid, be
+
+    def _new_flow(self, p: Packet, svc, now: int, why: list) -> Result:
+        chosen = self._flow_backend(p, svc, now, why)
+        if isinstance(chosen, Result):
+            return chosen
+        bid, be = chosen
         life = now + self._lifetime(p.proto, CtEntry(0, be.addr, be.port))
         fwd = CtEntry(life, be.addr, be.port, backend_id=bid, svc_id=svc.svc_id)
         rev = CtEntry(life, p.daddr, p.dport, backend_id=bid, svc_id=svc.svc_id)
@@ -691,17 +699,10 @@ class Datapath(PodHooks):
                 sid == svc.svc_id and p.saddr in net for sid, net in self.s.maps.lb_sources):
             return self._result("drop", frame, "DROP_SOURCE_RANGE",
                                 [f"{p.saddr} is outside the LoadBalancer's source ranges"])
-        if p.proto == TCP and not self._bare_syn(p):
-            return self._result("drop", frame, "DROP_CT_INVALID", ["TCP to a frontend, not a SYN, no flow"])
-        if svc.count == 0:
-            if svc.flags & SVC_F_LOCAL_ONLY:
-                return self._result("drop", frame, "DROP_NO_LOCAL_ENDPOINT",
-                                    ["externalTrafficPolicy Local: no endpoint on this node"])
-            return self._reject(p, "REJECT_NO_ENDPOINTS", ["service has no eligible endpoint"])
-        bid = self._select(p, svc, now, why)
-        be = self.s.maps.backends.get(bid)
-        if be is None:
-            return self._result("drop", frame, "DROP_NO_BACKEND", why + ["no such backend"])
+        chosen = self._flow_backend(p, svc, now, why)
+        if isinstance(chosen, Result):
+            return chosen
+        bid, be = chosen
         life = now + self._lifetime(p.proto, CtEntry(0, be.addr, be.port))
         fwd = CtEntry(life, be.addr, be.port, backend_id=bid, svc_id=svc.svc_id, egress=True)
         rev = CtEntry(life, p.daddr, p.dport, backend_id=bid, svc_id=svc.svc_id, egress=True)
