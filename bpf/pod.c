@@ -58,6 +58,10 @@ static __always_inline int new_flow(struct __sk_buff *skb, struct pkt *p, struct
 		rev.snat_port = p->sport;
 		reply_daddr = cfg->node_ip;
 		count(M_HAIRPIN);
+	} else if (p->daddr == cfg->node_ip) {
+		/* this node's own node port: the replies' new source is the node's address, which
+		 * only an egress hook may write (to_pod, on the client's veth) */
+		fwd.flags = rev.flags = CT_F_EGRESS;
 	}
 	if (flow_create(p, svc, cfg, now, id, be, &fwd, &rev, reply_daddr, p->sport) < 0)
 		return drop(DROP_CT_FULL);

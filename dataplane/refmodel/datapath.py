@@ -434,6 +434,9 @@ class PodHooks:
             rev = replace(rev, hairpin=True, snat_addr=p.saddr, snat_port=p.sport)
             reply_dst = self.s.node_ip
             self._count("M_HAIRPIN")
+        elif p.daddr == self.s.node_ip:
+            fwd, rev = replace(fwd, egress=True), replace(rev, egress=True)
+            why.append("this node's own node port: the reply is translated on egress")
             why.append(f"hairpin: the client is its own backend, masqueraded as the node {self.s.node_ip}")
         self.s.conntrack[CtKey(p.saddr, p.daddr, p.sport, p.dport, p.proto, SERVICE)] = fwd
         self.s.conntrack[CtKey(be.addr, reply_dst, be.port, p.sport, p.proto, REPLY)] = rev

@@ -142,3 +142,18 @@ def test_load_balancer_source_ranges(pair):
     # the node port of the same service is not firewalled, as with kube-proxy
     _, want = p.send("from_netdev", to_pod("10.128.1.77", NODE, syn(dport=30082)))
     assert want.reason == "M_DNAT_NEW"
+
+
+def test_pod_to_its_own_nodes_node_port(pair):
+    """The reply's new source is this node's address: translated on the client's veth egress,
+    never on the backend's veth ingress (where the kernel would drop it as a martian)."""
+    from tests.bpf.packets import CLIENT
+    p = pair(table(SERVICES, topology(app2="other")))                # web-1, local
+    got, want = p.send("from_pod", from_pod(CLIENT, NODE, syn(sport=46000, dport=30080)))
+    assert want.reason == "M_DNAT_NEW" and parsed(got.data)[IP].dst == WEB1
+    back, want = p.send("from_pod", from_pod(WEB1, CLIENT, synack(sport=8080, dport=46000)))
+    assert want.reason == "M_PASS" and parsed(back.data)[IP].src == WEB1
+    reply, want = p.send("to_pod", back.data)
+    out = parsed(reply.data)
+    assert want.reason == "M_REVNAT" and (out[IP].src, out[TCP].sport, out[IP].dst) == (NODE, 30080, CLIENT)
+    p.assert_same_state()
