@@ -60,12 +60,7 @@ int to_netdev(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	}
 
-	ct_key_of(&k, &p, CT_SNAT_OUT);
-	e = ct_lookup(&k, now);
-	if (e && (e->flags & CT_F_CLOSING) && is_bare_syn(&p)) {
-		ct_delete(&k, e);     /* a new connection on a closed one's tuple: a fresh mapping */
-		e = NULL;
-	}
+	e = ct_flow(&k, &p, CT_SNAT_OUT, now);
 	if (e) {
 		if ((r = unsupported(&p)))
 			return drop(r);
@@ -125,12 +120,7 @@ int from_netdev(struct __sk_buff *skb)
 	}
 
 	/* NodePort, LoadBalancer and external IPs */
-	ct_key_of(&k, &p, CT_SERVICE);
-	e = ct_lookup(&k, now);
-	if (e && (e->flags & CT_F_CLOSING) && is_bare_syn(&p)) {
-		ct_delete(&k, e);
-		e = NULL;
-	}
+	e = ct_flow(&k, &p, CT_SERVICE, now);
 	if (e) {
 		if ((r = unsupported(&p)))
 			return drop(r);

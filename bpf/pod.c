@@ -148,13 +148,7 @@ static __always_inline int handle(struct __sk_buff *skb, int service_hook)
 	if (!service_hook)
 		return pass();
 
-	ct_key_of(&k, &p, CT_SERVICE);
-	e = ct_lookup(&k, now);
-	if (e && (e->flags & CT_F_CLOSING) && is_bare_syn(&p)) {
-		/* a new connection on the tuple of a closed one: a fresh flow, a fresh choice */
-		ct_delete(&k, e);
-		e = NULL;
-	}
+	e = ct_flow(&k, &p, CT_SERVICE, now);
 	if (e) {
 		if ((r = unsupported(&p)))
 			return drop(r);

@@ -119,4 +119,18 @@ static __always_inline void ct_delete(struct ct_key *k, struct ct_entry *e)
 	conntrack.delete(k);
 }
 
+/* The live entry of the flow this packet starts or continues in direction `dir` (a flow's
+ * original direction: CT_SERVICE or CT_SNAT_OUT), or NULL. A bare SYN on the tuple of a closing
+ * flow ends that flow: a new connection gets a fresh backend or mapping. */
+static __always_inline struct ct_entry *ct_flow(struct ct_key *k, const struct pkt *p, __u8 dir, __u64 now)
+{
+	ct_key_of(k, p, dir);
+	struct ct_entry *e = ct_lookup(k, now);
+	if (e && (e->flags & CT_F_CLOSING) && is_bare_syn(p)) {
+		ct_delete(k, e);
+		return NULL;
+	}
+	return e;
+}
+
 #endif

@@ -303,6 +303,18 @@ class PodHooks:
         if peer is not None:
             peer.seen_reply, peer.closing, peer.expires = e.seen_reply, e.closing, e.expires
 
+    def _flow(self, p: Packet, direction: int, now: int, why: list):
+        """(key, live entry or None) of the flow this packet starts or continues; a bare SYN on a
+        closing flow's tuple ends that flow, so a new connection is chosen afresh."""
+        key = CtKey(p.saddr, p.daddr, p.sport, p.dport, p.proto, direction)
+        e = self._lookup(key, now)
+        if e is not None and e.closing and self._bare_syn(p):
+            self.s.conntrack.pop(self._peer(key, e), None)
+            del self.s.conntrack[key]
+            why.append("a new SYN on the tuple of a closed flow: a fresh flow")
+            return key, None
+        return key, e
+
     @staticmethod
     def _bare_syn(p: Packet) -> bool:
         return p.proto == TCP and bool(p.tcp_flags & SYN) and not p.tcp_flags & ACK
@@ -360,13 +372,7 @@ class PodHooks:
         if not service_hook:
             return self._result("pass", frame, "M_PASS", ["no flow of ours"])
 
-        key = CtKey(p.saddr, p.daddr, p.sport, p.dport, p.proto, SERVICE)
-        e = self._lookup(key, now)
-        if e is not None and e.closing and self._bare_syn(p):
-            why.append("a new SYN on the tuple of a closed flow: a fresh flow")
-            self.s.conntrack.pop(self._peer(key, e), None)
-            del self.s.conntrack[key]
-            e = None
+        key, e = self._flow(p, SERVICE, now, why)
         if e is not None:
             if unsupported:
                 return self._result("drop", frame, unsupported, ["packet of a NATed flow, unsupported header"])
@@ -584,14 +590,8 @@ class Datapath(PodHooks):
             self._update(key, e, p, now)
             p.saddr, p.sport = e.nat_addr, e.nat_port
             return self._out(p, False, "M_REVNAT", [f"reply of a NodePort flow: from {e.nat_addr}:{e.nat_port}"])
-        key = CtKey(p.saddr, p.daddr, p.sport, p.dport, p.proto, SNAT_OUT)
-        e = self._lookup(key, now)
         why = []
-        if e is not None and e.closing and self._bare_syn(p):
-            self.s.conntrack.pop(self._peer(key, e), None)
-            del self.s.conntrack[key]
-            e = None
-            why.append("a new SYN on the tuple of a closed flow: a fresh mapping")
+        key, e = self._flow(p, SNAT_OUT, now, why)
         unsupported = "DROP_IP_OPTIONS" if p.options else "DROP_FRAGMENT" if p.fragment else None
         if e is not None:
             if unsupported:
@@ -678,14 +678,8 @@ class Datapath(PodHooks):
     def _nodeport(self, p: Packet, frame: bytes, now: int):
         """NodePort, LoadBalancer and external IP frontends (docs/datapath.md); None if not one."""
         unsupported = "DROP_IP_OPTIONS" if p.options else "DROP_FRAGMENT" if p.fragment else None
-        key = CtKey(p.saddr, p.daddr, p.sport, p.dport, p.proto, SERVICE)
-        e = self._lookup(key, now)
         why = []
-        if e is not None and e.closing and self._bare_syn(p):
-            self.s.conntrack.pop(self._peer(key, e), None)
-            del self.s.conntrack[key]
-            e = None
-            why.append("a new SYN on the tuple of a closed flow: a fresh flow")
+        key, e = self._flow(p, SERVICE, now, why)
         if e is not None:
             if unsupported:
                 return self._result("drop", frame, unsupported, ["NodePort flow, unsupported header"])
