@@ -34,17 +34,13 @@
 int to_netdev(struct __sk_buff *skb)
 {
 	struct pkt p = {};
-	__u32 zero = 0;
-
-	int r = parse(skb, &p);
-	if (r == PARSE_NOT_IPV4)
+	struct dp_config *cfg;
+	__u64 now;
+	int r = begin(skb, &p, &cfg, &now);
+	if (r >= 0)
+		return r;
+	if ((p.proto != IPPROTO_TCP && p.proto != IPPROTO_UDP) || !p.has_l4)
 		return pass();
-	if (r == PARSE_MALFORMED)
-		return drop(p.reason);
-	struct dp_config *cfg = config.lookup(&zero);
-	if (!cfg || (p.proto != IPPROTO_TCP && p.proto != IPPROTO_UDP) || !p.has_l4)
-		return pass();
-	__u64 now = bpf_ktime_get_ns() + cfg->clock_offset;
 
 	/* replies of NodePort flows leave with the frontend as source */
 	struct ct_key k = {};
@@ -81,17 +77,11 @@ int to_netdev(struct __sk_buff *skb)
 int from_netdev(struct __sk_buff *skb)
 {
 	struct pkt p = {};
-	__u32 zero = 0;
-
-	int r = parse(skb, &p);
-	if (r == PARSE_NOT_IPV4)
-		return pass();
-	if (r == PARSE_MALFORMED)
-		return drop(p.reason);
-	struct dp_config *cfg = config.lookup(&zero);
-	if (!cfg)
-		return pass();
-	__u64 now = bpf_ktime_get_ns() + cfg->clock_offset;
+	struct dp_config *cfg;
+	__u64 now;
+	int r = begin(skb, &p, &cfg, &now);
+	if (r >= 0)
+		return r;
 
 	if (p.proto == IPPROTO_ICMP && is_icmp_error(p.icmp_type)) {
 		int t = icmp_error_unsnat(skb, &p, now);

@@ -74,18 +74,11 @@ static __always_inline int new_flow(struct __sk_buff *skb, struct pkt *p, struct
 static __always_inline int handle(struct __sk_buff *skb, int service_hook)
 {
 	struct pkt p = {};
-	__u32 zero = 0;
-
-	int r = parse(skb, &p);
-	if (r == PARSE_NOT_IPV4)
-		return pass();
-	if (r == PARSE_MALFORMED)
-		return drop(p.reason);
-
-	struct dp_config *cfg = config.lookup(&zero);
-	if (!cfg)
-		return pass();
-	__u64 now = bpf_ktime_get_ns() + cfg->clock_offset;
+	struct dp_config *cfg;
+	__u64 now;
+	int r = begin(skb, &p, &cfg, &now);
+	if (r >= 0)
+		return r;
 
 	if (p.proto == IPPROTO_ICMP) {
 		if (is_icmp_error(p.icmp_type)) {

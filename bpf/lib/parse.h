@@ -106,6 +106,23 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 	return PARSE_OK;
 }
 
+/* Every entry point starts here: parse, then the config and the dataplane clock. -1 to go on
+ * (with *cfg and *now set), or the verdict: pass for what is not IPv4, drop for the malformed. */
+static __always_inline int begin(struct __sk_buff *skb, struct pkt *p, struct dp_config **cfg, __u64 *now)
+{
+	__u32 zero = 0;
+	int r = parse(skb, p);
+	if (r == PARSE_NOT_IPV4)
+		return pass();
+	if (r == PARSE_MALFORMED)
+		return drop(p->reason);
+	*cfg = config.lookup(&zero);
+	if (!*cfg)
+		return pass();
+	*now = bpf_ktime_get_ns() + (*cfg)->clock_offset;
+	return -1;
+}
+
 /* Options or fragments on a packet that needs translation: not supported; the drop reason. */
 static __always_inline int unsupported(const struct pkt *p)
 {
