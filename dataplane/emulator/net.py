@@ -310,6 +310,9 @@ class SimNet:
                 sock.established = True
                 self._reply(sim, ip, TCP(sport=t.dport, dport=t.sport, flags="A", seq=t.ack, ack=t.seq + 1))
             return
+        if t.flags & 0x01:                              # a FIN: the peer closes, so do we
+            self._reply(sim, ip, TCP(sport=t.dport, dport=t.sport, flags="FA", seq=7001, ack=t.seq + 1))
+            return
         if t.flags & 0x02 and not t.flags & 0x10:       # a SYN
             name = sim.listeners.get((6, t.dport)) or (sim.obj if t.dport in sim.health else None)
             if name is None:
@@ -371,10 +374,13 @@ class SimNet:
                 self.originate(sim, IP(src=str(src), dst=str(dst)) / TCP(sport=sport, dport=port, flags="S", seq=1000))
                 self.run()
                 if sock.established:
-                    if http_get is not None:
-                        return self._http(http_get)
-                    name, clientip = self._server_view()
-                    return _result("reachable", name, clientip)
+                    result = self._http(http_get) if http_get is not None else _result(
+                        "reachable", *self._server_view())
+                    # close as the client agent does, so conntrack sees the flow end (FIN)
+                    self.originate(sim, IP(src=str(src), dst=str(dst)) /
+                                   TCP(sport=sport, dport=port, flags="FA", seq=1001, ack=7001))
+                    self.run()
+                    return result
             else:
                 for req in ("hostname", "clientip"):
                     self.originate(sim, IP(src=str(src), dst=str(dst)) / UDP(sport=sport, dport=port) / req.encode())
