@@ -61,8 +61,7 @@ int to_netdev(struct __sk_buff *skb)
 		if ((r = unsupported(&p)))
 			return drop(r);
 		ct_update(&k, e, &p, cfg, now);
-		if (rewrite_addr(skb, p.proto, L4_OFF, IP_SRC_OFF, p.saddr, e->nat_addr) < 0 ||
-		    rewrite_port(skb, p.proto, L4_OFF, SPORT_OFF, p.sport, e->nat_port) < 0)
+		if (set_src(skb, &p, e->nat_addr, e->nat_port) < 0)
 			return drop(DROP_REJECT_FAILED);
 		count(M_SNAT);
 		return TC_ACT_OK;
@@ -102,8 +101,7 @@ int from_netdev(struct __sk_buff *skb)
 		if ((r = unsupported(&p)))
 			return drop(r);
 		ct_update(&k, e, &p, cfg, now);
-		if (rewrite_addr(skb, p.proto, L4_OFF, IP_DST_OFF, p.daddr, e->nat_addr) < 0 ||
-		    rewrite_port(skb, p.proto, L4_OFF, DPORT_OFF, p.dport, e->nat_port) < 0)
+		if (set_dst(skb, &p, e->nat_addr, e->nat_port) < 0)
 			return drop(DROP_REJECT_FAILED);
 		count(M_UNSNAT);
 		return TC_ACT_OK;

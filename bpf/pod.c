@@ -125,17 +125,11 @@ static __always_inline int handle(struct __sk_buff *skb, int service_hook)
 		if ((r = unsupported(&p)))
 			return drop(r);
 		ct_update(&k, e, &p, cfg, now);
-		if (service_hook) {
-			if (rewrite_addr(skb, p.proto, L4_OFF, IP_DST_OFF, p.daddr, e->nat_addr) < 0 ||
-			    rewrite_port(skb, p.proto, L4_OFF, DPORT_OFF, p.dport, e->nat_port) < 0)
-				return drop(DROP_REJECT_FAILED);
-			count(M_UNSNAT);
-		} else {
-			if (rewrite_addr(skb, p.proto, L4_OFF, IP_SRC_OFF, p.saddr, e->nat_addr) < 0 ||
-			    rewrite_port(skb, p.proto, L4_OFF, SPORT_OFF, p.sport, e->nat_port) < 0)
-				return drop(DROP_REJECT_FAILED);
-			count(M_SNAT);
-		}
+		r = service_hook ? set_dst(skb, &p, e->nat_addr, e->nat_port)
+				 : set_src(skb, &p, e->nat_addr, e->nat_port);
+		if (r < 0)
+			return drop(DROP_REJECT_FAILED);
+		count(service_hook ? M_UNSNAT : M_SNAT);
 		return TC_ACT_OK;
 	}
 	if (!service_hook)

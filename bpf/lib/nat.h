@@ -7,31 +7,41 @@
 #define SPORT_OFF (L4_OFF + 0)
 #define DPORT_OFF (L4_OFF + 2)
 
+/* The packet's source becomes addr:port (checksums follow). 0, or -1 on failure. */
+static __always_inline int set_src(struct __sk_buff *skb, const struct pkt *p, __be32 addr, __be16 port)
+{
+	if (rewrite_addr(skb, p->proto, L4_OFF, IP_SRC_OFF, p->saddr, addr) < 0 ||
+	    rewrite_port(skb, p->proto, L4_OFF, SPORT_OFF, p->sport, port) < 0)
+		return -1;
+	return 0;
+}
+
+/* The packet's destination becomes addr:port (checksums follow). 0, or -1 on failure. */
+static __always_inline int set_dst(struct __sk_buff *skb, const struct pkt *p, __be32 addr, __be16 port)
+{
+	if (rewrite_addr(skb, p->proto, L4_OFF, IP_DST_OFF, p->daddr, addr) < 0 ||
+	    rewrite_port(skb, p->proto, L4_OFF, DPORT_OFF, p->dport, port) < 0)
+		return -1;
+	return 0;
+}
+
 /* client -> VIP:port  becomes  client (or node IP, hairpin) -> backend:port */
 static __always_inline int dnat(struct __sk_buff *skb, const struct pkt *p, const struct ct_entry *e)
 {
-	if (rewrite_addr(skb, p->proto, L4_OFF, IP_DST_OFF, p->daddr, e->nat_addr) < 0 ||
-	    rewrite_port(skb, p->proto, L4_OFF, DPORT_OFF, p->dport, e->nat_port) < 0)
+	if (set_dst(skb, p, e->nat_addr, e->nat_port) < 0)
 		return -1;
-	if (e->flags & CT_F_HAIRPIN) {
-		if (rewrite_addr(skb, p->proto, L4_OFF, IP_SRC_OFF, p->saddr, e->snat_addr) < 0 ||
-		    rewrite_port(skb, p->proto, L4_OFF, SPORT_OFF, p->sport, e->snat_port) < 0)
-			return -1;
-	}
+	if ((e->flags & CT_F_HAIRPIN) && set_src(skb, p, e->snat_addr, e->snat_port) < 0)
+		return -1;
 	return 0;
 }
 
 /* backend:port -> client  becomes  VIP:port -> client (the client's own address, hairpin) */
 static __always_inline int revnat(struct __sk_buff *skb, const struct pkt *p, const struct ct_entry *e)
 {
-	if (rewrite_addr(skb, p->proto, L4_OFF, IP_SRC_OFF, p->saddr, e->nat_addr) < 0 ||
-	    rewrite_port(skb, p->proto, L4_OFF, SPORT_OFF, p->sport, e->nat_port) < 0)
+	if (set_src(skb, p, e->nat_addr, e->nat_port) < 0)
 		return -1;
-	if (e->flags & CT_F_HAIRPIN) {
-		if (rewrite_addr(skb, p->proto, L4_OFF, IP_DST_OFF, p->daddr, e->snat_addr) < 0 ||
-		    rewrite_port(skb, p->proto, L4_OFF, DPORT_OFF, p->dport, e->snat_port) < 0)
-			return -1;
-	}
+	if ((e->flags & CT_F_HAIRPIN) && set_dst(skb, p, e->snat_addr, e->snat_port) < 0)
+		return -1;
 	return 0;
 }
 

@@ -113,8 +113,7 @@ static __always_inline int snat_new(struct __sk_buff *skb, struct pkt *p, const 
 	__be16 port;
 	if (snat_claim(p, cfg, now, &port) < 0)
 		return drop(DROP_SNAT_EXHAUSTED);
-	if (rewrite_addr(skb, p->proto, L4_OFF, IP_SRC_OFF, p->saddr, cfg->node_ip) < 0 ||
-	    rewrite_port(skb, p->proto, L4_OFF, SPORT_OFF, p->sport, port) < 0)
+	if (set_src(skb, p, cfg->node_ip, port) < 0)
 		return drop(DROP_REJECT_FAILED);
 	count(M_SNAT_NEW);
 	return TC_ACT_OK;

@@ -477,18 +477,45 @@ class PodHooks:
         return self._result("redirect", frame, reason,
                             why + ["rejected: ICMP port unreachable from the VIP, back to the client"])
 
-    def _icmp_error(self, p: Packet, now: int, why: list):
-        """An ICMP error quoting client -> backend becomes one quoting client -> VIP."""
-        o = p.l4
-        inner_at = o + 8
-        f = p.frame
-        if p.options or ETH_HLEN + p.total < inner_at + 28:
+    @staticmethod
+    def _quoted(p: Packet):
+        """The packet an ICMP error quotes, if it is an IPv4 header without options and TCP or UDP
+        with the 8 bytes RFC 792 requires: (quote, src, dst, sport, dport), else None."""
+        at = p.l4 + 8
+        if p.options or ETH_HLEN + p.total < at + 28:
             return None
-        inner = bytes(f[inner_at:inner_at + 28])
+        inner = bytes(p.frame[at:at + 28])
         if inner[0] != 0x45 or inner[9] not in (TCP, UDP):
             return None
-        isrc, idst = IPv4Address(inner[12:16]), IPv4Address(inner[16:20])
-        isport, idport = struct.unpack("!HH", inner[20:24])
+        return (inner, IPv4Address(inner[12:16]), IPv4Address(inner[16:20]),
+                *struct.unpack("!HH", inner[20:24]))
+
+    @staticmethod
+    def _requote(p: Packet, inner: bytes, new: bytearray) -> bytearray:
+        """Write a rewritten quote back: inner IP checksum in full, inner UDP checksum per RFC 1624
+        (the quote is truncated; 0 stays 0), the ICMP checksum in full, then the outer header as
+        p now says (addresses and IP checksum)."""
+        f, o = p.frame, p.l4
+        new[10:12] = b"\0\0"
+        new[10:12] = struct.pack("!H", csum(bytes(new[:20])))
+        if inner[9] == UDP and inner[26:28] != b"\0\0":
+            c = csum_update(struct.unpack("!H", inner[26:28])[0], inner[12:24], bytes(new[12:24])) or 0xFFFF
+            new[26:28] = struct.pack("!H", c)
+        f[o + 8:o + 36] = new
+        f[o + 2:o + 4] = b"\0\0"
+        f[o + 2:o + 4] = struct.pack("!H", csum(bytes(f[o:ETH_HLEN + p.total])))
+        ip = ETH_HLEN
+        f[ip + 12:ip + 16], f[ip + 16:ip + 20] = p.saddr.packed, p.daddr.packed
+        f[ip + 10:ip + 12] = b"\0\0"
+        f[ip + 10:ip + 12] = struct.pack("!H", csum(bytes(f[ip:ip + p.ihl])))
+        return f
+
+    def _icmp_error(self, p: Packet, now: int, why: list):
+        """An ICMP error quoting client -> backend becomes one quoting client -> VIP."""
+        q = self._quoted(p)
+        if q is None:
+            return None
+        inner, isrc, idst, isport, idport = q
         e = self._lookup(CtKey(idst, isrc, idport, isport, inner[9], REPLY), now)
         if e is None:
             return None
@@ -498,27 +525,13 @@ class PodHooks:
         if e.hairpin:
             new[12:16] = e.snat_addr.packed
             new[20:22] = struct.pack("!H", e.snat_port)
-        new[10:12] = b"\0\0"
-        new[10:12] = struct.pack("!H", csum(bytes(new[:20])))
-        if inner[9] == UDP and inner[26:28] != b"\0\0":
-            old_fields = inner[12:20] + inner[20:24]
-            new_fields = bytes(new[12:20] + new[20:24])
-            c = csum_update(struct.unpack("!H", inner[26:28])[0], old_fields, new_fields) or 0xFFFF
-            new[26:28] = struct.pack("!H", c)
-        f[inner_at:inner_at + 28] = new
-        end = ETH_HLEN + p.total
-        f[o + 2:o + 4] = b"\0\0"
-        f[o + 2:o + 4] = struct.pack("!H", csum(bytes(f[o:end])))
         why.append(f"ICMP error about {isrc}:{isport} -> {idst}:{idport}: quotes the VIP {e.nat_addr}:{e.nat_port}")
         if p.saddr == idst:
             p.saddr = e.nat_addr
             why.append("sent by the backend itself: from the VIP")
         if e.hairpin:
             p.daddr = e.snat_addr
-        ip = ETH_HLEN
-        f[ip + 12:ip + 16], f[ip + 16:ip + 20] = p.saddr.packed, p.daddr.packed
-        f[ip + 10:ip + 12] = b"\0\0"
-        f[ip + 10:ip + 12] = struct.pack("!H", csum(bytes(f[ip:ip + p.ihl])))
+        f = self._requote(p, inner, new)
         if e.hairpin:
             _swap_macs(f)
             return self._result("redirect", f, "M_ICMP_REVNAT", why + ["hairpin: back to the pod"])
@@ -642,37 +655,20 @@ class Datapath(PodHooks):
         return self._out(p, False, "M_UNSNAT", [f"reply to a masqueraded flow: back to {e.nat_addr}:{e.nat_port}"])
 
     def _icmp_unsnat(self, p: Packet, now: int):
-        o, f = p.l4, p.frame
-        inner_at = o + 8
-        if p.options or ETH_HLEN + p.total < inner_at + 28:
+        """An ICMP error quoting node IP:port -> remote of a masqueraded flow goes to the pod,
+        quoting what the pod sent."""
+        q = self._quoted(p)
+        if q is None:
             return None
-        inner = bytes(f[inner_at:inner_at + 28])
-        if inner[0] != 0x45 or inner[9] not in (TCP, UDP):
-            return None
-        isrc, idst = IPv4Address(inner[12:16]), IPv4Address(inner[16:20])
-        isport, idport = struct.unpack("!HH", inner[20:24])
+        inner, isrc, idst, isport, idport = q
         e = self._lookup(CtKey(idst, isrc, idport, isport, inner[9], SNAT_IN), now)
         if e is None:
             return None
         new = bytearray(inner)
         new[12:16] = e.nat_addr.packed
         new[20:22] = struct.pack("!H", e.nat_port)
-        new[10:12] = b"\0\0"
-        new[10:12] = struct.pack("!H", csum(bytes(new[:20])))
-        if inner[9] == UDP and inner[26:28] != b"\0\0":
-            c = csum_update(struct.unpack("!H", inner[26:28])[0], inner[12:16] + inner[20:22],
-                            bytes(new[12:16] + new[20:22])) or 0xFFFF
-            new[26:28] = struct.pack("!H", c)
-        f[inner_at:inner_at + 28] = new
-        end = ETH_HLEN + p.total
-        f[o + 2:o + 4] = b"\0\0"
-        f[o + 2:o + 4] = struct.pack("!H", csum(bytes(f[o:end])))
         p.daddr = e.nat_addr
-        ip = ETH_HLEN
-        f[ip + 16:ip + 20] = p.daddr.packed
-        f[ip + 10:ip + 12] = b"\0\0"
-        f[ip + 10:ip + 12] = struct.pack("!H", csum(bytes(f[ip:ip + p.ihl])))
-        return self._result("pass", f, "M_ICMP_REVNAT",
+        return self._result("pass", self._requote(p, inner, new), "M_ICMP_REVNAT",
                             [f"ICMP error about masqueraded {isrc}:{isport}: to the pod {e.nat_addr}:{e.nat_port}"])
 
     def _nodeport(self, p: Packet, frame: bytes, now: int):

@@ -24,6 +24,18 @@ MAP_NAMES = ("services", "backends", "conntrack", "affinity", "metrics", "config
 ENTRY_POINTS = ("from_pod", "to_pod", "from_netdev", "to_netdev")
 
 
+def _assign(obj, items, option: str, unit: str, hi: int):
+    """Apply NAME=VALUE strings from a repeatable CLI option to obj's fields (1 <= VALUE <= hi)."""
+    names = tuple(obj.__dataclass_fields__)
+    for item in items or ():
+        name, _, value = item.partition("=")
+        if name not in names or not value.isdigit() or not 1 <= int(value) <= hi:
+            raise DataplaneError(f"{option} {item!r}: expected NAME={unit} with NAME one of "
+                                 f"{', '.join(names)} and 1 <= {unit} <= {hi}")
+        setattr(obj, name, int(value))
+    return obj
+
+
 @dataclass
 class MapSizes:
     """Capacities (entries); see bpf/include/maps.h and docs/ebpf.md."""
@@ -35,14 +47,7 @@ class MapSizes:
     @classmethod
     def parse(cls, items) -> "MapSizes":
         """From NAME=ENTRIES strings (the CLI's --map-size)."""
-        sizes = cls()
-        for item in items or ():
-            name, _, value = item.partition("=")
-            if name not in cls.__dataclass_fields__ or not value.isdigit() or not 1 <= int(value) <= 1 << 26:
-                raise DataplaneError(f"--map-size {item!r}: expected NAME=ENTRIES with NAME one of "
-                                     f"{', '.join(cls.__dataclass_fields__)} and 1 <= ENTRIES <= {1 << 26}")
-            setattr(sizes, name, int(value))
-        return sizes
+        return _assign(cls(), items, "--map-size", "ENTRIES", 1 << 26)
 
     def defines(self) -> dict:
         return {"SVC_MAP_SIZE": self.services, "BACKEND_MAP_SIZE": self.backends,
@@ -67,14 +72,7 @@ class CtTimeouts:
     @classmethod
     def parse(cls, items) -> "CtTimeouts":
         """From NAME=SECONDS strings (the CLI's --ct-timeout)."""
-        t = cls()
-        for item in items or ():
-            name, _, value = item.partition("=")
-            if name not in ("syn", "tcp", "close", "udp") or not value.isdigit() or not 1 <= int(value) <= 10**7:
-                raise DataplaneError(f"--ct-timeout {item!r}: expected NAME=SECONDS with NAME one of "
-                                     f"syn, tcp, close, udp and 1 <= SECONDS <= 10000000")
-            setattr(t, name, int(value))
-        return t
+        return _assign(cls(), items, "--ct-timeout", "SECONDS", 10 ** 7)
 
 
 def be32(ip) -> int:
