@@ -3,10 +3,11 @@ from __future__ import annotations
 
 from ..errors import DataplaneError
 from .ebpf import EbpfBackend
+from .iptables import IptablesBackend, IptablesLegacyBackend
 from .model import ModelBackend
 from .none import NoneBackend
 
-BACKENDS = {b.name: b for b in (EbpfBackend, ModelBackend, NoneBackend)}
+BACKENDS = {b.name: b for b in (EbpfBackend, IptablesBackend, IptablesLegacyBackend, ModelBackend, NoneBackend)}
 # The backend `run` and `demo` use when none is named.
 DEFAULT = "ebpf"
 

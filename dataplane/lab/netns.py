@@ -109,10 +109,12 @@ def popen(name: str, argv: list[str], **kw) -> subprocess.Popen:
         os.close(fd)
 
 
-def run(name: str, argv: list[str], timeout: float, **kw) -> subprocess.CompletedProcess:
-    proc = popen(name, argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+def run(name: str, argv: list[str], timeout: float, input: str | None = None, **kw) -> subprocess.CompletedProcess:
+    """Run a program in namespace `name`; `input` is written to its stdin."""
+    stdin = subprocess.PIPE if input is not None else subprocess.DEVNULL
+    proc = popen(name, argv, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
     try:
-        out, err = proc.communicate(timeout=timeout)
+        out, err = proc.communicate(input=input, timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
         out, err = proc.communicate()

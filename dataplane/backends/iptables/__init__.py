@@ -1,0 +1,66 @@
+"""`iptables` and `iptables-legacy`: kube-proxy's iptables mode on every node.
+
+The rules are rendered by render.py and applied with iptables-restore --noflush in each node's
+namespace, as kube-proxy applies them: the first sync writes everything; later syncs rewrite the
+top-level chains (KUBE-SERVICES, KUBE-NODEPORTS, ...) and only the chains of the services that
+changed, and delete the chains of services that went away (kube-proxy's partial sync). Both
+iptables variants are offered, as kube-proxy uses whichever the node has: iptables-nft (the
+nf_tables kernel API, Debian's default) and iptables-legacy (the x_tables API).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..kubeproxy.backend import KubeProxyBackend, run_tool
+from .render import jump_text, masq_agent_text, render
+
+
+@dataclass
+class IptablesBackend(KubeProxyBackend):
+    name = "iptables"
+    description = "kube-proxy's iptables mode (iptables-nft), applied with iptables-restore"
+    needs = ("root", "netns", "iptables", "conntrack")
+    restore = "iptables-restore"
+    save = "iptables-save"
+
+    def _restore(self, ns: str, text: str, what: str) -> None:
+        run_tool(ns, [self.restore, "-w", "5", "--noflush"], input=text, what=what)
+
+    def install(self, ns, spec, node) -> None:
+        self._restore(ns, jump_text(), "jumps from the built-in chains")
+        masq = masq_agent_text(spec)
+        if masq:
+            self._restore(ns, masq, "ip-masq-agent rules")
+
+    def apply(self, ns, spec, node, table) -> str:
+        desired = render(table, spec, node)
+        old = self.applied.get(node)
+        if old is None:
+            text = desired.restore_text()
+            summary = f"{len(desired.services)} service ports written"
+        else:
+            # kube-proxy's partial sync: a service port whose chains changed gets all of them
+            # rewritten; unchanged services are not mentioned; gone chains are flushed and deleted.
+            changed = {p for p, chains in desired.services.items() if old.services.get(p) != chains}
+            gone = {p for p in old.services if p not in desired.services}
+            rewrite = {c for p in changed for c in desired.services[p]}
+            deleted = tuple(c for c in old.service_chains() if c not in desired.service_chains())
+            text = desired.restore_text(rewrite, deleted)
+            summary = (f"{len(changed)} service ports rewritten, {len(gone)} removed "
+                       f"({len(rewrite)} chains written, {len(deleted)} deleted)") if changed or gone else ""
+        self._restore(ns, text, "service rules")
+        self.applied[node] = desired
+        self.last_input[node] = text
+        return summary
+
+    def rules(self, ns: str) -> str:
+        return run_tool(ns, [self.save])
+
+
+@dataclass
+class IptablesLegacyBackend(IptablesBackend):
+    name = "iptables-legacy"
+    description = "kube-proxy's iptables mode (iptables-legacy, the x_tables API)"
+    needs = ("root", "netns", "iptables-legacy", "conntrack")
+    restore = "iptables-legacy-restore"
+    save = "iptables-legacy-save"

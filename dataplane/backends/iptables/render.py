@@ -1,0 +1,272 @@
+"""The service model rendered as kube-proxy's iptables mode writes it (pkg/proxy/iptables/proxier.go
+syncProxyRules), for one node. Pure: text in, text out; nothing here touches the kernel.
+
+Chains and rules follow kube-proxy's output: the same chain names (hash of port name and
+protocol), the same comments, the same argument order, the same `statistic` cascade. What
+kube-proxy leaves to other components is rendered as they write it: ip-masq-agent's
+IP-MASQ-AGENT chain for egress masquerade.
+
+A Ruleset keeps the "top-level" chains (rewritten on every sync, as kube-proxy does) apart from
+each service port's own chains (KUBE-SVC/SVL/EXT/FW/SEP), so a sync can rewrite only the chains
+of the services that changed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ...lab.topology import TopologySpec
+from ...model import ServiceTable
+from ..kubeproxy.names import ext_chain, fw_chain, sep_chain, svc_chain, svl_chain
+from ..kubeproxy.view import PortView, views
+
+MASQ_MARK = "0x4000"
+# Chains kube-proxy rewrites in full on every sync, per table, in its order.
+FILTER_CHAINS = ("KUBE-NODEPORTS", "KUBE-SERVICES", "KUBE-EXTERNAL-SERVICES", "KUBE-FIREWALL",
+                 "KUBE-FORWARD", "KUBE-PROXY-FIREWALL")
+NAT_CHAINS = ("KUBE-NODEPORTS", "KUBE-SERVICES", "KUBE-MARK-MASQ", "KUBE-POSTROUTING")
+MASQ_AGENT_CHAIN = "IP-MASQ-AGENT"
+
+# The jumps from the built-in chains, installed once (kube-proxy's iptablesJumpChains, each
+# inserted at the top of its chain, in this order).
+JUMPS = (
+    ("filter", "INPUT", 'KUBE-EXTERNAL-SERVICES', '-m conntrack --ctstate NEW -m comment --comment "kubernetes externally-visible service portals"'),
+    ("filter", "FORWARD", 'KUBE-EXTERNAL-SERVICES', '-m conntrack --ctstate NEW -m comment --comment "kubernetes externally-visible service portals"'),
+    ("filter", "INPUT", 'KUBE-NODEPORTS', '-m comment --comment "kubernetes health check service ports"'),
+    ("filter", "FORWARD", 'KUBE-SERVICES', '-m conntrack --ctstate NEW -m comment --comment "kubernetes service portals"'),
+    ("filter", "OUTPUT", 'KUBE-SERVICES', '-m conntrack --ctstate NEW -m comment --comment "kubernetes service portals"'),
+    ("filter", "FORWARD", 'KUBE-FORWARD', '-m comment --comment "kubernetes forwarding rules"'),
+    ("filter", "INPUT", 'KUBE-PROXY-FIREWALL', '-m conntrack --ctstate NEW -m comment --comment "kubernetes load balancer firewall"'),
+    ("filter", "OUTPUT", 'KUBE-PROXY-FIREWALL', '-m conntrack --ctstate NEW -m comment --comment "kubernetes load balancer firewall"'),
+    ("filter", "FORWARD", 'KUBE-PROXY-FIREWALL', '-m conntrack --ctstate NEW -m comment --comment "kubernetes load balancer firewall"'),
+    ("nat", "OUTPUT", 'KUBE-SERVICES', '-m comment --comment "kubernetes service portals"'),
+    ("nat", "PREROUTING", 'KUBE-SERVICES', '-m comment --comment "kubernetes service portals"'),
+    ("nat", "POSTROUTING", 'KUBE-POSTROUTING', '-m comment --comment "kubernetes postrouting rules"'),
+)
+
+
+def q(text: str) -> str:
+    """A comment argument as kube-proxy writes it: quoted when it has spaces."""
+    return f'"{text}"' if " " in text else text
+
+
+@dataclass
+class Ruleset:
+    """What one node's iptables should hold (kube-proxy's part and ip-masq-agent's)."""
+    filter: dict[str, list[str]] = field(default_factory=dict)     # top-level filter chains
+    nat: dict[str, list[str]] = field(default_factory=dict)        # top-level nat chains
+    services: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # port name -> nat chain -> rules
+
+    def service_chains(self) -> dict[str, list[str]]:
+        return {c: r for chains in self.services.values() for c, r in chains.items()}
+
+    def restore_text(self, chains: set[str] | None = None, deleted: tuple[str, ...] = ()) -> str:
+        """iptables-restore input (for --noflush): every top-level chain, and of the service chains
+        those in `chains` (all when None); `deleted` chains are flushed and removed (-X)."""
+        svc = {c: r for c, r in self.service_chains().items() if chains is None or c in chains}
+        out = ["*filter"]
+        out += [f":{c} - [0:0]" for c in self.filter]
+        out += [r for rules in self.filter.values() for r in rules]
+        out += ["COMMIT", "*nat"]
+        declared = [*self.nat, *svc, *deleted]
+        out += [f":{c} - [0:0]" for c in declared]
+        out += [r for rules in self.nat.values() for r in rules]
+        out += [r for rules in svc.values() for r in rules]
+        out += [f"-X {c}" for c in deleted]
+        out += ["COMMIT", ""]
+        return "\n".join(out)
+
+
+def jump_text() -> str:
+    """iptables-restore --noflush input installing the jumps from the built-in chains."""
+    out = []
+    for table in ("filter", "nat"):
+        out.append(f"*{table}")
+        chains = sorted({target for t, _, target, _ in JUMPS if t == table})
+        out += [f":{c} - [0:0]" for c in chains]
+        out += [f"-I {chain} {args} -j {target}" for t, chain, target, args in JUMPS if t == table]
+        out.append("COMMIT")
+    return "\n".join(out) + "\n"
+
+
+def render(table: ServiceTable, spec: TopologySpec, node: str) -> Ruleset:
+    rs = Ruleset(filter={c: [] for c in FILTER_CHAINS}, nat={c: [] for c in NAT_CHAINS})
+    cluster_cidr = str(spec.cluster_cidr)
+    node_ip = spec.node(node).ip
+    f, n = rs.filter, rs.nat
+    for pv in views(table, node):
+        rs.services[pv.name] = _service(pv, cluster_cidr, node_ip, f, n)
+    n["KUBE-SERVICES"].append('-A KUBE-SERVICES -m comment --comment "kubernetes service nodeports; NOTE: this '
+                              'must be the last rule in this chain" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS')
+    f["KUBE-FORWARD"] += [
+        "-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP",
+        f'-A KUBE-FORWARD -m comment --comment "kubernetes forwarding rules" -m mark --mark {MASQ_MARK}/{MASQ_MARK} -j ACCEPT',
+        '-A KUBE-FORWARD -m comment --comment "kubernetes forwarding conntrack rule" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT',
+    ]
+    n["KUBE-MARK-MASQ"].append(f"-A KUBE-MARK-MASQ -j MARK --or-mark {MASQ_MARK}")
+    n["KUBE-POSTROUTING"] += [
+        f"-A KUBE-POSTROUTING -m mark ! --mark {MASQ_MARK}/{MASQ_MARK} -j RETURN",
+        f"-A KUBE-POSTROUTING -j MARK --xor-mark {MASQ_MARK}",
+        '-A KUBE-POSTROUTING -m comment --comment "kubernetes service traffic requiring SNAT" -j MASQUERADE --random-fully',
+    ]
+    return rs
+
+
+def _match(pv: PortView, dst: str | None = None, dport: int | None = None) -> str:
+    parts = [f"-m {pv.protocol} -p {pv.protocol}"]
+    if dst:
+        parts.append(f"-d {dst}")
+    parts.append(f"--dport {dport if dport is not None else pv.port}")
+    return " ".join(parts)
+
+
+def _service(pv: PortView, cluster_cidr: str, node_ip, f: dict, n: dict) -> dict[str, list[str]]:
+    """One service port: its rules in the top-level chains (appended to f/n) and its own chains."""
+    name, proto = pv.name, pv.protocol
+    svc, svl, ext, fw = (c(name, proto) for c in (svc_chain, svl_chain, ext_chain, fw_chain))
+    chains: dict[str, list[str]] = {}
+    cluster_eps, local_eps = pv.cluster_endpoints, pv.local_endpoints
+    uses_svc = bool(cluster_eps)
+    uses_svl = bool(local_eps) and pv.uses_local_endpoints
+    uses_ext = pv.externally_accessible and pv.has_endpoints
+    uses_fw = bool(pv.svc.load_balancer_ips and pv.source_ranges) and pv.has_endpoints
+    internal_chain = svl if pv.internal_policy_local else svc
+    external_chain = ext
+    lb_chain = fw if uses_fw else external_chain
+
+    # The filter targets for traffic with nowhere to go (kube-proxy's "no endpoints" handling).
+    if not pv.has_endpoints:
+        int_target = ext_target = "REJECT"
+        int_comment = ext_comment = f'"{name} has no endpoints"'
+    else:
+        int_target = "DROP" if not pv.has_internal_endpoints else ""
+        int_comment = f'"{name} has no local endpoints"'
+        ext_target = "DROP" if not pv.has_external_endpoints else ""
+        ext_comment = int_comment
+
+    # The cluster IP.
+    if pv.has_internal_endpoints:
+        n["KUBE-SERVICES"].append(f'-A KUBE-SERVICES -m comment --comment "{name} cluster IP" '
+                                  f"{_match(pv, pv.cluster_ip)} -j {internal_chain}")
+    else:
+        f["KUBE-SERVICES"].append(f"-A KUBE-SERVICES -m comment --comment {int_comment} "
+                                  f"{_match(pv, pv.cluster_ip)} -j {int_target}")
+    # External IPs.
+    for ip in pv.svc.external_ips:
+        if pv.has_endpoints:
+            n["KUBE-SERVICES"].append(f'-A KUBE-SERVICES -m comment --comment "{name} external IP" '
+                                      f"{_match(pv, ip)} -j {external_chain}")
+        if not pv.has_external_endpoints:
+            f["KUBE-EXTERNAL-SERVICES"].append(f"-A KUBE-EXTERNAL-SERVICES -m comment --comment {ext_comment} "
+                                               f"{_match(pv, ip)} -j {ext_target}")
+    # LoadBalancer ingress IPs.
+    for ip in pv.svc.load_balancer_ips:
+        if pv.has_endpoints:
+            n["KUBE-SERVICES"].append(f'-A KUBE-SERVICES -m comment --comment "{name} loadbalancer IP" '
+                                      f"{_match(pv, ip)} -j {lb_chain}")
+        if uses_fw:
+            f["KUBE-PROXY-FIREWALL"].append(
+                f'-A KUBE-PROXY-FIREWALL -m comment --comment "{name} traffic not accepted by {fw}" '
+                f"{_match(pv, ip)} -j DROP")
+    if not pv.has_external_endpoints:
+        for ip in pv.svc.load_balancer_ips:
+            f["KUBE-EXTERNAL-SERVICES"].append(f"-A KUBE-EXTERNAL-SERVICES -m comment --comment {ext_comment} "
+                                               f"{_match(pv, ip)} -j {ext_target}")
+    # The node port.
+    if pv.node_port:
+        if pv.has_endpoints:
+            n["KUBE-NODEPORTS"].append(f"-A KUBE-NODEPORTS -m comment --comment {q(name)} "
+                                       f"{_match(pv, None, pv.node_port)} -j {external_chain}")
+        if not pv.has_external_endpoints:
+            f["KUBE-EXTERNAL-SERVICES"].append(
+                f"-A KUBE-EXTERNAL-SERVICES -m comment --comment {ext_comment} -m addrtype --dst-type LOCAL "
+                f"{_match(pv, None, pv.node_port)} -j {ext_target}")
+    # The health-check node port.
+    if pv.svc.health_check_node_port and pv.external_policy_local:
+        f["KUBE-NODEPORTS"].append(f'-A KUBE-NODEPORTS -m comment --comment "{name} health check node port" '
+                                   f"-m tcp -p tcp --dport {pv.svc.health_check_node_port} -j ACCEPT")
+
+    # The external chain: masquerade what policy says, then to the cluster or local chain.
+    if uses_ext:
+        rules = chains[ext] = []
+        if not pv.external_policy_local:
+            rules.append(f'-A {ext} -m comment --comment "masquerade traffic for {name} external destinations" '
+                         f"-j KUBE-MARK-MASQ")
+        else:
+            # Pods reaching an external address skip the policy, as if out to a load balancer and
+            # back; the node itself is masqueraded (its source would be the frontend address).
+            rules.append(f'-A {ext} -m comment --comment "pod traffic for {name} external destinations" '
+                         f"-s {cluster_cidr} -j {svc}")
+            rules.append(f'-A {ext} -m comment --comment "masquerade LOCAL traffic for {name} external '
+                         f'destinations" -m addrtype --src-type LOCAL -j KUBE-MARK-MASQ')
+            rules.append(f'-A {ext} -m comment --comment "route LOCAL traffic for {name} external destinations" '
+                         f"-m addrtype --src-type LOCAL -j {svc}")
+        if pv.has_external_endpoints:
+            rules.append(f"-A {ext} -j {svl if pv.external_policy_local else svc}")
+    # The firewall chain: loadBalancerSourceRanges.
+    if uses_fw:
+        rules = chains[fw] = []
+        allow_node = False
+        for cidr in pv.source_ranges:
+            rules.append(f'-A {fw} -m comment --comment "{name} loadbalancer IP" -s {cidr} -j {external_chain}')
+            allow_node |= node_ip in cidr
+        if allow_node:   # the node reaching its own LB IP loops back with the LB IP as source
+            for ip in pv.svc.load_balancer_ips:
+                rules.append(f'-A {fw} -m comment --comment "{name} loadbalancer IP" -s {ip} -j {external_chain}')
+        rules.append(f'-A {fw} -m comment --comment "other traffic to {name} will be dropped by KUBE-PROXY-FIREWALL"')
+
+    # The cluster and local policy chains: the internal one first masquerades traffic from
+    # outside the cluster CIDR to the cluster IP, then the affinity checks and the random cascade.
+    if uses_svc:
+        chains[svc] = []
+    if uses_svl:
+        chains[svl] = []
+    if pv.has_internal_endpoints:
+        chains[internal_chain].append(f'-A {internal_chain} -m comment --comment "{name} cluster IP" '
+                                      f"{_match(pv, pv.cluster_ip)} ! -s {cluster_cidr} -j KUBE-MARK-MASQ")
+    if uses_svc:
+        chains[svc] += _balance(pv, svc, cluster_eps)
+    if uses_svl:
+        chains[svl] += _balance(pv, svl, local_eps)
+    # One chain per endpoint: hairpin masquerade, affinity record, DNAT.
+    for t in pv.all_reachable:
+        ep = f"{t.address}:{t.port}"
+        sep = sep_chain(name, proto, ep)
+        rules = chains[sep] = [f"-A {sep} -m comment --comment {q(name)} -s {t.address} -j KUBE-MARK-MASQ"]
+        recent = f" -m recent --name {sep} --set" if pv.affinity is not None else ""
+        rules.append(f"-A {sep} -m comment --comment {q(name)}{recent} -m {proto} -p {proto} "
+                     f"-j DNAT --to-destination {ep}")
+    return chains
+
+
+def _balance(pv: PortView, chain: str, targets) -> list[str]:
+    """Affinity checks first, then the random cascade: endpoint i of n taken with 1/(n-i)."""
+    rules = []
+    eps = [(t, f"{t.address}:{t.port}") for t in targets]
+    if pv.affinity is not None:
+        for t, ep in eps:
+            sep = sep_chain(pv.name, pv.protocol, ep)
+            rules.append(f'-A {chain} -m comment --comment "{pv.name} -> {ep}" -m recent --name {sep} '
+                         f"--rcheck --seconds {pv.affinity} --reap -j {sep}")
+    for i, (t, ep) in enumerate(eps):
+        sep = sep_chain(pv.name, pv.protocol, ep)
+        left = len(eps) - i
+        stat = f" -m statistic --mode random --probability {1.0 / left:0.10f}" if left > 1 else ""
+        rules.append(f'-A {chain} -m comment --comment "{pv.name} -> {ep}"{stat} -j {sep}')
+    return rules
+
+
+def masq_agent_text(spec: TopologySpec) -> str | None:
+    """ip-masq-agent's rules (nat IP-MASQ-AGENT and its POSTROUTING jump), or None when the lab
+    has egress masquerade off."""
+    m = spec.masquerade
+    if m is None or not m.enabled:
+        return None
+    c = MASQ_AGENT_CHAIN
+    local = '"ip-masq-agent: local traffic is not subject to MASQUERADE"'
+    cidrs = ([] if m.masq_link_local else ["169.254.0.0/16"]) + [str(x) for x in m.non_masquerade]
+    rules = [f"-A {c} -d {cidr} -m comment --comment {local} -j RETURN" for cidr in cidrs]
+    rules.append(f'-A {c} -m comment --comment "ip-masq-agent: outbound traffic is subject to MASQUERADE '
+                 f'(must be last in chain)" -j MASQUERADE --random-fully')
+    jump = ('-A POSTROUTING -m comment --comment "ip-masq-agent: ensure nat POSTROUTING directs all '
+            f'non-LOCAL destination traffic to our custom {c} chain" -m addrtype ! --dst-type LOCAL -j {c}')
+    return "\n".join(["*nat", f":{c} - [0:0]", *rules, jump, "COMMIT", ""])

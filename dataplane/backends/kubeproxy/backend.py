@@ -1,0 +1,75 @@
+"""The part of the iptables and nftables backends that is kube-proxy's loop, not its rules: per
+node, install once, then on every sync render the whole table, apply what changed in one
+transaction, and clean stale UDP conntrack entries. Health-check node ports are served beside
+(dataplane.healthcheck), as kube-proxy serves them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ...errors import DataplaneError
+from ...lab import netns
+from .conntrack import clean_stale_entries
+
+APPLY_TIMEOUT = 300
+
+
+class ApplyError(DataplaneError):
+    pass
+
+
+def run_tool(ns: str, argv: list[str], input: str | None = None, what: str = "") -> str:
+    """Run a rule tool in a node's namespace; a failure names the tool, the node and the error
+    (iptables-restore and nft both say which input line they refused)."""
+    proc = netns.run(ns, argv, timeout=APPLY_TIMEOUT, input=input)
+    if proc.returncode != 0:
+        raise ApplyError(f"{' '.join(argv[:2])} failed in {ns}{' (' + what + ')' if what else ''}: "
+                         f"{proc.stderr.strip()[-600:]}")
+    return proc.stdout
+
+
+@dataclass
+class KubeProxyBackend:
+    """Subclasses set name/description/needs and implement install() and apply()."""
+    serves_health_checks = True
+    applied: dict = field(default_factory=dict)      # node -> the renderer's last applied ruleset
+    last_input: dict = field(default_factory=dict)   # node -> text of the last transaction
+    namespaces: dict = field(default_factory=dict)   # node -> netns
+    table: object = None
+    spec: object = None
+
+    def setup(self, lab, table) -> None:
+        self.spec = lab.spec
+        for node in lab.spec.nodes:
+            ns = self.namespaces[node.name] = lab.record.objects[node.name]
+            self.install(ns, lab.spec, node.name)
+        self.sync(lab, table)
+
+    def sync(self, lab, table) -> list[str]:
+        report = []
+        for node, ns in self.namespaces.items():
+            change = self.apply(ns, lab.spec, node, table)
+            flushed = clean_stale_entries(ns, table)
+            if change or flushed:
+                report.append(f"{node}: {change or 'no rule changes'}"
+                              + (f"; {flushed} stale UDP conntrack filters applied" if flushed else ""))
+        self.table = table
+        return report
+
+    def teardown(self, lab) -> None:
+        # Rules live in the node namespaces, which the lab removes with everything in them.
+        self.applied.clear()
+        self.namespaces.clear()
+
+    # -- per mode ----------------------------------------------------------------------------------
+
+    def install(self, ns: str, spec, node: str) -> None:
+        raise NotImplementedError
+
+    def apply(self, ns: str, spec, node: str, table) -> str:
+        """Render and apply; return a one-line summary of what changed ('' for nothing)."""
+        raise NotImplementedError
+
+    def rules(self, ns: str) -> str:
+        """What is installed, as the mode's own listing tool prints it."""
+        raise NotImplementedError

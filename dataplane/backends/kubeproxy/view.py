@@ -1,0 +1,100 @@
+"""One service port as kube-proxy's proxier sees it on one node (pkg/proxy/topology.go
+CategorizeEndpoints, and the flags syncProxyRules derives from it).
+
+The endpoint choice itself comes from dataplane.policy, the code every backend uses; this module
+only adds kube-proxy's bookkeeping: which endpoint sets a node uses, whether the service has
+endpoints anywhere ("has no endpoints" -> REJECT) or only elsewhere ("has no local endpoints" ->
+DROP).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network
+
+from ...model import Service, ServicePort, ServiceTable
+from ...policy import Target, cluster_targets, local_targets
+
+
+@dataclass(frozen=True)
+class PortView:
+    svc: Service
+    sp: ServicePort
+    name: str                         # kube-proxy's ServicePortName: "ns/name:port" ("ns/name" unnamed)
+    protocol: str                     # lower case, as in rules: tcp | udp
+    cluster_endpoints: tuple[Target, ...]
+    local_endpoints: tuple[Target, ...]
+    has_endpoints: bool               # usable endpoints anywhere in the cluster
+
+    @property
+    def cluster_ip(self) -> IPv4Address:
+        return self.svc.cluster_ip
+
+    @property
+    def port(self) -> int:
+        return self.sp.port
+
+    @property
+    def node_port(self) -> int | None:
+        return self.sp.node_port
+
+    @property
+    def externally_accessible(self) -> bool:
+        """NodePort, LoadBalancer or external IPs: kube-proxy's ExternallyAccessible()."""
+        return bool(self.sp.node_port or self.svc.external_ips or self.svc.load_balancer_ips)
+
+    @property
+    def external_policy_local(self) -> bool:
+        return self.externally_accessible and self.svc.external_traffic_policy == "Local"
+
+    @property
+    def internal_policy_local(self) -> bool:
+        return self.svc.internal_traffic_policy == "Local"
+
+    @property
+    def uses_cluster_endpoints(self) -> bool:
+        return not self.internal_policy_local or (self.externally_accessible and not self.external_policy_local)
+
+    @property
+    def uses_local_endpoints(self) -> bool:
+        return self.internal_policy_local or self.external_policy_local
+
+    @property
+    def all_reachable(self) -> tuple[Target, ...]:
+        """Endpoints some rule on this node may send to: cluster and local ones, each once."""
+        seen = {(t.address, t.port): t for t in (*self.cluster_endpoints, *self.local_endpoints)}
+        return tuple(sorted(seen.values(), key=lambda t: (int(t.address), t.port)))
+
+    @property
+    def has_internal_endpoints(self) -> bool:
+        return bool(self.local_endpoints if self.internal_policy_local else self.cluster_endpoints)
+
+    @property
+    def has_external_endpoints(self) -> bool:
+        return bool(self.local_endpoints if self.external_policy_local else self.cluster_endpoints)
+
+    @property
+    def affinity(self) -> int | None:
+        """ClientIP affinity timeout in seconds, or None."""
+        return self.svc.affinity_timeout if self.svc.session_affinity == "ClientIP" else None
+
+    @property
+    def source_ranges(self) -> tuple[IPv4Network, ...]:
+        return self.svc.load_balancer_source_ranges
+
+
+def port_name(svc: Service, sp: ServicePort) -> str:
+    return f"{svc.namespace}/{svc.name}" + (f":{sp.name}" if sp.name else "")
+
+
+def view(svc: Service, sp: ServicePort, node: str) -> PortView:
+    probe = PortView(svc, sp, port_name(svc, sp), sp.protocol.lower(), (), (), False)
+    cluster = tuple(cluster_targets(svc, sp)) if probe.uses_cluster_endpoints else ()
+    local = tuple(local_targets(svc, sp, node)) if probe.uses_local_endpoints else ()
+    # Any usable endpoint anywhere: cluster_targets already falls back to serving terminating ones.
+    anywhere = bool(cluster_targets(svc, sp))
+    return PortView(svc, sp, probe.name, probe.protocol, cluster, local, anywhere)
+
+
+def views(table: ServiceTable, node: str) -> list[PortView]:
+    """Every service port of the table, in a fixed order (service key, then port order)."""
+    return [view(svc, sp, node) for svc in table for sp in svc.ports]
