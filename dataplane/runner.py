@@ -46,6 +46,19 @@ def _on_sigterm(signum, frame):
     raise Terminated()
 
 
+def documented(spec: CheckSpec, table, backend: str, run) -> CheckResult:
+    """Run a check with the expectation docs/differences.md gives `backend` in its situation."""
+    from dataclasses import replace
+    from .differences import expectation
+    expected, diff, conflict = expectation(spec, table, backend)
+    result = run(expected)
+    if conflict:
+        return replace(result, passed=False, detail=f"{conflict}; {result.detail}")
+    if diff is not None and expected.expect != spec.expect:
+        return replace(result, detail=f"{result.detail} [documented difference {diff.key}]")
+    return result
+
+
 def run_check(lab: Lab, spec: CheckSpec) -> CheckResult:
     if spec.capture:
         from . import capture
@@ -76,28 +89,33 @@ def run_simulated(scenario: Scenario, backend, progress=lambda m: None) -> Repor
                     seed=backend.seed)
     plan = make_plan(scenario.topology, scenario.name, scenario.frontend_routes)
     net = SimNet(plan, scenario.services, backend.seed, backend.timeouts)
+    table = scenario.services
+
+    def simulate(step: CheckSpec) -> CheckResult:
+        ns = plan.netns_of(step.client)
+        results = []
+        if step.capture:
+            net.recording = {}
+        for i in range(step.requests):
+            if i and step.interval:
+                net.advance(step.interval)
+            results.append(net.request(ns, step.ip, step.port, step.protocol, step.source_port, step.http_get))
+        result = evaluate(step, results)
+        if step.capture:
+            from .checks import with_capture
+            frames = {n.obj: net.recording.get(n.name, []) for n in plan.namespaces}
+            net.recording = None
+            result = with_capture(result, step, scenario.topology, frames)
+        return result
+
     for step in _steps(scenario, progress):
         if isinstance(step, Sleep):
             net.advance(step.seconds)
         elif isinstance(step, Update):
             report.events.extend(net.sync(step.table))
+            table = step.table
         else:
-            ns = plan.netns_of(step.client)
-            results = []
-            if step.capture:
-                net.recording = {}
-            for i in range(step.requests):
-                if i and step.interval:
-                    net.advance(step.interval)
-                results.append(net.request(ns, step.ip, step.port, step.protocol, step.source_port,
-                                           step.http_get))
-            result = evaluate(step, results)
-            if step.capture:
-                from .checks import with_capture
-                frames = {n.obj: net.recording.get(n.name, []) for n in plan.namespaces}
-                net.recording = None
-                result = with_capture(result, step, scenario.topology, frames)
-            report.results.append(result)
+            report.results.append(documented(step, table, backend.name, simulate))
         net.collect()
     from .backends.ebpf.consts import INDEX
     report.counters = {n.obj: {k: v for k, v in sorted(n.datapath.s.metrics.items(), key=lambda kv: INDEX[kv[0]]) if v}
@@ -140,6 +158,7 @@ def run_live(scenario: Scenario, backend_name: str, lab_name: str, keep: bool = 
             from .healthcheck import HealthChecks
             health = HealthChecks(lab)
             health.sync(scenario.services)
+        table = scenario.services
         for step in _steps(scenario, progress):
             if isinstance(step, Sleep):
                 time.sleep(step.seconds)
@@ -149,8 +168,9 @@ def run_live(scenario: Scenario, backend_name: str, lab_name: str, keep: bool = 
                     report.events.append(line)
                 if health is not None:
                     health.sync(step.table)
+                table = step.table
             else:
-                report.results.append(run_check(lab, step))
+                report.results.append(documented(step, table, backend.name, lambda s: run_check(lab, s)))
             if hasattr(backend, "collect"):
                 backend.collect()      # garbage-collect expired flows between steps
         if hasattr(backend, "metrics"):

@@ -5,9 +5,11 @@ from ..errors import DataplaneError
 from .ebpf import EbpfBackend
 from .iptables import IptablesBackend, IptablesLegacyBackend
 from .model import ModelBackend
+from .nftables import NftablesBackend
 from .none import NoneBackend
 
-BACKENDS = {b.name: b for b in (EbpfBackend, IptablesBackend, IptablesLegacyBackend, ModelBackend, NoneBackend)}
+BACKENDS = {b.name: b for b in (EbpfBackend, IptablesBackend, IptablesLegacyBackend, NftablesBackend, ModelBackend,
+                                         NoneBackend)}
 # The backend `run` and `demo` use when none is named.
 DEFAULT = "ebpf"
 

@@ -152,6 +152,12 @@ def make_plan(spec: TopologySpec, lab: str, frontends=()) -> LabPlan:
     for node in spec.nodes:
         ns = add_ns("node", node.name)
         plan.sysctls.append((ns, "net.ipv4.ip_forward", "1"))
+        # A hairpinned packet (pod -> service -> the same pod) leaves by the veth it came in on,
+        # which would make the node send the pod an ICMP redirect. Redirects mean nothing on /32
+        # routed veths, and each one spends the node's per-destination ICMP rate-limit tokens, so
+        # an ICMP reject right after it (REJECT, nft reject) would be silently suppressed.
+        plan.sysctls.append((ns, "net.ipv4.conf.all.send_redirects", "0"))
+        plan.sysctls.append((ns, "net.ipv4.conf.default.send_redirects", "0"))
         up = names.ifname(node.name)
         veth(underlay, up, ns, "eth0")
         node_ports.append(up)

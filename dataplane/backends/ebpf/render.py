@@ -117,8 +117,8 @@ def _external(out: NodeMaps, ids: Ids, svc, node: str, node_ip) -> None:
     timeout = svc.affinity_timeout if affinity else 0
     if svc.type == "ClusterIP" and not svc.external_ips:
         return
-    for addr in (*svc.external_ips, *svc.load_balancer_ips):
-        out.services[SvcKey(addr, 0, 0, 0)] = SvcValue()            # unserved ports are rejected
+    # No marker for external and load-balancer IPs: a port they do not serve is not intercepted,
+    # as in both of kube-proxy's modes (nftables rejects unserved ports of cluster IPs only).
     for sp in svc.ports:
         proto = IPPROTO[sp.protocol]
         flags = affinity

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ...lab import netns
 from ..kubeproxy.backend import KubeProxyBackend, run_tool
 from .render import jump_text, masq_agent_text, render
 
@@ -27,6 +28,8 @@ class IptablesBackend(KubeProxyBackend):
         run_tool(ns, [self.restore, "-w", "5", "--noflush"], input=text, what=what)
 
     def install(self, ns, spec, node) -> None:
+        # localhostNodePorts (kube-proxy's default in iptables mode): node ports on 127.0.0.1.
+        netns.sysctl(ns, "net.ipv4.conf.all.route_localnet", "1")
         self._restore(ns, jump_text(), "jumps from the built-in chains")
         masq = masq_agent_text(spec)
         if masq:
@@ -37,16 +40,16 @@ class IptablesBackend(KubeProxyBackend):
         old = self.applied.get(node)
         if old is None:
             text = desired.restore_text()
-            summary = f"{len(desired.services)} service ports written"
+            summary = f"{len(desired.services)} services written"
         else:
-            # kube-proxy's partial sync: a service port whose chains changed gets all of them
+            # kube-proxy's partial sync: a service whose chains changed gets all of them (every port)
             # rewritten; unchanged services are not mentioned; gone chains are flushed and deleted.
-            changed = {p for p, chains in desired.services.items() if old.services.get(p) != chains}
-            gone = {p for p in old.services if p not in desired.services}
-            rewrite = {c for p in changed for c in desired.services[p]}
+            changed = {k for k, chains in desired.services.items() if old.services.get(k) != chains}
+            gone = {k for k in old.services if k not in desired.services}
+            rewrite = {c for k in changed for c in desired.services[k]}
             deleted = tuple(c for c in old.service_chains() if c not in desired.service_chains())
             text = desired.restore_text(rewrite, deleted)
-            summary = (f"{len(changed)} service ports rewritten, {len(gone)} removed "
+            summary = (f"{len(changed)} services rewritten, {len(gone)} removed "
                        f"({len(rewrite)} chains written, {len(deleted)} deleted)") if changed or gone else ""
         self._restore(ns, text, "service rules")
         self.applied[node] = desired

@@ -19,28 +19,34 @@ from ...model import ServiceTable
 from ..kubeproxy.names import ext_chain, fw_chain, sep_chain, svc_chain, svl_chain
 from ..kubeproxy.view import PortView, views
 
-MASQ_MARK = "0x4000"
+# fmt.Sprintf("%#08x", 1<<14): what kube-proxy really writes (its unit tests fake "0x4000").
+MASQ_MARK = "0x00004000"
+# Above this many endpoints in total, kube-proxy drops the comments of per-endpoint rules.
+LARGE_CLUSTER_ENDPOINTS = 1000
 # Chains kube-proxy rewrites in full on every sync, per table, in its order.
-FILTER_CHAINS = ("KUBE-NODEPORTS", "KUBE-SERVICES", "KUBE-EXTERNAL-SERVICES", "KUBE-FIREWALL",
-                 "KUBE-FORWARD", "KUBE-PROXY-FIREWALL")
-NAT_CHAINS = ("KUBE-NODEPORTS", "KUBE-SERVICES", "KUBE-MARK-MASQ", "KUBE-POSTROUTING")
+FILTER_CHAINS = ("KUBE-SERVICES", "KUBE-EXTERNAL-SERVICES", "KUBE-FORWARD", "KUBE-NODEPORTS",
+                 "KUBE-PROXY-FIREWALL", "KUBE-FIREWALL")
+NAT_CHAINS = ("KUBE-SERVICES", "KUBE-NODEPORTS", "KUBE-POSTROUTING", "KUBE-MARK-MASQ")
 MASQ_AGENT_CHAIN = "IP-MASQ-AGENT"
 
-# The jumps from the built-in chains, installed once (kube-proxy's iptablesJumpChains, each
-# inserted at the top of its chain, in this order).
+# The jumps from the built-in chains (kube-proxy's iptablesJumpChains, then the kubelet's
+# KUBE-FIREWALL ones), each inserted at the top of its chain in this order, as EnsureRule(Prepend).
+NEW = "-m conntrack --ctstate NEW "
 JUMPS = (
-    ("filter", "INPUT", 'KUBE-EXTERNAL-SERVICES', '-m conntrack --ctstate NEW -m comment --comment "kubernetes externally-visible service portals"'),
-    ("filter", "FORWARD", 'KUBE-EXTERNAL-SERVICES', '-m conntrack --ctstate NEW -m comment --comment "kubernetes externally-visible service portals"'),
-    ("filter", "INPUT", 'KUBE-NODEPORTS', '-m comment --comment "kubernetes health check service ports"'),
-    ("filter", "FORWARD", 'KUBE-SERVICES', '-m conntrack --ctstate NEW -m comment --comment "kubernetes service portals"'),
-    ("filter", "OUTPUT", 'KUBE-SERVICES', '-m conntrack --ctstate NEW -m comment --comment "kubernetes service portals"'),
-    ("filter", "FORWARD", 'KUBE-FORWARD', '-m comment --comment "kubernetes forwarding rules"'),
-    ("filter", "INPUT", 'KUBE-PROXY-FIREWALL', '-m conntrack --ctstate NEW -m comment --comment "kubernetes load balancer firewall"'),
-    ("filter", "OUTPUT", 'KUBE-PROXY-FIREWALL', '-m conntrack --ctstate NEW -m comment --comment "kubernetes load balancer firewall"'),
-    ("filter", "FORWARD", 'KUBE-PROXY-FIREWALL', '-m conntrack --ctstate NEW -m comment --comment "kubernetes load balancer firewall"'),
-    ("nat", "OUTPUT", 'KUBE-SERVICES', '-m comment --comment "kubernetes service portals"'),
-    ("nat", "PREROUTING", 'KUBE-SERVICES', '-m comment --comment "kubernetes service portals"'),
-    ("nat", "POSTROUTING", 'KUBE-POSTROUTING', '-m comment --comment "kubernetes postrouting rules"'),
+    ("filter", "INPUT", "KUBE-EXTERNAL-SERVICES", NEW + '-m comment --comment "kubernetes externally-visible service portals"'),
+    ("filter", "FORWARD", "KUBE-EXTERNAL-SERVICES", NEW + '-m comment --comment "kubernetes externally-visible service portals"'),
+    ("filter", "INPUT", "KUBE-NODEPORTS", '-m comment --comment "kubernetes health check service ports"'),
+    ("filter", "FORWARD", "KUBE-SERVICES", NEW + '-m comment --comment "kubernetes service portals"'),
+    ("filter", "OUTPUT", "KUBE-SERVICES", NEW + '-m comment --comment "kubernetes service portals"'),
+    ("filter", "FORWARD", "KUBE-FORWARD", '-m comment --comment "kubernetes forwarding rules"'),
+    ("filter", "INPUT", "KUBE-PROXY-FIREWALL", NEW + '-m comment --comment "kubernetes load balancer firewall"'),
+    ("filter", "OUTPUT", "KUBE-PROXY-FIREWALL", NEW + '-m comment --comment "kubernetes load balancer firewall"'),
+    ("filter", "FORWARD", "KUBE-PROXY-FIREWALL", NEW + '-m comment --comment "kubernetes load balancer firewall"'),
+    ("nat", "OUTPUT", "KUBE-SERVICES", '-m comment --comment "kubernetes service portals"'),
+    ("nat", "PREROUTING", "KUBE-SERVICES", '-m comment --comment "kubernetes service portals"'),
+    ("nat", "POSTROUTING", "KUBE-POSTROUTING", '-m comment --comment "kubernetes postrouting rules"'),
+    ("filter", "INPUT", "KUBE-FIREWALL", ""),
+    ("filter", "OUTPUT", "KUBE-FIREWALL", ""),
 )
 
 
@@ -54,7 +60,7 @@ class Ruleset:
     """What one node's iptables should hold (kube-proxy's part and ip-masq-agent's)."""
     filter: dict[str, list[str]] = field(default_factory=dict)     # top-level filter chains
     nat: dict[str, list[str]] = field(default_factory=dict)        # top-level nat chains
-    services: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # port name -> nat chain -> rules
+    services: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # service key -> nat chain -> rules
 
     def service_chains(self) -> dict[str, list[str]]:
         return {c: r for chains in self.services.values() for c, r in chains.items()}
@@ -67,12 +73,12 @@ class Ruleset:
         out += [f":{c} - [0:0]" for c in self.filter]
         out += [r for rules in self.filter.values() for r in rules]
         out += ["COMMIT", "*nat"]
-        declared = [*self.nat, *svc, *deleted]
-        out += [f":{c} - [0:0]" for c in declared]
-        out += [r for rules in self.nat.values() for r in rules]
+        out += [f":{c} - [0:0]" for c in (*self.nat, *svc, *deleted)]
+        last = self.nat["KUBE-SERVICES"][-1:]        # "must be the last rule in this chain"
+        out += [r for c, rules in self.nat.items() for r in (rules[:-1] if c == "KUBE-SERVICES" else rules)]
         out += [r for rules in svc.values() for r in rules]
         out += [f"-X {c}" for c in deleted]
-        out += ["COMMIT", ""]
+        out += [*last, "COMMIT", ""]
         return "\n".join(out)
 
 
@@ -83,7 +89,8 @@ def jump_text() -> str:
         out.append(f"*{table}")
         chains = sorted({target for t, _, target, _ in JUMPS if t == table})
         out += [f":{c} - [0:0]" for c in chains]
-        out += [f"-I {chain} {args} -j {target}" for t, chain, target, args in JUMPS if t == table]
+        out += [" ".join(x for x in (f"-I {chain}", args, f"-j {target}") if x)
+                for t, chain, target, args in JUMPS if t == table]
         out.append("COMMIT")
     return "\n".join(out) + "\n"
 
@@ -93,20 +100,27 @@ def render(table: ServiceTable, spec: TopologySpec, node: str) -> Ruleset:
     cluster_cidr = str(spec.cluster_cidr)
     node_ip = spec.node(node).ip
     f, n = rs.filter, rs.nat
-    for pv in views(table, node):
-        rs.services[pv.name] = _service(pv, cluster_cidr, node_ip, f, n)
+    pvs = views(table, node)
+    large = sum(len(pv.all_reachable) for pv in pvs) > LARGE_CLUSTER_ENDPOINTS
+    n["KUBE-POSTROUTING"] += [
+        f"-A KUBE-POSTROUTING -m mark ! --mark {MASQ_MARK}/{MASQ_MARK} -j RETURN",
+        f"-A KUBE-POSTROUTING -j MARK --xor-mark {MASQ_MARK}",
+        '-A KUBE-POSTROUTING -m comment --comment "kubernetes service traffic requiring SNAT" -j MASQUERADE --random-fully',
+    ]
+    n["KUBE-MARK-MASQ"].append(f"-A KUBE-MARK-MASQ -j MARK --or-mark {MASQ_MARK}")
+    # localhostNodePorts (kube-proxy's default): node ports answer on 127.0.0.1, so other
+    # localnet traffic must not sneak in through route_localnet.
+    f["KUBE-FIREWALL"].append('-A KUBE-FIREWALL -m comment --comment "block incoming localnet connections" '
+                              "-d 127.0.0.0/8 ! -s 127.0.0.0/8 -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP")
+    for pv in pvs:
+        chains = _service(pv, cluster_cidr, node_ip, large, f, n)
+        rs.services.setdefault(pv.svc.key, {}).update(chains)
     n["KUBE-SERVICES"].append('-A KUBE-SERVICES -m comment --comment "kubernetes service nodeports; NOTE: this '
                               'must be the last rule in this chain" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS')
     f["KUBE-FORWARD"] += [
         "-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP",
         f'-A KUBE-FORWARD -m comment --comment "kubernetes forwarding rules" -m mark --mark {MASQ_MARK}/{MASQ_MARK} -j ACCEPT',
         '-A KUBE-FORWARD -m comment --comment "kubernetes forwarding conntrack rule" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT',
-    ]
-    n["KUBE-MARK-MASQ"].append(f"-A KUBE-MARK-MASQ -j MARK --or-mark {MASQ_MARK}")
-    n["KUBE-POSTROUTING"] += [
-        f"-A KUBE-POSTROUTING -m mark ! --mark {MASQ_MARK}/{MASQ_MARK} -j RETURN",
-        f"-A KUBE-POSTROUTING -j MARK --xor-mark {MASQ_MARK}",
-        '-A KUBE-POSTROUTING -m comment --comment "kubernetes service traffic requiring SNAT" -j MASQUERADE --random-fully',
     ]
     return rs
 
@@ -119,7 +133,7 @@ def _match(pv: PortView, dst: str | None = None, dport: int | None = None) -> st
     return " ".join(parts)
 
 
-def _service(pv: PortView, cluster_cidr: str, node_ip, f: dict, n: dict) -> dict[str, list[str]]:
+def _service(pv: PortView, cluster_cidr: str, node_ip, large: bool, f: dict, n: dict) -> dict[str, list[str]]:
     """One service port: its rules in the top-level chains (appended to f/n) and its own chains."""
     name, proto = pv.name, pv.protocol
     svc, svl, ext, fw = (c(name, proto) for c in (svc_chain, svl_chain, ext_chain, fw_chain))
@@ -224,34 +238,37 @@ def _service(pv: PortView, cluster_cidr: str, node_ip, f: dict, n: dict) -> dict
         chains[internal_chain].append(f'-A {internal_chain} -m comment --comment "{name} cluster IP" '
                                       f"{_match(pv, pv.cluster_ip)} ! -s {cluster_cidr} -j KUBE-MARK-MASQ")
     if uses_svc:
-        chains[svc] += _balance(pv, svc, cluster_eps)
+        chains[svc] += _balance(pv, svc, cluster_eps, large)
     if uses_svl:
-        chains[svl] += _balance(pv, svl, local_eps)
+        chains[svl] += _balance(pv, svl, local_eps, large)
     # One chain per endpoint: hairpin masquerade, affinity record, DNAT.
     for t in pv.all_reachable:
         ep = f"{t.address}:{t.port}"
         sep = sep_chain(name, proto, ep)
-        rules = chains[sep] = [f"-A {sep} -m comment --comment {q(name)} -s {t.address} -j KUBE-MARK-MASQ"]
+        comment = "" if large else f" -m comment --comment {q(name)}"
+        rules = chains[sep] = [f"-A {sep}{comment} -s {t.address} -j KUBE-MARK-MASQ"]
         recent = f" -m recent --name {sep} --set" if pv.affinity is not None else ""
-        rules.append(f"-A {sep} -m comment --comment {q(name)}{recent} -m {proto} -p {proto} "
-                     f"-j DNAT --to-destination {ep}")
+        rules.append(f"-A {sep}{comment}{recent} -m {proto} -p {proto} -j DNAT --to-destination {ep}")
     return chains
 
 
-def _balance(pv: PortView, chain: str, targets) -> list[str]:
+def _balance(pv: PortView, chain: str, targets, large: bool) -> list[str]:
     """Affinity checks first, then the random cascade: endpoint i of n taken with 1/(n-i)."""
     rules = []
     eps = [(t, f"{t.address}:{t.port}") for t in targets]
+
+    def comment(ep):
+        return "" if large else f' -m comment --comment "{pv.name} -> {ep}"'
     if pv.affinity is not None:
         for t, ep in eps:
             sep = sep_chain(pv.name, pv.protocol, ep)
-            rules.append(f'-A {chain} -m comment --comment "{pv.name} -> {ep}" -m recent --name {sep} '
+            rules.append(f"-A {chain}{comment(ep)} -m recent --name {sep} "
                          f"--rcheck --seconds {pv.affinity} --reap -j {sep}")
     for i, (t, ep) in enumerate(eps):
         sep = sep_chain(pv.name, pv.protocol, ep)
         left = len(eps) - i
         stat = f" -m statistic --mode random --probability {1.0 / left:0.10f}" if left > 1 else ""
-        rules.append(f'-A {chain} -m comment --comment "{pv.name} -> {ep}"{stat} -j {sep}')
+        rules.append(f"-A {chain}{comment(ep)}{stat} -j {sep}")
     return rules
 
 

@@ -37,3 +37,22 @@ def fw_chain(port_name: str, protocol: str) -> str:
 def sep_chain(port_name: str, protocol: str, endpoint: str) -> str:
     """endpoint: "ip:port"."""
     return "KUBE-SEP-" + _hash(port_name + protocol + endpoint)
+
+
+# nftables mode (pkg/proxy/nftables/proxier.go): names up to 256 bytes, so the readable service
+# name stays in the chain name, behind an 8-character hash of it.
+NFT_NAME_MAX = 256 - 16
+
+
+def _hash_and_truncate(name: str) -> str:
+    name = _hash(name)[:8] + "-" + name
+    return name if len(name) <= NFT_NAME_MAX else name[:NFT_NAME_MAX - 3] + "..."
+
+
+def nft_service_base(namespace: str, name: str, protocol: str, port_name: str) -> str:
+    """"ns/name/proto/portname" (an unnamed port keeps the trailing slash)."""
+    return _hash_and_truncate(f"{namespace}/{name}/{protocol}/{port_name}")
+
+
+def nft_endpoint_base(namespace: str, name: str, protocol: str, port_name: str, ip: str, port: int) -> str:
+    return _hash_and_truncate(f"{namespace}/{name}/{protocol}/{port_name}__{ip}/{port}")

@@ -1,0 +1,103 @@
+"""`nftables`: kube-proxy's nftables mode on every node, one `nft -f` transaction per sync.
+
+The first sync writes the whole `ip kube-proxy` table (render.py). Later syncs are kube-proxy's
+partial syncs: map and set elements are diffed (changed ones deleted and re-added, gone ones
+deleted), only the services whose chains changed get their chains flushed and rewritten, affinity
+sets of gone endpoints are deleted, and chains of gone services are flushed now and deleted by a
+later sync, at least a second after, in a transaction of their own (kube-proxy's delay for kernels
+before 6.2, which free a chain a little after the last map element pointing at it is deleted).
+
+Egress masquerade is ip-masq-agent's, which writes iptables rules in every mode: they are applied
+with iptables-nft, beside the kube-proxy table.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from ..iptables.render import masq_agent_text
+from ..kubeproxy.backend import KubeProxyBackend, run_tool
+from .render import CONTAINERS, TABLE, Ruleset, render
+
+STALE_CHAIN_DELAY = 1.0   # seconds between flushing a gone service's chain and deleting it
+
+
+@dataclass
+class NftablesBackend(KubeProxyBackend):
+    name = "nftables"
+    description = "kube-proxy's nftables mode: one table, verdict maps, applied with nft -f"
+    needs = ("root", "netns", "nft", "iptables", "conntrack")
+    stale_chains: dict = field(default_factory=dict)   # node -> {chain: time it went stale}
+
+    def _nft(self, ns: str, text: str, what: str) -> None:
+        run_tool(ns, ["nft", "-f", "-"], input=text, what=what)
+
+    def install(self, ns, spec, node) -> None:
+        masq = masq_agent_text(spec)
+        if masq:
+            run_tool(ns, ["iptables-restore", "-w", "5", "--noflush"], input=masq, what="ip-masq-agent rules")
+
+    def apply(self, ns, spec, node, table) -> str:
+        start = time.monotonic()
+        self._delete_stale(ns, node, start)
+        desired = render(table, spec, node)
+        old: Ruleset | None = self.applied.get(node)
+        if old is None:
+            text = desired.full_text()
+            summary = f"{len(desired.services)} services written"
+        else:
+            text, summary = self._partial(node, old, desired, start)
+        if text.strip():
+            self._nft(ns, text, "service rules")
+        self.applied[node] = desired
+        self.last_input[node] = text
+        return summary
+
+    def _partial(self, node: str, old: Ruleset, new: Ruleset, start: float) -> tuple[str, str]:
+        out = []
+        changed = [k for k, chains in new.services.items()
+                   if old.services.get(k) != chains or old.affinity.get(k) != new.affinity.get(k)]
+        for key in changed:
+            out += new.service_text(key)
+        ops = {"added": 0, "deleted": 0}
+        for container in CONTAINERS:
+            before, after = old.elements[container], new.elements[container]
+            for key, value in after.items():
+                if key in before and before[key] != value:
+                    out.append(old.element(container, key, "delete"))
+                if before.get(key) != value or key not in before:
+                    out.append(new.element(container, key))
+                    ops["added"] += 1
+            for key in before:
+                if key not in after:
+                    out.append(old.element(container, key, "delete"))
+                    ops["deleted"] += 1
+        # Gone affinity sets are deleted at once (nothing points at them once their chains are
+        # rewritten); gone chains are flushed now and deleted later.
+        new_sets, new_chains = new.affinity_sets(), new.service_chains()
+        gone_chains = [c for c in old.service_chains() if c not in new_chains]
+        stale = self.stale_chains.setdefault(node, {})
+        for chain in gone_chains:
+            out.append(f"flush chain {TABLE} {chain}")
+            stale[chain] = start
+        for chain in new_chains:
+            stale.pop(chain, None)       # back in use
+        # A set is referenced by its service's rules: deleted after those are flushed/rewritten.
+        out += [f"delete set {TABLE} {s}" for s in old.affinity_sets() if s not in new_sets]
+        gone = [k for k in old.services if k not in new.services]
+        summary = ""
+        if changed or gone or ops["added"] or ops["deleted"]:
+            summary = (f"{len(changed)} services rewritten, {len(gone)} removed, {ops['added']} map elements "
+                       f"added, {ops['deleted']} deleted, {len(gone_chains)} chains flushed for deletion")
+        return ("\n".join(out) + "\n") if out else "", summary
+
+    def _delete_stale(self, ns: str, node: str, now: float) -> None:
+        stale = self.stale_chains.get(node, {})
+        due = [c for c, t in stale.items() if now - t >= STALE_CHAIN_DELAY]
+        if due:
+            self._nft(ns, "".join(f"delete chain {TABLE} {c}\n" for c in due), "stale chains")
+            for c in due:
+                del stale[c]
+
+    def rules(self, ns: str) -> str:
+        return run_tool(ns, ["nft", "list", "table", *TABLE.split()])
