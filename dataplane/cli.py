@@ -14,6 +14,8 @@ from .errors import DataplaneError, PrerequisiteError
 EPILOG_RUN = """\b
 Examples:
   sudo dataplane run scenarios/flat.yaml
+  sudo dataplane run scenarios/nodeport.yaml --backend iptables
+  sudo dataplane run scenarios/multiport.yaml --backend all     # every backend, one table
   sudo dataplane run scenarios/island.yaml --json > report.json
   sudo dataplane run scenarios/flat.yaml --keep --name demo   # then: dataplane exec demo client -- sh
 """
@@ -50,7 +52,9 @@ def cli():
 @cli.command(epilog=EPILOG_RUN)
 @click.argument("scenario", type=click.Path(dir_okay=False))
 @click.option("--backend", "-b", default=backends.DEFAULT, show_default=True,
-              type=click.Choice(sorted(backends.BACKENDS)), help="The dataplane that serves services.")
+              type=click.Choice(sorted(backends.BACKENDS) + ["all"]),
+              help="The dataplane that serves services; `all` runs the scenario on each of "
+                   + ", ".join(backends.CONFORMANCE) + " in turn and prints one table.")
 @click.option("--name", "lab_name", help="Lab name (default: the scenario's name).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("--keep", is_flag=True, help="Leave the lab up after the checks (remove it with `down`).")
@@ -71,10 +75,19 @@ def run(scenario, backend, lab_name, as_json, keep, quiet, seed, map_sizes, ct_t
     from . import report
     from .runner import run_live
     sc = _load(scenario)
-    doctor.require(*backends.get(backend).needs)
     from .backends.ebpf.program import CtTimeouts, MapSizes
-    rep = run_live(sc, backend, lab_name or sc.name, keep=keep, progress=_progress(not quiet), seed=seed,
-                   sizes=MapSizes.parse(map_sizes), timeouts=CtTimeouts.parse(ct_timeouts))
+    opts = dict(progress=_progress(not quiet), seed=seed, sizes=MapSizes.parse(map_sizes),
+                timeouts=CtTimeouts.parse(ct_timeouts))
+    if backend == "all":
+        if keep:
+            raise click.UsageError("--keep needs one backend (with `all`, each backend's lab replaces the last)")
+        for name in backends.CONFORMANCE:
+            doctor.require(*backends.get(name).needs)
+        reps = [run_live(sc, name, lab_name or sc.name, **opts) for name in backends.CONFORMANCE]
+        click.echo(report.matrix_json(reps) if as_json else report.matrix(reps))
+        sys.exit(0 if all(r.passed for r in reps) else 1)
+    doctor.require(*backends.get(backend).needs)
+    rep = run_live(sc, backend, lab_name or sc.name, keep=keep, **opts)
     click.echo(report.as_json(rep) if as_json else report.table(rep))
     sys.exit(0 if rep.passed else 1)
 
@@ -231,6 +244,35 @@ def down(lab, all_):
                 sys.exit(1)
         else:
             click.echo(f"removed lab {name}: {nss} namespaces, {procs} processes")
+
+
+@cli.command(epilog="""\b
+Examples:
+  sudo dataplane up scenarios/nodeport.yaml --backend iptables --name np
+  sudo dataplane rules np --node node1             # iptables-save of node1
+  sudo dataplane rules np | grep KUBE-SVC          # every node
+\b
+  sudo dataplane up scenarios/nodeport.yaml --backend ebpf --name np2
+  sudo dataplane rules np2 --node node1            # the BPF maps as frontend -> endpoints
+""")
+@click.argument("lab")
+@click.option("--node", "nodes", multiple=True, metavar="NODE", help="Only this node (repeatable; default: every node).")
+def rules(lab, nodes):
+    """Print what LAB's backend installed on its nodes, to read backends side by side:
+    iptables-save for iptables and iptables-legacy, `nft list table ip kube-proxy` for nftables,
+    the pinned BPF maps in service terms (frontend -> endpoints, flags) for ebpf.
+    """
+    from .lab import state
+    from .rules import listing
+    from .errors import LabError
+    doctor.require("root")
+    rec = state.load(lab)
+    if rec is None:
+        raise LabError(f"no lab named {lab!r} (see `dataplane status`)")
+    texts = [(node, listing(lab, node)) for node in nodes or sorted(o for o, r in rec.roles.items() if r == "node")]
+    for node, text in texts:
+        click.echo(f"=== {lab} {node} ({rec.backend})")
+        click.echo(text, nl=False)
 
 
 @cli.command(name="doctor")

@@ -116,6 +116,7 @@ CHECKS: dict[str, Callable[[], Result]] = {
     "iptables-legacy": _tool("iptables-legacy", "iptables"),
     "nft": _tool("nft", "nftables"),
     "conntrack": _tool("conntrack", "conntrack"),
+    "bpftool": _tool("bpftool", "bpftool"),
 }
 
 

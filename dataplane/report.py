@@ -39,3 +39,54 @@ def table(report: Report) -> str:
 
 def as_json(report: Report) -> str:
     return json.dumps(report.to_json(), indent=2)
+
+
+def _documented(detail: str) -> str | None:
+    mark = "[documented difference "
+    return detail.split(mark, 1)[1].split("]", 1)[0] if mark in detail else None
+
+
+def matrix(reports: list[Report]) -> str:
+    """One row per check, one column per backend: PASS, FAIL, and * where the backend's expected
+    outcome comes from docs/differences.md."""
+    backends = [r.backend for r in reports]
+    names = [r.name for r in reports[0].results]
+    w = max([len("check")] + [len(n) for n in names])
+    cols = [max(len(b), 6) for b in backends]
+    lines = [f"scenario {reports[0].scenario}: {len(names)} checks on {len(backends)} backends",
+             f"  {'check':<{w}}  " + "  ".join(f"{b:<{c}}" for b, c in zip(backends, cols))]
+    notes = {}
+    for i, name in enumerate(names):
+        cells = []
+        for rep, c in zip(reports, cols):
+            r = rep.results[i] if i < len(rep.results) else None
+            cell = "-" if r is None else ("PASS" if r.passed else "FAIL")
+            key = r and _documented(r.detail)
+            if key:
+                cell += "*"
+                notes.setdefault(key, set()).add(f"{rep.backend}: {'/'.join(r.outcomes) or '-'}")
+            styled = click.style(f"{cell:<{c}}", fg="green" if cell.startswith("PASS") else "red")
+            cells.append(styled)
+        lines.append(f"  {name:<{w}}  " + "  ".join(cells))
+    for key, where in sorted(notes.items()):
+        lines.append(f"* documented difference {key} (docs/differences.md): {', '.join(sorted(where))}")
+    for rep in reports:
+        for r in rep.results:
+            if not r.passed:
+                lines.append(f"FAIL on {rep.backend}: {r.name}: {r.detail}")
+    total = sum(len(r.results) for r in reports)
+    passed = sum(x.passed for r in reports for x in r.results)
+    lines.append(f"{passed} of {total} checks passed")
+    return "\n".join(lines)
+
+
+def matrix_json(reports: list[Report]) -> str:
+    names = [r.name for r in reports[0].results]
+    return json.dumps({
+        "scenario": reports[0].scenario,
+        "backends": [r.backend for r in reports],
+        "passed": all(r.passed for r in reports),
+        "checks": [{"name": n, "results": {r.backend: r.results[i].to_json() for r in reports if i < len(r.results)}}
+                   for i, n in enumerate(names)],
+        "reports": {r.backend: r.to_json() for r in reports},
+    }, indent=2)

@@ -12,6 +12,8 @@ BACKENDS = {b.name: b for b in (EbpfBackend, IptablesBackend, IptablesLegacyBack
                                          NoneBackend)}
 # The backend `run` and `demo` use when none is named.
 DEFAULT = "ebpf"
+# `--backend all`: every backend that serves services, in the order of the conformance matrix.
+CONFORMANCE = ("ebpf", "iptables", "iptables-legacy", "nftables", "model")
 
 
 def get(name: str, **options):

@@ -1,0 +1,176 @@
+"""The iptables and nftables renderers against kube-proxy's own expected output.
+
+The expected text is kube-proxy's (tests/data/kube-proxy, copied from its unit tests), not this
+project's: chain names, jumps, probabilities, matches, targets and comments must all match. The
+only normalisations are where kube-proxy's test fakes differ from a real node (see that
+directory's README), and kube-proxy's own canonical ordering (its tests sort, because it emits
+services in Go map order).
+"""
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+
+import pytest
+
+from dataplane.backends.iptables.render import render as render_iptables
+from dataplane.backends.kubeproxy.names import (nft_endpoint_base, nft_service_base, sep_chain,
+                                                svc_chain)
+from dataplane.backends.nftables.render import render as render_nftables
+from tests.conftest import ROOT
+from tests.unit.kubeproxy_fixture import NODE, SPEC, fixture
+
+DATA = ROOT / "tests" / "data" / "kube-proxy"
+
+
+# -- names ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("port_name,proto,chain", [
+    ("ns1/svc1:p80", "tcp", "KUBE-SVC-XPGD46QRK7WJZT7O"),
+    ("ns2/svc2:p80", "tcp", "KUBE-SVC-GNZBNJ2PO5MGZ6GT"),
+    ("ns5/svc5:p80", "tcp", "KUBE-SVC-NUKIZ6OKUXPJNT4C"),
+    ("ns2/svc2:p8080", "tcp", "KUBE-SVC-2VJB64SDSIJUP5T6"),
+    ("default/kubernetes:https", "tcp", "KUBE-SVC-NPX46M4PTMTKRN6Y"),   # every real cluster has it
+])
+def test_iptables_service_chain_names(port_name, proto, chain):
+    assert svc_chain(port_name, proto) == chain
+
+
+@pytest.mark.parametrize("port_name,endpoint,chain", [
+    ("ns1/svc1:p80", "10.180.0.1:80", "KUBE-SEP-SXIVWICOYRO3J4NJ"),
+    ("ns5/svc5:p80", "10.180.0.3:80", "KUBE-SEP-I77PXRDZVX7PMWMN"),
+    ("ns2/svc2:p8080", "10.0.2.1:8080", "KUBE-SEP-UHEGFW77JX3KXTOV"),
+])
+def test_iptables_endpoint_chain_names(port_name, endpoint, chain):
+    assert sep_chain(port_name, "tcp", endpoint) == chain
+
+
+def test_nftables_chain_names():
+    assert "service-" + nft_service_base("ns1", "svc1", "tcp", "p80") == "service-ULMVA6XW-ns1/svc1/tcp/p80"
+    assert "service-" + nft_service_base("ns2", "svc2", "tcp", "p8080") == "service-MHHHYRWA-ns2/svc2/tcp/p8080"
+    assert "endpoint-" + nft_endpoint_base("ns1", "svc1", "tcp", "p80", "10.180.0.1", 80) == \
+        "endpoint-5OJB2KTY-ns1/svc1/tcp/p80__10.180.0.1/80"
+    assert "affinity-" + nft_endpoint_base("ns5", "svc5", "tcp", "p80", "10.180.0.3", 80) == \
+        "affinity-GTK6MW7G-ns5/svc5/tcp/p80__10.180.0.3/80"
+
+
+# -- iptables -------------------------------------------------------------------------------------
+
+def iptables_tables(text: str) -> dict:
+    """iptables-restore text -> table -> (declared chains, chain -> rules in order), ordered as
+    kube-proxy's tests order them (sortIPTablesRules): KUBE-NODEPORTS and KUBE-SERVICES rules
+    stable-sorted by the service in their comment, the 'must be the last rule' rule last."""
+    out, table = {}, None
+    for line in text.splitlines():
+        if line.startswith("*"):
+            table = out.setdefault(line[1:], (set(), defaultdict(list)))
+        elif line.startswith(":"):
+            table[0].add(line.split()[0][1:])
+        elif line.startswith("-A "):
+            table[1][line.split()[1]].append(line)
+    for _, chains in out.values():
+        for name in ("KUBE-NODEPORTS", "KUBE-SERVICES"):
+            rules = chains.get(name, [])
+            last = [r for r in rules if "must be the last rule" in r]
+            rest = [r for r in rules if r not in last]
+            rest.sort(key=lambda r: re.search(r'--comment "?([^ ":]+)', r).group(1))
+            chains[name] = rest + last
+    return {t: (decl, dict(chains)) for t, (decl, chains) in out.items()}
+
+
+def kube_proxy_as_on_a_node(text: str) -> str:
+    """kube-proxy's test fakes -> a real node: the real mark, --random-fully (the fake iptables
+    lacks it) and no nfacct counters (kube-proxy leaves those matches, and the localhost node-port
+    rules that need one, out when nfnetlink_acct is absent)."""
+    lines = []
+    for line in text.splitlines():
+        if "--nfacct-name localhost_nps_accepted_pkts" in line:
+            continue
+        line = line.replace(" -m nfacct --nfacct-name ct_state_invalid_dropped_pkts", "")
+        line = line.replace("0x4000", "0x00004000")
+        if line.endswith("-j MASQUERADE"):
+            line += " --random-fully"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def test_iptables_rules_match_kube_proxys_overall_test():
+    ours = iptables_tables(render_iptables(fixture(), SPEC, NODE).restore_text())
+    theirs = iptables_tables(kube_proxy_as_on_a_node((DATA / "iptables-overall.txt").read_text()))
+    assert set(ours) == set(theirs) == {"filter", "nat"}
+    for table in ours:
+        assert ours[table][0] == theirs[table][0], f"{table}: declared chains differ"
+        assert ours[table][1] == theirs[table][1], f"{table}: rules differ"
+
+
+def test_iptables_multiport_and_three_endpoints():
+    """What kube-proxy's overall test lacks: a multi-port service and a three-way cascade
+    (probabilities 1/3, 1/2, then the last endpoint unconditionally), per kube-proxy's
+    writeServiceToEndpointRules; an unnamed port is "ns/name"; a UDP port is hashed with "udp"."""
+    from ipaddress import IPv4Address as A
+    from dataplane.model import Endpoint, EndpointPort, Service, ServicePort, ServiceTable
+    t = ServiceTable()
+    ports = (EndpointPort("http", 8080, "TCP"), EndpointPort("dns", 5353, "UDP"))
+    eps = tuple(Endpoint(A(f"10.0.0.{i}"), ports, NODE, None) for i in (2, 3, 4))
+    t.add(Service("ns1", "web", "ClusterIP", A("172.30.0.10"),
+                  (ServicePort("http", 80, "TCP", "http"), ServicePort("dns", 53, "UDP", "dns")), endpoints=eps))
+    t.add(Service("ns1", "one", "ClusterIP", A("172.30.0.11"), (ServicePort("", 80, "TCP", 8080),),
+                  endpoints=(Endpoint(A("10.0.0.5"), (EndpointPort("", 8080, "TCP"),), NODE, None),)))
+    # chain names computed with kube-proxy's formula, base32(sha256(name + protocol [+ endpoint]))[:16]
+    nat = iptables_tables(render_iptables(t, SPEC, NODE).restore_text())["nat"][1]
+    assert nat["KUBE-SVC-4LVCYZMTA5CQO6SX"] == [
+        '-A KUBE-SVC-4LVCYZMTA5CQO6SX -m comment --comment "ns1/web:http cluster IP" -m tcp -p tcp -d 172.30.0.10 --dport 80 ! -s 10.0.0.0/8 -j KUBE-MARK-MASQ',
+        '-A KUBE-SVC-4LVCYZMTA5CQO6SX -m comment --comment "ns1/web:http -> 10.0.0.2:8080" -m statistic --mode random --probability 0.3333333333 -j KUBE-SEP-JKIMUFTQVICFDRF7',
+        '-A KUBE-SVC-4LVCYZMTA5CQO6SX -m comment --comment "ns1/web:http -> 10.0.0.3:8080" -m statistic --mode random --probability 0.5000000000 -j KUBE-SEP-4ETI23MKZMJZ7TM5',
+        '-A KUBE-SVC-4LVCYZMTA5CQO6SX -m comment --comment "ns1/web:http -> 10.0.0.4:8080" -j KUBE-SEP-3W44JFVB5PZEXO3D',
+    ]
+    assert nat["KUBE-SEP-JKIMUFTQVICFDRF7"] == [
+        "-A KUBE-SEP-JKIMUFTQVICFDRF7 -m comment --comment ns1/web:http -s 10.0.0.2 -j KUBE-MARK-MASQ",
+        "-A KUBE-SEP-JKIMUFTQVICFDRF7 -m comment --comment ns1/web:http -m tcp -p tcp -j DNAT --to-destination 10.0.0.2:8080",
+    ]
+    udp = [r for r in nat["KUBE-SERVICES"] if "udp" in r]
+    assert udp == ['-A KUBE-SERVICES -m comment --comment "ns1/web:dns cluster IP" -m udp -p udp -d 172.30.0.10 '
+                   '--dport 53 -j KUBE-SVC-GVHZNRBVI4JECH4Z']
+    assert '-A KUBE-SERVICES -m comment --comment "ns1/one cluster IP" -m tcp -p tcp -d 172.30.0.11 --dport 80 ' \
+           '-j KUBE-SVC-3SNA6PKTBXKAI2YC' in nat["KUBE-SERVICES"]
+
+
+# -- nftables -------------------------------------------------------------------------------------
+
+def nft_state(text: str) -> dict:
+    """Apply an `nft -f` transaction to an empty table, as a set of objects: what kube-proxy's
+    tests compare (their fake's dump). Chains keep rule order; elements and objects are sets."""
+    chains, objects, elements = defaultdict(list), set(), set()
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        op, kind, *rest = line.split(" ", 2)
+        body = rest[0] if rest else ""
+        name = body.split()[2] if kind in ("chain", "rule", "set", "map") else None
+        if op == "add" and kind == "table":
+            objects.add(line)
+        elif op == "add" and kind in ("chain", "set", "map"):
+            objects.discard(next((o for o in objects if o.split()[:5] == line.split()[:5]), None))
+            objects.add(line)
+            chains.setdefault(name, []) if kind == "chain" else None
+        elif op == "delete" and kind in ("chain", "set", "map"):
+            objects = {o for o in objects if o.split()[4:5] != [name] or o.split()[1] != kind}
+            chains.pop(name, None)
+        elif op == "flush" and kind == "chain":
+            chains[name] = []
+        elif op == "flush" and kind in ("set", "map"):
+            elements = {e for e in elements if e.split()[4] != name}
+        elif op == "add" and kind == "rule":
+            chains[name].append(line)
+        elif op == "add" and kind == "element":
+            elements.add(line)
+    return {"objects": objects, "chains": {c: r for c, r in chains.items()}, "elements": elements}
+
+
+def test_nftables_rules_match_kube_proxys_overall_test():
+    ours = nft_state(render_nftables(fixture(), SPEC, NODE).full_text())
+    theirs = nft_state((DATA / "nftables-overall.txt").read_text().replace("0x4000", "0x00004000"))
+    assert ours["objects"] == theirs["objects"]
+    assert ours["chains"] == theirs["chains"]
+    assert ours["elements"] == theirs["elements"]
