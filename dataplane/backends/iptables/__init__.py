@@ -35,22 +35,26 @@ class IptablesBackend(KubeProxyBackend):
         if masq:
             self._restore(ns, masq, "ip-masq-agent rules")
 
-    def apply(self, ns, spec, node, table) -> str:
+    def apply(self, ns, spec, node, table, changed) -> str:
         desired = render(table, spec, node)
         old = self.applied.get(node)
-        if old is None:
+        if old is None or changed is None:
             text = desired.restore_text()
             summary = f"{len(desired.services)} services written"
         else:
-            # kube-proxy's partial sync: a service whose chains changed gets all of them (every port)
-            # rewritten; unchanged services are not mentioned; gone chains are flushed and deleted.
-            changed = {k for k, chains in desired.services.items() if old.services.get(k) != chains}
-            gone = {k for k in old.services if k not in desired.services}
-            rewrite = {c for k in changed for c in desired.services[k]}
+            # kube-proxy's partial sync: every chain of a changed service (all its ports) is
+            # rewritten; unchanged services are not mentioned and keep what they have (even if a
+            # full render would now differ, e.g. comments dropped past 1,000 endpoints); chains
+            # that no service uses any more are flushed and deleted.
+            rewrite_keys = changed & set(desired.services)
+            for key in set(desired.services) - rewrite_keys:
+                desired.services[key] = old.services.get(key, desired.services[key])
+            rewrite = {c for k in rewrite_keys for c in desired.services[k]}
             deleted = tuple(c for c in old.service_chains() if c not in desired.service_chains())
             text = desired.restore_text(rewrite, deleted)
-            summary = (f"{len(changed)} services rewritten, {len(gone)} removed "
-                       f"({len(rewrite)} chains written, {len(deleted)} deleted)") if changed or gone else ""
+            gone = len(changed - set(desired.services))
+            summary = (f"{len(rewrite_keys)} services rewritten, {gone} removed ({len(rewrite)} chains written, "
+                       f"{len(deleted)} deleted)") if changed else ""
         self._restore(ns, text, "service rules")
         self.applied[node] = desired
         self.last_input[node] = text

@@ -28,6 +28,15 @@ def run_tool(ns: str, argv: list[str], input: str | None = None, what: str = "")
     return proc.stdout
 
 
+def changed_services(old, new) -> set | None:
+    """kube-proxy's change tracking: the services whose Service or endpoints changed (added and
+    removed ones included). None when there was no previous sync (a full sync)."""
+    if old is None:
+        return None
+    keys = set(old.services) | set(new.services)
+    return {k for k in keys if old.services.get(k) != new.services.get(k)}
+
+
 @dataclass
 class KubeProxyBackend:
     """Subclasses set name/description/needs and implement install() and apply()."""
@@ -47,8 +56,9 @@ class KubeProxyBackend:
 
     def sync(self, lab, table) -> list[str]:
         report = []
+        changed = changed_services(self.table, table)
         for node, ns in self.namespaces.items():
-            change = self.apply(ns, lab.spec, node, table)
+            change = self.apply(ns, lab.spec, node, table, changed)
             flushed = clean_stale_entries(ns, table)
             if change or flushed:
                 report.append(f"{node}: {change or 'no rule changes'}"
@@ -66,8 +76,9 @@ class KubeProxyBackend:
     def install(self, ns: str, spec, node: str) -> None:
         raise NotImplementedError
 
-    def apply(self, ns: str, spec, node: str, table) -> str:
-        """Render and apply; return a one-line summary of what changed ('' for nothing)."""
+    def apply(self, ns: str, spec, node: str, table, changed: set | None) -> str:
+        """Render and apply; `changed`: the services (keys) that changed since the last sync, None
+        for a full sync. Return a one-line summary of what changed ('' for nothing)."""
         raise NotImplementedError
 
     def rules(self, ns: str) -> str:

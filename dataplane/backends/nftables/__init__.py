@@ -37,26 +37,31 @@ class NftablesBackend(KubeProxyBackend):
         if masq:
             run_tool(ns, ["iptables-restore", "-w", "5", "--noflush"], input=masq, what="ip-masq-agent rules")
 
-    def apply(self, ns, spec, node, table) -> str:
+    def apply(self, ns, spec, node, table, changed) -> str:
         start = time.monotonic()
         self._delete_stale(ns, node, start)
         desired = render(table, spec, node)
         old: Ruleset | None = self.applied.get(node)
-        if old is None:
+        if old is None or changed is None:
             text = desired.full_text()
             summary = f"{len(desired.services)} services written"
         else:
-            text, summary = self._partial(node, old, desired, start)
+            text, summary = self._partial(node, old, desired, changed, start)
         if text.strip():
             self._nft(ns, text, "service rules")
         self.applied[node] = desired
         self.last_input[node] = text
         return summary
 
-    def _partial(self, node: str, old: Ruleset, new: Ruleset, start: float) -> tuple[str, str]:
+    def _partial(self, node: str, old: Ruleset, new: Ruleset, changed_keys: set, start: float) -> tuple[str, str]:
         out = []
-        changed = [k for k, chains in new.services.items()
-                   if old.services.get(k) != chains or old.affinity.get(k) != new.affinity.get(k)]
+        # Chains and affinity sets: rewritten for changed services only (kube-proxy's
+        # skipServiceUpdate); elements: diffed for every service.
+        changed = sorted(changed_keys & set(new.services))
+        for key in set(new.services) - set(changed):
+            new.services[key] = old.services.get(key, new.services[key])
+            if key in old.affinity:
+                new.affinity[key] = old.affinity[key]
         for key in changed:
             out += new.service_text(key)
         ops = {"added": 0, "deleted": 0}
