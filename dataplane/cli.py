@@ -275,6 +275,53 @@ def rules(lab, nodes):
         click.echo(text, nl=False)
 
 
+@cli.group(epilog="""\b
+Examples:
+  sudo dataplane bench sync                        # kube-proxy's modes at 1,000 and 10,000 services
+  sudo dataplane bench sync -n 10000 -b ebpf -b iptables
+""")
+def bench():
+    """Benchmarks: numbers, measured on this machine, printed with how they were measured.
+    Tests assert behaviour; speed is only ever measured here."""
+
+
+@bench.command(name="sync", epilog="""\b
+Examples:
+  sudo dataplane bench sync                                   # 1,000 and 10,000 services, kube-proxy's modes
+  sudo dataplane bench sync -n 10000 -b iptables -b iptables-legacy -b nftables -b ebpf
+  sudo dataplane bench sync -n 1000 --requests 200 --json
+""")
+@click.option("--services", "-n", "counts", multiple=True, type=click.IntRange(1, 60000), default=(1000, 10000),
+              show_default=True, help="Number of services (repeatable).")
+@click.option("--backend", "-b", "names", multiple=True, default=("iptables", "iptables-legacy", "nftables"),
+              show_default=True, type=click.Choice(["ebpf", "iptables", "iptables-legacy", "nftables"]))
+@click.option("--requests", default=300, show_default=True, type=click.IntRange(10, 100000),
+              help="TCP connections timed per backend and size.")
+@click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
+def bench_sync(counts, names, requests, as_json):
+    """Time programming N services, changing one, and a connection through the last of them,
+    per backend, on a one-node lab (see dataplane/bench/sync.py for the method)."""
+    from dataclasses import asdict
+    from .bench.sync import machine, run_one
+    for name in names:
+        doctor.require(*backends.get(name).needs)
+    results = []
+    for n in counts:
+        for name in names:
+            results.append(run_one(name, n, requests, progress=_progress(not as_json)))
+    if as_json:
+        click.echo(json.dumps({"machine": machine(), "results": [asdict(r) for r in results]}, indent=2))
+        return
+    click.echo(f"machine: {machine()}")
+    click.echo(f"{'backend':<16} {'services':>8} {'apply all':>10} {'change one':>11} {'conn p50':>9} {'conn p90':>9}")
+    for r in results:
+        click.echo(f"{r.backend:<16} {r.services:>8} {r.apply_s:>9.2f}s {r.change_one_s:>10.3f}s "
+                   f"{r.connect_ms_p50:>7.2f}ms {r.connect_ms_p90:>7.2f}ms")
+    click.echo(f"apply all: sync from no services to N; change one: sync with one service changed; "
+               f"conn: {requests} fresh TCP connections (connect, request, answer) to the last service, "
+               "measured by the lab client inside a pod.")
+
+
 @cli.command(name="doctor")
 def doctor_cmd():
     """Check every prerequisite and say how to fix what is missing.

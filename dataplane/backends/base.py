@@ -1,7 +1,11 @@
 """The Backend protocol: each dataplane renders the one ServiceTable into a live lab.
 
-A backend never decides policy (which endpoints are eligible); it reads it from the model, so that
-ebpf, iptables, nftables and the reference model cannot disagree by construction.
+A backend never decides policy (which endpoints are eligible); it reads it from dataplane.policy,
+so that ebpf, iptables, nftables and the reference model cannot disagree by construction. Where
+kube-proxy's own modes do disagree, dataplane.differences says so, and only there.
+
+Optional attributes the runner uses when present: `serves_health_checks` (run kube-proxy's
+health-check node port servers beside), `seed` (replayable choices), `metrics()`, `collect()`.
 """
 from __future__ import annotations
 

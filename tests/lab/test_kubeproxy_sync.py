@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import re
 import time
-from ipaddress import IPv4Address
-
 import pytest
 
 from dataplane.backends import get
 from dataplane.backends.iptables.render import FILTER_CHAINS, NAT_CHAINS
 from dataplane.lab import netns
 from dataplane.lab.lab import Lab
-from dataplane.model import Endpoint, EndpointPort, Service, ServicePort, ServiceTable
+from dataplane.bench.synthetic import services, vip
 from dataplane.scenario import load
 
 N = 1000
@@ -25,20 +23,6 @@ topology:
   nodes: [node1]
   pods: [{name: web, node: node1}]
 """
-
-
-def services(n=N, two_endpoints=(), without=()) -> ServiceTable:
-    """n ClusterIP services on the pod; those in `two_endpoints` have a second endpoint."""
-    t = ServiceTable()
-    for i in range(n):
-        if i in without:
-            continue
-        eps = [Endpoint(IPv4Address("10.0.1.2"), (EndpointPort("", 8080, "TCP"),), "node1", "web")]
-        if i in two_endpoints:
-            eps.append(Endpoint(IPv4Address("10.0.1.3"), (EndpointPort("", 8080, "TCP"),), "node1", None))
-        t.add(Service("default", f"svc-{i:04d}", "ClusterIP", IPv4Address(int(IPv4Address("10.96.0.0")) + 1 + i),
-                      (ServicePort("", 80, "TCP", 8080),), endpoints=tuple(eps)))
-    return t
 
 
 @pytest.fixture
@@ -60,14 +44,14 @@ def declared(text: str, table: str) -> set[str]:
 @pytest.mark.parametrize("variant", ["iptables", "iptables-legacy"])
 def test_iptables_partial_restore_rewrites_one_service(node, variant):
     backend = get(variant)
-    backend.setup(node, services())
+    backend.setup(node, services(N))
     ns = node.record.objects["node1"]
     first = backend.last_input["node1"]
     assert len(declared(first, "nat") - set(NAT_CHAINS)) == 2 * N        # KUBE-SVC + KUBE-SEP each
 
-    backend.sync(node, services(two_endpoints={500}))
+    backend.sync(node, services(N, two_endpoints={500}))
     text = backend.last_input["node1"]
-    mine = set(backend.applied["node1"].services["default/svc-0500"])
+    mine = set(backend.applied["node1"].services["default/svc-00500"])
     assert len(mine) == 3                                                  # its SVC and two SEPs
     assert declared(text, "nat") == set(NAT_CHAINS) | mine                 # nothing else is rewritten
     assert declared(text, "filter") == set(FILTER_CHAINS)
@@ -79,7 +63,7 @@ def test_iptables_partial_restore_rewrites_one_service(node, variant):
     svc = next(c for c in mine if c.startswith("KUBE-SVC-"))
     assert re.search(rf"^-A {svc} .*--probability 0.5000000000", save, re.M)
 
-    backend.sync(node, services(two_endpoints={500}, without={999}))
+    backend.sync(node, services(N, two_endpoints={500}, without={999}))
     text = backend.last_input["node1"]
     gone = re.findall(r"^-X (\S+)", text, re.M)
     assert len(gone) == 2 and declared(text, "nat") == set(NAT_CHAINS) | set(gone)
@@ -88,32 +72,32 @@ def test_iptables_partial_restore_rewrites_one_service(node, variant):
 
 def test_nftables_one_transaction_touches_one_service(node):
     backend = get("nftables")
-    backend.setup(node, services())
+    backend.setup(node, services(N))
     ns = node.record.objects["node1"]
 
-    backend.sync(node, services(two_endpoints={500}))
+    backend.sync(node, services(N, two_endpoints={500}))
     text = backend.last_input["node1"]
     lines = [l for l in text.splitlines() if l]
-    assert lines and all("default/svc-0500/" in l for l in lines), lines[:5]
+    assert lines and all("default/svc-00500/" in l for l in lines), lines[:5]
     assert sum(l.startswith("add chain") for l in lines) == 3              # service + two endpoints
-    chain = next(c for c in backend.applied["node1"].services["default/svc-0500"] if c.startswith("service-"))
+    chain = next(c for c in backend.applied["node1"].services["default/svc-00500"] if c.startswith("service-"))
     listed = netns.run(ns, ["nft", "list", "chain", "ip", "kube-proxy", chain], timeout=30).stdout
     assert "numgen random mod 2" in listed
 
-    backend.sync(node, services(two_endpoints={500}, without={999}))
+    backend.sync(node, services(N, two_endpoints={500}, without={999}))
     text = backend.last_input["node1"]
-    vip = "10.96.3.232"                                                   # svc-0999's cluster IP
-    assert f"delete element ip kube-proxy service-ips {{ {vip} . tcp . 80 }}" in text
-    assert f"delete element ip kube-proxy cluster-ips {{ {vip} }}" in text
+    gone = vip(999)
+    assert f"delete element ip kube-proxy service-ips {{ {gone} . tcp . 80 }}" in text
+    assert f"delete element ip kube-proxy cluster-ips {{ {gone} }}" in text
     flushed = re.findall(r"^flush chain ip kube-proxy (\S+)", text, re.M)
-    assert len(flushed) == 2 and all("default/svc-0999/" in c for c in flushed)
+    assert len(flushed) == 2 and all("default/svc-00999/" in c for c in flushed)
 
     def chains():
         out = netns.run(ns, ["nft", "list", "table", "ip", "kube-proxy"], timeout=30).stdout
         return set(re.findall(r"chain (\S+) \{", out))
     assert set(flushed) <= chains()                  # flushed, not yet deleted (kube-proxy's delay)
     time.sleep(1.2)
-    backend.sync(node, services(two_endpoints={500}, without={999}))
+    backend.sync(node, services(N, two_endpoints={500}, without={999}))
     assert not set(flushed) & chains()               # the next sync, a second later, deleted them
     assert backend.last_input["node1"] == ""         # and had nothing else to change
 

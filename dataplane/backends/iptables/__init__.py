@@ -50,7 +50,8 @@ class IptablesBackend(KubeProxyBackend):
             for key in set(desired.services) - rewrite_keys:
                 desired.services[key] = old.services.get(key, desired.services[key])
             rewrite = {c for k in rewrite_keys for c in desired.services[k]}
-            deleted = tuple(c for c in old.service_chains() if c not in desired.service_chains())
+            active = desired.service_chains()
+            deleted = tuple(c for c in old.service_chains() if c not in active)
             text = desired.restore_text(rewrite, deleted)
             gone = len(changed - set(desired.services))
             summary = (f"{len(rewrite_keys)} services rewritten, {gone} removed ({len(rewrite)} chains written, "
