@@ -25,6 +25,7 @@
 #include "l2.h"
 #include "reject.h"
 #include "flow.h"
+#include "snat.h"
 
 /* After a translation: hairpin packets go straight back to the pod, all others to routing. */
 static __always_inline int bounce_or_drop(struct __sk_buff *skb)
@@ -49,6 +50,18 @@ static __always_inline int new_flow(struct __sk_buff *skb, struct pkt *p, struct
 
 	struct ct_entry fwd = {}, rev = {};
 	__be32 reply_daddr = p->saddr;
+	if (be->addr != p->saddr && (svc->flags & SVC_F_MASQ)) {
+		/* An external frontend with externalTrafficPolicy Cluster, reached by a pod: masqueraded
+		 * to the node IP as kube-proxy's KUBE-EXT chain marks it, with a claimed port; the SNAT
+		 * entries rewrite on egress (to_netdev or the backend's to_pod), as for a NodePort. */
+		struct pkt after = *p;
+		after.daddr = be->addr;
+		after.dport = be->port;
+		__be16 port;
+		if (snat_claim(&after, cfg, now, &port) < 0)
+			return drop(DROP_SNAT_EXHAUSTED);
+		fwd.flags = rev.flags = CT_F_EGRESS;
+	}
 	if (be->addr == p->saddr) {
 		/* Hairpin: the pod would drop a packet from itself; masquerade it as the node. */
 		fwd.flags = rev.flags = CT_F_HAIRPIN;
@@ -146,7 +159,11 @@ static __always_inline int handle(struct __sk_buff *skb, int service_hook)
 		return forward(skb, e);
 	}
 
-	struct svc_value *svc = svc_lookup(p.daddr, p.dport, p.proto, 0);
+	/* a pod's entry for an external frontend first (externalTrafficPolicy Local), then the one
+	 * everybody uses */
+	struct svc_value *svc = svc_lookup_in(SCOPE_POD, p.daddr, p.dport, p.proto, 0);
+	if (!svc)
+		svc = svc_lookup(p.daddr, p.dport, p.proto, 0);
 	if (!svc) {
 		if (!is_vip(p.daddr))
 			return pass();

@@ -47,23 +47,24 @@ def ebpf_maps(lab: str, node: str) -> str:
         raise LabError(f"no pinned eBPF maps for {node} under {pins}")
     backends = {e["key"]: e["value"] for e in _dump(os.path.join(pins, "backends"))}
     services = [(e["key"], e["value"]) for e in _dump(os.path.join(pins, "services"))]
-    slots = {(k["vip"], k["port"], k["proto"], k["slot"]): v for k, v in services}
+    slots = {(k["vip"], k["port"], k["proto"], k["scope"], k["slot"]): v for k, v in services}
     lines = [f"# eBPF maps of {node}, pinned under {pins}",
              "# frontend -> endpoints (slot order; the flow hash picks a slot)"]
     fronts = sorted(((k, v) for k, v in services if k["slot"] == 0 and k["port"]),
-                    key=lambda kv: (ipaddress.IPv4Address(_ip(kv[0]["vip"])), _port(kv[0]["port"])))
+                    key=lambda kv: (ipaddress.IPv4Address(_ip(kv[0]["vip"])), _port(kv[0]["port"]), kv[0]["scope"]))
     for k, v in fronts:
         eps = []
         for slot in range(1, v["count"] + 1):
-            s = slots.get((k["vip"], k["port"], k["proto"], slot))
+            s = slots.get((k["vip"], k["port"], k["proto"], k["scope"], slot))
             b = backends.get(s["backend_id"]) if s else None
             eps.append(f"{_ip(b['addr'])}:{_port(b['port'])}" if b else f"(slot {slot} missing)")
-        names = [name for bit, name in sorted(flags.items()) if v["flags"] & bit]
+        names = [name for bit, name in sorted(flags.items()) if v["flags"] & bit and name != "pod_scope"]
+        who = " from pods" if k["scope"] else ""
         if v["flags"] & DEFINES["SVC_F_AFFINITY"]:
             names[names.index("affinity")] = f"affinity {v['affinity_timeout']}s"
         what = ", ".join(eps) if eps else ("drop (no local endpoints)" if v["flags"] & DEFINES["SVC_F_LOCAL_ONLY"]
                                            else "reject (no endpoints)")
-        lines.append(f"{_ip(k['vip'])}:{_port(k['port'])}/{PROTOCOLS.get(k['proto'], k['proto'])} "
+        lines.append(f"{_ip(k['vip'])}:{_port(k['port'])}/{PROTOCOLS.get(k['proto'], k['proto'])}{who} "
                      f"[id {v['svc_id']}{'; ' + ', '.join(names) if names else ''}] -> {what}")
     vips = sorted({_ip(k["vip"]) for k, _ in services if not k["port"]}, key=ipaddress.IPv4Address)
     if vips:

@@ -139,6 +139,9 @@ def parse_service(spec: Doc, name: str, namespace: str, defaults: ServiceDefault
     hc = spec.take_int("healthCheckNodePort", None, lo=1, hi=65535)
     if type_ == "ClusterIP" and etp != "Cluster":
         spec.fail("externalTrafficPolicy", "only NodePort and LoadBalancer services have external traffic")
+    if hc is not None and not (type_ == "LoadBalancer" and etp == "Local"):
+        spec.fail("healthCheckNodePort", "only a LoadBalancer service with externalTrafficPolicy Local has one "
+                  "(as the Kubernetes API requires)")
     if lb_ip is not None:
         lb_ips = tuple(lb_ips) + (lb_ip,)
     if type_ == "LoadBalancer" and etp == "Local" and hc is None:

@@ -40,6 +40,10 @@ enum metric {
 #define SVC_F_MASQ       0x4   /* external frontend with externalTrafficPolicy Cluster: new flows
                                 * are masqueraded to the node IP on their way to the backend */
 #define SVC_F_SRC_RANGES 0x8   /* LoadBalancer frontend: only clients in its source ranges */
+#define SVC_F_POD_SCOPE  0x10  /* a SCOPE_POD entry: its slots are SCOPE_POD entries too */
+
+#define SCOPE_EXTERNAL   0
+#define SCOPE_POD        1
 
 #define CT_SERVICE       1
 #define CT_REPLY         2

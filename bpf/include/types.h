@@ -7,12 +7,15 @@
  *   slot 0             the service port itself: backend count, flags, affinity timeout, id
  *   slot 1..count      the eligible backends, by backend id
  * A "VIP marker" (port 0, proto 0, slot 0) says the address is a service VIP at all, so that a
- * VIP on a port it does not serve is rejected instead of passed. */
+ * VIP on a port it does not serve is rejected instead of passed. An external frontend with
+ * externalTrafficPolicy Local also has SCOPE_POD entries: pods reaching it are not held to this
+ * node's endpoints but use every endpoint (kube-proxy's "pod traffic for ... external
+ * destinations" short-circuit). */
 struct svc_key {
 	__be32 vip;
 	__be16 port;
 	__u8   proto;
-	__u8   pad0;
+	__u8   scope;            /* SCOPE_EXTERNAL, or SCOPE_POD: the entry pods use for this frontend */
 	__u16  slot;
 	__u16  pad1;
 };

@@ -9,6 +9,14 @@ static __always_inline int flow_backend(struct __sk_buff *skb, struct pkt *p, st
 {
 	if (p->proto == IPPROTO_TCP && !is_bare_syn(p))
 		return drop(DROP_CT_INVALID);
+	if (svc->flags & SVC_F_SRC_RANGES) {
+		struct lb_source_key sk = {};
+		sk.prefixlen = 64;
+		sk.svc_id = svc->svc_id;
+		sk.addr = p->saddr;
+		if (!lb_sources.lookup(&sk))
+			return drop(DROP_SOURCE_RANGE);
+	}
 	if (svc->count == 0) {
 		if (svc->flags & SVC_F_LOCAL_ONLY)
 			return drop(DROP_NO_LOCAL_ENDPOINT);

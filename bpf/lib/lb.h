@@ -4,14 +4,21 @@
 #ifndef DP_LB_H
 #define DP_LB_H
 
-static __always_inline struct svc_value *svc_lookup(__be32 vip, __be16 port, __u8 proto, __u16 slot)
+static __always_inline struct svc_value *svc_lookup_in(__u8 scope, __be32 vip, __be16 port, __u8 proto,
+						       __u16 slot)
 {
 	struct svc_key k = {};
 	k.vip = vip;
 	k.port = port;
 	k.proto = proto;
+	k.scope = scope;
 	k.slot = slot;
 	return services.lookup(&k);
+}
+
+static __always_inline struct svc_value *svc_lookup(__be32 vip, __be16 port, __u8 proto, __u16 slot)
+{
+	return svc_lookup_in(SCOPE_EXTERNAL, vip, port, proto, slot);
 }
 
 static __always_inline int is_vip(__be32 addr)
@@ -59,7 +66,8 @@ static __always_inline __u32 select_backend(const struct pkt *p, const struct sv
 	}
 	if (!id) {
 		__u16 slot = (flow_hash(p, seed) % svc->count) + 1;
-		struct svc_value *s = svc_lookup(p->daddr, p->dport, p->proto, slot);
+		__u8 scope = (svc->flags & SVC_F_POD_SCOPE) ? SCOPE_POD : SCOPE_EXTERNAL;
+		struct svc_value *s = svc_lookup_in(scope, p->daddr, p->dport, p->proto, slot);
 		if (!s)
 			return 0;
 		id = s->backend_id;

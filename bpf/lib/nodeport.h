@@ -11,14 +11,6 @@
 static __always_inline int nodeport_new_flow(struct __sk_buff *skb, struct pkt *p, struct svc_value *svc,
 					     struct dp_config *cfg, __u64 now)
 {
-	if (svc->flags & SVC_F_SRC_RANGES) {
-		struct lb_source_key sk = {};
-		sk.prefixlen = 64;
-		sk.svc_id = svc->svc_id;
-		sk.addr = p->saddr;
-		if (!lb_sources.lookup(&sk))
-			return drop(DROP_SOURCE_RANGE);
-	}
 	__u32 id;
 	struct backend *be;
 	int verdict = flow_backend(skb, p, svc, cfg, now, &id, &be);

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Network
 
 from ..backends.ebpf.consts import (CT_DEFAULT_CLOSE, CT_DEFAULT_SYN, CT_DEFAULT_TCP, CT_DEFAULT_UDP,
-                                    SVC_F_AFFINITY, SVC_F_LOCAL_ONLY, SVC_F_MASQ,
-                                    SVC_F_SRC_RANGES)  # map flags, config
+                                    SCOPE_EXTERNAL, SCOPE_POD, SVC_F_AFFINITY, SVC_F_LOCAL_ONLY, SVC_F_MASQ,
+                                    SVC_F_POD_SCOPE, SVC_F_SRC_RANGES)  # map flags, config
 from ..backends.ebpf.render import NodeMaps, SvcKey
 
 ETH_HLEN = 14
@@ -249,8 +249,8 @@ class PodHooks:
     def _count(self, name: str) -> None:
         self.s.metrics[name] += 1
 
-    def _svc(self, vip, port, proto, slot=0):
-        return self.s.maps.services.get(SvcKey(vip, port, proto, slot))
+    def _svc(self, vip, port, proto, slot=0, scope=SCOPE_EXTERNAL):
+        return self.s.maps.services.get(SvcKey(vip, port, proto, slot, scope))
 
     def _is_vip(self, addr) -> bool:
         return self._svc(addr, 0, 0) is not None
@@ -380,7 +380,9 @@ class PodHooks:
             why.append(f"known flow to backend {e.nat_addr}:{e.nat_port}")
             return self._out(self._dnat(p, e), e.hairpin, "M_DNAT", why)
 
-        svc = self._svc(p.daddr, p.dport, p.proto)
+        # a pod's entry for an external frontend first (externalTrafficPolicy Local: every
+        # endpoint, kube-proxy's short-circuit), then the one everybody uses
+        svc = self._svc(p.daddr, p.dport, p.proto, scope=SCOPE_POD) or self._svc(p.daddr, p.dport, p.proto)
         if svc is None:
             if not self._is_vip(p.daddr):
                 return self._result("pass", frame, "M_PASS", ["not service traffic"])
@@ -404,7 +406,8 @@ class PodHooks:
             ip, o = ETH_HLEN, p.l4
             h = flow_hash(f[ip + 12:ip + 16], f[ip + 16:ip + 20], f[o:o + 2], f[o + 2:o + 4], p.proto, self.s.seed)
             slot = h % svc.count + 1
-            sv = self._svc(p.daddr, p.dport, p.proto, slot)
+            scope = SCOPE_POD if svc.flags & SVC_F_POD_SCOPE else SCOPE_EXTERNAL
+            sv = self._svc(p.daddr, p.dport, p.proto, slot, scope)
             bid = sv.backend_id if sv else 0
             why.append(f"flow hash {h:#010x} picks slot {slot} of {svc.count}: backend {bid}")
         if svc.flags & SVC_F_AFFINITY:
@@ -415,6 +418,10 @@ class PodHooks:
         """A new flow to a frontend: (backend id, backend), or the Result that ends it here."""
         if p.proto == TCP and not self._bare_syn(p):
             return self._result("drop", p.frame, "DROP_CT_INVALID", ["TCP to a frontend, not a SYN, no known flow"])
+        if svc.flags & SVC_F_SRC_RANGES and not any(
+                sid == svc.svc_id and p.saddr in net for sid, net in self.s.maps.lb_sources):
+            return self._result("drop", p.frame, "DROP_SOURCE_RANGE",
+                                [f"{p.saddr} is outside the LoadBalancer's source ranges"])
         if svc.count == 0:
             if svc.flags & SVC_F_LOCAL_ONLY:
                 return self._result("drop", p.frame, "DROP_NO_LOCAL_ENDPOINT",
@@ -435,6 +442,11 @@ class PodHooks:
         fwd = CtEntry(life, be.addr, be.port, backend_id=bid, svc_id=svc.svc_id)
         rev = CtEntry(life, p.daddr, p.dport, backend_id=bid, svc_id=svc.svc_id)
         reply_dst = p.saddr
+        if be.addr != p.saddr and svc.flags & SVC_F_MASQ:
+            exhausted = self._masq_after_dnat(p, be, now, why)
+            if exhausted:
+                return exhausted
+            fwd, rev = replace(fwd, egress=True), replace(rev, egress=True)
         if be.addr == p.saddr:
             fwd = replace(fwd, hairpin=True, snat_addr=self.s.node_ip, snat_port=p.sport)
             rev = replace(rev, hairpin=True, snat_addr=p.saddr, snat_port=p.sport)
@@ -448,6 +460,21 @@ class PodHooks:
         self.s.conntrack[CtKey(be.addr, reply_dst, be.port, p.sport, p.proto, REPLY)] = rev
         why.append(f"DNAT {p.daddr}:{p.dport} -> {be.addr}:{be.port}")
         return self._out(self._dnat(p, fwd), fwd.hairpin, "M_DNAT_NEW", why)
+
+    def _masq_after_dnat(self, p: Packet, be, now: int, why: list):
+        """externalTrafficPolicy Cluster: claim a masquerade mapping for the flow as it will be
+        after DNAT (client -> backend); a Result if the port range is exhausted, else None."""
+        after = Packet(p.frame, p.ihl, p.total, p.proto, p.saddr, be.addr, p.fragment, p.later_fragment,
+                       p.sport, be.port, p.tcp_flags)
+        # the hash reads the frame: show it the flow as it will be after DNAT
+        f = bytearray(p.frame)
+        f[ETH_HLEN + 16:ETH_HLEN + 20] = be.addr.packed
+        f[p.l4 + 2:p.l4 + 4] = struct.pack("!H", be.port)
+        after.frame = f
+        if self._claim(after, now, why) is None:
+            return self._result("drop", p.frame, "DROP_SNAT_EXHAUSTED", why + ["no free port to masquerade"])
+        why.append("externalTrafficPolicy Cluster: masqueraded to the node IP on the way to the backend")
+        return None
 
     def _dnat(self, p: Packet, e: CtEntry) -> Packet:
         p.daddr, p.dport = e.nat_addr, e.nat_port
@@ -688,10 +715,6 @@ class Datapath(PodHooks):
             return self._result("drop", frame, unsupported, ["external frontend, unsupported header"])
         if svc is None:
             return self._reject(p, "REJECT_PORT_UNSERVED", [f"{p.daddr} serves no {p.dport}/{p.proto}"])
-        if svc.flags & SVC_F_SRC_RANGES and not any(
-                sid == svc.svc_id and p.saddr in net for sid, net in self.s.maps.lb_sources):
-            return self._result("drop", frame, "DROP_SOURCE_RANGE",
-                                [f"{p.saddr} is outside the LoadBalancer's source ranges"])
         chosen = self._flow_backend(p, svc, now, why)
         if isinstance(chosen, Result):
             return chosen
@@ -700,16 +723,9 @@ class Datapath(PodHooks):
         fwd = CtEntry(life, be.addr, be.port, backend_id=bid, svc_id=svc.svc_id, egress=True)
         rev = CtEntry(life, p.daddr, p.dport, backend_id=bid, svc_id=svc.svc_id, egress=True)
         if svc.flags & SVC_F_MASQ:
-            after = Packet(p.frame, p.ihl, p.total, p.proto, p.saddr, be.addr, p.fragment, p.later_fragment,
-                           p.sport, be.port, p.tcp_flags)
-            # the hash reads the frame: show it the flow as it will be after DNAT
-            f = bytearray(p.frame)
-            f[ETH_HLEN + 16:ETH_HLEN + 20] = be.addr.packed
-            f[p.l4 + 2:p.l4 + 4] = struct.pack("!H", be.port)
-            after.frame = f
-            if self._claim(after, now, why) is None:
-                return self._result("drop", frame, "DROP_SNAT_EXHAUSTED", why + ["no free port to masquerade"])
-            why.append("externalTrafficPolicy Cluster: masqueraded to the node IP on the way to the backend")
+            exhausted = self._masq_after_dnat(p, be, now, why)
+            if exhausted:
+                return exhausted
         self.s.conntrack[key] = fwd
         self.s.conntrack[CtKey(be.addr, p.saddr, be.port, p.sport, p.proto, REPLY)] = rev
         why.append(f"external frontend {p.daddr}:{p.dport}: DNAT to {be.addr}:{be.port}")

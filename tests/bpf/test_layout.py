@@ -12,7 +12,7 @@ from dataplane.backends.ebpf.source import BPF_DIR
 
 LAYOUT = {
     # map: (key size, {key field: offset}, leaf size, {leaf field: offset})
-    "services": (12, {"vip": 0, "port": 4, "proto": 6, "pad0": 7, "slot": 8, "pad1": 10},
+    "services": (12, {"vip": 0, "port": 4, "proto": 6, "scope": 7, "slot": 8, "pad1": 10},
                  16, {"backend_id": 0, "count": 4, "flags": 6, "affinity_timeout": 8, "svc_id": 12}),
     "backends": (4, {}, 8, {"addr": 0, "port": 4, "pad0": 6}),
     "conntrack": (16, {"saddr": 0, "daddr": 4, "sport": 8, "dport": 10, "proto": 12, "dir": 13, "pad0": 14},

@@ -147,15 +147,53 @@ def test_load_balancer_source_ranges(pair):
 
 
 def test_pod_to_its_own_nodes_node_port(pair):
-    """The reply's new source is this node's address: translated on the client's veth egress,
-    never on the backend's veth ingress (where the kernel would drop it as a martian)."""
+    """externalTrafficPolicy Cluster: a pod's flow is masqueraded to the node as kube-proxy's
+    KUBE-EXT chain marks it (on the backend's veth egress), and the reply's new source, this
+    node's address, is written on the client's veth egress, never on an ingress hook (where the
+    kernel would drop it as a martian)."""
     from tests.bpf.packets import CLIENT
     p = pair(table(SERVICES, topology(app2="other")))                # web-1, local
     got, want = p.send("from_pod", from_pod(CLIENT, NODE, syn(sport=46000, dport=30080)))
-    assert want.reason == "M_DNAT_NEW" and parsed(got.data)[IP].dst == WEB1
-    back, want = p.send("from_pod", from_pod(WEB1, CLIENT, synack(sport=8080, dport=46000)))
-    assert want.reason == "M_PASS" and parsed(back.data)[IP].src == WEB1
-    reply, want = p.send("to_pod", back.data)
+    out = parsed(got.data)
+    assert want.reason == "M_DNAT_NEW" and (out[IP].src, out[IP].dst) == (CLIENT, WEB1)
+    to_backend, want = p.send("to_pod", got.data)                   # web-1's veth, egress
+    out = parsed(to_backend.data)
+    assert want.reason == "M_SNAT" and out[IP].src == NODE and out[IP].dst == WEB1
+    port = out[TCP].sport
+    back, want = p.send("from_pod", from_pod(WEB1, NODE, synack(sport=8080, dport=port)))
+    out = parsed(back.data)
+    assert want.reason == "M_UNSNAT" and (out[IP].dst, out[TCP].dport, out[IP].src) == (CLIENT, 46000, WEB1)
+    reply, want = p.send("to_pod", back.data)                       # the client's veth, egress
     out = parsed(reply.data)
     assert want.reason == "M_REVNAT" and (out[IP].src, out[TCP].sport, out[IP].dst) == (NODE, 30080, CLIENT)
+    assert checksums_valid(reply.data)
+    p.assert_same_state()
+
+
+def test_pod_to_an_etp_local_node_port_uses_every_endpoint(pair):
+    """kube-proxy's "pod traffic for ... external destinations": pods are not held to the node's
+    endpoints (nor masqueraded); clients from outside still are."""
+    from tests.bpf.packets import CLIENT
+    p = pair(table(SERVICES, topology(app1="other")))                # only web-2, on node2
+    got, want = p.send("from_netdev", outside(NODE, syn(dport=30081)))
+    assert want.reason == "DROP_NO_LOCAL_ENDPOINT"
+    got, want = p.send("from_pod", from_pod(CLIENT, NODE, syn(sport=46001, dport=30081)))
+    out = parsed(got.data)
+    assert want.reason == "M_DNAT_NEW" and (out[IP].src, out[IP].dst, out[TCP].dport) == (CLIENT, WEB2, 8080)
+    fwd, want = p.send("to_netdev", got.data)
+    assert want.reason == "M_PASS" and parsed(fwd.data)[IP].src == CLIENT            # not masqueraded
+    reply, want = p.send("to_pod", to_pod(WEB2, CLIENT, synack(sport=8080, dport=46001)))
+    out = parsed(reply.data)
+    assert want.reason == "M_REVNAT" and (out[IP].src, out[TCP].sport) == (NODE, 30081)
+    p.assert_same_state()
+
+
+def test_load_balancer_source_ranges_hold_for_pods_too(pair):
+    """kube-proxy's KUBE-FW chain (nftables: firewall-check) sees pod traffic as well."""
+    from tests.bpf.packets import CLIENT
+    p = pair(table(RANGED, topology()))
+    got, want = p.send("from_pod", from_pod(CLIENT, LB, syn(sport=46002, dport=80)))    # 10.0.1.2: out
+    assert got.verdict == "drop" and want.reason == "DROP_SOURCE_RANGE"
+    got, want = p.send("from_pod", from_pod(CLIENT, NODE, syn(sport=46003, dport=30082)))
+    assert want.reason == "M_DNAT_NEW"                                               # its node port: open
     p.assert_same_state()

@@ -143,3 +143,40 @@ def test_the_kernel_holds_what_was_rendered(variant):
                 assert kernel.get(chain) == targets, chain
     finally:
         lab.teardown()
+
+
+@pytest.mark.parametrize("variant", ["iptables", "nftables"])
+def test_after_a_failed_sync_the_next_is_a_full_one(node, variant, monkeypatch):
+    """A sync whose transaction fails changes nothing; the next one rewrites everything (kube-proxy's
+    needFullSync) and still removes what the failed one was to remove."""
+    import importlib
+    from dataplane.backends.kubeproxy.backend import ApplyError
+    module = importlib.import_module(f"dataplane.backends.{variant}")
+    backend = get(variant)
+    backend.setup(node, services(20))
+    ns = node.record.objects["node1"]
+    real = module.run_tool
+
+    def failing(ns_, argv, input=None, what=""):
+        if what == "service rules":
+            raise ApplyError("injected failure")
+        return real(ns_, argv, input=input, what=what)
+    monkeypatch.setattr(module, "run_tool", failing)
+    with pytest.raises(ApplyError):
+        backend.sync(node, services(20, without={5}))
+    assert "node1" in backend.resync
+    monkeypatch.setattr(module, "run_tool", real)
+
+    backend.sync(node, services(20, without={5, 6}))
+    assert "node1" not in backend.resync
+    assert all(f"svc-{i:05d}" in backend.last_input["node1"] for i in (0, 4, 19))   # everything rewritten
+    if variant == "nftables":
+        time.sleep(1.2)
+        backend.sync(node, services(20, without={5, 6}))                          # deletes flushed chains
+    listed = backend.rules(ns)
+    chain_names = set(re.findall(r"(?:^:|chain )(\S+)", listed, re.M))
+    if variant == "iptables":
+        assert len([c for c in chain_names if c.startswith("KUBE-SVC-")]) == 18
+    else:
+        assert not [c for c in chain_names if "svc-00005/" in c or "svc-00006/" in c]
+        assert [c for c in chain_names if "svc-00004/" in c]

@@ -174,3 +174,81 @@ def test_nftables_rules_match_kube_proxys_overall_test():
     assert ours["objects"] == theirs["objects"]
     assert ours["chains"] == theirs["chains"]
     assert ours["elements"] == theirs["elements"]
+
+
+# -- every combination renders rules that only jump to chains that exist -------------------------
+
+def combinations():
+    """Services in every traffic-policy combination, with local, remote, terminating or no
+    endpoints, affinity and source ranges."""
+    from ipaddress import IPv4Address as A, IPv4Network as N
+    from dataplane.model import Service, ServiceTable
+    from tests.unit.kubeproxy_fixture import ep, port
+    t = ServiceTable()
+    i = 0
+    for itp in ("Cluster", "Local"):
+        for etp in ("Cluster", "Local"):
+            for eps in ((), (ep("10.180.1.1", NODE),), (ep("10.180.1.2", "other"),),
+                        (ep("10.180.1.3", NODE), ep("10.180.1.4", "other")),
+                        (ep("10.180.1.10", NODE), ep("10.180.1.9", NODE))):
+                for kind in ("ClusterIP", "NodePort", "LoadBalancer"):
+                    i += 1
+                    if kind == "ClusterIP" and etp == "Local":
+                        continue
+                    t.add(Service("ns", f"s{i}", kind, A("172.30.1.0") + i,
+                                  (port(30000 + i if kind != "ClusterIP" else None),),
+                                  internal_traffic_policy=itp, external_traffic_policy=etp,
+                                  load_balancer_ips=(A("1.2.3.0") + i,) if kind == "LoadBalancer" else (),
+                                  load_balancer_source_ranges=(N("203.0.113.0/25"),) if i % 2 else (),
+                                  health_check_node_port=31000 + i if kind == "LoadBalancer" and etp == "Local" else None,
+                                  session_affinity="ClientIP" if i % 3 == 0 else "None", endpoints=eps))
+    return t
+
+
+BUILTIN_TARGETS = {"ACCEPT", "DROP", "REJECT", "RETURN", "DNAT", "MARK", "MASQUERADE"}
+
+
+def test_iptables_every_jump_has_its_chain():
+    text = render_iptables(combinations(), SPEC, NODE).restore_text()
+    for table, (declared, chains) in iptables_tables(text).items():
+        for rules in chains.values():
+            for rule in rules:
+                m = re.search(r" -j (\S+)", rule)
+                if m and m.group(1) not in BUILTIN_TARGETS:
+                    assert m.group(1) in declared, f"{table}: {rule}"
+
+
+def test_nftables_every_jump_has_its_chain():
+    state = nft_state(render_nftables(combinations(), SPEC, NODE).full_text())
+    text = "\n".join(r for rules in state["chains"].values() for r in rules) + "\n" + "\n".join(state["elements"])
+    for target in re.findall(r"(?:goto|jump) ([^\s,}]+)", text):
+        assert target in state["chains"], target
+
+
+def test_both_local_policies_keep_the_cluster_chain_for_short_circuits():
+    """iTP and eTP Local on a node port: pods and the node itself still use every endpoint
+    (kube-proxy's UsesClusterEndpoints is true for any externally accessible service)."""
+    from ipaddress import IPv4Address as A
+    from dataplane.model import Service, ServiceTable
+    from tests.unit.kubeproxy_fixture import ep, port
+    t = ServiceTable()
+    t.add(Service("ns", "a", "NodePort", A("172.30.0.50"), (port(30050),), internal_traffic_policy="Local",
+                  external_traffic_policy="Local", endpoints=(ep("10.180.0.7", NODE), ep("10.180.0.8", "other"))))
+    nat = iptables_tables(render_iptables(t, SPEC, NODE).restore_text())["nat"][1]
+    svc, svl = svc_chain("ns/a:p80", "tcp"), "KUBE-SVL-" + svc_chain("ns/a:p80", "tcp")[9:]
+    assert [r.split(" -j ")[1] for r in nat[svc]] == [sep_chain("ns/a:p80", "tcp", "10.180.0.7:80"),
+                                                      sep_chain("ns/a:p80", "tcp", "10.180.0.8:80")]
+    assert nat[svl][0].endswith("! -s 10.0.0.0/8 -j KUBE-MARK-MASQ")   # the internal chain is the local one
+
+
+def test_endpoints_in_kube_proxys_order():
+    """kube-proxy sorts endpoints as text: 10.180.0.10:80 before 10.180.0.9:80."""
+    from ipaddress import IPv4Address as A
+    from dataplane.model import Service, ServiceTable
+    from tests.unit.kubeproxy_fixture import ep, port
+    t = ServiceTable()
+    t.add(Service("ns1", "svc1", "ClusterIP", A("172.30.0.41"), (port(),), endpoints=(ep("10.180.0.9"), ep("10.180.0.10"))))
+    nat = iptables_tables(render_iptables(t, SPEC, NODE).restore_text())["nat"][1]
+    assert "-> 10.180.0.10:80\" -m statistic" in nat["KUBE-SVC-XPGD46QRK7WJZT7O"][1]
+    rules = nft_state(render_nftables(t, SPEC, NODE).full_text())["chains"]["service-ULMVA6XW-ns1/svc1/tcp/p80"]
+    assert re.search(r"0 : goto endpoint-\w+-ns1/svc1/tcp/p80__10\.180\.0\.10/80", rules[-1])

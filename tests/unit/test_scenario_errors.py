@@ -98,6 +98,10 @@ CASES = {
         "checks[0].backends", "backends only applies when expect is reachable"),
     "wrong type": (
         BASE.replace("model: flat", "model: flat\n  mtu: big"), "topology.mtu", "expected a number"),
+    "health-check node port without LoadBalancer and eTP Local": (
+        BASE + "services:\n  - {name: web, type: NodePort, externalTrafficPolicy: Local, healthCheckNodePort: 32000, "
+               "selector: {app: web}, ports: [{port: 80}]}\n",
+        "services[0].healthCheckNodePort", "only a LoadBalancer service with externalTrafficPolicy Local"),
     "duplicate YAML key": (
         BASE.replace("model: flat", "model: flat\n  model: island"), None, "duplicate key 'model'"),
     "malformed YAML": (

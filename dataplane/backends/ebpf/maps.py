@@ -15,7 +15,7 @@ from .render import BackendValue, NodeMaps, SvcKey, SvcValue
 
 def _svc_key(t, k: SvcKey):
     key = t.Key()
-    key.vip, key.port, key.proto, key.slot = be32(k.vip), be16(k.port), k.proto, k.slot
+    key.vip, key.port, key.proto, key.slot, key.scope = be32(k.vip), be16(k.port), k.proto, k.slot, k.scope
     return key
 
 
@@ -100,7 +100,7 @@ def read_services(prog: NodeProgram) -> NodeMaps:
     """The maps' contents read back in rendered form (for tests and `dataplane maps`)."""
     out = NodeMaps()
     for k, v in prog.table("services").items():
-        out.services[SvcKey(from_be32(k.vip), be16(k.port), k.proto, k.slot)] = SvcValue(
+        out.services[SvcKey(from_be32(k.vip), be16(k.port), k.proto, k.slot, k.scope)] = SvcValue(
             v.backend_id, v.count, v.flags, v.affinity_timeout, v.svc_id)
     for k, v in prog.table("backends").items():
         out.backends[k.value] = BackendValue(from_be32(v.addr), be16(v.port))

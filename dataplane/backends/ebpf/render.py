@@ -11,7 +11,8 @@ from ipaddress import IPv4Address, IPv4Network
 
 from ...model import ServiceTable
 from ...policy import cluster_targets, internal_targets, local_targets
-from .consts import SVC_F_AFFINITY, SVC_F_LOCAL_ONLY, SVC_F_MASQ, SVC_F_SRC_RANGES  # from consts.h
+from .consts import (SCOPE_EXTERNAL, SCOPE_POD, SVC_F_AFFINITY, SVC_F_LOCAL_ONLY, SVC_F_MASQ,  # from consts.h
+                     SVC_F_POD_SCOPE, SVC_F_SRC_RANGES)
 
 IPPROTO = {"TCP": 6, "UDP": 17}
 
@@ -22,6 +23,7 @@ class SvcKey:
     port: int          # 0 in the VIP marker
     proto: int         # 0 in the VIP marker
     slot: int          # 0: the service port; 1..count: backends
+    scope: int = 0     # SCOPE_EXTERNAL, or SCOPE_POD: what pods use for an eTP Local external frontend
 
 
 @dataclass(frozen=True)
@@ -73,7 +75,7 @@ class Ids:
 
     def forget_unused(self, maps: NodeMaps) -> None:
         live_b = {(b.addr, b.port) for b in maps.backends.values()}
-        live_s = {(k.vip, k.port, k.proto) for k in maps.services if k.slot == 0}
+        live_s = {_id_key(k.vip, k.port, k.proto, k.scope) for k in maps.services if k.slot == 0}
         for kind, live in (("backend", live_b), ("svc", live_s)):
             table = getattr(self, kind)
             for key in [k for k in table if k not in live]:
@@ -99,14 +101,22 @@ def render_config(spec, node: str) -> NodeConfig:
     return NodeConfig(n.ip, spec.cluster_cidr, m.enabled, m.masq_link_local, m.port_range, m.non_masquerade)
 
 
-def _frontend(out: NodeMaps, ids: Ids, addr, port: int, proto: int, targets, flags: int, timeout: int):
-    sid = ids.svc_id((addr, port, proto))
-    out.services[SvcKey(addr, port, proto, 0)] = SvcValue(count=len(targets), flags=flags,
-                                                          affinity_timeout=timeout, svc_id=sid)
+def _id_key(addr, port: int, proto: int, scope: int = SCOPE_EXTERNAL):
+    return (addr, port, proto) if scope == SCOPE_EXTERNAL else (addr, port, proto, scope)
+
+
+def _frontend(out: NodeMaps, ids: Ids, addr, port: int, proto: int, targets, flags: int, timeout: int,
+              scope: int = SCOPE_EXTERNAL) -> int:
+    sid = ids.svc_id(_id_key(addr, port, proto, scope))
+    if scope == SCOPE_POD:
+        flags |= SVC_F_POD_SCOPE
+    out.services[SvcKey(addr, port, proto, 0, scope)] = SvcValue(count=len(targets), flags=flags,
+                                                                 affinity_timeout=timeout, svc_id=sid)
     for slot, t in enumerate(targets, 1):
         bid = ids.backend_id((t.address, t.port))
         out.backends[bid] = BackendValue(t.address, t.port)
-        out.services[SvcKey(addr, port, proto, slot)] = SvcValue(backend_id=bid)
+        out.services[SvcKey(addr, port, proto, slot, scope)] = SvcValue(backend_id=bid)
+    return sid
 
 
 def _external(out: NodeMaps, ids: Ids, svc, node: str, node_ip) -> None:
@@ -119,25 +129,33 @@ def _external(out: NodeMaps, ids: Ids, svc, node: str, node_ip) -> None:
         return
     # No marker for external and load-balancer IPs: a port they do not serve is not intercepted,
     # as in both of kube-proxy's modes (nftables rejects unserved ports of cluster IPs only).
+    ranges = svc.load_balancer_source_ranges
     for sp in svc.ports:
         proto = IPPROTO[sp.protocol]
         flags = affinity
-        if svc.external_traffic_policy == "Local":
+        local = svc.external_traffic_policy == "Local"
+        if local:
             targets = local_targets(svc, sp, node)
             if not targets and cluster_targets(svc, sp):
                 flags |= SVC_F_LOCAL_ONLY
         else:
             targets = cluster_targets(svc, sp)
             flags |= SVC_F_MASQ
-        if sp.node_port and node_ip is not None:
-            _frontend(out, ids, node_ip, sp.node_port, proto, targets, flags, timeout)
-        for addr in svc.external_ips:
-            _frontend(out, ids, addr, sp.port, proto, targets, flags, timeout)
-        for addr in svc.load_balancer_ips:
-            ranges = svc.load_balancer_source_ranges
-            _frontend(out, ids, addr, sp.port, proto, targets, flags | (SVC_F_SRC_RANGES if ranges else 0), timeout)
-            sid = ids.svc_id((addr, sp.port, proto))
-            out.lb_sources.update((sid, net) for net in ranges)
+        frontends = [(node_ip, sp.node_port, 0)] if sp.node_port and node_ip is not None else []
+        frontends += [(addr, sp.port, 0) for addr in svc.external_ips]
+        frontends += [(addr, sp.port, SVC_F_SRC_RANGES if ranges else 0) for addr in svc.load_balancer_ips]
+        for addr, port, extra in frontends:
+            sid = _frontend(out, ids, addr, port, proto, targets, flags | extra, timeout)
+            if extra:
+                out.lb_sources.update((sid, net) for net in ranges)
+            if local:
+                # Pods reaching it are not held to this node's endpoints, nor masqueraded
+                # (kube-proxy's "pod traffic for ... external destinations" goes to the cluster
+                # chain); source ranges still apply.
+                sid = _frontend(out, ids, addr, port, proto, cluster_targets(svc, sp), affinity | extra,
+                                timeout, SCOPE_POD)
+                if extra:
+                    out.lb_sources.update((sid, net) for net in ranges)
 
 
 def render_node(table: ServiceTable, node: str, ids: Ids, node_ip=None) -> NodeMaps:

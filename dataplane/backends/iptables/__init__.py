@@ -39,8 +39,10 @@ class IptablesBackend(KubeProxyBackend):
         desired = render(table, spec, node)
         old = self.applied.get(node)
         if old is None or changed is None:
-            text = desired.restore_text()
-            summary = f"{len(desired.services)} services written"
+            active = desired.service_chains()
+            deleted = tuple(c for c in old.service_chains() if c not in active) if old else ()
+            text = desired.restore_text(deleted=deleted)
+            summary = f"{len(desired.services)} services written" + (" (full resync)" if old else "")
         else:
             # kube-proxy's partial sync: every chain of a changed service (all its ports) is
             # rewritten; unchanged services are not mentioned and keep what they have (even if a

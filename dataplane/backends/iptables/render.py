@@ -101,7 +101,7 @@ def render(table: ServiceTable, spec: TopologySpec, node: str) -> Ruleset:
     node_ip = spec.node(node).ip
     f, n = rs.filter, rs.nat
     pvs = views(table, node)
-    large = sum(len(pv.all_reachable) for pv in pvs) > LARGE_CLUSTER_ENDPOINTS
+    large = sum(pv.endpoint_count for pv in pvs) > LARGE_CLUSTER_ENDPOINTS
     n["KUBE-POSTROUTING"] += [
         f"-A KUBE-POSTROUTING -m mark ! --mark {MASQ_MARK}/{MASQ_MARK} -j RETURN",
         f"-A KUBE-POSTROUTING -j MARK --xor-mark {MASQ_MARK}",
@@ -195,7 +195,7 @@ def _service(pv: PortView, cluster_cidr: str, node_ip, large: bool, f: dict, n: 
                 f"-A KUBE-EXTERNAL-SERVICES -m comment --comment {ext_comment} -m addrtype --dst-type LOCAL "
                 f"{_match(pv, None, pv.node_port)} -j {ext_target}")
     # The health-check node port.
-    if pv.svc.health_check_node_port and pv.external_policy_local:
+    if pv.svc.health_check_node_port:      # set only for LoadBalancer with eTP Local
         f["KUBE-NODEPORTS"].append(f'-A KUBE-NODEPORTS -m comment --comment "{name} health check node port" '
                                    f"-m tcp -p tcp --dport {pv.svc.health_check_node_port} -j ACCEPT")
 

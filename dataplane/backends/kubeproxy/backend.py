@@ -44,6 +44,7 @@ class KubeProxyBackend:
     applied: dict = field(default_factory=dict)      # node -> the renderer's last applied ruleset
     last_input: dict = field(default_factory=dict)   # node -> text of the last transaction
     namespaces: dict = field(default_factory=dict)   # node -> netns
+    resync: set = field(default_factory=set)         # nodes whose last sync failed: next one is full
     table: object = None
     spec: object = None
 
@@ -58,7 +59,14 @@ class KubeProxyBackend:
         report = []
         changed = changed_services(self.table, table)
         for node, ns in self.namespaces.items():
-            change = self.apply(ns, lab.spec, node, table, changed)
+            try:
+                # After a failure kube-proxy's next sync is a full one (needFullSync).
+                change = self.apply(ns, lab.spec, node, table, None if node in self.resync else changed)
+            except Exception:
+                self.resync.add(node)
+                self.failed(node)
+                raise
+            self.resync.discard(node)
             flushed = clean_stale_entries(ns, table)
             if change or flushed:
                 report.append(f"{node}: {change or 'no rule changes'}"
@@ -78,8 +86,12 @@ class KubeProxyBackend:
 
     def apply(self, ns: str, spec, node: str, table, changed: set | None) -> str:
         """Render and apply; `changed`: the services (keys) that changed since the last sync, None
-        for a full sync. Return a one-line summary of what changed ('' for nothing)."""
+        for a full sync (the first, or after a failure: then what the last good sync applied is
+        still known and its leftovers are removed). Return a one-line summary ('' for nothing)."""
         raise NotImplementedError
+
+    def failed(self, node: str) -> None:
+        """Forget what a failed sync meant to do (the transaction was not applied)."""
 
     def rules(self, ns: str) -> str:
         """What is installed, as the mode's own listing tool prints it."""

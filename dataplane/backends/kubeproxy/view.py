@@ -52,7 +52,9 @@ class PortView:
 
     @property
     def uses_cluster_endpoints(self) -> bool:
-        return not self.internal_policy_local or (self.externally_accessible and not self.external_policy_local)
+        # Even with both policies Local: the external chain short-circuits pod and node traffic
+        # to the cluster chain (kube-proxy's ServicePort.UsesClusterEndpoints).
+        return not self.internal_policy_local or self.externally_accessible
 
     @property
     def uses_local_endpoints(self) -> bool:
@@ -62,7 +64,12 @@ class PortView:
     def all_reachable(self) -> tuple[Target, ...]:
         """Endpoints some rule on this node may send to: cluster and local ones, each once."""
         seen = {(t.address, t.port): t for t in (*self.cluster_endpoints, *self.local_endpoints)}
-        return tuple(sorted(seen.values(), key=lambda t: (int(t.address), t.port)))
+        return by_endpoint(seen.values())
+
+    @property
+    def endpoint_count(self) -> int:
+        """Every endpoint of the port, usable or not: what kube-proxy counts for large-cluster mode."""
+        return sum(1 for e in self.svc.endpoints if e.port_for(self.sp.name, self.sp.protocol) is not None)
 
     @property
     def has_internal_endpoints(self) -> bool:
@@ -86,10 +93,15 @@ def port_name(svc: Service, sp: ServicePort) -> str:
     return f"{svc.namespace}/{svc.name}" + (f":{sp.name}" if sp.name else "")
 
 
+def by_endpoint(targets) -> tuple[Target, ...]:
+    """kube-proxy's endpoint order: sorted by "ip:port" as text (10.0.0.10 before 10.0.0.9)."""
+    return tuple(sorted(targets, key=lambda t: f"{t.address}:{t.port}"))
+
+
 def view(svc: Service, sp: ServicePort, node: str) -> PortView:
     probe = PortView(svc, sp, port_name(svc, sp), sp.protocol.lower(), (), (), False)
-    cluster = tuple(cluster_targets(svc, sp)) if probe.uses_cluster_endpoints else ()
-    local = tuple(local_targets(svc, sp, node)) if probe.uses_local_endpoints else ()
+    cluster = by_endpoint(cluster_targets(svc, sp)) if probe.uses_cluster_endpoints else ()
+    local = by_endpoint(local_targets(svc, sp, node)) if probe.uses_local_endpoints else ()
     # Any usable endpoint anywhere: cluster_targets already falls back to serving terminating ones.
     anywhere = bool(cluster_targets(svc, sp))
     return PortView(svc, sp, probe.name, probe.protocol, cluster, local, anywhere)

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 
 from ..iptables.render import masq_agent_text
-from ..kubeproxy.backend import KubeProxyBackend, run_tool
+from ..kubeproxy.backend import ApplyError, KubeProxyBackend, run_tool
 from .render import CONTAINERS, TABLE, Ruleset, render
 
 STALE_CHAIN_DELAY = 1.0   # seconds between flushing a gone service's chain and deleting it
@@ -39,19 +39,24 @@ class NftablesBackend(KubeProxyBackend):
 
     def apply(self, ns, spec, node, table, changed) -> str:
         start = time.monotonic()
-        self._delete_stale(ns, node, start)
+        warning = self._delete_stale(ns, node, start)
         desired = render(table, spec, node)
         old: Ruleset | None = self.applied.get(node)
-        if old is None or changed is None:
+        if old is None:
             text = desired.full_text()
             summary = f"{len(desired.services)} services written"
+        elif changed is None:
+            # A full resync over an existing table: base chains flushed, not recreated; every
+            # service rewritten; what the last good sync had and no service uses is flushed.
+            text = desired.full_text(first=False) + self._leftovers(node, old, desired, start)
+            summary = f"{len(desired.services)} services written (full resync)"
         else:
             text, summary = self._partial(node, old, desired, changed, start)
         if text.strip():
             self._nft(ns, text, "service rules")
         self.applied[node] = desired
         self.last_input[node] = text
-        return summary
+        return "; ".join(x for x in (summary, warning) if x)
 
     def _partial(self, node: str, old: Ruleset, new: Ruleset, changed_keys: set, start: float) -> tuple[str, str]:
         out = []
@@ -77,18 +82,9 @@ class NftablesBackend(KubeProxyBackend):
                 if key not in after:
                     out.append(old.element(container, key, "delete"))
                     ops["deleted"] += 1
-        # Gone affinity sets are deleted at once (nothing points at them once their chains are
-        # rewritten); gone chains are flushed now and deleted later.
-        new_sets, new_chains = new.affinity_sets(), new.service_chains()
-        gone_chains = [c for c in old.service_chains() if c not in new_chains]
-        stale = self.stale_chains.setdefault(node, {})
-        for chain in gone_chains:
-            out.append(f"flush chain {TABLE} {chain}")
-            stale[chain] = start
-        for chain in new_chains:
-            stale.pop(chain, None)       # back in use
-        # A set is referenced by its service's rules: deleted after those are flushed/rewritten.
-        out += [f"delete set {TABLE} {s}" for s in old.affinity_sets() if s not in new_sets]
+        leftovers = self._leftovers(node, old, new, start)
+        out += leftovers.splitlines()
+        gone_chains = [l for l in out if l.startswith("flush chain")]
         gone = [k for k in old.services if k not in new.services]
         summary = ""
         if changed or gone or ops["added"] or ops["deleted"]:
@@ -96,13 +92,39 @@ class NftablesBackend(KubeProxyBackend):
                        f"added, {ops['deleted']} deleted, {len(gone_chains)} chains flushed for deletion")
         return ("\n".join(out) + "\n") if out else "", summary
 
-    def _delete_stale(self, ns: str, node: str, now: float) -> None:
+    def _leftovers(self, node: str, old: Ruleset, new: Ruleset, start: float) -> str:
+        """Chains no service uses any more: flushed now, deleted by a later sync; their affinity
+        sets: deleted now (after the flush of the chains that referenced them)."""
+        new_sets, new_chains = new.affinity_sets(), new.service_chains()
+        stale = self.stale_chains.setdefault(node, {})
+        out = []
+        for chain in old.service_chains():
+            if chain not in new_chains:
+                out.append(f"flush chain {TABLE} {chain}")
+                stale[chain] = start
+        for chain in new_chains:
+            stale.pop(chain, None)       # back in use
+        out += [f"delete set {TABLE} {s}" for s in old.affinity_sets() if s not in new_sets]
+        return "".join(line + "\n" for line in out)
+
+    def failed(self, node: str) -> None:
+        # kube-proxy: if the main transaction fails, forget the stale chains it recorded.
+        self.stale_chains.pop(node, None)
+
+    def _delete_stale(self, ns: str, node: str, now: float) -> str:
+        """Delete chains stale for long enough, in a transaction of their own. A failure is
+        reported, not raised (kube-proxy logs it and finds the chain again later)."""
         stale = self.stale_chains.get(node, {})
         due = [c for c, t in stale.items() if now - t >= STALE_CHAIN_DELAY]
-        if due:
+        if not due:
+            return ""
+        try:
             self._nft(ns, "".join(f"delete chain {TABLE} {c}\n" for c in due), "stale chains")
-            for c in due:
-                del stale[c]
+        except ApplyError as exc:
+            return f"stale chains not deleted yet ({exc})"
+        for c in due:
+            del stale[c]
+        return ""
 
     def rules(self, ns: str) -> str:
         return run_tool(ns, ["nft", "list", "table", *TABLE.split()])

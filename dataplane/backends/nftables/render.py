@@ -68,6 +68,7 @@ CONTAINERS = ("cluster-ips", "service-ips", "firewall-ips", "no-endpoint-service
 class Ruleset:
     """What the node's `ip kube-proxy` table should hold, in pieces a sync can diff."""
     base: str = ""                                                # the fixed part (setupNFTables)
+    base_resync: str = ""                                         # the same without recreating base chains
     elements: dict[str, dict[str, str]] = field(default_factory=dict)     # container -> key -> value
     comments: dict[tuple[str, str], str] = field(default_factory=dict)    # (container, key) -> comment
     services: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # service key -> chain -> rules
@@ -98,8 +99,10 @@ class Ruleset:
             out += [f"add rule {TABLE} {chain} {r}" for r in rules]
         return out
 
-    def full_text(self) -> str:
-        out = [self.base]
+    def full_text(self, first: bool = True) -> str:
+        """Everything; `first`: the process's first sync (kube-proxy then recreates base chains,
+        which only works while they are empty)."""
+        out = [self.base if first else self.base_resync]
         for key in self.services:
             out += self.service_text(key)
         for container in CONTAINERS:
@@ -163,7 +166,8 @@ def base_text(spec: TopologySpec, node: str, first: bool = True) -> str:
 
 
 def render(table: ServiceTable, spec: TopologySpec, node: str) -> Ruleset:
-    rs = Ruleset(base=base_text(spec, node), elements={c: {} for c in CONTAINERS})
+    rs = Ruleset(base=base_text(spec, node), base_resync=base_text(spec, node, first=False),
+                 elements={c: {} for c in CONTAINERS})
     for pv in views(table, node):
         chains, sets = _service(pv, rs, str(spec.cluster_cidr), spec.node(node).ip)
         rs.services.setdefault(pv.svc.key, {}).update(chains)
