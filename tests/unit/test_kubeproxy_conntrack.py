@@ -48,3 +48,8 @@ def test_stale_entries_are_the_ones_not_answered_by_a_serving_endpoint():
         ["--orig-port-dst", "30053", "--reply-src", "10.0.1.7"],                              # node port
         ["--orig-dst", "10.96.0.10", "--orig-port-dst", "53", "--reply-src", "10.0.1.3"],    # not serving
     ]
+
+
+def test_a_service_without_serving_endpoints_is_left_alone():
+    t = table(SVC.replace("selector: {app: dns}", "selector: {app: nothing}"), TOPO)
+    assert stale_filters(parse_entries(LISTING), t) == []

@@ -6,7 +6,8 @@ keeps sending the client's datagrams into the void (kubernetes#48370), and an en
 while the service had no endpoints (REJECTed, not NATed) keeps the service unreachable for that
 tuple. kube-proxy's rule: a UDP entry whose original destination is a service IP and port (cluster,
 external or load-balancer IP), or whose original destination port is a service's node port, must
-be answered by a serving endpoint of that service; any other entry is deleted. TCP entries are
+be answered by a serving endpoint of that service; any other entry is deleted (a service with no
+serving endpoint at all is skipped until it has one again). TCP entries are
 left alone (a TCP flow to a gone endpoint fails and the client reconnects).
 """
 from __future__ import annotations
@@ -29,6 +30,8 @@ def serving_ips(table: ServiceTable):
                 continue
             eps = {str(e.address) for e in svc.endpoints
                    if e.serving and e.port_for(sp.name, sp.protocol) is not None}
+            if not eps:
+                continue      # kube-proxy skips a service with no serving endpoint
             for ip in (svc.cluster_ip, *svc.external_ips, *svc.load_balancer_ips):
                 by_ip[(str(ip), sp.port)] = eps
             if sp.node_port:
