@@ -252,3 +252,34 @@ def test_endpoints_in_kube_proxys_order():
     assert "-> 10.180.0.10:80\" -m statistic" in nat["KUBE-SVC-XPGD46QRK7WJZT7O"][1]
     rules = nft_state(render_nftables(t, SPEC, NODE).full_text())["chains"]["service-ULMVA6XW-ns1/svc1/tcp/p80"]
     assert re.search(r"0 : goto endpoint-\w+-ns1/svc1/tcp/p80__10\.180\.0\.10/80", rules[-1])
+
+
+def test_iptables_nodeport_with_local_traffic_policy_and_a_local_endpoint():
+    """What kube-proxy's overall fixture lacks: eTP Local with an endpoint on this node. Expected
+    text per kube-proxy's syncProxyRules: KUBE-NODEPORTS -> KUBE-EXT; KUBE-EXT short-circuits pod
+    and node traffic to KUBE-SVC (every endpoint), sends the rest to KUBE-SVL (this node's); no
+    filter rule (the node has a local endpoint); names from kube-proxy's hash."""
+    from ipaddress import IPv4Address as A
+    from dataplane.model import Endpoint, EndpointPort, Service, ServicePort, ServiceTable
+    t = ServiceTable()
+    ports = (EndpointPort("http", 8080, "TCP"),)
+    t.add(Service("ns1", "np", "NodePort", A("172.30.0.20"), (ServicePort("http", 80, "TCP", "http", 30020),),
+                  external_traffic_policy="Local",
+                  endpoints=(Endpoint(A("10.0.0.7"), ports, NODE, None), Endpoint(A("10.0.0.8"), ports, "other", None))))
+    filt, nat = (iptables_tables(render_iptables(t, SPEC, NODE).restore_text())[x][1] for x in ("filter", "nat"))
+    svc, svl, ext = "KUBE-SVC-YLAE7TD4E22QEDEQ", "KUBE-SVL-YLAE7TD4E22QEDEQ", "KUBE-EXT-YLAE7TD4E22QEDEQ"
+    sep7, sep8 = "KUBE-SEP-PNPFIQSSTN67MPS3", "KUBE-SEP-VHOI6JEXWGPHDLJR"
+    assert nat["KUBE-NODEPORTS"] == [f"-A KUBE-NODEPORTS -m comment --comment ns1/np:http -m tcp -p tcp --dport 30020 -j {ext}"]
+    assert nat[ext] == [
+        f'-A {ext} -m comment --comment "pod traffic for ns1/np:http external destinations" -s 10.0.0.0/8 -j {svc}',
+        f'-A {ext} -m comment --comment "masquerade LOCAL traffic for ns1/np:http external destinations" -m addrtype --src-type LOCAL -j KUBE-MARK-MASQ',
+        f'-A {ext} -m comment --comment "route LOCAL traffic for ns1/np:http external destinations" -m addrtype --src-type LOCAL -j {svc}',
+        f"-A {ext} -j {svl}",
+    ]
+    assert nat[svc] == [
+        f'-A {svc} -m comment --comment "ns1/np:http cluster IP" -m tcp -p tcp -d 172.30.0.20 --dport 80 ! -s 10.0.0.0/8 -j KUBE-MARK-MASQ',
+        f'-A {svc} -m comment --comment "ns1/np:http -> 10.0.0.7:8080" -m statistic --mode random --probability 0.5000000000 -j {sep7}',
+        f'-A {svc} -m comment --comment "ns1/np:http -> 10.0.0.8:8080" -j {sep8}',
+    ]
+    assert nat[svl] == [f'-A {svl} -m comment --comment "ns1/np:http -> 10.0.0.7:8080" -j {sep7}']
+    assert not filt.get("KUBE-EXTERNAL-SERVICES") and not filt.get("KUBE-SERVICES")
