@@ -52,13 +52,8 @@ static __always_inline int new_flow(struct __sk_buff *skb, struct pkt *p, struct
 	__be32 reply_daddr = p->saddr;
 	if (be->addr != p->saddr && (svc->flags & SVC_F_MASQ)) {
 		/* An external frontend with externalTrafficPolicy Cluster, reached by a pod: masqueraded
-		 * to the node IP as kube-proxy's KUBE-EXT chain marks it, with a claimed port; the SNAT
-		 * entries rewrite on egress (to_netdev or the backend's to_pod), as for a NodePort. */
-		struct pkt after = *p;
-		after.daddr = be->addr;
-		after.dport = be->port;
-		__be16 port;
-		if (snat_claim(&after, cfg, now, &port) < 0)
+		 * to the node IP as kube-proxy's KUBE-EXT chain marks whoever the client is. */
+		if (snat_claim_after_dnat(p, be, cfg, now) < 0)
 			return drop(DROP_SNAT_EXHAUSTED);
 		fwd.flags = rev.flags = CT_F_EGRESS;
 	}

@@ -16,15 +16,8 @@ static __always_inline int nodeport_new_flow(struct __sk_buff *skb, struct pkt *
 	int verdict = flow_backend(skb, p, svc, cfg, now, &id, &be);
 	if (verdict >= 0)
 		return verdict;
-	if (svc->flags & SVC_F_MASQ) {
-		/* masquerade the flow as it will look after DNAT: client -> backend */
-		struct pkt after = *p;
-		after.daddr = be->addr;
-		after.dport = be->port;
-		__be16 port;
-		if (snat_claim(&after, cfg, now, &port) < 0)
-			return drop(DROP_SNAT_EXHAUSTED);
-	}
+	if ((svc->flags & SVC_F_MASQ) && snat_claim_after_dnat(p, be, cfg, now) < 0)
+		return drop(DROP_SNAT_EXHAUSTED);
 	struct ct_entry fwd = {}, rev = {};
 	fwd.flags = rev.flags = CT_F_EGRESS;
 	if (flow_create(p, svc, cfg, now, id, be, &fwd, &rev, p->saddr, p->sport) < 0)

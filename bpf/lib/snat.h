@@ -107,6 +107,20 @@ static __always_inline int snat_claim(const struct pkt *p, const struct dp_confi
 	return 0;
 }
 
+/* externalTrafficPolicy Cluster (SVC_F_MASQ): claim the masquerade mapping of a new flow to an
+ * external frontend as it will look after DNAT (client -> backend), so that the backend's replies
+ * come back through this node. The SNAT entries rewrite on egress (to_netdev for a remote
+ * backend, to_pod for a local one) and undo it on ingress. -1 when no port is free. */
+static __always_inline int snat_claim_after_dnat(const struct pkt *p, const struct backend *be,
+						 const struct dp_config *cfg, __u64 now)
+{
+	struct pkt after = *p;
+	after.daddr = be->addr;
+	after.dport = be->port;
+	__be16 port;
+	return snat_claim(&after, cfg, now, &port);
+}
+
 /* A new masqueraded flow: claim its mapping and translate its first packet. */
 static __always_inline int snat_new(struct __sk_buff *skb, struct pkt *p, const struct dp_config *cfg, __u64 now)
 {

@@ -139,23 +139,15 @@ def _service(pv: PortView, cluster_cidr: str, node_ip, large: bool, f: dict, n: 
     svc, svl, ext, fw = (c(name, proto) for c in (svc_chain, svl_chain, ext_chain, fw_chain))
     chains: dict[str, list[str]] = {}
     cluster_eps, local_eps = pv.cluster_endpoints, pv.local_endpoints
-    uses_svc = bool(cluster_eps)
-    uses_svl = bool(local_eps) and pv.uses_local_endpoints
-    uses_ext = pv.externally_accessible and pv.has_endpoints
-    uses_fw = bool(pv.svc.load_balancer_ips and pv.source_ranges) and pv.has_endpoints
+    uses_svc, uses_svl, uses_ext, uses_fw = (pv.uses_cluster_chain, pv.uses_local_chain,
+                                             pv.uses_external_chain, pv.uses_firewall_chain)
     internal_chain = svl if pv.internal_policy_local else svc
     external_chain = ext
     lb_chain = fw if uses_fw else external_chain
 
     # The filter targets for traffic with nowhere to go (kube-proxy's "no endpoints" handling).
-    if not pv.has_endpoints:
-        int_target = ext_target = "REJECT"
-        int_comment = ext_comment = f'"{name} has no endpoints"'
-    else:
-        int_target = "DROP" if not pv.has_internal_endpoints else ""
-        int_comment = f'"{name} has no local endpoints"'
-        ext_target = "DROP" if not pv.has_external_endpoints else ""
-        ext_comment = int_comment
+    int_target, ext_target = pv.internal_filter, pv.external_filter
+    int_comment = ext_comment = f'"{name} has no {"local " if pv.has_endpoints else ""}endpoints"'
 
     # The cluster IP.
     if pv.has_internal_endpoints:

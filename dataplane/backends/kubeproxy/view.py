@@ -79,6 +79,43 @@ class PortView:
     def has_external_endpoints(self) -> bool:
         return bool(self.local_endpoints if self.external_policy_local else self.cluster_endpoints)
 
+    # -- what syncProxyRules derives, the same in both modes -------------------------------------
+
+    @property
+    def uses_cluster_chain(self) -> bool:
+        """KUBE-SVC- / service-: the random choice among the cluster-wide endpoints."""
+        return bool(self.cluster_endpoints) and self.uses_cluster_endpoints
+
+    @property
+    def uses_local_chain(self) -> bool:
+        """KUBE-SVL- / local-: the same among this node's endpoints."""
+        return bool(self.local_endpoints) and self.uses_local_endpoints
+
+    @property
+    def uses_external_chain(self) -> bool:
+        """KUBE-EXT- / external-: traffic to the node port, external and load-balancer IPs."""
+        return self.has_endpoints and self.externally_accessible
+
+    @property
+    def uses_firewall_chain(self) -> bool:
+        """KUBE-FW- / firewall-: loadBalancerSourceRanges."""
+        return self.has_endpoints and bool(self.svc.load_balancer_ips) and bool(self.source_ranges)
+
+    def _filter(self, has: bool) -> str | None:
+        if not self.has_endpoints:
+            return "REJECT"           # "has no endpoints"
+        return None if has else "DROP"   # "has no local endpoints"
+
+    @property
+    def internal_filter(self) -> str | None:
+        """What happens to cluster-IP traffic with nowhere to go: REJECT, DROP, or None (it has)."""
+        return self._filter(self.has_internal_endpoints)
+
+    @property
+    def external_filter(self) -> str | None:
+        """The same for node-port, external-IP and load-balancer-IP traffic."""
+        return self._filter(self.has_external_endpoints)
+
     @property
     def affinity(self) -> int | None:
         """ClientIP affinity timeout in seconds, or None."""

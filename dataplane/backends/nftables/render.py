@@ -180,17 +180,12 @@ def _service(pv: PortView, rs: Ruleset, cluster_cidr: str, node_ip):
     svc, sp, proto = pv.svc, pv.sp, pv.protocol
     base = nft_service_base(svc.namespace, svc.name, proto, sp.name)
     cluster, local, external, firewall = (f"{p}-{base}" for p in ("service", "local", "external", "firewall"))
-    uses_cluster = bool(pv.cluster_endpoints) and pv.uses_cluster_endpoints
-    uses_local = bool(pv.local_endpoints) and pv.uses_local_endpoints
-    uses_external = pv.has_endpoints and pv.externally_accessible
-    uses_fw = pv.has_endpoints and bool(svc.load_balancer_ips) and bool(pv.source_ranges)
+    uses_cluster, uses_local, uses_external, uses_fw = (pv.uses_cluster_chain, pv.uses_local_chain,
+                                                         pv.uses_external_chain, pv.uses_firewall_chain)
     internal_chain = local if pv.internal_policy_local else cluster
     external_policy = local if pv.external_policy_local else cluster
-    if not pv.has_endpoints:
-        int_verdict = ext_verdict = "goto reject-chain"
-    else:
-        int_verdict = "drop" if not pv.has_internal_endpoints else ""
-        ext_verdict = "drop" if not pv.has_external_endpoints else ""
+    verdicts = {"REJECT": "goto reject-chain", "DROP": "drop", None: ""}
+    int_verdict, ext_verdict = verdicts[pv.internal_filter], verdicts[pv.external_filter]
 
     el = rs.elements
 
