@@ -45,11 +45,9 @@ class KubeProxyBackend:
     last_input: dict = field(default_factory=dict)   # node -> text of the last transaction
     namespaces: dict = field(default_factory=dict)   # node -> netns
     resync: set = field(default_factory=set)         # nodes whose last sync failed: next one is full
-    table: object = None
-    spec: object = None
+    table: object = None                             # the table of the last good sync
 
     def setup(self, lab, table) -> None:
-        self.spec = lab.spec
         for node in lab.spec.nodes:
             ns = self.namespaces[node.name] = lab.record.objects[node.name]
             self.install(ns, lab.spec, node.name)
