@@ -60,11 +60,12 @@ def cli():
 @click.option("--keep", is_flag=True, help="Leave the lab up after the checks (remove it with `down`).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress messages on stderr.")
 @click.option("--seed", type=click.IntRange(0, 2**32 - 1),
-              help="Seed of the backend choice (printed with every run): the same seed replays the same choices.")
+              help="Seed of the backend choice (printed with every run): the same seed replays the same choices "
+                   "(ebpf, model; kube-proxy's modes choose with the kernel's random).")
 @click.option("--map-size", "map_sizes", multiple=True, metavar="NAME=ENTRIES",
               help="eBPF map capacity: services, backends, conntrack or affinity (repeatable).")
 @click.option("--ct-timeout", "ct_timeouts", multiple=True, metavar="NAME=SECONDS",
-              help="Conntrack lifetime: syn, tcp (established), close (after FIN/RST) or udp (repeatable).")
+              help="eBPF conntrack lifetime: syn, tcp (established), close (after FIN/RST) or udp (repeatable).")
 def run(scenario, backend, lab_name, as_json, keep, quiet, seed, map_sizes, ct_timeouts):
     """Build the lab of SCENARIO, program a backend, run its checks, tear down.
 
@@ -103,11 +104,11 @@ Examples:
 @click.option("--backend", "-b", default=backends.DEFAULT, show_default=True,
               type=click.Choice(sorted(backends.BACKENDS)))
 @click.option("--dry-run", is_flag=True, help="Print every namespace, link, address and route; create nothing.")
-@click.option("--seed", type=click.IntRange(0, 2**32 - 1), help="Seed of the backend choice.")
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), help="Seed of the backend choice (ebpf).")
 @click.option("--map-size", "map_sizes", multiple=True, metavar="NAME=ENTRIES",
               help="eBPF map capacity: services, backends, conntrack or affinity (repeatable).")
 @click.option("--ct-timeout", "ct_timeouts", multiple=True, metavar="NAME=SECONDS",
-              help="Conntrack lifetime: syn, tcp (established), close (after FIN/RST) or udp (repeatable).")
+              help="eBPF conntrack lifetime: syn, tcp (established), close (after FIN/RST) or udp (repeatable).")
 def up(scenario, lab_name, backend, dry_run, seed, map_sizes, ct_timeouts):
     """Build the lab of SCENARIO and leave it running (its test servers too).
 
