@@ -15,9 +15,9 @@ import struct
 import subprocess
 
 from .errors import DataplaneError, LabError
+from .backends.ebpf.program import PIN_ROOT
 from .lab import netns, state
 
-PIN_ROOT = "/sys/fs/bpf"
 PROTOCOLS = {6: "TCP", 17: "UDP"}
 
 

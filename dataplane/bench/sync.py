@@ -15,7 +15,6 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 
@@ -24,17 +23,7 @@ from ..checks import CheckSpec, client_argv
 from ..lab import netns
 from ..lab.lab import Lab
 from ..model import ServiceTable
-from ..scenario import load
-from .synthetic import services, vip
-
-TOPOLOGY = """\
-name: bench
-topology:
-  model: island
-  nodes: [node1]
-  pods: [{name: web, node: node1}, {name: client, node: node1}]
-"""
-
+from .synthetic import one_node, services, vip
 
 @dataclass
 class Result:
@@ -58,11 +47,7 @@ def machine() -> str:
 
 
 def run_one(backend_name: str, n: int, requests: int, lab_name: str = "bench", progress=lambda m: None) -> Result:
-    with tempfile.TemporaryDirectory() as d:
-        path = os.path.join(d, "bench.yaml")
-        with open(path, "w") as f:
-            f.write(TOPOLOGY)
-        spec = load(path).topology
+    spec = one_node()
     web = next(p for p in spec.pods if p.name == "web")
     table = services(n, pod_ip=str(web.ip))
     changed = services(n, pod_ip=str(web.ip), two_endpoints={n // 2})

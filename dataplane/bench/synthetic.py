@@ -1,11 +1,31 @@
-"""Synthetic service tables for benchmarks and scale tests: N ClusterIP services on one pod."""
+"""Synthetic labs for benchmarks and scale tests: one node with pods `web` and `client`, and
+tables of N ClusterIP services on `web`."""
 from __future__ import annotations
 
+import os
+import tempfile
 from ipaddress import IPv4Address
 
 from ..model import Endpoint, EndpointPort, Service, ServicePort, ServiceTable
 
 FIRST_VIP = IPv4Address("10.96.0.1")
+ONE_NODE = """\
+name: one-node
+topology:
+  model: island
+  nodes: [node1]
+  pods: [{name: web, node: node1}, {name: client, node: node1}]
+"""
+
+
+def one_node():
+    """The TopologySpec of ONE_NODE (web is 10.0.1.2, the default endpoint of `services`)."""
+    from ..scenario import load
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "one-node.yaml")
+        with open(path, "w") as f:
+            f.write(ONE_NODE)
+        return load(path).topology
 
 
 def vip(i: int) -> IPv4Address:

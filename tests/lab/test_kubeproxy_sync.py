@@ -6,30 +6,20 @@ from __future__ import annotations
 
 import re
 import time
+
 import pytest
 
 from dataplane.backends import get
 from dataplane.backends.iptables.render import FILTER_CHAINS, NAT_CHAINS
+from dataplane.bench.synthetic import one_node, services, vip
 from dataplane.lab import netns
 from dataplane.lab.lab import Lab
-from dataplane.bench.synthetic import services, vip
 from dataplane.scenario import load
 
 N = 1000
-TOPOLOGY = """\
-name: sync
-topology:
-  model: island
-  nodes: [node1]
-  pods: [{name: web, node: node1}]
-"""
-
-
 @pytest.fixture
-def node(tmp_path):
-    p = tmp_path / "sync.yaml"
-    p.write_text(TOPOLOGY)
-    lab = Lab.create(load(p).topology, "t-sync")
+def node():
+    lab = Lab.create(one_node(), "t-sync")
     try:
         yield lab
     finally:
@@ -119,9 +109,8 @@ def test_the_kernel_holds_what_was_rendered(variant):
     """Every scenario service type at once (loadbalancer.yaml: source ranges, eTP Local, external
     IPs, health-check node port): what iptables-save / nft list print back has the rendered
     chains with the rendered rules, target for target."""
-    from dataplane.scenario import load as load_scenario
     from tests.conftest import SCENARIOS
-    sc = load_scenario(SCENARIOS / "loadbalancer.yaml")
+    sc = load(SCENARIOS / "loadbalancer.yaml")
     lab = Lab.create(sc.topology, "t-render", frontends=sc.frontend_routes)
     backend = get(variant)
     try:

@@ -73,18 +73,18 @@ class NftablesBackend(KubeProxyBackend):
         for container in CONTAINERS:
             before, after = old.elements[container], new.elements[container]
             for key, value in after.items():
-                if key in before and before[key] != value:
-                    out.append(old.element(container, key, "delete"))
-                if before.get(key) != value or key not in before:
+                if key not in before or before[key] != value:
+                    if key in before:        # a changed verdict: delete, then add
+                        out.append(old.element(container, key, "delete"))
                     out.append(new.element(container, key))
                     ops["added"] += 1
             for key in before:
                 if key not in after:
                     out.append(old.element(container, key, "delete"))
                     ops["deleted"] += 1
-        leftovers = self._leftovers(node, old, new, start)
-        out += leftovers.splitlines()
-        gone_chains = [l for l in out if l.startswith("flush chain")]
+        leftovers = self._leftovers(node, old, new, start).splitlines()
+        out += leftovers
+        gone_chains = [l for l in leftovers if l.startswith("flush chain")]
         gone = [k for k in old.services if k not in new.services]
         summary = ""
         if changed or gone or ops["added"] or ops["deleted"]:
