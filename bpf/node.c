@@ -44,8 +44,7 @@ int to_netdev(struct __sk_buff *skb)
 
 	/* replies of NodePort flows leave with the frontend as source */
 	struct ct_key k = {};
-	ct_key_of(&k, &p, CT_REPLY);
-	struct ct_entry *e = ct_lookup(&k, now);
+	struct ct_entry *e = ct_reply(&k, &p, CT_REPLY, now);
 	if (e && (e->flags & CT_F_EGRESS)) {
 		if ((r = unsupported(&p)))
 			return drop(r);
@@ -95,8 +94,7 @@ int from_netdev(struct __sk_buff *skb)
 	if ((p.proto != IPPROTO_TCP && p.proto != IPPROTO_UDP) || !p.has_l4)
 		return pass();
 	struct ct_key k = {};
-	ct_key_of(&k, &p, CT_SNAT_IN);
-	struct ct_entry *e = ct_lookup(&k, now);
+	struct ct_entry *e = ct_reply(&k, &p, CT_SNAT_IN, now);
 	if (e) {
 		if ((r = unsupported(&p)))
 			return drop(r);
@@ -127,5 +125,6 @@ int from_netdev(struct __sk_buff *skb)
 		return nodeport_new_flow(skb, &p, svc, cfg, now);
 	}
 	snat_note_inbound(cfg, &p, now);
+	ct_release_reused(&p, now);
 	return pass();
 }

@@ -114,8 +114,7 @@ static __always_inline int handle(struct __sk_buff *skb, int service_hook)
 	}
 
 	struct ct_key k = {};
-	ct_key_of(&k, &p, CT_REPLY);
-	struct ct_entry *e = ct_lookup(&k, now);
+	struct ct_entry *e = ct_reply(&k, &p, CT_REPLY, now);
 	if (e && !(service_hook && (e->flags & CT_F_EGRESS))) {
 		if ((r = unsupported(&p)))
 			return drop(r);
@@ -127,8 +126,7 @@ static __always_inline int handle(struct __sk_buff *skb, int service_hook)
 	}
 	/* A NodePort flow masqueraded to a backend on this node: SNAT on the way to the pod,
 	 * un-SNAT of its replies on the way out (see nodeport.h). */
-	ct_key_of(&k, &p, service_hook ? CT_SNAT_IN : CT_SNAT_OUT);
-	e = ct_lookup(&k, now);
+	e = service_hook ? ct_reply(&k, &p, CT_SNAT_IN, now) : ct_flow(&k, &p, CT_SNAT_OUT, now);
 	if (e) {
 		if ((r = unsupported(&p)))
 			return drop(r);
@@ -160,8 +158,10 @@ static __always_inline int handle(struct __sk_buff *skb, int service_hook)
 	if (!svc)
 		svc = svc_lookup(p.daddr, p.dport, p.proto, 0);
 	if (!svc) {
-		if (!is_vip(p.daddr))
+		if (!is_vip(p.daddr)) {
+			ct_release_reused(&p, now);
 			return pass();
+		}
 		if ((r = unsupported(&p)))
 			return drop(r);
 		return reject(skb, &p, REJECT_PORT_UNSERVED);

@@ -48,7 +48,24 @@ class CheckSpec:
     http_get: str | None = None               # one GET of this path per request, instead of netexec's
     status: int | None = None                 # with http_get: the HTTP status every answer must have
     body_contains: str | None = None          # with http_get: text every answer's body must contain
+    half_close: bool = False                  # TCP: shut the sending side before reading the answers
+    delay: float = 0.0                        # seconds the server waits before its first answer
+    size: int = 0                             # requests and answers padded to this many bytes
+    hold: "HoldSpec | None" = None            # a connection held open across the check
     where: str = ""
+
+
+@dataclass(frozen=True)
+class HoldSpec:
+    """A TCP connection opened before a check's requests, held while they run, then used once: it
+    must still be answered by its own server (a node process's connection that a NAT flow must
+    never take over, say)."""
+    client: str                     # pod, node or host that holds it
+    target: str                     # as written
+    ip: IPv4Address
+    port: int
+    source_port: int | None
+    server: str | None              # the object that must answer, when the target is one
 
 
 @dataclass
@@ -178,6 +195,20 @@ def parse_check(item: Doc, topology: TopologySpec, services: ServiceTable, names
                 item.fail(key, f"{key} only applies when expect is reachable (not {expect})")
     if every and backends is None:
         item.fail("everyBackend", "everyBackend needs the list of backends")
+    half_close = item.take_bool("halfClose", False)
+    delay = item.take("delay", (int, float), 0, "seconds the server waits before answering, such as 12")
+    if not 0 <= delay <= 600:
+        item.fail("delay", f"expected seconds from 0 to 600, got {delay}")
+    if delay and delay >= timeout:
+        item.fail("delay", f"the server answers after {delay:g} s, so `timeout` ({timeout:g} s) must be longer")
+    size = item.take_int("size", 0, lo=0, hi=60000, expect="bytes from 0 to 60000")
+    if half_close and protocol != "TCP":
+        item.fail("halfClose", "only applies to TCP")
+    if http_get is not None:
+        for key in ("halfClose", "delay", "size"):
+            if item.has(key):
+                item.fail(key, "does not apply with httpGet (one plain GET)")
+    hold = _hold(item.sub("holdConnection"), topology, services) if item.has("holdConnection") else None
     name = item.take_str("name", f"{ckind}/{cname} -> {target}:{port}/{protocol} {expect}")
     if name in names:
         item.fail("name", f"duplicate check name {name!r}")
@@ -188,11 +219,23 @@ def parse_check(item: Doc, topology: TopologySpec, services: ServiceTable, names
                      requests=requests, timeout=float(timeout), interval=float(interval),
                      source_port=sport, same_backend=same, every_backend=every, min_backends=min_b,
                      max_share=share, capture=capture, http_get=http_get, status=status,
-                     body_contains=body_contains, where=item.where())
+                     body_contains=body_contains, half_close=half_close, delay=float(delay), size=size,
+                     hold=hold, where=item.where())
 
 
-def evaluate(spec: CheckSpec, results: list[dict]) -> CheckResult:
-    """Judge a check from the client's per-request results (see dataplane.agent.client)."""
+def _hold(doc: Doc, topology: TopologySpec, services: ServiceTable) -> HoldSpec:
+    kind, name, obj = _ref(doc, "from", CLIENT_KINDS, topology, services)
+    tkind, tname, tobj = _ref(doc, "to", ("pod", "node", "host"), topology, services)
+    port = doc.take_int("port", lo=1, hi=65535, expect="a port number from 1 to 65535")
+    sport = doc.take_int("sourcePort", None, lo=1024, hi=65535, expect="a port from 1024 to 65535")
+    doc.done()
+    return HoldSpec(client=name, target=f"{tkind}/{tname}", ip=tobj.ip, port=port, source_port=sport,
+                    server=tname)
+
+
+def evaluate(spec: CheckSpec, results: list[dict], held: dict | None = None) -> CheckResult:
+    """Judge a check from the client's per-request results (see dataplane.agent.client) and, with
+    holdConnection, the result of the held connection's request after them."""
     outcomes = Counter(r["outcome"] for r in results)
     answered = Counter(r["hostname"] for r in results if r["outcome"] == "reachable" and r.get("hostname"))
     sources = Counter(r["clientip"].rsplit(":", 1)[0] for r in results
@@ -237,6 +280,14 @@ def evaluate(spec: CheckSpec, results: list[dict]) -> CheckResult:
         if bad:
             problems.append(f"server saw source {', '.join(sorted(bad))}, expected {spec.source} "
                             f"({spec.source_label})")
+    if spec.hold is not None:
+        h = spec.hold
+        what = f"held connection {h.client} -> {h.target}:{h.port}"
+        if held is None or held.get("outcome") != "reachable":
+            error = (held or {}).get("error") or "no result"
+            problems.append(f"{what} broke: {(held or {}).get('outcome', 'lost')} ({error})")
+        elif h.server is not None and held.get("hostname") != h.server:
+            problems.append(f"{what} answered by {held.get('hostname')}, not {h.server}")
     if problems:
         detail = "; ".join(problems)
     else:
@@ -252,6 +303,8 @@ def evaluate(spec: CheckSpec, results: list[dict]) -> CheckResult:
                                                    for b, n in sorted(answered.items()))
         if sources:
             detail += ", source seen " + ", ".join(sorted(sources))
+        if spec.hold is not None:
+            detail += f"; held connection from {spec.hold.client} still answered"
     return CheckResult(spec.name, not problems, detail, dict(outcomes), dict(answered), dict(sources))
 
 
@@ -291,6 +344,21 @@ def client_argv(python: str, spec: CheckSpec) -> list[str]:
         argv += ["--source-port", str(spec.source_port)]
     if spec.http_get:
         argv += ["--http-get", spec.http_get]
+    if spec.half_close:
+        argv.append("--half-close")
+    if spec.delay:
+        argv += ["--delay", f"{spec.delay:g}"]
+    if spec.size:
+        argv += ["--size", str(spec.size)]
+    return argv
+
+
+def hold_argv(python: str, spec: CheckSpec) -> list[str]:
+    h = spec.hold
+    argv = [python, "-m", "dataplane.agent.client", "--hold", "--to", str(h.ip), "--port", str(h.port),
+            "--timeout", str(spec.timeout)]
+    if h.source_port:
+        argv += ["--source-port", str(h.source_port)]
     return argv
 
 

@@ -65,7 +65,9 @@ def cli():
 @click.option("--map-size", "map_sizes", multiple=True, metavar="NAME=ENTRIES",
               help="eBPF map capacity: services, backends, conntrack or affinity (repeatable).")
 @click.option("--ct-timeout", "ct_timeouts", multiple=True, metavar="NAME=SECONDS",
-              help="eBPF conntrack lifetime: syn, tcp (established), close (after FIN/RST) or udp (repeatable).")
+              help="eBPF conntrack lifetime: syn (unanswered), tcp (established, default 24 h), "
+                   "close_wait (closed one way, 1 h), close (closed both ways or reset, 10 s) or udp "
+                   "(repeatable).")
 def run(scenario, backend, lab_name, as_json, keep, quiet, seed, map_sizes, ct_timeouts):
     """Build the lab of SCENARIO, program a backend, run its checks, tear down.
 
@@ -108,7 +110,9 @@ Examples:
 @click.option("--map-size", "map_sizes", multiple=True, metavar="NAME=ENTRIES",
               help="eBPF map capacity: services, backends, conntrack or affinity (repeatable).")
 @click.option("--ct-timeout", "ct_timeouts", multiple=True, metavar="NAME=SECONDS",
-              help="eBPF conntrack lifetime: syn, tcp (established), close (after FIN/RST) or udp (repeatable).")
+              help="eBPF conntrack lifetime: syn (unanswered), tcp (established, default 24 h), "
+                   "close_wait (closed one way, 1 h), close (closed both ways or reset, 10 s) or udp "
+                   "(repeatable).")
 def up(scenario, lab_name, backend, dry_run, seed, map_sizes, ct_timeouts):
     """Build the lab of SCENARIO and leave it running (its test servers too).
 

@@ -72,13 +72,62 @@ def run_check(lab: Lab, spec: CheckSpec) -> CheckResult:
 def _run_client(lab: Lab, spec: CheckSpec) -> CheckResult:
     ns = lab.record.objects[spec.client]
     budget = spec.requests * (spec.timeout * 2 + 1 + spec.interval) + 10
+    holder = None
     try:
-        proc = netns.run(ns, client_argv(sys.executable, spec), timeout=budget)
+        if spec.hold is not None:
+            holder, failed = _hold(lab, spec)
+            if failed is not None:
+                return CheckResult(spec.name, False, failed)
+        try:
+            proc = netns.run(ns, client_argv(sys.executable, spec), timeout=budget)
+        except subprocess.TimeoutExpired:
+            return CheckResult(spec.name, False, f"client did not finish within {budget:.0f}s")
+        if proc.returncode != 0:
+            return CheckResult(spec.name, False,
+                               f"client failed (exit {proc.returncode}): {proc.stderr.strip()[-300:]}")
+        held = _release(holder, spec) if holder is not None else None
+        return evaluate(spec, parse_client_output(proc.stdout), held)
+    finally:
+        if holder is not None and holder.poll() is None:
+            holder.kill()
+            holder.wait()
+
+
+def _hold(lab: Lab, spec: CheckSpec):
+    """Start the client that holds the check's connection: (process, None) once it holds it, or
+    (process, why not)."""
+    import json
+    from .checks import hold_argv
+    proc = netns.popen(lab.record.objects[spec.hold.client], hold_argv(sys.executable, spec),
+                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    line = _read_line(proc, spec.timeout + 10)
+    try:
+        first = json.loads(line)
+    except ValueError:
+        return proc, f"the held connection did not open: {line.strip() or 'no answer'}"
+    if not first.get("held"):
+        return proc, (f"the held connection {spec.hold.client} -> {spec.hold.target}:{spec.hold.port} "
+                      f"did not open: {first.get('outcome')} ({first.get('error')})")
+    return proc, None
+
+
+def _release(proc, spec: CheckSpec) -> dict | None:
+    """Use the held connection once; its result (None if the holder said nothing)."""
+    import json
+    try:
+        out, _ = proc.communicate("go\n", timeout=spec.timeout + 10)
     except subprocess.TimeoutExpired:
-        return CheckResult(spec.name, False, f"client did not finish within {budget:.0f}s")
-    if proc.returncode != 0:
-        return CheckResult(spec.name, False, f"client failed (exit {proc.returncode}): {proc.stderr.strip()[-300:]}")
-    return evaluate(spec, parse_client_output(proc.stdout))
+        return None
+    try:
+        return json.loads(out.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return None
+
+
+def _read_line(proc, timeout: float) -> str:
+    import select
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    return proc.stdout.readline() if ready else ""
 
 
 def run_simulated(scenario: Scenario, backend, progress=lambda m: None) -> Report:
@@ -94,13 +143,22 @@ def run_simulated(scenario: Scenario, backend, progress=lambda m: None) -> Repor
     def simulate(step: CheckSpec) -> CheckResult:
         ns = plan.netns_of(step.client)
         results = []
+        held = None
+        if step.hold is not None:
+            held, failed = net.hold(plan.netns_of(step.hold.client), step.hold.ip, step.hold.port,
+                                    step.hold.source_port, step.timeout)
+            if failed is not None:
+                return CheckResult(step.name, False, f"the held connection {step.hold.client} -> "
+                                   f"{step.hold.target}:{step.hold.port} did not open: "
+                                   f"{failed['outcome']} ({failed['error']})")
         if step.capture:
             net.recording = {}
         for i in range(step.requests):
             if i and step.interval:
                 net.advance(step.interval)
-            results.append(net.request(ns, step.ip, step.port, step.protocol, step.source_port, step.http_get))
-        result = evaluate(step, results)
+            results.append(net.request(ns, step.ip, step.port, step.protocol, step.source_port, step.http_get,
+                                       step.half_close, step.delay, step.size, step.timeout))
+        result = evaluate(step, results, net.release(held, step.timeout) if held is not None else None)
         if step.capture:
             from .checks import with_capture
             frames = {n.obj: net.recording.get(n.name, []) for n in plan.namespaces}

@@ -21,7 +21,9 @@ enum metric {
 	DROP_TRUNCATED_L4,     /* TCP/UDP header cut short */
 	DROP_IP_OPTIONS,       /* service traffic with IPv4 options (not supported, as in Katran) */
 	DROP_FRAGMENT,         /* fragment of service traffic (not supported, as in Katran) */
-	DROP_CT_INVALID,       /* TCP to a VIP that is neither a SYN nor part of a known flow */
+	DROP_CT_LOST,          /* TCP to a frontend that is not a SYN and has no flow: a lost flow, whose
+	                        * entries expired, were evicted from a full table or flushed with their
+	                        * endpoint (nobody else sends mid-connection segments to a frontend) */
 	DROP_CT_FULL,          /* conntrack entry could not be created */
 	DROP_NO_BACKEND,       /* slot or backend entry missing (table mid-update) */
 	DROP_NO_LOCAL_ENDPOINT,/* internalTrafficPolicy Local, no endpoint on this node (kube-proxy drops) */
@@ -55,17 +57,25 @@ enum metric {
 #define LINK_LOCAL_NET   0x0000fea9  /* 169.254.0.0 as read from the packet (little-endian) */
 #define LINK_LOCAL_MASK  0x0000ffff
 
+/* Flow state, shared by both entries of a flow. TCP closing is tracked per direction (as
+ * Cilium's rx/tx closing, netfilter's FIN_WAIT/CLOSE_WAIT): a half-closed connection still
+ * carries data the other way. */
 #define CT_F_HAIRPIN     0x1
-#define CT_F_SEEN_REPLY  0x2   /* TCP: the reply direction was seen (established) */
-#define CT_F_CLOSING     0x4   /* TCP: a FIN or RST was seen */
+#define CT_F_SEEN_REPLY  0x2   /* TCP: a packet in the reply direction was seen (established) */
+#define CT_F_FIN_ORIG    0x4   /* TCP: the original direction (client, or masqueraded pod) sent FIN */
 #define CT_F_EGRESS      0x8   /* reverse NAT to the node's own address: only on egress hooks */
+#define CT_F_FIN_REPLY   0x10  /* TCP: the reply direction (backend, or remote) sent FIN */
+#define CT_F_RST         0x20  /* TCP: a RST was seen in either direction */
+#define CT_F_CLOSED_BOTH (CT_F_FIN_ORIG | CT_F_FIN_REPLY)
 
 #define NS_PER_SEC       1000000000ULL
 /* Default conntrack lifetimes in seconds (config map; `--ct-timeout` sets them). Every packet of
- * a flow renews both of its entries. */
-#define CT_DEFAULT_SYN   60      /* TCP before any reply */
-#define CT_DEFAULT_TCP   21600   /* established TCP: 6 h (Cilium's default) */
-#define CT_DEFAULT_CLOSE 10      /* TCP after FIN or RST */
-#define CT_DEFAULT_UDP   60
+ * a flow renews both of its entries. The TCP defaults are the ones kube-proxy writes into the
+ * node's netfilter (conntrack.tcpEstablishedTimeout 24 h, tcpCloseWaitTimeout 1 h). */
+#define CT_DEFAULT_SYN        60      /* TCP before any reply */
+#define CT_DEFAULT_TCP        86400   /* established TCP: 24 h */
+#define CT_DEFAULT_CLOSE_WAIT 3600    /* established TCP closed in one direction only: 1 h */
+#define CT_DEFAULT_CLOSE      10      /* TCP closed both ways, or reset */
+#define CT_DEFAULT_UDP        60
 
 #endif

@@ -84,8 +84,9 @@ struct dp_config {
 	__be32 node_ip;          /* source for hairpin masquerade */
 	__u32  ct_syn;           /* conntrack lifetimes, seconds: TCP before any reply */
 	__u32  ct_tcp;           /*   TCP once the reply direction was seen */
-	__u32  ct_close;         /*   TCP after a FIN or RST */
+	__u32  ct_close;         /*   TCP closed both ways, or reset */
 	__u32  ct_udp;           /*   UDP (and any other protocol) */
+	__u32  ct_close_wait;    /*   TCP established and closed in one direction */
 	__be32 cluster_net;      /* the cluster CIDR: sources that egress masquerade applies to */
 	__be32 cluster_mask;
 	__u16  snat_lo;          /* masquerade port range, when the source port is taken */
@@ -93,6 +94,7 @@ struct dp_config {
 	__u8   masquerade;       /* egress masquerade on (ip-masq-agent semantics) */
 	__u8   masq_link_local;  /* masquerade to 169.254.0.0/16 too */
 	__u16  pad0;
+	__u32  pad1;
 };
 
 /* lb_sources: (frontend id, client CIDR): prefixlen counts the 32 bits of svc_id, then the CIDR's. */

@@ -53,29 +53,53 @@ static __always_inline int is_bare_syn(const struct pkt *p)
 	return p->proto == IPPROTO_TCP && (p->tcp_flags & TCP_FLAG_SYN) && !(p->tcp_flags & TCP_FLAG_ACK);
 }
 
+static __always_inline int is_syn_ack(const struct pkt *p)
+{
+	return p->proto == IPPROTO_TCP && (p->tcp_flags & TCP_FLAG_SYN) && (p->tcp_flags & TCP_FLAG_ACK);
+}
+
+/* CT_REPLY and CT_SNAT_IN entries are keyed by what the far end of a flow sends back. */
+static __always_inline int ct_is_reply_dir(__u8 dir)
+{
+	return dir == CT_REPLY || dir == CT_SNAT_IN;
+}
+
+/* A TCP flow is over once both directions sent their FIN, or either sent a RST. */
+static __always_inline int ct_closed(__u16 flags)
+{
+	return (flags & CT_F_RST) || (flags & CT_F_CLOSED_BOTH) == CT_F_CLOSED_BOTH;
+}
+
 /* The flow's state after this packet, travelling in direction `dir`. */
 static __always_inline __u16 ct_next_flags(__u16 flags, const struct pkt *p, __u8 dir)
 {
 	if (p->proto != IPPROTO_TCP)
 		return flags;
-	if (p->tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST))
-		flags |= CT_F_CLOSING;
-	else if (dir == CT_REPLY || dir == CT_SNAT_IN)
+	int reply = ct_is_reply_dir(dir);
+	if (p->tcp_flags & TCP_FLAG_RST)
+		return flags | CT_F_RST;
+	if (reply)
 		flags |= CT_F_SEEN_REPLY;
+	if (p->tcp_flags & TCP_FLAG_FIN)
+		flags |= reply ? CT_F_FIN_REPLY : CT_F_FIN_ORIG;
 	return flags;
 }
 
+/* Closed: the close lifetime. Never answered: the SYN lifetime. Half-closed (one FIN): the
+ * close-wait lifetime, as long as the other side may still be sending. Else established. */
 static __always_inline __u64 ct_lifetime(const struct dp_config *cfg, __u8 proto, __u16 flags)
 {
 	__u32 s;
 	if (proto != IPPROTO_TCP)
 		s = cfg->ct_udp;
-	else if (flags & CT_F_CLOSING)
+	else if (ct_closed(flags))
 		s = cfg->ct_close;
-	else if (flags & CT_F_SEEN_REPLY)
-		s = cfg->ct_tcp;
-	else
+	else if (!(flags & CT_F_SEEN_REPLY))
 		s = cfg->ct_syn;
+	else if (flags & CT_F_CLOSED_BOTH)
+		s = cfg->ct_close_wait;
+	else
+		s = cfg->ct_tcp;
 	return (__u64)s * NS_PER_SEC;
 }
 
@@ -120,17 +144,56 @@ static __always_inline void ct_delete(struct ct_key *k, struct ct_entry *e)
 }
 
 /* The live entry of the flow this packet starts or continues in direction `dir` (a flow's
- * original direction: CT_SERVICE or CT_SNAT_OUT), or NULL. A bare SYN on the tuple of a closing
- * flow ends that flow: a new connection gets a fresh backend or mapping. */
+ * original direction: CT_SERVICE or CT_SNAT_OUT), or NULL. A bare SYN on the tuple of a closed
+ * flow ends that flow: a new connection gets a fresh backend or mapping (netfilter reopens a
+ * connection in TIME_WAIT or CLOSE the same way). */
 static __always_inline struct ct_entry *ct_flow(struct ct_key *k, const struct pkt *p, __u8 dir, __u64 now)
 {
 	ct_key_of(k, p, dir);
 	struct ct_entry *e = ct_lookup(k, now);
-	if (e && (e->flags & CT_F_CLOSING) && is_bare_syn(p)) {
+	if (e && ct_closed(e->flags) && is_bare_syn(p)) {
 		ct_delete(k, e);
 		return NULL;
 	}
 	return e;
+}
+
+/* The live entry of the flow this packet answers, in reply direction `dir` (CT_REPLY or
+ * CT_SNAT_IN), or NULL. A reply never opens a connection, so a bare SYN matches no reply entry;
+ * and a SYN-ACK on the tuple of a closed flow answers a new connection that reuses the tuple
+ * (the same client port, now straight to the backend): the old flow is forgotten, and the new
+ * connection is not translated by another flow's entry. */
+static __always_inline struct ct_entry *ct_reply(struct ct_key *k, const struct pkt *p, __u8 dir, __u64 now)
+{
+	ct_key_of(k, p, dir);
+	if (is_bare_syn(p))
+		return NULL;
+	struct ct_entry *e = ct_lookup(k, now);
+	if (e && ct_closed(e->flags) && is_syn_ack(p)) {
+		ct_delete(k, e);
+		return NULL;
+	}
+	return e;
+}
+
+/* A bare SYN that no flow of ours handles (a connection straight to a pod or host) whose reply
+ * tuple is still held by the CT_REPLY entry of a closed flow (the client reuses a port it last
+ * used toward a frontend): forget that flow, so that its entry cannot rewrite the new
+ * connection's answers. */
+static __always_inline void ct_release_reused(const struct pkt *p, __u64 now)
+{
+	if (!is_bare_syn(p))
+		return;
+	struct ct_key k = {};
+	k.saddr = p->daddr;
+	k.daddr = p->saddr;
+	k.sport = p->dport;
+	k.dport = p->sport;
+	k.proto = p->proto;
+	k.dir = CT_REPLY;
+	struct ct_entry *e = ct_lookup(&k, now);
+	if (e && ct_closed(e->flags))
+		ct_delete(&k, e);
 }
 
 #endif

@@ -8,7 +8,7 @@ static __always_inline int flow_backend(struct __sk_buff *skb, struct pkt *p, st
 					struct dp_config *cfg, __u64 now, __u32 *id, struct backend **be)
 {
 	if (p->proto == IPPROTO_TCP && !is_bare_syn(p))
-		return drop(DROP_CT_INVALID);
+		return drop(DROP_CT_LOST);
 	if (svc->flags & SVC_F_SRC_RANGES) {
 		struct lb_source_key sk = {};
 		sk.prefixlen = 64;

@@ -1,13 +1,13 @@
 """A test server for lab pods, like Kubernetes e2e's `agnhost netexec`.
 
-HTTP on every --tcp port:
-  GET /hostname   the server's name (the pod, node or host it runs in)
-  GET /clientip   the client address and port the server saw, "ip:port"
-  GET /healthz    "ok"
-UDP on every --udp port, one request per datagram, answered from the same port:
-  "hostname"      the server's name
-  "clientip"      "ip:port" as seen by the server
-  "echo TEXT"     TEXT
+HTTP on every --tcp port, UDP on every --udp port (one request per datagram, answered from the
+same port):
+  hostname        the server's name (the pod, node or host it runs in)
+  clientip        the client address and port the server saw, "ip:port"
+  healthz         "ok"
+  echo TEXT       TEXT
+with the options of dataplane.agent.protocol: a delay before answering, and padding (answers are
+padded as their requests were).
 
 Prints "ready" on stdout once every socket is bound, then nothing more there.
 
@@ -21,22 +21,10 @@ import signal
 import socket
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-
-def answer(name: str, request: str, client) -> str | None:
-    request = request.strip()
-    if request in ("hostname", "/hostname"):
-        return name
-    if request in ("clientip", "/clientip"):
-        return f"{client[0]}:{client[1]}"
-    if request in ("healthz", "/healthz"):
-        return "ok"
-    if request.startswith("echo "):
-        return request[5:]
-    if request.startswith("/echo?msg="):
-        return request[len("/echo?msg="):]
-    return None
+from .protocol import answer, padded, parse_udp
 
 
 def http_server(name: str, port: int) -> ThreadingHTTPServer:
@@ -47,7 +35,13 @@ def http_server(name: str, port: int) -> ThreadingHTTPServer:
         def do_GET(self):
             body = answer(name, self.path, self.client_address)
             code = 200 if body is not None else 404
-            data = (body if body is not None else "not found").encode()
+            delay = self.headers.get("X-Delay")
+            if delay:
+                try:
+                    time.sleep(min(max(float(delay), 0.0), 600.0))
+                except ValueError:
+                    pass
+            data = (padded(body, self.headers.get("X-Pad")) if body is not None else "not found").encode()
             self.send_response(code)
             self.send_header("Content-Type", "text/plain")
             self.send_header("Content-Length", str(len(data)))
@@ -72,9 +66,16 @@ def udp_server(name: str, port: int) -> socket.socket:
 def serve_udp(name: str, sock: socket.socket) -> None:
     while True:
         data, client = sock.recvfrom(65535)
-        reply = answer(name, data.decode(errors="replace"), client)
-        if reply is not None:
-            sock.sendto(reply.encode(), client)
+        request, options = parse_udp(data)
+        reply = answer(name, request, client)
+        if reply is None:
+            continue
+        if options.get("delay"):
+            # answered later, from a thread of its own: the socket keeps serving others meanwhile
+            threading.Timer(options["delay"], sock.sendto,
+                            (padded(reply, options.get("pad")).encode(), client)).start()
+        else:
+            sock.sendto(padded(reply, options.get("pad")).encode(), client)
 
 
 def main(argv=None) -> int:

@@ -3,27 +3,30 @@
 Namespaces route as the kernel does for this lab (connected and planned routes, longest prefix,
 forwarding on or off, TTL, martian sources refused, ICMP network unreachable from routers), links
 carry Ethernet frames, and the reference model runs where the BPF programs sit: from_pod on the
-ingress of each node-side pod veth, to_pod on its egress. Servers answer like the netexec agent;
-clients make the same requests as the client agent and report results in its format, so
-`checks.evaluate` judges both labs alike.
+ingress of each node-side pod veth, to_pod on its egress. Links have MTUs: a host fragments a
+datagram larger than its route's MTU, a router fragments what it must forward (or, with DF set,
+answers ICMP fragmentation needed), and the receiver reassembles. Servers answer like the netexec
+agent and clients ask like the client agent (transport.py), so `checks.evaluate` judges both labs
+alike.
 """
 from __future__ import annotations
 
+import heapq
+import itertools
 import random
-import struct
 from collections import deque
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
-from scapy.layers.inet import ICMP, IP, TCP, UDP
+from scapy.layers.inet import ICMP, IP, fragment
 from scapy.layers.l2 import Ether
 
 from ..backends.ebpf.render import Ids, render_config, render_node
 from ..lab.plan import LabPlan, mac_for
 from ..refmodel.datapath import Datapath, NodeState, Timeouts
+from .transport import Transport
 
 MAX_EVENTS = 10_000
-EPHEMERAL = (32768, 60999)
 
 
 @dataclass
@@ -34,16 +37,7 @@ class Iface:
     addrs: list = field(default_factory=list)     # IPv4Interface
     peer: tuple | None = None                     # (ns, ifname) of a veth peer
     segment: str | None = None                    # bridge segment id
-
-
-@dataclass
-class Socket:
-    proto: int
-    local: tuple          # (ip, port)
-    remote: tuple         # (ip, port)
-    answers: list = field(default_factory=list)
-    error: str | None = None
-    established: bool = False
+    mtu: int = 1500
 
 
 @dataclass
@@ -55,9 +49,14 @@ class SimNS:
     routes: list = field(default_factory=list)     # (IPv4Network, gateway or None, ifname)
     forward: bool = False
     listeners: dict = field(default_factory=dict)  # (proto, port) -> server name
-    sockets: dict = field(default_factory=dict)    # (proto, local port) -> Socket
+    sockets: dict = field(default_factory=dict)    # (proto, local port) -> transport.Socket (clients)
+    conns: dict = field(default_factory=dict)      # (port, client ip, client port) -> transport.Conn
+    closed: set = field(default_factory=set)       # connections' tuples closed both ways (TIME_WAIT)
     datapath: Datapath | None = None               # on node namespaces
     health: dict = field(default_factory=dict)     # health-check node port -> (service, count)
+    pmtu: dict = field(default_factory=dict)       # destination -> path MTU learned from ICMP
+    fragments: dict = field(default_factory=dict)  # (src, dst, id, proto) -> {offset: (bytes, more)}
+    ip_id: itertools.count = field(default_factory=lambda: itertools.count(1))
 
     def local_ips(self) -> set:
         return {a.ip for i in self.ifaces.values() for a in i.addrs}
@@ -70,11 +69,10 @@ class SimNS:
         return best
 
 
-class SimNet:
+class SimNet(Transport):
     def __init__(self, plan: LabPlan, table, seed: int, timeouts=None):
         self.plan, self.seed = plan, seed
-        self.timeouts = Timeouts(**({k: getattr(timeouts, k) for k in ("syn", "tcp", "close", "udp")}
-                                    if timeouts else {}))
+        self.timeouts = Timeouts(**(vars(timeouts) if timeouts else {}))
         self.seen: dict = {}                       # what servers saw of the current request
         self.ids: dict = {}                        # node -> Ids, stable across updates
         self.recording: dict | None = None         # netns -> frames on pod eth0s, while capturing
@@ -83,6 +81,8 @@ class SimNet:
         self.now = 10 ** 12                        # ns on the dataplane clock
         self.ns: dict[str, SimNS] = {}
         self.events: deque = deque()
+        self.timers: list = []                     # heap of (ns, n, callable): answers sent later
+        self._timer_n = itertools.count()
         self.segments: dict[str, list] = {}        # segment id -> [(ns, ifname)]
         self._build(plan)
         self.program(table)
@@ -92,12 +92,16 @@ class SimNet:
     def _build(self, plan: LabPlan) -> None:
         for n in plan.namespaces:
             self.ns[n.name] = SimNS(n.name, n.obj, n.role)
+        mtu = plan.spec.mtu
         for v in plan.veths:
-            self.ns[v.ns].ifaces[v.ifname] = Iface(v.ns, v.ifname, v.mac, peer=(v.peer_ns, v.peer_ifname))
-            self.ns[v.peer_ns].ifaces[v.peer_ifname] = Iface(v.peer_ns, v.peer_ifname, v.peer_mac, peer=(v.ns, v.ifname))
+            self.ns[v.ns].ifaces[v.ifname] = Iface(v.ns, v.ifname, v.mac, peer=(v.peer_ns, v.peer_ifname),
+                                                   mtu=v.mtu or mtu)
+            self.ns[v.peer_ns].ifaces[v.peer_ifname] = Iface(v.peer_ns, v.peer_ifname, v.peer_mac,
+                                                             peer=(v.ns, v.ifname), mtu=v.peer_mtu or mtu)
         for b in plan.bridges:
             seg = f"{b.ns}/{b.ifname}"
-            self.ns[b.ns].ifaces[b.ifname] = Iface(b.ns, b.ifname, mac_for(plan.lab, b.ns, b.ifname), segment=seg)
+            self.ns[b.ns].ifaces[b.ifname] = Iface(b.ns, b.ifname, mac_for(plan.lab, b.ns, b.ifname), segment=seg,
+                                                   mtu=mtu)
             members = [(b.ns, b.ifname)]
             for port in b.ports:
                 peer = self.ns[b.ns].ifaces[port].peer
@@ -220,7 +224,9 @@ class SimNet:
         if src in sim.local_ips():
             return                            # martian source: the kernel refuses it on input
         if dst in sim.local_ips():
-            self._local(sim, ip)
+            whole = self._reassemble(sim, ip)
+            if whole is not None:
+                self._local(sim, whole)
             return
         if not sim.forward:
             return                            # not a router: silently dropped
@@ -232,6 +238,12 @@ class SimNet:
             return
         ip.ttl -= 1
         del ip.chksum
+        out_mtu = sim.ifaces[route[2]].mtu
+        if len(ip) > out_mtu and ip.flags.DF:
+            # too big to forward and not to be fragmented: fragmentation needed, with our MTU
+            self.originate(sim, IP(src=str(self.source_for(sim, sim.route(src) or route)), dst=ip.src) /
+                           ICMP(type=3, code=4, nexthopmtu=out_mtu) / bytes(ip)[:28])
+            return
         self._route_out(sim, route, dst, bytes(ip))
 
     def _route_out(self, sim: SimNS, route, dst: IPv4Address, ip_bytes: bytes) -> None:
@@ -239,7 +251,10 @@ class SimNet:
         iface = sim.ifaces[out]
         nh = gw or dst
         peer_mac = self._neighbour_mac(sim.name, out, nh)
-        self.transmit(sim.name, out, bytes(Ether(src=iface.mac, dst=peer_mac) / IP(ip_bytes)), nh)
+        ip = IP(ip_bytes)
+        pieces = [ip] if len(ip_bytes) <= iface.mtu else fragment(ip, fragsize=(iface.mtu - 20) // 8 * 8)
+        for piece in pieces:
+            self.transmit(sim.name, out, bytes(Ether(src=iface.mac, dst=peer_mac) / piece), nh)
 
     def _neighbour_mac(self, ns: str, ifname: str, nh: IPv4Address) -> str:
         iface = self.ns[ns].ifaces[ifname]
@@ -257,9 +272,36 @@ class SimNet:
         quote = bytes(ip)[:28]
         self.originate(sim, IP(src=str(addrs[0].ip), dst=ip.src) / ICMP(type=3, code=code) / quote)
 
+    def _reassemble(self, sim: SimNS, ip):
+        """A packet for this namespace, whole: itself, or once its last fragment arrived (None
+        until then)."""
+        if not ip.flags.MF and ip.frag == 0:
+            return ip
+        key = (ip.src, ip.dst, ip.id, ip.proto)
+        parts = sim.fragments.setdefault(key, {})
+        parts[ip.frag * 8] = (bytes(ip.payload), bool(ip.flags.MF))
+        data, at = b"", 0
+        while at in parts:
+            chunk, more = parts[at]
+            data += chunk
+            at += len(chunk)
+            if not more:
+                del sim.fragments[key]
+                whole = IP(src=ip.src, dst=ip.dst, id=ip.id, proto=ip.proto, ttl=ip.ttl) / data
+                return IP(bytes(whole))
+        return None
+
+    def path_mtu(self, sim: SimNS, dst: IPv4Address) -> int:
+        route = sim.route(dst)
+        mtu = sim.ifaces[route[2]].mtu if route else 65535
+        return min(mtu, sim.pmtu.get(dst, mtu))
+
     def originate(self, sim: SimNS, ip) -> bool:
-        """Send an IP packet from a namespace's own stack; False if it has no route (ENETUNREACH)."""
+        """Send an IP packet from a namespace's own stack; False if it has no route (ENETUNREACH).
+        A datagram larger than the route's MTU leaves in fragments (TCP never is: its segments
+        fit the path)."""
         dst = IPv4Address(ip.dst)
+        ip.id = next(sim.ip_id) & 0xFFFF
         if dst in sim.local_ips():
             self._local(sim, IP(bytes(ip)))
             return True
@@ -278,146 +320,21 @@ class SimNet:
             return iface.addrs[0].ip
         return next(a.ip for i in sim.ifaces.values() for a in i.addrs)
 
-    def run(self) -> None:
+    def schedule(self, at: int, action) -> None:
+        """Run `action` when the clock reaches `at` (ns): a server that answers later."""
+        heapq.heappush(self.timers, (at, next(self._timer_n), action))
+
+    def run(self, until: int | None = None, done=lambda: False) -> None:
+        """Deliver frames until none is left; then, while `done()` is false, move the clock to the
+        next timer due by `until` (ns) and fire it."""
         for _ in range(MAX_EVENTS):
-            if not self.events:
+            if self.events:
+                _, ns, ifname, frame = self.events.popleft()
+                self._receive(ns, ifname, frame)
+                continue
+            if done() or not self.timers or until is None or self.timers[0][0] > until:
                 return
-            _, ns, ifname, frame = self.events.popleft()
-            self._receive(ns, ifname, frame)
+            at, _, action = heapq.heappop(self.timers)
+            self.now = max(self.now, at)
+            action()
         raise RuntimeError("emulator: packet storm (more than 10000 frames for one request)")
-
-    # -- transport: servers and client sockets -----------------------------------------------------------
-
-    def _local(self, sim: SimNS, ip) -> None:
-        proto = ip.proto
-        if proto == 6:
-            self._tcp_in(sim, ip)
-        elif proto == 17:
-            self._udp_in(sim, ip)
-        elif proto == 1:
-            self._icmp_in(sim, ip)
-
-    def _reply(self, sim: SimNS, ip, l4) -> None:
-        self.originate(sim, IP(src=ip.dst, dst=ip.src) / l4)
-
-    def _tcp_in(self, sim: SimNS, ip) -> None:
-        t = ip[TCP]
-        sock = sim.sockets.get((6, t.dport))
-        if sock is not None and (str(ip.src), t.sport) == (str(sock.remote[0]), sock.remote[1]):
-            if t.flags & 0x04:                          # RST
-                sock.error = "ECONNREFUSED"
-            elif t.flags & 0x12 == 0x12 and not sock.established:   # SYN-ACK
-                sock.established = True
-                self._reply(sim, ip, TCP(sport=t.dport, dport=t.sport, flags="A", seq=t.ack, ack=t.seq + 1))
-            return
-        if t.flags & 0x01:                              # a FIN: the peer closes, so do we
-            self._reply(sim, ip, TCP(sport=t.dport, dport=t.sport, flags="FA", seq=7001, ack=t.seq + 1))
-            return
-        if t.flags & 0x02 and not t.flags & 0x10:       # a SYN
-            name = sim.listeners.get((6, t.dport)) or (sim.obj if t.dport in sim.health else None)
-            if name is None:
-                self._reply(sim, ip, TCP(sport=t.dport, dport=t.sport, flags="RA", ack=t.seq + 1))
-                return
-            self.seen[(str(ip.dst), t.dport, str(ip.src), t.sport)] = (name, f"{ip.src}:{t.sport}", sim, t.dport)
-            self._reply(sim, ip, TCP(sport=t.dport, dport=t.sport, flags="SA", seq=7000, ack=t.seq + 1))
-
-    def _udp_in(self, sim: SimNS, ip) -> None:
-        u = ip[UDP]
-        sock = sim.sockets.get((17, u.dport))
-        if sock is not None and (str(ip.src), u.sport) == (str(sock.remote[0]), sock.remote[1]):
-            sock.answers.append(bytes(u.payload).decode())
-            return
-        name = sim.listeners.get((17, u.dport))
-        if name is None:
-            self.originate(sim, IP(src=ip.dst, dst=ip.src) / ICMP(type=3, code=3) / bytes(ip)[:28])
-            return
-        req = bytes(u.payload).decode(errors="replace").strip()
-        answer = name if req == "hostname" else f"{ip.src}:{u.sport}" if req == "clientip" else None
-        if answer is not None:
-            self._reply(sim, ip, UDP(sport=u.dport, dport=u.sport) / answer.encode())
-
-    def _icmp_in(self, sim: SimNS, ip) -> None:
-        icmp = ip[ICMP]
-        if icmp.type != 3:
-            return
-        quote = bytes(icmp.payload)
-        if len(quote) < 28:
-            return
-        proto = quote[9]
-        src, dst = IPv4Address(quote[12:16]), IPv4Address(quote[16:20])
-        sport, dport = struct.unpack("!HH", quote[20:24])
-        sock = sim.sockets.get((proto, sport))
-        if sock is None or (src, dst, dport) != (IPv4Address(sock.local[0]), IPv4Address(sock.remote[0]), sock.remote[1]):
-            return                            # the quoted packet is not this socket's
-        sock.error = {3: "ECONNREFUSED", 0: "ENETUNREACH", 1: "EHOSTUNREACH"}.get(icmp.code, "EHOSTUNREACH")
-
-    # -- the client agent, emulated -------------------------------------------------------------------------
-
-    def request(self, client_ns: str, dst: IPv4Address, port: int, protocol: str,
-                source_port: int | None = None, http_get: str | None = None) -> dict:
-        """One request as dataplane.agent.client makes it; the same result format."""
-        self.seen = {}
-        sim = self.ns[client_ns]
-        self.now += 1_000_000     # 1 ms per request
-        proto = 6 if protocol == "TCP" else 17
-        sport = source_port or self.rng.randint(*EPHEMERAL)
-        while (proto, sport) in sim.sockets:
-            sport = self.rng.randint(*EPHEMERAL)
-        route = sim.route(dst)
-        if route is None and dst not in sim.local_ips():
-            return _result("dropped", error="ENETUNREACH")
-        src = dst if dst in sim.local_ips() else self.source_for(sim, route)
-        sock = Socket(proto, (src, sport), (dst, port))
-        sim.sockets[(proto, sport)] = sock
-        try:
-            if proto == 6:
-                self.originate(sim, IP(src=str(src), dst=str(dst)) / TCP(sport=sport, dport=port, flags="S", seq=1000))
-                self.run()
-                if sock.established:
-                    result = self._http(http_get) if http_get is not None else _result(
-                        "reachable", *self._server_view())
-                    # close as the client agent does, so conntrack sees the flow end (FIN)
-                    self.originate(sim, IP(src=str(src), dst=str(dst)) /
-                                   TCP(sport=sport, dport=port, flags="FA", seq=1001, ack=7001))
-                    self.run()
-                    return result
-            else:
-                for req in ("hostname", "clientip"):
-                    self.originate(sim, IP(src=str(src), dst=str(dst)) / UDP(sport=sport, dport=port) / req.encode())
-                    self.run()
-                    if sock.error:
-                        break
-                if len(sock.answers) == 2:
-                    return _result("reachable", sock.answers[0], sock.answers[1])
-            if sock.error == "ECONNREFUSED":
-                return _result("refused", error="ECONNREFUSED")
-            return _result("dropped", error=sock.error or "timeout")
-        finally:
-            del sim.sockets[(proto, sport)]
-
-    def _server_view(self):
-        if len(self.seen) != 1:
-            return None, None
-        return next(iter(self.seen.values()))[:2]
-
-    def _http(self, path: str) -> dict:
-        """The answer of whatever accepted the connection: a health-check port or netexec."""
-        import json
-        name, clientip, sim, port = next(iter(self.seen.values()))
-        if port in sim.health and (6, port) not in sim.listeners:
-            key, count = sim.health[port]
-            ns, _, svc = key.partition("/")
-            status = 200 if count > 0 else 503
-            body = json.dumps({"service": {"namespace": ns, "name": svc}, "localEndpoints": count,
-                               "serviceProxyHealthy": True})
-        else:
-            from ..agent.netexec import answer
-            text = answer(name, path, clientip.rsplit(":", 1))
-            status, body = (200, text) if text is not None else (404, "not found")
-        out = _result("reachable")
-        out["status"], out["body"] = status, body
-        return out
-
-
-def _result(outcome, hostname=None, clientip=None, error=None) -> dict:
-    return {"outcome": outcome, "hostname": hostname, "clientip": clientip, "error": error, "ms": 0.0}

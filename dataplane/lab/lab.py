@@ -92,9 +92,9 @@ class Lab:
                     # ever exists in the root namespace.
                     peer_fd = os.open(netns.path(v.peer_ns), os.O_RDONLY)
                     try:
-                        ipr.link("add", ifname=v.ifname, kind="veth", address=v.mac, mtu=mtu,
+                        ipr.link("add", ifname=v.ifname, kind="veth", address=v.mac, mtu=v.mtu or mtu,
                                  peer={"ifname": v.peer_ifname, "address": v.peer_mac,
-                                       "net_ns_fd": peer_fd, "mtu": mtu})
+                                       "net_ns_fd": peer_fd, "mtu": v.peer_mtu or mtu})
                     finally:
                         os.close(peer_fd)
 

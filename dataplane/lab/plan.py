@@ -41,6 +41,8 @@ class Veth:
     peer_ns: str
     peer_ifname: str
     peer_mac: str
+    mtu: int | None = None        # None: the topology's mtu
+    peer_mtu: int | None = None
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,8 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Network
 
-from ..backends.ebpf.consts import (CT_DEFAULT_CLOSE, CT_DEFAULT_SYN, CT_DEFAULT_TCP, CT_DEFAULT_UDP,
+from ..backends.ebpf.consts import (CT_DEFAULT_CLOSE, CT_DEFAULT_CLOSE_WAIT, CT_DEFAULT_SYN, CT_DEFAULT_TCP,
+                                    CT_DEFAULT_UDP,
                                     SCOPE_EXTERNAL, SCOPE_POD, SVC_F_AFFINITY, SVC_F_LOCAL_ONLY, SVC_F_MASQ,
                                     SVC_F_POD_SCOPE, SVC_F_SRC_RANGES)  # map flags, config
 from ..backends.ebpf.render import NodeMaps, SvcKey
@@ -48,9 +49,20 @@ class CtEntry:
     snat_port: int = 0
     backend_id: int = 0
     svc_id: int = 0
-    seen_reply: bool = False     # TCP: the reply direction was seen
-    closing: bool = False        # TCP: a FIN or RST was seen
+    seen_reply: bool = False     # TCP: a packet in the reply direction was seen
+    fin_orig: bool = False       # TCP: the original direction (client, masqueraded pod) sent FIN
+    fin_reply: bool = False      # TCP: the reply direction (backend, remote) sent FIN
+    rst: bool = False            # TCP: a RST was seen
     egress: bool = False         # reverse NAT to the node's own address: egress hooks only
+
+    @property
+    def closed(self) -> bool:
+        """Both directions sent their FIN, or either reset."""
+        return self.rst or (self.fin_orig and self.fin_reply)
+
+    def share_state(self, other: "CtEntry") -> None:
+        self.seen_reply, self.fin_orig, self.fin_reply = other.seen_reply, other.fin_orig, other.fin_reply
+        self.rst, self.expires = other.rst, other.expires
 
 
 @dataclass
@@ -58,6 +70,7 @@ class Timeouts:
     """Conntrack lifetimes in seconds (the dataplane's config)."""
     syn: int = CT_DEFAULT_SYN
     tcp: int = CT_DEFAULT_TCP
+    close_wait: int = CT_DEFAULT_CLOSE_WAIT
     close: int = CT_DEFAULT_CLOSE
     udp: int = CT_DEFAULT_UDP
 
@@ -273,10 +286,15 @@ class PodHooks:
         return e
 
     def _lifetime(self, proto: int, e: CtEntry) -> int:
+        """Closed: close. Never answered: syn. Closed one way only: close_wait. Else tcp."""
         t = self.s.timeouts
         if proto != TCP:
             return t.udp * NS
-        return (t.close if e.closing else t.tcp if e.seen_reply else t.syn) * NS
+        if e.closed:
+            return t.close * NS
+        if not e.seen_reply:
+            return t.syn * NS
+        return (t.close_wait if e.fin_orig or e.fin_reply else t.tcp) * NS
 
     @staticmethod
     def _peer(key: CtKey, e: CtEntry) -> CtKey:
@@ -294,30 +312,68 @@ class PodHooks:
     def _update(self, key: CtKey, e: CtEntry, p: Packet, now: int) -> None:
         """A packet of the flow passed in direction key.dir: both entries take the new state."""
         if p.proto == TCP:
-            if p.tcp_flags & (FIN | RST):
-                e.closing = True
-            elif key.dir in (REPLY, SNAT_IN):
-                e.seen_reply = True
+            reply = key.dir in (REPLY, SNAT_IN)
+            if p.tcp_flags & RST:
+                e.rst = True
+            else:
+                e.seen_reply |= reply
+                if p.tcp_flags & FIN:
+                    if reply:
+                        e.fin_reply = True
+                    else:
+                        e.fin_orig = True
         e.expires = now + self._lifetime(p.proto, e)
         peer = self.s.conntrack.get(self._peer(key, e))
         if peer is not None:
-            peer.seen_reply, peer.closing, peer.expires = e.seen_reply, e.closing, e.expires
+            peer.share_state(e)
+
+    def _forget(self, key: CtKey, e: CtEntry) -> None:
+        self.s.conntrack.pop(self._peer(key, e), None)
+        self.s.conntrack.pop(key, None)
 
     def _flow(self, p: Packet, direction: int, now: int, why: list):
         """(key, live entry or None) of the flow this packet starts or continues; a bare SYN on a
-        closing flow's tuple ends that flow, so a new connection is chosen afresh."""
+        closed flow's tuple ends that flow, so a new connection is chosen afresh."""
         key = CtKey(p.saddr, p.daddr, p.sport, p.dport, p.proto, direction)
         e = self._lookup(key, now)
-        if e is not None and e.closing and self._bare_syn(p):
-            self.s.conntrack.pop(self._peer(key, e), None)
-            del self.s.conntrack[key]
+        if e is not None and e.closed and self._bare_syn(p):
+            self._forget(key, e)
             why.append("a new SYN on the tuple of a closed flow: a fresh flow")
             return key, None
         return key, e
 
+    def _reply(self, p: Packet, direction: int, now: int, why: list):
+        """(key, live entry or None) of the flow this packet answers (REPLY or SNAT_IN). A bare
+        SYN answers nothing; a SYN-ACK on a closed flow's tuple answers a new connection that
+        reuses it, so the old flow is forgotten rather than allowed to translate it."""
+        key = CtKey(p.saddr, p.daddr, p.sport, p.dport, p.proto, direction)
+        if self._bare_syn(p):
+            return key, None
+        e = self._lookup(key, now)
+        if e is not None and e.closed and self._syn_ack(p):
+            self._forget(key, e)
+            why.append("a SYN-ACK on the tuple of a closed flow: a new connection, not a reply of ours")
+            return key, None
+        return key, e
+
+    def _release_reused(self, p: Packet, now: int, why: list) -> None:
+        """A bare SYN no flow of ours handles, whose reply tuple a closed flow's REPLY entry still
+        holds: forget that flow, so it cannot rewrite the new connection's answers."""
+        if not self._bare_syn(p):
+            return
+        key = CtKey(p.daddr, p.saddr, p.dport, p.sport, p.proto, REPLY)
+        e = self._lookup(key, now)
+        if e is not None and e.closed:
+            self._forget(key, e)
+            why.append(f"a new connection reuses the reply tuple of a closed flow to {e.nat_addr}: flow forgotten")
+
     @staticmethod
     def _bare_syn(p: Packet) -> bool:
         return p.proto == TCP and bool(p.tcp_flags & SYN) and not p.tcp_flags & ACK
+
+    @staticmethod
+    def _syn_ack(p: Packet) -> bool:
+        return p.proto == TCP and bool(p.tcp_flags & SYN) and bool(p.tcp_flags & ACK)
 
     def _handle(self, frame: bytes, now: int, service_hook: bool) -> Result:
         why = []
@@ -345,8 +401,7 @@ class PodHooks:
             return self._result("pass", frame, "M_PASS", ["later fragment, not to a VIP"])
         unsupported = "DROP_IP_OPTIONS" if p.options else "DROP_FRAGMENT" if p.fragment else None
 
-        key = CtKey(p.saddr, p.daddr, p.sport, p.dport, p.proto, REPLY)
-        e = self._lookup(key, now)
+        key, e = self._reply(p, REPLY, now, why)
         if e is not None and not (service_hook and e.egress):
             if unsupported:
                 return self._result("drop", frame, unsupported, ["reply of a NATed flow, unsupported header"])
@@ -358,8 +413,7 @@ class PodHooks:
                 p.daddr, p.dport = e.snat_addr, e.snat_port
             return self._out(p, e.hairpin, "M_REVNAT", why)
         # a NodePort flow masqueraded to a backend on this node
-        key = CtKey(p.saddr, p.daddr, p.sport, p.dport, p.proto, SNAT_IN if service_hook else SNAT_OUT)
-        e = self._lookup(key, now)
+        key, e = self._reply(p, SNAT_IN, now, why) if service_hook else self._flow(p, SNAT_OUT, now, why)
         if e is not None:
             if unsupported:
                 return self._result("drop", frame, unsupported, ["masqueraded flow, unsupported header"])
@@ -385,7 +439,8 @@ class PodHooks:
         svc = self._svc(p.daddr, p.dport, p.proto, scope=SCOPE_POD) or self._svc(p.daddr, p.dport, p.proto)
         if svc is None:
             if not self._is_vip(p.daddr):
-                return self._result("pass", frame, "M_PASS", ["not service traffic"])
+                self._release_reused(p, now, why)
+                return self._result("pass", frame, "M_PASS", why + ["not service traffic"])
             if unsupported:
                 return self._result("drop", frame, unsupported, ["VIP, unsupported header"])
             return self._reject(p, "REJECT_PORT_UNSERVED", [f"VIP {p.daddr} serves no {p.dport}/{p.proto}"])
@@ -417,7 +472,8 @@ class PodHooks:
     def _flow_backend(self, p: Packet, svc, now: int, why: list):
         """A new flow to a frontend: (backend id, backend), or the Result that ends it here."""
         if p.proto == TCP and not self._bare_syn(p):
-            return self._result("drop", p.frame, "DROP_CT_INVALID", ["TCP to a frontend, not a SYN, no known flow"])
+            return self._result("drop", p.frame, "DROP_CT_LOST",
+                                ["TCP to a frontend, not a SYN, and no flow: a lost flow (expired, evicted or flushed)"])
         if svc.flags & SVC_F_SRC_RANGES and not any(
                 sid == svc.svc_id and p.saddr in net for sid, net in self.s.maps.lb_sources):
             return self._result("drop", p.frame, "DROP_SOURCE_RANGE",
@@ -621,8 +677,7 @@ class Datapath(PodHooks):
             return self._result("drop", frame, bad, [f"malformed IPv4: {bad}"])
         if p is None or p.proto not in (TCP, UDP) or p.later_fragment or self.s.config is None:
             return self._result("pass", frame, "M_PASS", ["not masquerade traffic"])
-        key = CtKey(p.saddr, p.daddr, p.sport, p.dport, p.proto, REPLY)
-        e = self._lookup(key, now)
+        key, e = self._reply(p, REPLY, now, [])
         if e is not None and e.egress:
             if p.options or p.fragment:
                 return self._result("drop", frame, "DROP_IP_OPTIONS" if p.options else "DROP_FRAGMENT",
@@ -663,8 +718,8 @@ class Datapath(PodHooks):
             return r or self._result("pass", frame, "M_PASS", ["ICMP error not about a masqueraded flow"])
         if p.proto not in (TCP, UDP) or p.later_fragment:
             return self._result("pass", frame, "M_PASS", ["not a reply to masquerade"])
-        key = CtKey(p.saddr, p.daddr, p.sport, p.dport, p.proto, SNAT_IN)
-        e = self._lookup(key, now)
+        why = []
+        key, e = self._reply(p, SNAT_IN, now, why)
         if e is None:
             r = self._nodeport(p, frame, now)
             if r is not None:
@@ -673,7 +728,8 @@ class Datapath(PodHooks):
                 # its answers are replies, not new flows to masquerade
                 self.s.conntrack[CtKey(p.daddr, p.saddr, p.dport, p.sport, UDP, NO_SNAT)] = CtEntry(
                     now + self.s.timeouts.udp * NS, IPv4Address(0), 0)
-            return self._result("pass", frame, "M_PASS", ["no masqueraded flow"])
+            self._release_reused(p, now, why)
+            return self._result("pass", frame, "M_PASS", why + ["no masqueraded flow"])
         if p.options or p.fragment:
             return self._result("drop", frame, "DROP_IP_OPTIONS" if p.options else "DROP_FRAGMENT",
                                 ["reply to masquerade, unsupported header"])

@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 from ipaddress import IPv4Address, IPv4Network
 
-from dataplane.backends.ebpf.consts import CT_F_CLOSING, CT_F_EGRESS, CT_F_HAIRPIN, CT_F_SEEN_REPLY
+from dataplane.backends.ebpf.consts import (CT_F_EGRESS, CT_F_FIN_ORIG, CT_F_FIN_REPLY, CT_F_HAIRPIN, CT_F_RST,
+                                           CT_F_SEEN_REPLY)
 from dataplane.backends.ebpf.maps import apply
 from dataplane.backends.ebpf.program import NodeProgram, be16, from_be32
 from dataplane.backends.ebpf.render import Ids, NodeConfig, NodeMaps, render_node
@@ -42,8 +43,7 @@ class Pair:
         prog.set_config(seed=seed, clock_offset=0)
         prog.set_node_config(self.config)
         self.model = Datapath(NodeState(maps=rendered, node_ip=NODE_IP, seed=seed,
-                                        timeouts=Timeouts(**{k: getattr(prog.timeouts, k) for k in
-                                                             ("syn", "tcp", "close", "udp")}),
+                                        timeouts=Timeouts(**vars(prog.timeouts)),
                                         config=self.config))
 
     def collect(self) -> tuple:
@@ -73,12 +73,12 @@ class Pair:
             key = CtKey(from_be32(k.saddr), from_be32(k.daddr), be16(k.sport), be16(k.dport), k.proto, k.dir)
             out[key] = (from_be32(v.nat_addr), be16(v.nat_port), bool(v.flags & CT_F_HAIRPIN),
                         from_be32(v.snat_addr), be16(v.snat_port), v.backend_id, v.svc_id,
-                        bool(v.flags & CT_F_SEEN_REPLY), bool(v.flags & CT_F_CLOSING), bool(v.flags & CT_F_EGRESS))
+                        bool(v.flags & CT_F_SEEN_REPLY), _closing(v.flags), bool(v.flags & CT_F_EGRESS))
         return out
 
     def model_conntrack(self) -> dict:
         return {k: (e.nat_addr, e.nat_port, e.hairpin, e.snat_addr, e.snat_port, e.backend_id, e.svc_id,
-                    e.seen_reply, e.closing, e.egress)
+                    e.seen_reply, (e.fin_orig, e.fin_reply, e.rst), e.egress)
                 for k, e in self.model.s.conntrack.items()}
 
     def assert_same_state(self) -> None:
@@ -91,6 +91,11 @@ class Pair:
             assert abs(bpf[key] - e.expires) < 1_000_000_000, f"{key}: expiry bpf {bpf[key]} model {e.expires}"
         bpf_metrics = {k: v for k, v in self.prog.metrics().items() if v}
         assert bpf_metrics == {k: v for k, v in self.model.s.metrics.items() if v}
+
+
+def _closing(flags: int) -> tuple:
+    """(FIN from the original direction, FIN from the reply direction, RST) of a BPF entry."""
+    return bool(flags & CT_F_FIN_ORIG), bool(flags & CT_F_FIN_REPLY), bool(flags & CT_F_RST)
 
 
 def _first_diff(a: bytes, b: bytes) -> str:

@@ -204,7 +204,7 @@ def test_tcp_without_syn_or_flow_is_dropped_as_invalid(pair):
     for flags in ("A", "FA", "R", "SA"):
         frame = from_pod(CLIENT, VIP, TCP(sport=40000, dport=80, flags=flags))
         got, want = p.send("from_pod", frame)
-        assert got.verdict == "drop" and want.reason == "DROP_CT_INVALID"
+        assert got.verdict == "drop" and want.reason == "DROP_CT_LOST"
     assert p.bpf_conntrack() == {}
 
 

@@ -56,7 +56,7 @@ def test_removed_endpoint_udp_flow_moves_and_tcp_flow_is_dropped(pair):
     assert want.reason == "M_DNAT_NEW" and parsed(moved.data)[IP].dst == WEB2
     # TCP: mid-flow packets of the removed endpoint's flow are dropped, not sent elsewhere
     dropped, want = p.send("from_pod", from_pod(CLIENT, VIP, ack()))
-    assert dropped.verdict == "drop" and want.reason == "DROP_CT_INVALID"
+    assert dropped.verdict == "drop" and want.reason == "DROP_CT_LOST"
     p.assert_same_state()
 
 

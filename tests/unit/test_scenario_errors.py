@@ -96,6 +96,27 @@ CASES = {
     "check with backends but not reachable": (
         BASE + "checks:\n  - {from: pod/client, to: pod/web-1, port: 8080, expect: refused, backends: [web-1]}\n",
         "checks[0].backends", "backends only applies when expect is reachable"),
+    "half-close on UDP": (
+        BASE + "checks:\n  - {from: pod/client, to: pod/web-1, port: 8080, protocol: UDP, halfClose: true}\n",
+        "checks[0].halfClose", "only applies to TCP"),
+    "server delay not shorter than the timeout": (
+        BASE + "checks:\n  - {from: pod/client, to: pod/web-1, port: 8080, delay: 5}\n",
+        "checks[0].delay", "the server answers after 5 s, so `timeout` (2 s) must be longer"),
+    "size out of range": (
+        BASE + "checks:\n  - {from: pod/client, to: pod/web-1, port: 8080, size: 70000}\n",
+        "checks[0].size", "expected bytes from 0 to 60000, got 70000"),
+    "held connection to a service": (
+        BASE + "services:\n  - {name: web, selector: {app: web}, ports: [{port: 80}]}\n"
+               "checks:\n  - {from: pod/client, to: pod/web-1, port: 8080, "
+               "holdConnection: {from: node/node1, to: service/web, port: 80}}\n",
+        "checks[0].holdConnection.to", "unknown kind 'service'"),
+    "held connection with an unknown field": (
+        BASE + "checks:\n  - {from: pod/client, to: pod/web-1, port: 8080, "
+               "holdConnection: {from: node/node1, to: pod/web-1, port: 8080, srcPort: 4}}\n",
+        "checks[0].holdConnection.srcPort", "did you mean 'sourcePort'?"),
+    "delay with httpGet": (
+        BASE + "checks:\n  - {from: pod/client, to: pod/web-1, port: 8080, httpGet: /, delay: 1}\n",
+        "checks[0].delay", "does not apply with httpGet"),
     "wrong type": (
         BASE.replace("model: flat", "model: flat\n  mtu: big"), "topology.mtu", "expected a number"),
     "health-check node port without LoadBalancer and eTP Local": (

@@ -4,7 +4,7 @@ Per node: one compiled instance of bpf/pod.c (its own maps), from_pod/to_pod on 
 maps pinned under /sys/fs/bpf/dp-<lab>/<node>/. Programming is render (pure) -> diff -> batched
 map updates. Endpoints that leave a service have their flows flushed: UDP entries (the stale-UDP
 problem) and TCP entries alike, so a TCP flow to a removed backend is dropped from then on (its
-next packet is not a SYN and has no entry: DROP_CT_INVALID) rather than sent to another backend.
+next packet is not a SYN and has no entry: DROP_CT_LOST) rather than sent to another backend.
 """
 from __future__ import annotations
 

@@ -57,15 +57,18 @@ class MapSizes:
 @dataclass
 class CtTimeouts:
     """Conntrack lifetimes in seconds; defaults from bpf/include/consts.h (CT_DEFAULT_*)."""
-    syn: int = 0
-    tcp: int = 0
-    close: int = 0
+    syn: int = 0           # TCP before any reply
+    tcp: int = 0           # TCP established
+    close_wait: int = 0    # TCP established, closed in one direction (half-closed)
+    close: int = 0         # TCP closed both ways, or reset
     udp: int = 0
 
     def __post_init__(self):
-        from .consts import CT_DEFAULT_CLOSE, CT_DEFAULT_SYN, CT_DEFAULT_TCP, CT_DEFAULT_UDP
+        from .consts import (CT_DEFAULT_CLOSE, CT_DEFAULT_CLOSE_WAIT, CT_DEFAULT_SYN, CT_DEFAULT_TCP,
+                             CT_DEFAULT_UDP)
         self.syn = self.syn or CT_DEFAULT_SYN
         self.tcp = self.tcp or CT_DEFAULT_TCP
+        self.close_wait = self.close_wait or CT_DEFAULT_CLOSE_WAIT
         self.close = self.close or CT_DEFAULT_CLOSE
         self.udp = self.udp or CT_DEFAULT_UDP
 
@@ -141,6 +144,7 @@ class NodeProgram:
         cur.node_ip = be32(self.node_ip)
         cur.ct_syn, cur.ct_tcp = self.timeouts.syn, self.timeouts.tcp
         cur.ct_close, cur.ct_udp = self.timeouts.close, self.timeouts.udp
+        cur.ct_close_wait = self.timeouts.close_wait
         t[t.Key(0)] = cur
 
     def now(self) -> int:
