@@ -29,6 +29,8 @@ BPF_F_TABLE("hash", __u32, struct backend, backends, BACKEND_MAP_SIZE, BPF_F_NO_
 BPF_TABLE("lru_hash", struct ct_key, struct ct_entry, conntrack, CT_MAP_SIZE);
 /* (client, service port) -> backend, for sessionAffinity: ClientIP */
 BPF_TABLE("lru_hash", struct affinity_key, struct affinity_value, affinity, AFFINITY_MAP_SIZE);
+/* (service port, backend) -> 1 for every eligible backend of a service port with affinity */
+BPF_F_TABLE("hash", struct affinity_match_key, __u8, affinity_match, SVC_MAP_SIZE, BPF_F_NO_PREALLOC);
 /* per-CPU packet counters, indexed by enum metric */
 BPF_TABLE("percpu_array", __u32, __u64, metrics, M_MAX);
 /* index 0: struct dp_config */

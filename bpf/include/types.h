@@ -77,6 +77,15 @@ struct affinity_value {
 	__u32 pad0;
 };
 
+/* affinity_match: which backends are eligible for a service port now. A remembered backend counts
+ * only if its pair is here (as Cilium's affinity match map): one that left the service port, or
+ * became unready or terminating for it, is not chosen again just because it still backs another
+ * service. */
+struct affinity_match_key {
+	__u32 svc_id;
+	__u32 backend_id;
+};
+
 /* config: one entry, written at load. */
 struct dp_config {
 	__u64  clock_offset;     /* ns added to bpf_ktime_get_ns(): lets tests move time forward */

@@ -46,7 +46,19 @@ static __always_inline __u32 flow_hash(const struct pkt *p, __u32 seed)
 	return mix32(h ^ p->proto);
 }
 
-/* Choose the backend for a new flow. Returns the backend id, 0 if none. */
+/* Is this backend one of the service port's eligible backends now? */
+static __always_inline int affinity_eligible(__u32 svc_id, __u32 backend_id)
+{
+	struct affinity_match_key mk = {};
+	mk.svc_id = svc_id;
+	mk.backend_id = backend_id;
+	return affinity_match.lookup(&mk) != NULL;
+}
+
+/* Choose the backend for a new flow: with affinity, the client's remembered backend if it was
+ * used within the timeout and is still eligible here, else (and always without affinity) the
+ * slot the flow hash picks; with affinity the choice is remembered. Returns the backend id, 0 if
+ * none. */
 static __always_inline __u32 select_backend(const struct pkt *p, const struct svc_value *svc,
 					    __u32 seed, __u64 now)
 {
@@ -59,7 +71,7 @@ static __always_inline __u32 select_backend(const struct pkt *p, const struct sv
 		ak.svc_id = svc->svc_id;
 		av = affinity.lookup(&ak);
 		if (av && now - av->last_used <= (__u64)svc->affinity_timeout * NS_PER_SEC &&
-		    backends.lookup(&av->backend_id)) {
+		    affinity_eligible(svc->svc_id, av->backend_id)) {
 			id = av->backend_id;
 			count(M_AFFINITY_HIT);
 		}

@@ -18,12 +18,10 @@ from collections import deque
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
-from scapy.layers.inet import ICMP, IP, fragment
-from scapy.layers.l2 import Ether
-
 from ..backends.ebpf.render import Ids, render_config, render_node
 from ..lab.plan import LabPlan, mac_for
 from ..refmodel.datapath import Datapath, NodeState, Timeouts
+from .packets import ETH_P_IP, ICMP, Ip, ether, icmp, mac_str
 from .transport import Transport
 
 MAX_EVENTS = 10_000
@@ -57,9 +55,12 @@ class SimNS:
     pmtu: dict = field(default_factory=dict)       # destination -> path MTU learned from ICMP
     fragments: dict = field(default_factory=dict)  # (src, dst, id, proto) -> {offset: (bytes, more)}
     ip_id: itertools.count = field(default_factory=lambda: itertools.count(1))
+    _local_ips: set | None = None
 
     def local_ips(self) -> set:
-        return {a.ip for i in self.ifaces.values() for a in i.addrs}
+        if self._local_ips is None:       # addresses never change once the lab is built
+            self._local_ips = {a.ip for i in self.ifaces.values() for a in i.addrs}
+        return self._local_ips
 
     def route(self, dst: IPv4Address):
         best = None
@@ -75,6 +76,7 @@ class SimNet(Transport):
         self.timeouts = Timeouts(**(vars(timeouts) if timeouts else {}))
         self.seen: dict = {}                       # what servers saw of the current request
         self.ids: dict = {}                        # node -> Ids, stable across updates
+        self.flushed: dict = {}                    # node -> entries the last update forgot
         self.recording: dict | None = None         # netns -> frames on pod eth0s, while capturing
         self.table = None
         self.rng = random.Random(seed)
@@ -127,8 +129,9 @@ class SimNet(Transport):
             for p in obj.ports:
                 sim.listeners[(6 if p.protocol == "TCP" else 17, p.port)] = obj.name
 
-    def program(self, table) -> None:
-        """Program every node's model datapath from the table (render, as the ebpf backend does)."""
+    def program(self, table, update=None) -> None:
+        """Program every node's model datapath from the table (render, as the ebpf backend does);
+        `update(state, maps)` applies an update to a node already programmed."""
         from ..policy import health_checks
         self.table = table
         for node in self.plan.spec.nodes:
@@ -140,6 +143,8 @@ class SimNet(Transport):
                 sim.datapath = Datapath(NodeState(maps=maps, node_ip=node.ip, seed=self.seed,
                                                   timeouts=self.timeouts,
                                                   config=render_config(self.plan.spec, node.name)))
+            elif update is not None:
+                self.flushed[node.name] = update(sim.datapath.s, maps)
             else:
                 sim.datapath.s.maps = maps
 
@@ -154,10 +159,10 @@ class SimNet(Transport):
         """An update: reprogram every node and flush the flows of endpoints that left."""
         from ..policy import stale_targets
         stale = stale_targets(self.table, table)
-        self.program(table)
+        self.program(table, update=lambda state, maps: state.sync(maps, stale))
         out = []
         for node in self.plan.spec.nodes:
-            flushed = self.ns[self.plan.netns_of(node.name)].datapath.s.flush(stale) if stale else 0
+            flushed = self.flushed.pop(node.name, 0)
             if flushed:
                 out.append(f"{node.name}: {flushed} conntrack/affinity entries of removed endpoints flushed")
         return out
@@ -190,7 +195,7 @@ class SimNet(Transport):
             self._record(iface.peer[0], frame)
             self.events.append(("rx", iface.peer[0], iface.peer[1], frame))
             return
-        dst_mac = Ether(frame).dst if next_hop is None else None
+        dst_mac = mac_str(frame[0:6]) if next_hop is None else None
         for mns, mif in self.segments.get(iface.segment, ()):
             member = self.ns[mns].ifaces[mif]
             if (mns, mif) == (ns, ifname):
@@ -215,15 +220,16 @@ class SimNet(Transport):
                 self.transmit(ns, ifname, r.data, None)
                 return
             frame = r.data
-        pkt = Ether(frame)
-        if IP not in pkt:
+        if len(frame) < 34 or int.from_bytes(frame[12:14], "big") != ETH_P_IP:
+            return
+        ip = Ip.parse(frame[14:])
+        if ip is None:
             return
         sim = self.ns[ns]
-        ip = pkt[IP]
-        src, dst = IPv4Address(ip.src), IPv4Address(ip.dst)
-        if src in sim.local_ips():
+        locals_ = sim.local_ips()
+        if ip.src in locals_:
             return                            # martian source: the kernel refuses it on input
-        if dst in sim.local_ips():
+        if ip.dst in locals_:
             whole = self._reassemble(sim, ip)
             if whole is not None:
                 self._local(sim, whole)
@@ -232,29 +238,26 @@ class SimNet(Transport):
             return                            # not a router: silently dropped
         if ip.ttl <= 1:
             return
-        route = sim.route(dst)
+        route = sim.route(ip.dst)
         if route is None:
-            self._icmp_error(sim, ifname, ip, code=0)   # network unreachable
+            self._icmp_error(sim, ifname, ip, 3, 0)       # network unreachable
             return
         ip.ttl -= 1
-        del ip.chksum
         out_mtu = sim.ifaces[route[2]].mtu
-        if len(ip) > out_mtu and ip.flags.DF:
+        if len(ip) > out_mtu and ip.df:
             # too big to forward and not to be fragmented: fragmentation needed, with our MTU
-            self.originate(sim, IP(src=str(self.source_for(sim, sim.route(src) or route)), dst=ip.src) /
-                           ICMP(type=3, code=4, nexthopmtu=out_mtu) / bytes(ip)[:28])
+            self._icmp_error(sim, ifname, ip, 3, 4, rest=out_mtu)
             return
-        self._route_out(sim, route, dst, bytes(ip))
+        self._route_out(sim, route, ip.dst, ip)
 
-    def _route_out(self, sim: SimNS, route, dst: IPv4Address, ip_bytes: bytes) -> None:
+    def _route_out(self, sim: SimNS, route, dst: IPv4Address, ip: Ip) -> None:
         _, gw, out = route
         iface = sim.ifaces[out]
         nh = gw or dst
         peer_mac = self._neighbour_mac(sim.name, out, nh)
-        ip = IP(ip_bytes)
-        pieces = [ip] if len(ip_bytes) <= iface.mtu else fragment(ip, fragsize=(iface.mtu - 20) // 8 * 8)
+        pieces = [ip] if len(ip) <= iface.mtu else ip.fragments(iface.mtu)
         for piece in pieces:
-            self.transmit(sim.name, out, bytes(Ether(src=iface.mac, dst=peer_mac) / piece), nh)
+            self.transmit(sim.name, out, ether(iface.mac, peer_mac, piece.build()), nh)
 
     def _neighbour_mac(self, ns: str, ifname: str, nh: IPv4Address) -> str:
         iface = self.ns[ns].ifaces[ifname]
@@ -265,21 +268,23 @@ class SimNet(Transport):
                 return self.ns[mns].ifaces[mif].mac
         return "ff:ff:ff:ff:ff:ff"
 
-    def _icmp_error(self, sim: SimNS, in_ifname: str, ip, code: int) -> None:
+    def _icmp_error(self, sim: SimNS, in_ifname: str, ip: Ip, type_: int, code: int, rest: int = 0) -> None:
+        """An ICMP error about `ip` (as received), from this namespace's address on the link it
+        came in by (RFC 1812: a router's own address), quoting its header and 8 bytes."""
         addrs = sim.ifaces[in_ifname].addrs or [a for i in sim.ifaces.values() for a in i.addrs]
         if not addrs:
             return
-        quote = bytes(ip)[:28]
-        self.originate(sim, IP(src=str(addrs[0].ip), dst=ip.src) / ICMP(type=3, code=code) / quote)
+        quote = ip.build()[:28]
+        self.originate(sim, Ip(addrs[0].ip, ip.src, ICMP, icmp(type_, code, rest, quote)))
 
-    def _reassemble(self, sim: SimNS, ip):
+    def _reassemble(self, sim: SimNS, ip: Ip) -> Ip | None:
         """A packet for this namespace, whole: itself, or once its last fragment arrived (None
         until then)."""
-        if not ip.flags.MF and ip.frag == 0:
+        if not ip.fragment:
             return ip
-        key = (ip.src, ip.dst, ip.id, ip.proto)
+        key = (ip.src, ip.dst, ip.ident, ip.proto)
         parts = sim.fragments.setdefault(key, {})
-        parts[ip.frag * 8] = (bytes(ip.payload), bool(ip.flags.MF))
+        parts[ip.offset] = (ip.payload, ip.mf)
         data, at = b"", 0
         while at in parts:
             chunk, more = parts[at]
@@ -287,8 +292,7 @@ class SimNet(Transport):
             at += len(chunk)
             if not more:
                 del sim.fragments[key]
-                whole = IP(src=ip.src, dst=ip.dst, id=ip.id, proto=ip.proto, ttl=ip.ttl) / data
-                return IP(bytes(whole))
+                return Ip(ip.src, ip.dst, ip.proto, data, ip.ttl, ip.ident)
         return None
 
     def path_mtu(self, sim: SimNS, dst: IPv4Address) -> int:
@@ -296,21 +300,20 @@ class SimNet(Transport):
         mtu = sim.ifaces[route[2]].mtu if route else 65535
         return min(mtu, sim.pmtu.get(dst, mtu))
 
-    def originate(self, sim: SimNS, ip) -> bool:
+    def originate(self, sim: SimNS, ip: Ip) -> bool:
         """Send an IP packet from a namespace's own stack; False if it has no route (ENETUNREACH).
         A datagram larger than the route's MTU leaves in fragments (TCP never is: its segments
-        fit the path)."""
-        dst = IPv4Address(ip.dst)
-        ip.id = next(sim.ip_id) & 0xFFFF
-        if dst in sim.local_ips():
-            self._local(sim, IP(bytes(ip)))
+        fit the path). `ip.src` None: the route's source address."""
+        ip.ident = next(sim.ip_id) & 0xFFFF
+        if ip.dst in sim.local_ips():
+            self._local(sim, ip if ip.src is not None else Ip(ip.dst, ip.dst, ip.proto, ip.payload))
             return True
-        route = sim.route(dst)
+        route = sim.route(ip.dst)
         if route is None:
             return False
-        if ip.src is None or ip.src == "0.0.0.0":
-            ip.src = str(self.source_for(sim, route))
-        self._route_out(sim, route, dst, bytes(ip))
+        if ip.src is None:
+            ip.src = self.source_for(sim, route)
+        self._route_out(sim, route, ip.dst, ip)
         return True
 
     @staticmethod

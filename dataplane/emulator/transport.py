@@ -14,12 +14,10 @@ import struct
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 
-from scapy.layers.inet import ICMP, IP, TCP, UDP
-
 from ..agent.protocol import answer, first_line, http_request, padded, parse_udp, udp_request
+from .packets import ACK, FIN, ICMP, RST, SYN, TCP, UDP, Ip, Tcp, Udp, icmp, tcp_flags
 
 EPHEMERAL = (32768, 60999)
-SYN, FIN, RST, PSH, ACK = 0x02, 0x01, 0x04, 0x08, 0x10
 
 
 @dataclass
@@ -96,21 +94,22 @@ class Transport:
 
     # -- receiving ------------------------------------------------------------------------------------
 
-    def _local(self, sim, ip) -> None:
-        if ip.proto == 6:
+    def _local(self, sim, ip: Ip) -> None:
+        if ip.proto == TCP:
             self._tcp_in(sim, ip)
-        elif ip.proto == 17:
+        elif ip.proto == UDP:
             self._udp_in(sim, ip)
-        elif ip.proto == 1:
+        elif ip.proto == ICMP:
             self._icmp_in(sim, ip)
 
-    def _segment(self, sim, src, dst, sport, dport, flags, seq, ack, payload=b"") -> None:
-        self.originate(sim, IP(src=str(src), dst=str(dst), flags="DF") /
-                       TCP(sport=sport, dport=dport, flags=flags, seq=seq, ack=ack) / payload)
+    def _segment(self, sim, src, dst, sport, dport, flags: str, seq, ack, payload=b"") -> None:
+        src, dst = IPv4Address(src), IPv4Address(dst)
+        seg = Tcp(sport, dport, seq, ack, tcp_flags(flags), payload).build(src, dst)
+        self.originate(sim, Ip(src, dst, TCP, seg, df=True))
 
-    def _tcp_in(self, sim, ip) -> None:
-        t = ip[TCP]
-        src, flags, payload = IPv4Address(ip.src), int(t.flags), bytes(t.payload)
+    def _tcp_in(self, sim, ip: Ip) -> None:
+        t = Tcp.parse(ip.payload)
+        src, flags, payload = ip.src, t.flags, t.payload
         sock = sim.sockets.get((6, t.dport))
         if sock is not None and (src, t.sport) == (IPv4Address(sock.remote[0]), sock.remote[1]):
             self._client_segment(sim, sock, t, flags, payload)
@@ -130,8 +129,7 @@ class Transport:
             if server is None and t.dport not in sim.health:
                 self._segment(sim, ip.dst, ip.src, t.dport, t.sport, "RA", 0, t.seq + 1)
                 return
-            conn = sim.conns[key] = Conn(server or "", IPv4Address(ip.dst), t.dport, (str(src), t.sport),
-                                         ack=t.seq + 1)
+            conn = sim.conns[key] = Conn(server or "", ip.dst, t.dport, (str(src), t.sport), ack=t.seq + 1)
             self._segment(sim, ip.dst, ip.src, t.dport, t.sport, "SA", conn.seq, conn.ack)
             conn.seq += 1
             return
@@ -238,36 +236,34 @@ class Transport:
         mss = self.path_mtu(sim, IPv4Address(dst)) - 40
         return [data[i:i + mss] for i in range(0, len(data), mss)] or [b""]
 
-    def _udp_in(self, sim, ip) -> None:
-        u = ip[UDP]
+    def _udp_in(self, sim, ip: Ip) -> None:
+        u = Udp.parse(ip.payload)
         sock = sim.sockets.get((17, u.dport))
-        if sock is not None and (str(ip.src), u.sport) == (str(sock.remote[0]), sock.remote[1]):
-            sock.datagrams.append(bytes(u.payload))
+        if sock is not None and (ip.src, u.sport) == (IPv4Address(sock.remote[0]), sock.remote[1]):
+            sock.datagrams.append(u.payload)
             return
         name = sim.listeners.get((17, u.dport))
         if name is None:
-            self.originate(sim, IP(src=ip.dst, dst=ip.src) / ICMP(type=3, code=3) / bytes(ip)[:28])
+            self.originate(sim, Ip(ip.dst, ip.src, ICMP, icmp(3, 3, 0, ip.build()[:28])))
             return
-        request, options = parse_udp(bytes(u.payload))
-        text = answer(name, request, (ip.src, u.sport))
+        request, options = parse_udp(u.payload)
+        text = answer(name, request, (str(ip.src), u.sport))
         if text is None:
             return
-        out = IP(src=ip.dst, dst=ip.src) / UDP(sport=u.dport, dport=u.sport) / padded(text, options.get("pad")).encode()
+        data = Udp(u.dport, u.sport, padded(text, options.get("pad")).encode()).build(ip.dst, ip.src)
         at = self.now + int(options.get("delay", 0.0) * 1e9)
-        self.schedule(at, lambda: self.originate(sim, out))
+        self.schedule(at, lambda: self.originate(sim, Ip(ip.dst, ip.src, UDP, data)))
 
-    def _icmp_in(self, sim, ip) -> None:
-        icmp = ip[ICMP]
-        if icmp.type != 3:
+    def _icmp_in(self, sim, ip: Ip) -> None:
+        if len(ip.payload) < 8 + 28 or ip.payload[0] != 3:
             return
-        quote = bytes(icmp.payload)
-        if len(quote) < 28:
-            return
+        code, nexthop_mtu = ip.payload[1], struct.unpack("!H", ip.payload[6:8])[0]
+        quote = ip.payload[8:]
         proto = quote[9]
         src, dst = IPv4Address(quote[12:16]), IPv4Address(quote[16:20])
         sport, dport = struct.unpack("!HH", quote[20:24])
-        if icmp.code == 4:                         # fragmentation needed: learn the path MTU
-            mtu = icmp.nexthopmtu or 576
+        if code == 4:                              # fragmentation needed: learn the path MTU
+            mtu = nexthop_mtu or 576
             sim.pmtu[dst] = min(self.path_mtu(sim, dst), mtu)
             self._retransmit_after_pmtu(sim, proto, src, sport, dst, dport, quote)
             return
@@ -275,7 +271,7 @@ class Transport:
         if sock is None or (src, dst, dport) != (IPv4Address(sock.local[0]), IPv4Address(sock.remote[0]),
                                                  sock.remote[1]):
             return                            # the quoted packet is not this socket's
-        sock.error = {3: "ECONNREFUSED", 0: "ENETUNREACH", 1: "EHOSTUNREACH"}.get(icmp.code, "EHOSTUNREACH")
+        sock.error = {3: "ECONNREFUSED", 0: "ENETUNREACH", 1: "EHOSTUNREACH"}.get(code, "EHOSTUNREACH")
 
     def _retransmit_after_pmtu(self, sim, proto, src, sport, dst, dport, quote) -> None:
         """A server's answer segment was too big for the path: send its data again, smaller (what
@@ -409,10 +405,10 @@ class Transport:
         self.run(until=deadline)
 
     def _udp_request(self, sim, sock: Socket, delay: float, size: int, deadline: int) -> dict:
+        src, dst = IPv4Address(sock.local[0]), IPv4Address(sock.remote[0])
         for i, req in enumerate(("hostname", "clientip")):
-            self.originate(sim, IP(src=str(sock.local[0]), dst=str(sock.remote[0])) /
-                           UDP(sport=sock.local[1], dport=sock.remote[1]) /
-                           udp_request(req, delay if i == 0 else 0.0, size))
+            data = Udp(sock.local[1], sock.remote[1], udp_request(req, delay if i == 0 else 0.0, size)).build(src, dst)
+            self.originate(sim, Ip(src, dst, UDP, data))
             self.run(until=deadline, done=lambda n=i + 1: sock.error or len(sock.datagrams) >= n)
             if sock.error:
                 break

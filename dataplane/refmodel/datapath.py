@@ -95,9 +95,15 @@ class NodeState:
         return len(dead)
 
 
+    def sync(self, maps, stale: set) -> int:
+        """An update, as the ebpf backend's sync_node: the new tables, then the flows of endpoints
+        that left and the affinities no longer eligible forgotten. Entries forgotten."""
+        self.maps = maps
+        return (self.flush(stale) if stale else 0) + self.forget_affinities()
+
     def flush(self, stale: set) -> int:
-        """Forget the flows (both directions) and affinities of endpoints that left their
-        service: (address, port, proto) triples."""
+        """Forget the flows (both directions) of endpoints that left their service:
+        (address, port, proto) triples."""
         def endpoint(k, e):
             if k.dir in (REPLY, SNAT_IN):
                 return k.saddr, k.sport, k.proto
@@ -107,13 +113,28 @@ class NodeState:
                 return e.nat_addr, e.nat_port, k.proto
             return None
         doomed = [k for k, e in self.conntrack.items() if endpoint(k, e) in stale]
-        ids = {self.conntrack[k].backend_id for k in doomed}
         for k in doomed:
             del self.conntrack[k]
-        gone = [k for k, (_, bid) in self.affinity.items() if bid in ids]
+        return len(doomed)
+
+    def eligible(self, svc_key) -> set:
+        """The backend ids in the slots of a service port (its slot-0 key): those eligible now."""
+        head = self.maps.services.get(svc_key)
+        if head is None:
+            return set()
+        slots = (self.maps.services.get(SvcKey(svc_key.vip, svc_key.port, svc_key.proto, i, svc_key.scope))
+                 for i in range(1, head.count + 1))
+        return {v.backend_id for v in slots if v is not None}
+
+    def forget_affinities(self) -> int:
+        """Forget remembered backends no longer eligible for their service port (or of service
+        ports gone, or without affinity now)."""
+        heads = {v.svc_id: k for k, v in self.maps.services.items() if k.slot == 0 and v.flags & SVC_F_AFFINITY}
+        gone = [k for k, (_, bid) in self.affinity.items()
+                if k[1] not in heads or bid not in self.eligible(heads[k[1]])]
         for k in gone:
             del self.affinity[k]
-        return len(doomed) + len(gone)
+        return len(gone)
 
 
 @dataclass
@@ -452,10 +473,14 @@ class PodHooks:
         bid = 0
         if svc.flags & SVC_F_AFFINITY:
             hit = self.s.affinity.get((p.saddr, svc.svc_id))
-            if hit and now - hit[0] <= svc.affinity_timeout * NS and hit[1] in self.s.maps.backends:
+            scope = SCOPE_POD if svc.flags & SVC_F_POD_SCOPE else SCOPE_EXTERNAL
+            if hit and now - hit[0] <= svc.affinity_timeout * NS and \
+                    hit[1] in self.s.eligible(SvcKey(p.daddr, p.dport, p.proto, 0, scope)):
                 bid = hit[1]
                 self._count("M_AFFINITY_HIT")
                 why.append(f"session affinity: client {p.saddr} keeps backend {bid}")
+            elif hit:
+                why.append(f"session affinity: backend {hit[1]} expired or no longer eligible here")
         if not bid:
             f = p.frame
             ip, o = ETH_HLEN, p.l4

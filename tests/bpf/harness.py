@@ -29,7 +29,7 @@ class Pair:
         self.prog = prog
         t = timeouts or {}
         prog.timeouts = CtTimeouts(**t)
-        for name in ("services", "backends", "conntrack", "affinity", "lb_sources"):
+        for name in ("services", "backends", "conntrack", "affinity", "affinity_match", "lb_sources"):
             _clear(prog.table(name))
         metrics = prog.table("metrics")
         for k in list(metrics.keys()):
@@ -105,14 +105,12 @@ def _first_diff(a: bytes, b: bytes) -> str:
     return f"length {len(a)} vs {len(b)}"
 
 
-def sync(pair: "Pair", old_table, new_table, node: str = "node1") -> None:
-    """Apply a service update to both sides as the backends do: map diff, then flush the flows of
-    endpoints that left."""
-    from dataplane.backends.ebpf import flush_flows
+def sync(pair: "Pair", old_table, new_table, node: str = "node1") -> tuple:
+    """Apply a service update to both sides as the backends do (the ebpf backend's sync_node, the
+    model's NodeState.sync): (entries the BPF side forgot, entries the model forgot)."""
+    from dataplane.backends.ebpf import sync_node
     from dataplane.policy import stale_targets
     rendered = render_node(new_table, node, pair.ids, NODE_IP)
-    apply(pair.prog, pair.model.s.maps, rendered)
     stale = stale_targets(old_table, new_table)
-    flush_flows(pair.prog, stale)
-    pair.model.s.maps = rendered
-    pair.model.s.flush(stale)
+    _, flushed = sync_node(pair.prog, pair.model.s.maps, rendered, stale)
+    return flushed, pair.model.s.sync(rendered, stale)

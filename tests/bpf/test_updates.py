@@ -2,8 +2,10 @@
 when endpoints become terminating or leave, and to node-local policy."""
 from __future__ import annotations
 
+from ipaddress import IPv4Address
+
 from tests.bpf.harness import sync
-from tests.bpf.packets import CLIENT, IP, VIP, WEB1, WEB2, ack, from_pod, parsed, syn, table, udp
+from tests.bpf.packets import CLIENT, IP, TCP, VIP, WEB1, WEB2, ack, from_pod, parsed, syn, table, udp
 
 ONE = """\
 services:
@@ -83,20 +85,95 @@ def test_itp_local_without_any_endpoint_rejects(pair):
     assert got.verdict == "redirect" and want.reason == "REJECT_NO_ENDPOINTS"
 
 
+STICKY = ONE.replace("    selector: {app: web}\n", "    selector: {app: web}\n    sessionAffinity: ClientIP\n")
+
+
 def test_affinity_to_a_removed_endpoint_is_forgotten(pair):
-    svc = ONE.replace("    selector: {app: web}\n", "    selector: {app: web}\n    sessionAffinity: ClientIP\n")
-    before = table(svc, topology())
+    before = table(STICKY, topology())
     p = pair(before)
     got, _ = p.send("from_pod", from_pod(CLIENT, VIP, syn()))
     backend = parsed(got.data)[IP].dst
     gone = "app1" if backend == WEB1 else "app2"
-    after = table(svc, topology(**{gone: "gone"}))            # the chosen endpoint leaves
-    sync(p, before, after)
+    after = table(STICKY, topology(**{gone: "gone"}))         # the chosen endpoint leaves
+    assert sync(p, before, after) == (3, 3)                   # its flow (2 entries) and the affinity
     assert len(p.prog.table("affinity")) == 0 and p.model.s.affinity == {}
     for sport in range(42000, 42010):
         got, _ = p.send("from_pod", from_pod(CLIENT, VIP, syn(sport=sport)))
         assert parsed(got.data)[IP].dst != backend
     p.assert_same_state()
+
+
+TWO_SERVICES = STICKY + """\
+  - name: other
+    clusterIP: 10.96.0.11
+    selector: {role: other}
+    ports: [{name: http, port: 80, targetPort: 8080}]
+"""
+
+
+def _shared(text: str) -> str:
+    """web-1 also backs the service `other`."""
+    return text.replace("{app: web}", "{app: web, role: other}", 1).replace("{app: gone}", "{app: gone, role: other}", 1)
+
+
+def test_affinity_to_an_endpoint_that_left_but_backs_another_service(pair):
+    """web-1 leaves the sticky service but still backs another one, so its backend entry lives
+    on: the client's remembered choice must not follow it. Its flows expired long ago, so no
+    flush of flows could have removed the affinity; the sync forgets it as no longer eligible."""
+    before = table(TWO_SERVICES, _shared(topology(web2=", ready: false")))
+    p = pair(before)
+    got, _ = p.send("from_pod", from_pod(CLIENT, VIP, syn()))
+    assert parsed(got.data)[IP].dst == WEB1
+    p.send("from_pod", from_pod(CLIENT, VIP, TCP(sport=40000, dport=80, flags="R")))
+    p.advance(11)
+    assert p.collect() == (2, 2)                               # the flow is gone, the affinity stays
+    assert len(p.prog.table("affinity")) == 1
+    after = table(TWO_SERVICES, _shared(topology(app1="gone")))
+    assert sync(p, before, after) == (1, 1)                    # the affinity is forgotten
+    for sport in range(42000, 42005):
+        got, want = p.send("from_pod", from_pod(CLIENT, VIP, syn(sport=sport)))
+        assert parsed(got.data)[IP].dst == WEB2
+    p.assert_same_state()
+
+
+def test_remembered_backend_no_longer_eligible_is_not_chosen(pair):
+    """The data path's own rule, with the affinity entry still in the map: web-1, terminating now
+    and so not eligible while web-2 is ready, but still the only endpoint of another service, is
+    not chosen again; the entry is overwritten with the fresh choice."""
+    from dataplane.backends.ebpf.maps import apply
+    from dataplane.backends.ebpf.render import render_node
+    from tests.bpf.harness import NODE_IP
+    before = table(TWO_SERVICES, _shared(topology(web2=", ready: false")))
+    p = pair(before)
+    got, _ = p.send("from_pod", from_pod(CLIENT, VIP, syn()))
+    assert parsed(got.data)[IP].dst == WEB1
+    after = table(TWO_SERVICES, _shared(topology(web1=", terminating: true")))
+    rendered = render_node(after, "node1", p.ids, NODE_IP)      # the maps only: no flush
+    apply(p.prog, p.model.s.maps, rendered)
+    p.model.s.maps = rendered
+    assert len(p.prog.table("affinity")) == 1 and len(p.model.s.affinity) == 1
+    got, want = p.send("from_pod", from_pod(CLIENT, VIP, syn(sport=41000)))
+    assert parsed(got.data)[IP].dst == WEB2 and p.prog.metrics()["M_AFFINITY_HIT"] == 0
+    got, want = p.send("from_pod", from_pod(CLIENT, VIP, syn(sport=41001)))
+    assert parsed(got.data)[IP].dst == WEB2 and p.prog.metrics()["M_AFFINITY_HIT"] == 1
+    p.assert_same_state()
+
+
+def test_ids_are_never_reused(pair):
+    """A backend or service port that goes and a new one that comes get different ids: nothing
+    keyed by the old id (an affinity, a source range) can be inherited."""
+    before = table(STICKY, topology())
+    p = pair(before)
+    old_backends = dict(p.ids.backend)
+    old_services = dict(p.ids.svc)
+    after = table(STICKY.replace("10.96.0.10", "10.96.0.20"), topology(app1="gone"))
+    sync(p, before, after)                                  # web-1 and the service at .10 go ...
+    interim = set(p.ids.backend.values()) | set(p.ids.svc.values())
+    again = table(STICKY, topology())
+    sync(p, after, again)                                   # ... and come back
+    returned = [k for k in p.ids.backend if k[0] == IPv4Address(WEB1)]
+    assert returned and all(p.ids.backend[k] not in set(old_backends.values()) | interim for k in returned)
+    assert all(p.ids.svc[k] not in set(old_services.values()) | interim for k in p.ids.svc)
 
 
 def _backends_for(p, count=30, base=43000):

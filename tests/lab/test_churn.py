@@ -37,7 +37,7 @@ services:
 # One connection, kept open, asking /hostname every 20 ms until stdin closes.
 HOLDER = textwrap.dedent("""
     import json, socket, sys, threading
-    from dataplane.agent.client import _http_get
+    from dataplane.agent.client import _http_answers
     s = socket.create_connection(("10.240.0.1", 30080), timeout=5)
     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     stop = threading.Event()
@@ -46,7 +46,7 @@ HOLDER = textwrap.dedent("""
     print("connected", flush=True)
     while not stop.wait(0.02):
         try:
-            names.add(_http_get(s, "/hostname", "node1"))
+            names.add(_http_answers(s, ["/hostname"], "node1", 0.0, 0, False)[0])
             ok += 1
         except Exception as exc:
             errors.append(repr(exc))

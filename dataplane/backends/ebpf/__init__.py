@@ -61,8 +61,7 @@ class EbpfBackend:
         stale = stale_targets(self.table, table)
         for node, prog in self.nodes.items():
             desired = render_node(table, node, self.ids[node], prog.node_ip)
-            change = apply(prog, self.current[node], desired)
-            flushed = flush_flows(prog, stale) if stale else 0
+            change, flushed = sync_node(prog, self.current[node], desired, stale)
             self.current[node] = desired
             if change or flushed:
                 report.append(f"{node}: {change.upserted} map entries written, {change.deleted} deleted, "
@@ -86,11 +85,32 @@ class EbpfBackend:
         return sum(prog.collect() for prog in self.nodes.values())
 
 
+def sync_node(prog: NodeProgram, current: NodeMaps, desired: NodeMaps, stale: set):
+    """One node's part of a sync: write the map difference, then flush the flows of endpoints
+    that left and the affinities no longer eligible. (maps.Change, entries flushed)."""
+    change = apply(prog, current, desired)
+    flushed = flush_flows(prog, stale) if stale else 0
+    flushed += forget_affinities(prog, change.unmatched) if change.unmatched else 0
+    return change, flushed
+
+
+def forget_affinities(prog: NodeProgram, unmatched: set) -> int:
+    """Delete the affinity entries pointing at backends no longer eligible for their service port
+    (or of service ports gone or without affinity now). The programs already ignore them; this
+    frees their room and makes a later return of the backend start afresh, as kube-proxy's
+    per-endpoint recent lists do."""
+    aff = prog.table("affinity")
+    doomed = [k for k, v in aff.items() if (k.svc_id, v.backend_id) in unmatched]
+    for k in doomed:
+        aff.pop(k, None)
+    return len(doomed)
+
+
 def flush_flows(prog: NodeProgram, stale: set) -> int:
-    """Delete conntrack entries (both directions) and affinity entries of stale endpoints."""
+    """Delete the conntrack entries (both directions) of stale endpoints."""
     wanted = {(be32(a), be16(p), proto) for a, p, proto in stale}
     ct = prog.table("conntrack")
-    doomed, ids = [], set()
+    doomed = []
     for k, v in ct.items():
         if k.dir in (CT_REPLY, CT_SNAT_IN):        # keyed by what the endpoint sends
             hit = (k.saddr, k.sport, k.proto) in wanted
@@ -102,11 +122,6 @@ def flush_flows(prog: NodeProgram, stale: set) -> int:
             hit = False
         if hit:
             doomed.append(k)
-            ids.add(v.backend_id)
     for k in doomed:
         ct.pop(k, None)
-    aff = prog.table("affinity")
-    stale_aff = [k for k, v in aff.items() if v.backend_id in ids]
-    for k in stale_aff:
-        aff.pop(k, None)
-    return len(doomed) + len(stale_aff)
+    return len(doomed)

@@ -32,6 +32,12 @@ def _backend_leaf(t, v: BackendValue):
     return leaf
 
 
+def _match_key(t, svc_id: int, backend_id: int):
+    key = t.Key()
+    key.svc_id, key.backend_id = svc_id, backend_id
+    return key
+
+
 def _source_key(t, svc_id: int, net):
     key = t.Key()
     key.prefixlen, key.svc_id, key.addr = 32 + net.prefixlen, svc_id, be32(net.network_address)
@@ -62,6 +68,7 @@ class Change:
     upserted: int = 0
     deleted: int = 0
     removed_backends: set = field(default_factory=set)   # BackendValue no longer in any slot
+    unmatched: set = field(default_factory=set)          # (svc_id, backend id) no longer eligible
 
     def __bool__(self):
         return bool(self.upserted or self.deleted)
@@ -75,12 +82,17 @@ def apply(prog: NodeProgram, current: NodeMaps, desired: NodeMaps) -> Change:
     changed = {k: v for k, v in desired.services.items() if current.services.get(k) != v}
     slots = [(_svc_key(svc_t, k), _svc_leaf(svc_t, v)) for k, v in changed.items() if k.slot]
     heads = [(_svc_key(svc_t, k), _svc_leaf(svc_t, v)) for k, v in changed.items() if not k.slot]
+    match_t = prog.table("affinity_match")
+    matched = desired.affinity_match - current.affinity_match
     update_batch(be_t, new_be)
     update_batch(svc_t, slots)
+    update_batch(match_t, [(_match_key(match_t, *pair), match_t.Leaf(1)) for pair in matched])
     update_batch(svc_t, heads)
     gone_svc = [k for k in current.services if k not in desired.services]
     # heads first (count shrinks before its slots go), then slots, then backends
     delete_batch(svc_t, [_svc_key(svc_t, k) for k in sorted(gone_svc, key=lambda k: k.slot)])
+    unmatched = current.affinity_match - desired.affinity_match
+    delete_batch(match_t, [_match_key(match_t, *pair) for pair in unmatched])
     gone_be = [i for i in current.backends if i not in desired.backends]
     delete_batch(be_t, [be_t.Key(i) for i in gone_be])
     src_t = prog.table("lb_sources")
@@ -89,8 +101,9 @@ def apply(prog: NodeProgram, current: NodeMaps, desired: NodeMaps) -> Change:
         src_t[_source_key(src_t, sid, net)] = src_t.Leaf(1)
     for sid, net in current.lb_sources - desired.lb_sources:
         src_t.pop(_source_key(src_t, sid, net), None)
-    ch.upserted = len(new_be) + len(slots) + len(heads) + len(added)
-    ch.deleted = len(gone_svc) + len(gone_be)
+    ch.upserted = len(new_be) + len(slots) + len(heads) + len(added) + len(matched)
+    ch.deleted = len(gone_svc) + len(gone_be) + len(unmatched)
+    ch.unmatched = unmatched
     live = set(desired.backends.values())
     ch.removed_backends = {v for v in current.backends.values() if v not in live}
     return ch

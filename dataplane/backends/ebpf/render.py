@@ -2,7 +2,8 @@
 
 The same rendering feeds the BPF maps (maps.py converts it to bcc's Key/Leaf types) and the
 reference model's state, so the two start every packet from identical tables. Ids are stable
-across renders: a service port or backend keeps its id while it exists.
+across renders: a service port or backend keeps its id while it exists, and an id is never given
+to anything else afterwards (state keyed by an old id, such as an affinity, cannot be inherited).
 """
 from __future__ import annotations
 
@@ -46,25 +47,25 @@ class NodeMaps:
     services: dict = field(default_factory=dict)   # SvcKey -> SvcValue
     backends: dict = field(default_factory=dict)   # id -> BackendValue
     lb_sources: set = field(default_factory=set)   # (svc_id, IPv4Network) admitted
+    affinity_match: set = field(default_factory=set)   # (svc_id, backend id): eligible, with affinity
 
 
 @dataclass
 class Ids:
-    """Stable small integers for service ports and backends (0 means none); freed ids are reused."""
+    """Integers for service ports and backends (0 means none): stable while their owner exists,
+    never handed out again once it is gone (a 32-bit counter; 4 billion allocations per node
+    before it would run out)."""
     svc: dict = field(default_factory=dict)       # (vip, port, proto) -> id
     backend: dict = field(default_factory=dict)   # (addr, port) -> id
-    _free: dict = field(default_factory=lambda: {"svc": [], "backend": []})
     _next: dict = field(default_factory=lambda: {"svc": 1, "backend": 1})
 
     def _get(self, kind: str, key) -> int:
         table = getattr(self, kind)
         if key not in table:
-            free = self._free[kind]
-            if free:
-                table[key] = free.pop()
-            else:
-                table[key] = self._next[kind]
-                self._next[kind] += 1
+            if self._next[kind] >= 1 << 32:
+                raise OverflowError(f"{kind} ids exhausted")
+            table[key] = self._next[kind]
+            self._next[kind] += 1
         return table[key]
 
     def svc_id(self, key) -> int:
@@ -79,7 +80,7 @@ class Ids:
         for kind, live in (("backend", live_b), ("svc", live_s)):
             table = getattr(self, kind)
             for key in [k for k in table if k not in live]:
-                self._free[kind].append(table.pop(key))
+                del table[key]
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,8 @@ def _frontend(out: NodeMaps, ids: Ids, addr, port: int, proto: int, targets, fla
         bid = ids.backend_id((t.address, t.port))
         out.backends[bid] = BackendValue(t.address, t.port)
         out.services[SvcKey(addr, port, proto, slot, scope)] = SvcValue(backend_id=bid)
+        if flags & SVC_F_AFFINITY:
+            out.affinity_match.add((sid, bid))
     return sid
 
 
