@@ -65,7 +65,7 @@ int to_netdev(struct __sk_buff *skb)
 		count(M_SNAT);
 		return TC_ACT_OK;
 	}
-	if (!should_masquerade(cfg, &p))
+	if (!should_masquerade(cfg, &p, now))
 		return pass();
 	if ((r = unsupported(&p)))
 		return drop(r);

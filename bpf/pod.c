@@ -49,30 +49,47 @@ static __always_inline int new_flow(struct __sk_buff *skb, struct pkt *p, struct
 		return verdict;
 
 	struct ct_entry fwd = {}, rev = {};
-	__be32 reply_daddr = p->saddr;
-	if (be->addr != p->saddr && (svc->flags & SVC_F_MASQ)) {
-		/* An external frontend with externalTrafficPolicy Cluster, reached by a pod: masqueraded
-		 * to the node IP as kube-proxy's KUBE-EXT chain marks whoever the client is. */
-		if (snat_claim_after_dnat(p, be, cfg, now) < 0)
-			return drop(DROP_SNAT_EXHAUSTED);
-		fwd.flags = rev.flags = CT_F_EGRESS;
-	}
+	flow_entries(p, svc, cfg, now, id, be, &fwd, &rev);
 	if (be->addr == p->saddr) {
-		/* Hairpin: the pod would drop a packet from itself; masquerade it as the node. */
+		/* Hairpin: the pod would drop a packet from itself; masquerade it as the node, with a
+		 * port from the allocator. The reply entry is the claimed SNAT_IN entry itself
+		 * (backend -> node IP:port), restoring the frontend as source and the client as
+		 * destination. */
+		struct pkt after = *p;
+		__be16 port;
+		after.daddr = be->addr;
+		after.dport = be->port;
 		fwd.flags = rev.flags = CT_F_HAIRPIN;
-		fwd.snat_addr = cfg->node_ip;
-		fwd.snat_port = p->sport;
 		rev.snat_addr = p->saddr;
 		rev.snat_port = p->sport;
-		reply_daddr = cfg->node_ip;
+		if (snat_claim(skb, &after, cfg, now, p->sport, &rev, &port) < 0)
+			return drop(DROP_SNAT_EXHAUSTED);
+		fwd.snat_addr = cfg->node_ip;
+		fwd.snat_port = port;
+		if (flow_store(p, be, &fwd, NULL) < 0) {
+			struct ct_key pk = {};
+			ct_peer_key(&pk, &(struct ct_key){.saddr = p->saddr, .daddr = p->daddr, .sport = p->sport,
+							  .dport = p->dport, .proto = p->proto, .dir = CT_SERVICE}, &fwd);
+			conntrack.delete(&pk);
+			return drop(DROP_CT_FULL);
+		}
 		count(M_HAIRPIN);
-	} else if (p->daddr == cfg->node_ip) {
-		/* this node's own node port: the replies' new source is the node's address, which
-		 * only an egress hook may write (to_pod, on the client's veth) */
-		fwd.flags = rev.flags = CT_F_EGRESS;
+	} else {
+		if (svc->flags & SVC_F_MASQ) {
+			/* An external frontend with externalTrafficPolicy Cluster, reached by a pod:
+			 * masqueraded to the node IP as kube-proxy's KUBE-EXT chain marks whoever the
+			 * client is. */
+			if (snat_map_after_dnat(skb, p, be, cfg, now) < 0)
+				return drop(DROP_SNAT_EXHAUSTED);
+			fwd.flags = rev.flags = CT_F_EGRESS;
+		} else if (p->daddr == cfg->node_ip) {
+			/* this node's own node port: the replies' new source is the node's address, which
+			 * only an egress hook may write (to_pod, on the client's veth) */
+			fwd.flags = rev.flags = CT_F_EGRESS;
+		}
+		if (flow_store(p, be, &fwd, &rev) < 0)
+			return drop(DROP_CT_FULL);
 	}
-	if (flow_create(p, svc, cfg, now, id, be, &fwd, &rev, reply_daddr, p->sport) < 0)
-		return drop(DROP_CT_FULL);
 	if (dnat(skb, p, &fwd) < 0)
 		return drop(DROP_REJECT_FAILED);
 	count(M_DNAT_NEW);
@@ -124,13 +141,20 @@ static __always_inline int handle(struct __sk_buff *skb, int service_hook)
 		count(M_REVNAT);
 		return forward(skb, e);
 	}
-	/* A NodePort flow masqueraded to a backend on this node: SNAT on the way to the pod,
-	 * un-SNAT of its replies on the way out (see nodeport.h). */
+	/* Replies to the node's address from a pod: a hairpin flow's (back to the client, from the
+	 * frontend), or a NodePort flow's masqueraded to a backend on this node, whose SNAT happened
+	 * on the way to the pod (see nodeport.h) and is undone here. */
 	e = service_hook ? ct_reply(&k, &p, CT_SNAT_IN, now) : ct_flow(&k, &p, CT_SNAT_OUT, now);
 	if (e) {
 		if ((r = unsupported(&p)))
 			return drop(r);
 		ct_update(&k, e, &p, cfg, now);
+		if (e->flags & CT_F_HAIRPIN) {
+			if (revnat(skb, &p, e) < 0)
+				return drop(DROP_REJECT_FAILED);
+			count(M_REVNAT);
+			return bounce_or_drop(skb);
+		}
 		r = service_hook ? set_dst(skb, &p, e->nat_addr, e->nat_port)
 				 : set_src(skb, &p, e->nat_addr, e->nat_port);
 		if (r < 0)

@@ -225,10 +225,15 @@ def parse_check(item: Doc, topology: TopologySpec, services: ServiceTable, names
 
 def _hold(doc: Doc, topology: TopologySpec, services: ServiceTable) -> HoldSpec:
     kind, name, obj = _ref(doc, "from", CLIENT_KINDS, topology, services)
-    tkind, tname, tobj = _ref(doc, "to", ("pod", "node", "host"), topology, services)
+    tkind, tname, tobj = _ref(doc, "to", TARGET_KINDS, topology, services)
     port = doc.take_int("port", lo=1, hi=65535, expect="a port number from 1 to 65535")
     sport = doc.take_int("sourcePort", None, lo=1024, hi=65535, expect="a port from 1024 to 65535")
+    if tkind == "service" and not any(p.port == port and p.protocol == "TCP" for p in tobj.ports):
+        doc.fail("port", f"service {tname} serves no TCP port {port}")
     doc.done()
+    if tkind == "service":      # any of its endpoints may answer
+        return HoldSpec(client=name, target=f"service/{tname}", ip=tobj.cluster_ip, port=port,
+                        source_port=sport, server=None)
     return HoldSpec(client=name, target=f"{tkind}/{tname}", ip=tobj.ip, port=port, source_port=sport,
                     server=tname)
 

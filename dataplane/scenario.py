@@ -12,7 +12,8 @@ from ipaddress import IPv4Address, IPv4Network
 from .checks import CheckSpec, parse_check
 from .errors import ScenarioError
 from .lab.topology import (DEFAULT_PORTS, IFNAMSIZ, IFNAME_PREFIX, MAX_NAME, MODELS, RESERVED_NAMES,
-                           HostSpec, MasqueradeSpec, NodeSpec, PodSpec, PortSpec, TopologySpec, gateway_of)
+                           NAT_PORT_RANGE, NODE_LOCAL_PORTS, HostSpec, MasqueradeSpec, NodeSpec, PodSpec,
+                           PortSpec, TopologySpec, gateway_of)
 from .manifests import ManifestSet, load as load_manifest, resolve
 from .model import PROTOCOLS, ServiceTable
 from .services import DNS_LABEL, Ignored, ServiceDefaults, endpoints_from_pods, parse_service, with_endpoints
@@ -376,7 +377,7 @@ def parse_topology(doc: Doc) -> tuple[TopologySpec, tuple[int, int]]:
         ports = parse_ports(item)
         item.done()
         hosts.append(HostSpec(name, ip, ports))
-    masq = parse_masquerade(doc.sub("masquerade", {}), model, cluster, node_net, outside_net)
+    masq = parse_masquerade(doc.sub("masquerade", {}), model, cluster, node_net, outside_net, node_port_range)
     doc.done()
     spec = TopologySpec(model=model, cluster_cidr=cluster, service_cidr=services, node_cidr=node_net,
                         outside_cidr=outside_net, nodes=tuple(nodes), pods=tuple(pods),
@@ -384,9 +385,11 @@ def parse_topology(doc: Doc) -> tuple[TopologySpec, tuple[int, int]]:
     return spec, node_port_range
 
 
-def parse_masquerade(doc: Doc, model: str, cluster, node_net, outside_net) -> MasqueradeSpec:
+def parse_masquerade(doc: Doc, model: str, cluster, node_net, outside_net, node_port_range) -> MasqueradeSpec:
     """ip-masq-agent's settings. By default the cluster CIDR is exempt, and in the flat model the
-    whole lab network too (pods are first-class there: no NAT to in-network destinations)."""
+    whole lab network too (pods are first-class there: no NAT to in-network destinations). The
+    port range is where the node's address finds ports for the flows it takes on: it may overlap
+    neither the nodes' own ephemeral ports nor the node ports."""
     default = [cluster] + ([node_net, outside_net] if model == "flat" else [])
     nets = default
     if doc.has("nonMasqueradeCIDRs"):
@@ -398,10 +401,17 @@ def parse_masquerade(doc: Doc, model: str, cluster, node_net, outside_net) -> Ma
                 nets.append(IPv4Network(item.value))
             except ValueError as exc:
                 _fail(item, f"expected an IPv4 CIDR such as 10.0.0.0/16, got {item.value!r} ({exc})")
-    rng = doc.take_str("portRange", "32768-60999", expect="a range such as 32768-60999")
+    default = f"{NAT_PORT_RANGE[0]}-{NAT_PORT_RANGE[1]}"
+    rng = doc.take_str("portRange", default, expect=f"a range such as {default}")
     lo, _, hi = rng.partition("-")
     if not (lo.isdigit() and hi.isdigit() and 1024 <= int(lo) <= int(hi) <= 65535):
-        doc.fail("portRange", f"expected a range such as 32768-60999 within 1024-65535, got {rng!r}")
+        doc.fail("portRange", f"expected a range such as {default} within 1024-65535, got {rng!r}")
+    for what, (a, b) in ((f"the nodes' ip_local_port_range {NODE_LOCAL_PORTS[0]}-{NODE_LOCAL_PORTS[1]} "
+                          f"(ports the kernel gives the node's own connections)", NODE_LOCAL_PORTS),
+                         (f"nodePortRange {node_port_range[0]}-{node_port_range[1]}", node_port_range)):
+        if int(lo) <= b and a <= int(hi):
+            doc.fail("portRange", f"{rng} overlaps {what}: a flow masqueraded to the node's address could "
+                                  f"take a tuple a node socket uses; choose a range outside it, such as {default}")
     spec = MasqueradeSpec(enabled=doc.take_bool("enabled", True), non_masquerade=tuple(nets),
                           masq_link_local=doc.take_bool("masqLinkLocal", False),
                           port_range=(int(lo), int(hi)))

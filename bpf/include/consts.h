@@ -31,7 +31,7 @@ enum metric {
 	M_SNAT_NEW,            /* new masqueraded flow: source port mapped on the node IP */
 	M_SNAT,                /* packet of a masqueraded flow */
 	M_UNSNAT,              /* reply to a masqueraded flow, back to its pod */
-	M_SNAT_PORT_MOVED,     /* the pod's source port was taken: another port was allocated */
+	M_SNAT_PORT_MOVED,     /* the flow's own port was in the NAT range but taken: another allocated */
 	DROP_SNAT_EXHAUSTED,   /* no free port on the node IP for this destination */
 	DROP_SOURCE_RANGE,     /* LoadBalancer IP from a client outside loadBalancerSourceRanges */
 	M_MAX,
@@ -51,7 +51,7 @@ enum metric {
 #define CT_REPLY         2
 #define CT_SNAT_OUT      3
 #define CT_SNAT_IN       4
-#define CT_NO_SNAT       5   /* reply tuple of a UDP flow that came in from outside: never masqueraded */
+#define CT_NO_SNAT       5   /* (nosnat map) reply tuple of a UDP flow that came in: never masqueraded */
 
 #define SNAT_RETRIES     32      /* random ports tried after the source port itself */
 #define LINK_LOCAL_NET   0x0000fea9  /* 169.254.0.0 as read from the packet (little-endian) */

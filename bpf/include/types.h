@@ -44,15 +44,19 @@ struct ct_key {
 	__u8   proto;
 	__u8   dir;              /* CT_SERVICE: client -> VIP; CT_REPLY: backend -> client;
 	                          * CT_SNAT_OUT: pod -> remote as sent; CT_SNAT_IN: remote -> node IP;
-	                          * CT_NO_SNAT: pod -> remote replies of a flow the remote began */
+	                          * CT_NO_SNAT (nosnat map): pod -> remote answers of a flow the
+	                          * remote began */
 	__u16  pad0;
 };
 
 /* conntrack entry.
- *   CT_SERVICE: nat_addr:nat_port = the backend; with CT_F_HAIRPIN, snat_addr:snat_port = the
- *               source the client was masqueraded to (the node IP, same port).
- *   CT_REPLY:   nat_addr:nat_port = the VIP to restore as source; with CT_F_HAIRPIN,
- *               snat_addr:snat_port = the client's own address to restore as destination. */
+ *   CT_SERVICE:  nat_addr:nat_port = the backend; with CT_F_HAIRPIN, snat_addr:snat_port = the
+ *                source the client was masqueraded to (the node IP, an allocated port).
+ *   CT_REPLY:    nat_addr:nat_port = the VIP to restore as source.
+ *   CT_SNAT_OUT: nat_addr:nat_port = the node IP:port the source becomes.
+ *   CT_SNAT_IN:  nat_addr:nat_port = the pod/client the destination returns to; with
+ *                CT_F_HAIRPIN, nat_addr:nat_port = the VIP to restore as source and
+ *                snat_addr:snat_port = the client's own address to restore as destination. */
 struct ct_entry {
 	__u64  expires;          /* ns, on the dataplane clock (ktime + config clock offset) */
 	__be32 nat_addr;
@@ -63,6 +67,12 @@ struct ct_entry {
 	__u16  pad0;
 	__u32  backend_id;       /* so that removing a backend can flush its flows */
 	__u32  svc_id;
+};
+
+/* nosnat: the reply tuple of a UDP datagram that came in from outside to a pod (key dir
+ * CT_NO_SNAT): the pod's answers are replies, never masqueraded, until it expires. */
+struct nosnat_value {
+	__u64 expires;           /* ns, dataplane clock */
 };
 
 /* session affinity: (client, service port) -> backend, until last use + timeout. */

@@ -1,6 +1,8 @@
 /* Conntrack: two entries per flow, one per direction, each keyed by the tuple its packets carry
- * at the hook (CT_SERVICE: client -> VIP as sent; CT_REPLY: backend -> client as received).
- * Both entries share the flow's state and lifetime: every packet updates both. */
+ * at the hook (CT_SERVICE: client -> VIP as sent; CT_REPLY: backend -> client as received;
+ * CT_SNAT_OUT / CT_SNAT_IN: the two sides of a node-IP mapping, see snat.h; a hairpin flow pairs
+ * CT_SERVICE with the CT_SNAT_IN entry of its mapping). Both entries share the flow's state and
+ * lifetime: every packet updates both. */
 #ifndef DP_CONNTRACK_H
 #define DP_CONNTRACK_H
 
@@ -20,7 +22,21 @@ static __always_inline void ct_peer_key(struct ct_key *peer, const struct ct_key
 {
 	peer->proto = k->proto;
 	peer->pad0 = 0;
-	if (k->dir == CT_SNAT_OUT || k->dir == CT_SNAT_IN) {
+	if (k->dir == CT_SERVICE && (e->flags & CT_F_HAIRPIN)) {
+		/* client -> VIP; peer: backend (the client itself) -> node IP:port, its mapping */
+		peer->saddr = e->nat_addr;
+		peer->sport = e->nat_port;
+		peer->daddr = e->snat_addr;
+		peer->dport = e->snat_port;
+		peer->dir = CT_SNAT_IN;
+	} else if (k->dir == CT_SNAT_IN && (e->flags & CT_F_HAIRPIN)) {
+		/* backend -> node IP:port; peer: the client -> VIP it holds */
+		peer->saddr = e->snat_addr;
+		peer->sport = e->snat_port;
+		peer->daddr = e->nat_addr;
+		peer->dport = e->nat_port;
+		peer->dir = CT_SERVICE;
+	} else if (k->dir == CT_SNAT_OUT || k->dir == CT_SNAT_IN) {
 		/* OUT pod -> remote holds the node IP:port; IN remote -> node IP:port holds the pod */
 		peer->saddr = k->daddr;
 		peer->sport = k->dport;
@@ -33,15 +49,15 @@ static __always_inline void ct_peer_key(struct ct_key *peer, const struct ct_key
 			peer->daddr = k->saddr;
 			peer->dport = k->sport;
 		}
-	} else if (k->dir == CT_SERVICE) {          /* client -> VIP; peer: backend -> client (or masquerade) */
+	} else if (k->dir == CT_SERVICE) {          /* client -> VIP; peer: backend -> client */
 		peer->saddr = e->nat_addr;
 		peer->sport = e->nat_port;
-		peer->daddr = (e->flags & CT_F_HAIRPIN) ? e->snat_addr : k->saddr;
-		peer->dport = (e->flags & CT_F_HAIRPIN) ? e->snat_port : k->sport;
+		peer->daddr = k->saddr;
+		peer->dport = k->sport;
 		peer->dir = CT_REPLY;
 	} else {                             /* backend -> client; peer: client -> VIP */
-		peer->saddr = (e->flags & CT_F_HAIRPIN) ? e->snat_addr : k->daddr;
-		peer->sport = (e->flags & CT_F_HAIRPIN) ? e->snat_port : k->dport;
+		peer->saddr = k->daddr;
+		peer->sport = k->dport;
 		peer->daddr = e->nat_addr;
 		peer->dport = e->nat_port;
 		peer->dir = CT_SERVICE;

@@ -29,15 +29,12 @@ static __always_inline int flow_backend(struct __sk_buff *skb, struct pkt *p, st
 	return -1;
 }
 
-/* The entries of a new flow: `fwd` keyed by the packet as sent, `rev` by the backend's reply to
- * reply_daddr:reply_dport (the client, or the address it was masqueraded to). Fills in what both
- * share. 0, or -1 if the table refused them. */
-static __always_inline int flow_create(const struct pkt *p, const struct svc_value *svc,
-				       const struct dp_config *cfg, __u64 now, __u32 id,
-				       const struct backend *be, struct ct_entry *fwd, struct ct_entry *rev,
-				       __be32 reply_daddr, __be16 reply_dport)
+/* The entries of a new flow, filled with what they share: `fwd` (SERVICE) translates to the
+ * backend, `rev` (the reply's) back to the frontend. */
+static __always_inline void flow_entries(const struct pkt *p, const struct svc_value *svc,
+					 const struct dp_config *cfg, __u64 now, __u32 id,
+					 const struct backend *be, struct ct_entry *fwd, struct ct_entry *rev)
 {
-	struct ct_key fk = {}, rk = {};
 	fwd->expires = rev->expires = now + ct_lifetime(cfg, p->proto, 0);
 	fwd->nat_addr = be->addr;
 	fwd->nat_port = be->port;
@@ -45,14 +42,26 @@ static __always_inline int flow_create(const struct pkt *p, const struct svc_val
 	fwd->svc_id = rev->svc_id = svc->svc_id;
 	rev->nat_addr = p->daddr;
 	rev->nat_port = p->dport;
+}
+
+/* Store a new flow: `fwd` keyed by the packet as sent, and (rev not NULL) `rev` keyed by the
+ * backend's reply to the client. 0, or -1 if the table refused them. */
+static __always_inline int flow_store(const struct pkt *p, const struct backend *be, struct ct_entry *fwd,
+				      struct ct_entry *rev)
+{
+	struct ct_key fk = {}, rk = {};
 	ct_key_of(&fk, p, CT_SERVICE);
+	if (conntrack.update(&fk, fwd) < 0)
+		return -1;
+	if (!rev)
+		return 0;
 	rk.saddr = be->addr;
 	rk.sport = be->port;
-	rk.daddr = reply_daddr;
-	rk.dport = reply_dport;
+	rk.daddr = p->saddr;
+	rk.dport = p->sport;
 	rk.proto = p->proto;
 	rk.dir = CT_REPLY;
-	if (conntrack.update(&fk, fwd) < 0 || conntrack.update(&rk, rev) < 0) {
+	if (conntrack.update(&rk, rev) < 0) {
 		conntrack.delete(&fk);
 		return -1;
 	}

@@ -130,8 +130,13 @@ static __always_inline int icmp_error_revnat(struct __sk_buff *skb, const struct
 	struct ct_key k = {};
 	ct_key_of(&k, &ip, CT_REPLY);
 	struct ct_entry *e = ct_lookup(&k, now);
-	if (!e)
-		return 0;
+	if (!e) {
+		/* a hairpin flow's reply entry is its mapping's SNAT_IN entry */
+		k.dir = CT_SNAT_IN;
+		e = ct_lookup(&k, now);
+		if (!e || !(e->flags & CT_F_HAIRPIN))
+			return 0;
+	}
 
 	__be32 backend = inner->daddr;
 	__be16 old_dport, old_sport, vport = e->nat_port;

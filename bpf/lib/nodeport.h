@@ -16,11 +16,12 @@ static __always_inline int nodeport_new_flow(struct __sk_buff *skb, struct pkt *
 	int verdict = flow_backend(skb, p, svc, cfg, now, &id, &be);
 	if (verdict >= 0)
 		return verdict;
-	if ((svc->flags & SVC_F_MASQ) && snat_claim_after_dnat(p, be, cfg, now) < 0)
+	if ((svc->flags & SVC_F_MASQ) && snat_map_after_dnat(skb, p, be, cfg, now) < 0)
 		return drop(DROP_SNAT_EXHAUSTED);
 	struct ct_entry fwd = {}, rev = {};
+	flow_entries(p, svc, cfg, now, id, be, &fwd, &rev);
 	fwd.flags = rev.flags = CT_F_EGRESS;
-	if (flow_create(p, svc, cfg, now, id, be, &fwd, &rev, p->saddr, p->sport) < 0)
+	if (flow_store(p, be, &fwd, &rev) < 0)
 		return drop(DROP_CT_FULL);
 	if (dnat(skb, p, &fwd) < 0)
 		return drop(DROP_REJECT_FAILED);

@@ -1,10 +1,19 @@
-/* Egress masquerade, with ip-masq-agent's semantics: a packet from a pod (source in the cluster
- * CIDR) to a destination outside the non-masquerade CIDRs (and outside 169.254.0.0/16 unless
- * configured) leaves with the node's IP. The pod's source port is kept when that mapping is free
- * for the destination; otherwise up to SNAT_RETRIES ports of the range are tried, chosen by a
- * seeded hash of the flow and the attempt (replayable, predictable by the model). A mapping is
- * claimed with BPF_NOEXIST on its inbound entry, so two flows can never share one; when every
- * try fails the packet is dropped and counted (DROP_SNAT_EXHAUSTED). */
+/* The node's address, lent to flows: egress masquerade (pods reaching outside), the masquerade of
+ * external frontends with externalTrafficPolicy Cluster, and hairpin flows. Every tuple the node's
+ * IP takes on a flow's behalf comes from one allocator, snat_claim, and is the key of one
+ * CT_SNAT_IN entry (remote:port -> node IP:port): claimed with BPF_NOEXIST, so two flows never
+ * share one, and never one a socket of the node's own holds (a kubelet probe, a host-network
+ * process: checked with a socket lookup in the node's namespace), with ports only from the
+ * configured range, which lies outside the node's ip_local_port_range so that the kernel never
+ * hands a node process a port a flow already uses (as netfilter's unique-tuple check and
+ * Cilium's NAT range keep them apart). The flow's own port is kept when it is in the range and
+ * free; otherwise up to SNAT_RETRIES ports of the range are tried, chosen by a seeded hash of the
+ * flow and the attempt (replayable, predictable by the model). When every try fails the packet
+ * is dropped and counted (DROP_SNAT_EXHAUSTED).
+ *
+ * Egress masquerade follows ip-masq-agent: a packet from a pod (source in the cluster CIDR) to a
+ * destination outside the non-masquerade CIDRs (and outside 169.254.0.0/16 unless configured)
+ * leaves with the node's IP. */
 #ifndef DP_SNAT_H
 #define DP_SNAT_H
 
@@ -21,85 +30,148 @@ static __always_inline int masq_pair(const struct dp_config *cfg, __be32 pod, __
 	return nonmasq.lookup(&k) == NULL;
 }
 
+/* A live answer marker (nosnat) for this tuple: the pod's UDP datagram answers one that came in. */
+static __always_inline int snat_answers_inbound(const struct pkt *p, __u64 now)
+{
+	struct ct_key k = {};
+	ct_key_of(&k, p, CT_NO_SNAT);
+	struct nosnat_value *v = nosnat.lookup(&k);
+	if (!v)
+		return 0;
+	if (v->expires <= now) {     /* an expired marker is no marker */
+		nosnat.delete(&k);
+		return 0;
+	}
+	return 1;
+}
+
 /* Masquerade starts connections, as netfilter's nat table sees only a connection's first packet:
  * a TCP flow only with its SYN (so the replies of a connection someone else opened to a pod pass
- * untouched), a UDP flow with any datagram unless it answers one that came in (CT_NO_SNAT). */
-static __always_inline int should_masquerade(const struct dp_config *cfg, const struct pkt *p)
+ * untouched), a UDP flow with any datagram unless it answers one that came in. */
+static __always_inline int should_masquerade(const struct dp_config *cfg, const struct pkt *p, __u64 now)
 {
 	if (!masq_pair(cfg, p->saddr, p->daddr))
 		return 0;
 	if (p->proto == IPPROTO_TCP)
 		return is_bare_syn(p);
-	struct ct_key k = {};
-	ct_key_of(&k, p, CT_NO_SNAT);
-	return conntrack.lookup(&k) == NULL;
+	return !snat_answers_inbound(p, now);
 }
 
-/* A UDP datagram from outside to a pod: remember that the pod's answers are replies. */
+/* A UDP datagram from outside to a pod: remember, for the UDP lifetime, that the pod's answers
+ * are replies. The markers live in a table of their own (nosnat), so that traffic needing no
+ * translation can never take room from, or evict, the flows in conntrack. */
 static __always_inline void snat_note_inbound(const struct dp_config *cfg, const struct pkt *p, __u64 now)
 {
 	if (p->proto != IPPROTO_UDP || !masq_pair(cfg, p->daddr, p->saddr))
 		return;
 	struct ct_key k = {};
-	struct ct_entry e = {};
+	struct nosnat_value v = {};
 	k.saddr = p->daddr;
 	k.daddr = p->saddr;
 	k.sport = p->dport;
 	k.dport = p->sport;
 	k.proto = p->proto;
 	k.dir = CT_NO_SNAT;
-	e.expires = now + ct_lifetime(cfg, p->proto, 0);
-	conntrack.update(&k, &e);
+	v.expires = now + ct_lifetime(cfg, p->proto, 0);
+	nosnat.update(&k, &v);
 }
 
-/* The port tried at `attempt` (0: the pod's own source port). */
-static __always_inline __be16 snat_candidate(const struct pkt *p, const struct dp_config *cfg, __u32 attempt)
+/* Does a socket of the node's own hold the tuple remote:rport <-> node IP:port (a connection, or
+ * a listener on the port)? Looked up as the kernel would deliver remote -> node IP:port. */
+static __always_inline int snat_socket_holds(struct __sk_buff *skb, __u8 proto, __be32 remote, __be16 rport,
+					     __be32 node_ip, __be16 port)
 {
-	if (attempt == 0)
-		return p->sport;
+	struct bpf_sock_tuple t = {};
+	struct bpf_sock *sk;
+	t.ipv4.saddr = remote;
+	t.ipv4.daddr = node_ip;
+	t.ipv4.sport = rport;
+	t.ipv4.dport = port;
+	if (proto == IPPROTO_TCP)
+		sk = (struct bpf_sock *)bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+	else
+		sk = bpf_sk_lookup_udp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+	if (!sk)
+		return 0;
+	bpf_sk_release(sk);
+	return 1;
+}
+
+/* The port tried at `attempt`: 0 is the flow's own port `keep`, if it lies in the range (else no
+ * port: 0); then hashed ports of the range. */
+static __always_inline __be16 snat_candidate(const struct pkt *p, const struct dp_config *cfg, __u32 attempt,
+					     __be16 keep)
+{
+	if (attempt == 0) {
+		__u16 k = bpf_ntohs(keep);
+		return k >= cfg->snat_lo && k <= cfg->snat_hi ? keep : 0;
+	}
 	__u32 span = (__u32)cfg->snat_hi - cfg->snat_lo + 1;
 	__u32 h = mix32(flow_hash(p, cfg->seed) ^ attempt);
 	return bpf_htons(cfg->snat_lo + h % span);
 }
 
-/* Claim a mapping (node IP:port) for flow p, pod/client -> remote: create its SNAT_OUT and
- * SNAT_IN entries. 0 and *port_out on success; -1 when no port is free (counted by the caller). */
-static __always_inline int snat_claim(const struct pkt *p, const struct dp_config *cfg, __u64 now,
-				      __be16 *port_out)
+/* Claim node IP:port for flow p (source -> remote, as it leaves the node), whose replies come
+ * from remote:rport (p's destination): insert `in` as its CT_SNAT_IN entry. `keep` is the port to
+ * keep if it can be. 0 and *port_out on success; -1 when no port is free (the caller counts). */
+static __always_inline int snat_claim(struct __sk_buff *skb, const struct pkt *p, const struct dp_config *cfg,
+				      __u64 now, __be16 keep, struct ct_entry *in, __be16 *port_out)
 {
-	struct ct_entry out = {}, in = {};
-	struct ct_key ko = {}, ki = {};
+	struct ct_key ki = {};
 	__be16 port = 0;
-	int claimed = 0;
 
-	out.expires = in.expires = now + ct_lifetime(cfg, p->proto, 0);
-	out.nat_addr = cfg->node_ip;
-	in.nat_addr = p->saddr;
-	in.nat_port = p->sport;
 	ki.saddr = p->daddr;
 	ki.sport = p->dport;
 	ki.daddr = cfg->node_ip;
 	ki.proto = p->proto;
 	ki.dir = CT_SNAT_IN;
 	for (__u32 attempt = 0; attempt <= SNAT_RETRIES; attempt++) {
-		port = snat_candidate(p, cfg, attempt);
+		port = snat_candidate(p, cfg, attempt, keep);
+		if (!port)
+			continue;
 		ki.dport = port;
 		struct ct_entry *held = conntrack.lookup(&ki);
-		if (held && held->expires <= now) {
+		if (held && held->expires <= now)
 			conntrack.delete(&ki);       /* a dead flow's mapping is free again */
-		}
-		if (conntrack.insert(&ki, &in) == 0) {
-			claimed = 1;
-			if (attempt)
-				count(M_SNAT_PORT_MOVED);
-			break;
+		else if (held)
+			continue;
+		if (snat_socket_holds(skb, p->proto, p->daddr, p->dport, cfg->node_ip, port))
+			continue;
+		if (conntrack.insert(&ki, in) == 0) {
+			if (attempt && snat_candidate(p, cfg, 0, keep))
+				count(M_SNAT_PORT_MOVED);   /* the flow's own port was in range, but taken */
+			*port_out = port;
+			return 0;
 		}
 	}
-	if (!claimed)
+	return -1;
+}
+
+/* A masquerade mapping for flow p (source -> remote as it leaves): its SNAT_IN entry, claimed,
+ * and its SNAT_OUT entry (source -> remote -> node IP:port). 0 and *port_out, or -1. */
+static __always_inline int snat_map(struct __sk_buff *skb, const struct pkt *p, const struct dp_config *cfg,
+				    __u64 now, __be16 *port_out)
+{
+	struct ct_entry out = {}, in = {};
+	struct ct_key ko = {};
+	__be16 port;
+
+	out.expires = in.expires = now + ct_lifetime(cfg, p->proto, 0);
+	in.nat_addr = p->saddr;
+	in.nat_port = p->sport;
+	if (snat_claim(skb, p, cfg, now, p->sport, &in, &port) < 0)
 		return -1;
+	out.nat_addr = cfg->node_ip;
 	out.nat_port = port;
 	ct_key_of(&ko, p, CT_SNAT_OUT);
 	if (conntrack.update(&ko, &out) < 0) {
+		struct ct_key ki = {};
+		ki.saddr = p->daddr;
+		ki.sport = p->dport;
+		ki.daddr = cfg->node_ip;
+		ki.dport = port;
+		ki.proto = p->proto;
+		ki.dir = CT_SNAT_IN;
 		conntrack.delete(&ki);
 		return -1;
 	}
@@ -107,25 +179,26 @@ static __always_inline int snat_claim(const struct pkt *p, const struct dp_confi
 	return 0;
 }
 
-/* externalTrafficPolicy Cluster (SVC_F_MASQ): claim the masquerade mapping of a new flow to an
- * external frontend as it will look after DNAT (client -> backend), so that the backend's replies
- * come back through this node. The SNAT entries rewrite on egress (to_netdev for a remote
- * backend, to_pod for a local one) and undo it on ingress. -1 when no port is free. */
-static __always_inline int snat_claim_after_dnat(const struct pkt *p, const struct backend *be,
-						 const struct dp_config *cfg, __u64 now)
+/* externalTrafficPolicy Cluster (SVC_F_MASQ), and off-cluster clients of a cluster IP: claim the
+ * masquerade mapping of a new flow to a frontend as it will look after DNAT (client -> backend),
+ * so that the backend's replies come back through this node. The SNAT entries rewrite on egress
+ * (to_netdev for a remote backend, to_pod for a local one) and undo it on ingress. -1 when no
+ * port is free. */
+static __always_inline int snat_map_after_dnat(struct __sk_buff *skb, const struct pkt *p,
+					       const struct backend *be, const struct dp_config *cfg, __u64 now)
 {
 	struct pkt after = *p;
 	after.daddr = be->addr;
 	after.dport = be->port;
 	__be16 port;
-	return snat_claim(&after, cfg, now, &port);
+	return snat_map(skb, &after, cfg, now, &port);
 }
 
 /* A new masqueraded flow: claim its mapping and translate its first packet. */
 static __always_inline int snat_new(struct __sk_buff *skb, struct pkt *p, const struct dp_config *cfg, __u64 now)
 {
 	__be16 port;
-	if (snat_claim(p, cfg, now, &port) < 0)
+	if (snat_map(skb, p, cfg, now, &port) < 0)
 		return drop(DROP_SNAT_EXHAUSTED);
 	if (set_src(skb, p, cfg->node_ip, port) < 0)
 		return drop(DROP_REJECT_FAILED);

@@ -142,7 +142,8 @@ class SimNet(Transport):
             if sim.datapath is None:
                 sim.datapath = Datapath(NodeState(maps=maps, node_ip=node.ip, seed=self.seed,
                                                   timeouts=self.timeouts,
-                                                  config=render_config(self.plan.spec, node.name)))
+                                                  config=render_config(self.plan.spec, node.name),
+                                                  node_sockets=lambda *t, sim=sim: self.socket_holds(sim, *t)))
             elif update is not None:
                 self.flushed[node.name] = update(sim.datapath.s, maps)
             else:

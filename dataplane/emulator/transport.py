@@ -290,6 +290,17 @@ class Transport:
             self._segment(sim, src, dst, sport, dport, "PA", seq_now, conn.ack, chunk)
             seq_now += len(chunk)
 
+    @staticmethod
+    def socket_holds(sim, proto: int, remote, rport: int, port: int) -> bool:
+        """Does a socket of this namespace hold remote:rport <-> port: a connection with that
+        peer, or a listener on the port (what the kernel's socket lookup finds)?"""
+        sock = sim.sockets.get((proto, port))
+        if sock is not None and (IPv4Address(sock.remote[0]), sock.remote[1]) == (IPv4Address(remote), rport):
+            return True
+        if proto == TCP and (port, IPv4Address(remote), rport) in sim.conns:
+            return True
+        return (proto, port) in sim.listeners or (proto == TCP and port in sim.health)
+
     # -- the client agent, emulated ----------------------------------------------------------------
 
     def _open(self, sim, proto: int, dst: IPv4Address, port: int, source_port):

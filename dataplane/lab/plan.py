@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
-from .topology import Names, TopologySpec
+from .topology import NODE_LOCAL_PORTS, Names, TopologySpec
 
 POD_GATEWAY = "169.254.1.1"
 
@@ -160,6 +160,9 @@ def make_plan(spec: TopologySpec, lab: str, frontends=()) -> LabPlan:
         # an ICMP reject right after it (REJECT, nft reject) would be silently suppressed.
         plan.sysctls.append((ns, "net.ipv4.conf.all.send_redirects", "0"))
         plan.sysctls.append((ns, "net.ipv4.conf.default.send_redirects", "0"))
+        # The node's own ephemeral ports, stated rather than inherited: the NAT port range (the
+        # masquerade portRange) lies outside it (see topology.NODE_LOCAL_PORTS).
+        plan.sysctls.append((ns, "net.ipv4.ip_local_port_range", f"{NODE_LOCAL_PORTS[0]} {NODE_LOCAL_PORTS[1]}"))
         up = names.ifname(node.name)
         veth(underlay, up, ns, "eth0")
         node_ports.append(up)

@@ -62,13 +62,20 @@ class HostSpec:
     ports: tuple[PortSpec, ...] = ()
 
 
+# Every lab node's net.ipv4.ip_local_port_range (Linux's default, set explicitly): the ports the
+# kernel gives the node's own sockets. Flows masqueraded to the node's IP take their ports from
+# NAT_PORT_RANGE, outside it, so that a node process and a NAT flow never meet on one tuple.
+NODE_LOCAL_PORTS = (32768, 60999)
+NAT_PORT_RANGE = (61000, 65535)
+
+
 @dataclass(frozen=True)
 class MasqueradeSpec:
-    """Egress masquerade as ip-masq-agent configures it."""
+    """Egress masquerade as ip-masq-agent configures it, and the node-IP port range (eBPF)."""
     enabled: bool
     non_masquerade: tuple[IPv4Network, ...]   # destinations reached with the pod's own address
     masq_link_local: bool = False             # 169.254.0.0/16 is exempt unless this is set
-    port_range: tuple[int, int] = (32768, 60999)
+    port_range: tuple[int, int] = NAT_PORT_RANGE
 
 
 @dataclass(frozen=True)

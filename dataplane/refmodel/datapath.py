@@ -86,6 +86,10 @@ class NodeState:
     metrics: Counter = field(default_factory=Counter)
     timeouts: Timeouts = field(default_factory=Timeouts)
     config: object = None                           # render.NodeConfig: masquerade settings
+    nosnat: dict = field(default_factory=dict)      # reply tuple (CtKey, dir NO_SNAT) -> expires
+    # Does a socket of the node's own hold remote:rport <-> node IP:port (proto, remote, rport,
+    # port)? What the BPF programs ask the kernel; the emulator answers from its node stack.
+    node_sockets: object = None
 
     def collect(self, now: int) -> int:
         """Forget expired flows (what the agent's garbage collection does to the BPF map)."""
@@ -320,15 +324,17 @@ class PodHooks:
     @staticmethod
     def _peer(key: CtKey, e: CtEntry) -> CtKey:
         """The other direction of the flow an entry belongs to."""
+        if key.dir == SERVICE and e.hairpin:   # client -> VIP; peer: its mapping, backend -> node IP:port
+            return CtKey(e.nat_addr, e.snat_addr, e.nat_port, e.snat_port, key.proto, SNAT_IN)
+        if key.dir == SNAT_IN and e.hairpin:   # the mapping; peer: client -> VIP
+            return CtKey(e.snat_addr, e.nat_addr, e.snat_port, e.nat_port, key.proto, SERVICE)
         if key.dir == SNAT_OUT:      # pod -> remote; peer: remote -> node IP:port
             return CtKey(key.daddr, e.nat_addr, key.dport, e.nat_port, key.proto, SNAT_IN)
         if key.dir == SNAT_IN:       # remote -> node IP:port; peer: pod -> remote
             return CtKey(e.nat_addr, key.saddr, e.nat_port, key.sport, key.proto, SNAT_OUT)
         if key.dir == SERVICE:
-            client = (e.snat_addr, e.snat_port) if e.hairpin else (key.saddr, key.sport)
-            return CtKey(e.nat_addr, client[0], e.nat_port, client[1], key.proto, REPLY)
-        client = (e.snat_addr, e.snat_port) if e.hairpin else (key.daddr, key.dport)
-        return CtKey(client[0], e.nat_addr, client[1], e.nat_port, key.proto, SERVICE)
+            return CtKey(e.nat_addr, key.saddr, e.nat_port, key.sport, key.proto, REPLY)
+        return CtKey(key.daddr, e.nat_addr, key.dport, e.nat_port, key.proto, SERVICE)
 
     def _update(self, key: CtKey, e: CtEntry, p: Packet, now: int) -> None:
         """A packet of the flow passed in direction key.dir: both entries take the new state."""
@@ -439,6 +445,10 @@ class PodHooks:
             if unsupported:
                 return self._result("drop", frame, unsupported, ["masqueraded flow, unsupported header"])
             self._update(key, e, p, now)
+            if e.hairpin:
+                p.saddr, p.sport, p.daddr, p.dport = e.nat_addr, e.nat_port, e.snat_addr, e.snat_port
+                return self._out(p, True, "M_REVNAT", why + [
+                    f"reply of a hairpin flow: from the VIP {e.nat_addr}:{e.nat_port} back to the client"])
             if service_hook:
                 p.daddr, p.dport = e.nat_addr, e.nat_port
                 return self._out(p, False, "M_UNSNAT", [f"reply to a masqueraded NodePort flow: to {e.nat_addr}"])
@@ -523,28 +533,33 @@ class PodHooks:
         fwd = CtEntry(life, be.addr, be.port, backend_id=bid, svc_id=svc.svc_id)
         rev = CtEntry(life, p.daddr, p.dport, backend_id=bid, svc_id=svc.svc_id)
         reply_dst = p.saddr
-        if be.addr != p.saddr and svc.flags & SVC_F_MASQ:
-            exhausted = self._masq_after_dnat(p, be, now, why)
-            if exhausted:
-                return exhausted
-            fwd, rev = replace(fwd, egress=True), replace(rev, egress=True)
         if be.addr == p.saddr:
-            fwd = replace(fwd, hairpin=True, snat_addr=self.s.node_ip, snat_port=p.sport)
+            # hairpin: masqueraded as the node with an allocated port; the reply entry is the
+            # mapping's SNAT_IN entry, restoring the frontend and the client
             rev = replace(rev, hairpin=True, snat_addr=p.saddr, snat_port=p.sport)
-            reply_dst = self.s.node_ip
+            port = self._claim(self._after_dnat(p, be), now, why, p.sport, rev)
+            if port is None:
+                return self._result("drop", p.frame, "DROP_SNAT_EXHAUSTED", why + ["no free port for the hairpin"])
+            fwd = replace(fwd, hairpin=True, snat_addr=self.s.node_ip, snat_port=port)
             self._count("M_HAIRPIN")
-        elif p.daddr == self.s.node_ip:
-            fwd, rev = replace(fwd, egress=True), replace(rev, egress=True)
-            why.append("this node's own node port: the reply is translated on egress")
-            why.append(f"hairpin: the client is its own backend, masqueraded as the node {self.s.node_ip}")
+            why.append(f"hairpin: the client is its own backend, masqueraded as the node {self.s.node_ip}:{port}")
+        else:
+            if svc.flags & SVC_F_MASQ:
+                if self._map(self._after_dnat(p, be), now, why) is None:
+                    return self._result("drop", p.frame, "DROP_SNAT_EXHAUSTED", why + ["no free port to masquerade"])
+                why.append("externalTrafficPolicy Cluster: masqueraded to the node IP on the way to the backend")
+                fwd, rev = replace(fwd, egress=True), replace(rev, egress=True)
+            elif p.daddr == self.s.node_ip:
+                fwd, rev = replace(fwd, egress=True), replace(rev, egress=True)
+                why.append("this node's own node port: the reply is translated on egress")
+            self.s.conntrack[CtKey(be.addr, p.saddr, be.port, p.sport, p.proto, REPLY)] = rev
         self.s.conntrack[CtKey(p.saddr, p.daddr, p.sport, p.dport, p.proto, SERVICE)] = fwd
-        self.s.conntrack[CtKey(be.addr, reply_dst, be.port, p.sport, p.proto, REPLY)] = rev
         why.append(f"DNAT {p.daddr}:{p.dport} -> {be.addr}:{be.port}")
         return self._out(self._dnat(p, fwd), fwd.hairpin, "M_DNAT_NEW", why)
 
-    def _masq_after_dnat(self, p: Packet, be, now: int, why: list):
-        """externalTrafficPolicy Cluster: claim a masquerade mapping for the flow as it will be
-        after DNAT (client -> backend); a Result if the port range is exhausted, else None."""
+    @staticmethod
+    def _after_dnat(p: Packet, be) -> Packet:
+        """The flow as it will look after DNAT (client -> backend), for the allocator."""
         after = Packet(p.frame, p.ihl, p.total, p.proto, p.saddr, be.addr, p.fragment, p.later_fragment,
                        p.sport, be.port, p.tcp_flags)
         # the hash reads the frame: show it the flow as it will be after DNAT
@@ -552,10 +567,7 @@ class PodHooks:
         f[ETH_HLEN + 16:ETH_HLEN + 20] = be.addr.packed
         f[p.l4 + 2:p.l4 + 4] = struct.pack("!H", be.port)
         after.frame = f
-        if self._claim(after, now, why) is None:
-            return self._result("drop", p.frame, "DROP_SNAT_EXHAUSTED", why + ["no free port to masquerade"])
-        why.append("externalTrafficPolicy Cluster: masqueraded to the node IP on the way to the backend")
-        return None
+        return after
 
     def _dnat(self, p: Packet, e: CtEntry) -> Packet:
         p.daddr, p.dport = e.nat_addr, e.nat_port
@@ -626,7 +638,10 @@ class PodHooks:
         inner, isrc, idst, isport, idport = q
         e = self._lookup(CtKey(idst, isrc, idport, isport, inner[9], REPLY), now)
         if e is None:
-            return None
+            # a hairpin flow's reply entry is its mapping's SNAT_IN entry
+            e = self._lookup(CtKey(idst, isrc, idport, isport, inner[9], SNAT_IN), now)
+            if e is None or not e.hairpin:
+                return None
         new = bytearray(inner)
         new[16:20] = e.nat_addr.packed
         new[22:24] = struct.pack("!H", e.nat_port)
@@ -660,39 +675,68 @@ class Datapath(PodHooks):
             return False
         return not any(remote in net for net in c.non_masquerade)
 
-    def _masquerade(self, p: Packet) -> bool:
+    def _masquerade(self, p: Packet, now: int) -> bool:
         """Only the start of a connection is masqueraded: a TCP SYN, or a UDP datagram that does
         not answer one that came in from outside."""
         if not self._masq_pair(p.saddr, p.daddr):
             return False
         if p.proto == TCP:
             return self._bare_syn(p)
-        return CtKey(p.saddr, p.daddr, p.sport, p.dport, p.proto, NO_SNAT) not in self.s.conntrack
+        marker = CtKey(p.saddr, p.daddr, p.sport, p.dport, p.proto, NO_SNAT)
+        expires = self.s.nosnat.get(marker)
+        if expires is not None and expires <= now:
+            del self.s.nosnat[marker]           # an expired marker is no marker
+            expires = None
+        return expires is None
 
-    def _candidate(self, p: Packet, attempt: int) -> int:
-        if attempt == 0:
-            return p.sport
+    def _candidate(self, p: Packet, attempt: int, keep: int):
+        """Attempt 0: the flow's own port, if in the range (else none); then hashed ports."""
         lo, hi = self.s.config.snat_range
+        if attempt == 0:
+            return keep if lo <= keep <= hi else None
         f, ip, o = p.frame, ETH_HLEN, p.l4
         h = flow_hash(f[ip + 12:ip + 16], f[ip + 16:ip + 20], f[o:o + 2], f[o + 2:o + 4], p.proto, self.s.seed)
         return lo + _mix32(h ^ attempt) % (hi - lo + 1)
 
-    def _claim(self, p: Packet, now: int, why: list):
-        """A mapping node IP:port for flow p (source -> remote): both SNAT entries; None if none free."""
+    def _socket_holds(self, proto: int, remote, rport: int, port: int) -> bool:
+        return bool(self.s.node_sockets and self.s.node_sockets(proto, remote, rport, port))
+
+    def _claim(self, p: Packet, now: int, why: list, keep: int, entry: CtEntry):
+        """The node-IP allocator: a port for flow p (source -> remote as it leaves), whose SNAT_IN
+        entry (remote -> node IP:port) `entry` becomes. Free: no live SNAT_IN entry holds it and no
+        node socket does. The port, or None if every try failed."""
         node_ip = self.s.config.node_ip
         for attempt in range(SNAT_RETRIES + 1):
-            port = self._candidate(p, attempt)
+            port = self._candidate(p, attempt, keep)
+            if port is None:
+                continue
             ki = CtKey(p.daddr, node_ip, p.dport, port, p.proto, SNAT_IN)
             self._lookup(ki, now)                       # an expired mapping is free again
-            if ki not in self.s.conntrack:
-                break
+            if ki in self.s.conntrack:
+                continue
+            if self._socket_holds(p.proto, p.daddr, p.dport, port):
+                why.append(f"port {port} is held by a socket of the node's own")
+                continue
+            break
         else:
             return None
-        if attempt:
+        if attempt and self._candidate(p, 0, keep) is not None:
             self._count("M_SNAT_PORT_MOVED")
-            why.append(f"source port {p.sport} taken for this destination: port {port} (try {attempt})")
-        life = now + self._lifetime(p.proto, CtEntry(0, node_ip, port))
-        self.s.conntrack[ki] = CtEntry(life, p.saddr, p.sport)
+            why.append(f"source port {keep} taken for this destination: port {port} (try {attempt})")
+        elif attempt:
+            why.append(f"source port {keep} is outside the NAT range: port {port} (try {attempt})")
+        entry.expires = now + self._lifetime(p.proto, CtEntry(0, node_ip, port))
+        self.s.conntrack[ki] = entry
+        return port
+
+    def _map(self, p: Packet, now: int, why: list):
+        """A masquerade mapping for flow p: its SNAT_IN entry claimed, its SNAT_OUT entry; the port
+        or None."""
+        node_ip = self.s.config.node_ip
+        port = self._claim(p, now, why, p.sport, CtEntry(0, p.saddr, p.sport))
+        if port is None:
+            return None
+        life = self.s.conntrack[CtKey(p.daddr, node_ip, p.dport, port, p.proto, SNAT_IN)].expires
         self.s.conntrack[CtKey(p.saddr, p.daddr, p.sport, p.dport, p.proto, SNAT_OUT)] = CtEntry(life, node_ip, port)
         return port
 
@@ -719,12 +763,12 @@ class Datapath(PodHooks):
             self._update(key, e, p, now)
             p.saddr, p.sport = e.nat_addr, e.nat_port
             return self._out(p, False, "M_SNAT", why + [f"masqueraded flow: source {e.nat_addr}:{e.nat_port}"])
-        if not self._masquerade(p):
+        if not self._masquerade(p, now):
             return self._result("pass", frame, "M_PASS", why + ["no masquerade for this source/destination"])
         if unsupported:
             return self._result("drop", frame, unsupported, ["to be masqueraded, unsupported header"])
         node_ip = self.s.config.node_ip
-        port = self._claim(p, now, why)
+        port = self._map(p, now, why)
         if port is None:
             return self._result("drop", frame, "DROP_SNAT_EXHAUSTED",
                                 why + [f"no free port on {node_ip} for {p.daddr}:{p.dport}"])
@@ -751,8 +795,8 @@ class Datapath(PodHooks):
                 return r
             if p.proto == UDP and self._masq_pair(p.daddr, p.saddr):
                 # its answers are replies, not new flows to masquerade
-                self.s.conntrack[CtKey(p.daddr, p.saddr, p.dport, p.sport, UDP, NO_SNAT)] = CtEntry(
-                    now + self.s.timeouts.udp * NS, IPv4Address(0), 0)
+                self.s.nosnat[CtKey(p.daddr, p.saddr, p.dport, p.sport, UDP, NO_SNAT)] = \
+                    now + self.s.timeouts.udp * NS
             self._release_reused(p, now, why)
             return self._result("pass", frame, "M_PASS", why + ["no masqueraded flow"])
         if p.options or p.fragment:
@@ -804,9 +848,9 @@ class Datapath(PodHooks):
         fwd = CtEntry(life, be.addr, be.port, backend_id=bid, svc_id=svc.svc_id, egress=True)
         rev = CtEntry(life, p.daddr, p.dport, backend_id=bid, svc_id=svc.svc_id, egress=True)
         if svc.flags & SVC_F_MASQ:
-            exhausted = self._masq_after_dnat(p, be, now, why)
-            if exhausted:
-                return exhausted
+            if self._map(self._after_dnat(p, be), now, why) is None:
+                return self._result("drop", p.frame, "DROP_SNAT_EXHAUSTED", why + ["no free port to masquerade"])
+            why.append("externalTrafficPolicy Cluster: masqueraded to the node IP on the way to the backend")
         self.s.conntrack[key] = fwd
         self.s.conntrack[CtKey(be.addr, p.saddr, be.port, p.sport, p.proto, REPLY)] = rev
         why.append(f"external frontend {p.daddr}:{p.dport}: DNAT to {be.addr}:{be.port}")

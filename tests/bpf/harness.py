@@ -23,10 +23,11 @@ def _clear(table) -> None:
 
 class Pair:
     def __init__(self, prog: NodeProgram, table, node: str = "node1", seed: int = 7, timeouts=None,
-                 config=None):
+                 config=None, netns: str | None = None):
         from dataplane.backends.ebpf.program import CtTimeouts
         from dataplane.refmodel.datapath import Timeouts
         self.prog = prog
+        self.netns = netns
         t = timeouts or {}
         prog.timeouts = CtTimeouts(**t)
         for name in ("services", "backends", "conntrack", "affinity", "affinity_match", "lb_sources"):
@@ -38,13 +39,59 @@ class Pair:
         rendered = render_node(table, node, self.ids, NODE_IP)
         apply(prog, NodeMaps(), rendered)
         self.offset = 0
+        self.sockets: list = []          # what open_socket opened, as the model sees it
+        self._held: list = []
         self.config = config or NodeConfig(NODE_IP, IPv4Network("10.0.0.0/16"), masquerade=True,
                                            non_masquerade=(IPv4Network("10.0.0.0/16"),))
         prog.set_config(seed=seed, clock_offset=0)
         prog.set_node_config(self.config)
         self.model = Datapath(NodeState(maps=rendered, node_ip=NODE_IP, seed=seed,
                                         timeouts=Timeouts(**vars(prog.timeouts)),
-                                        config=self.config))
+                                        config=self.config, node_sockets=self._socket_holds))
+
+    def _socket_holds(self, proto: int, remote, rport: int, port: int) -> bool:
+        """What the BPF side's socket lookup finds in the fixture namespace, for the model: the
+        sockets the test opened there (`open_socket`)."""
+        return any(s["proto"] == proto and s["port"] == port and s["remote"] in ((IPv4Address(remote), rport), None)
+                   for s in self.sockets)
+
+    def open_socket(self, proto: int, port: int, remote: tuple | None = None):
+        """A socket of the node's own in the fixture namespace, on node IP:port: connected to
+        remote (ip, port), or (remote None) listening. Kept until close_sockets()."""
+        import socket as so
+        from dataplane.lab import netns
+        with netns.inside(self.netns):
+            kind = so.SOCK_STREAM if proto == 6 else so.SOCK_DGRAM
+            if remote is not None:
+                # a connected socket needs a route to its peer: the peer's address, here too
+                from pyroute2 import IPRoute
+                with IPRoute() as ipr:
+                    lo = ipr.link_lookup(ifname="lo")[0]
+                    if not ipr.get_addr(address=str(remote[0])):
+                        ipr.addr("add", index=lo, address=str(remote[0]), prefixlen=32)
+            if remote is not None and proto == 6:
+                # ... and, for TCP, a listener there
+                server = so.socket(so.AF_INET, so.SOCK_STREAM)
+                server.setsockopt(so.SOL_SOCKET, so.SO_REUSEADDR, 1)
+                server.bind((str(remote[0]), remote[1]))
+                server.listen(8)
+                self._held.append(server)
+            s = so.socket(so.AF_INET, kind)
+            self._held.append(s)
+            s.setsockopt(so.SOL_SOCKET, so.SO_REUSEADDR, 1)
+            s.bind((str(NODE_IP), port))
+            if remote is not None:
+                s.connect((str(remote[0]), remote[1]))
+            elif proto == 6:
+                s.listen(8)
+        self.sockets.append({"proto": proto, "port": port,
+                             "remote": (IPv4Address(remote[0]), remote[1]) if remote else None})
+
+    def close_sockets(self) -> None:
+        for s in self._held:
+            s.close()
+        self._held.clear()
+        self.sockets.clear()
 
     def collect(self) -> tuple:
         """Garbage collection on both sides: (bpf removed, model removed)."""
@@ -60,7 +107,12 @@ class Pair:
     def send(self, hook: str, frame) -> tuple:
         """Run `frame` at hook from_pod or to_pod on both; assert they agree; return both."""
         data = bytes(frame)
-        got = run(self.prog.fns[hook].fd, data)
+        if self.netns:
+            from dataplane.lab import netns
+            with netns.inside(self.netns):
+                got = run(self.prog.fns[hook].fd, data)
+        else:
+            got = run(self.prog.fns[hook].fd, data)
         want = getattr(self.model, hook)(data, self.now())
         assert got.verdict == want.verdict, f"verdict: bpf {got.verdict}, model {want.verdict} ({want.why})"
         assert got.data == want.data, (f"bytes differ at {_first_diff(got.data, want.data)}:\n"

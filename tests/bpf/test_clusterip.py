@@ -260,17 +260,55 @@ topology:
 """
 
 
+NAT_LO, NAT_HI = 61000, 65535      # the default node-IP port range
+
+
 def test_hairpin_is_masqueraded_and_bounced_back(pair):
     p = pair(table(services=HAIRPIN, topology=SELF_TOPOLOGY))
     got, want = p.send("from_pod", from_pod(CLIENT, VIP, syn()))
     out = parsed(got.data)
     assert got.verdict == "redirect" and want.reason == "M_DNAT_NEW"
     assert out[IP].src == NODE1 and out[IP].dst == CLIENT and out[TCP].dport == 8080
+    assert NAT_LO <= out[TCP].sport <= NAT_HI                   # a port of the node-IP allocator
     assert out[Ether].dst == POD_MAC and checksums_valid(got.data)
-    reply, want = p.send("from_pod", from_pod(CLIENT, NODE1, synack()))
-    out = parsed(reply.data)
+    reply, want = p.send("from_pod", from_pod(CLIENT, NODE1, synack(dport=out[TCP].sport)))
+    back = parsed(reply.data)
     assert reply.verdict == "redirect" and want.reason == "M_REVNAT"
-    assert (out[IP].src, out[TCP].sport, out[IP].dst, out[TCP].dport) == (VIP, 80, CLIENT, 40000)
+    assert (back[IP].src, back[TCP].sport, back[IP].dst, back[TCP].dport) == (VIP, 80, CLIENT, 40000)
+    p.assert_same_state()
+
+
+TWO_VIPS = """\
+services:
+  - {name: self, clusterIP: 10.96.0.10, selector: {app: self}, ports: [{port: 80, targetPort: 8080}]}
+  - {name: again, clusterIP: 10.96.0.11, selector: {app: self}, ports: [{port: 81, targetPort: 8080}]}
+"""
+
+
+def test_two_hairpin_flows_from_one_port_get_their_own_mappings(pair):
+    """One pod port, two VIPs, the same target port: each flow's node-IP tuple is its own, so
+    neither's replies are taken by the other."""
+    p = pair(table(services=TWO_VIPS, topology=SELF_TOPOLOGY))
+    a, _ = p.send("from_pod", from_pod(CLIENT, VIP, syn(dport=80)))
+    b, _ = p.send("from_pod", from_pod(CLIENT, "10.96.0.11", syn(dport=81)))
+    pa, pb = parsed(a.data)[TCP].sport, parsed(b.data)[TCP].sport
+    assert pa != pb
+    for port, vip, vport in ((pa, VIP, 80), (pb, "10.96.0.11", 81)):
+        reply, want = p.send("from_pod", from_pod(CLIENT, NODE1, synack(dport=port)))
+        out = parsed(reply.data)
+        assert want.reason == "M_REVNAT" and (out[IP].src, out[TCP].sport, out[TCP].dport) == (vip, vport, 40000)
+    p.assert_same_state()
+
+
+def test_hairpin_port_avoids_a_node_socket_holding_the_tuple(pair):
+    """A node process connected from the port the client's own port would be (in range here) to
+    the same pod port: the hairpin mapping takes another."""
+    p = pair(table(services=HAIRPIN, topology=SELF_TOPOLOGY))
+    p.open_socket(6, 61000, remote=(CLIENT, 8080))
+    got, want = p.send("from_pod", from_pod(CLIENT, VIP, syn(sport=61000)))
+    port = parsed(got.data)[TCP].sport
+    assert want.reason == "M_DNAT_NEW" and port != 61000 and NAT_LO <= port <= NAT_HI
+    assert p.prog.metrics()["M_SNAT_PORT_MOVED"] == 1
     p.assert_same_state()
 
 

@@ -26,13 +26,18 @@ def nodeconfig(**kw):
     return NodeConfig(**base)
 
 
+NAT_LO, NAT_HI = 61000, 65535      # the default node-IP port range
+
+
 def test_pod_to_outside_leaves_with_the_node_ip_and_replies_return(pair):
     p = pair(ServiceTable())
     got, want = p.send("to_netdev", from_pod(CLIENT, OUT, syn(sport=40000, dport=8080)))
     out = parsed(got.data)
-    assert want.reason == "M_SNAT_NEW" and (out[IP].src, out[TCP].sport) == (NODE, 40000)   # port kept
+    port = out[TCP].sport
+    assert want.reason == "M_SNAT_NEW" and out[IP].src == NODE and NAT_LO <= port <= NAT_HI
     assert out[IP].dst == OUT and checksums_valid(got.data)
-    back, want = p.send("from_netdev", to_pod(OUT, NODE, synack(sport=8080, dport=40000)))
+    assert p.prog.metrics()["M_SNAT_PORT_MOVED"] == 0          # 40000 was never a candidate
+    back, want = p.send("from_netdev", to_pod(OUT, NODE, synack(sport=8080, dport=port)))
     out = parsed(back.data)
     assert want.reason == "M_UNSNAT" and (out[IP].dst, out[TCP].dport) == (CLIENT, 40000)
     assert checksums_valid(back.data)
@@ -61,16 +66,56 @@ def test_link_local_masqueraded_when_configured(pair):
     assert want.reason == "M_SNAT_NEW" and parsed(got.data)[IP].src == NODE
 
 
-def test_port_collision_moves_one_flow_and_replies_find_their_pods(pair):
+def test_port_in_range_is_kept_and_a_collision_moves_one_flow(pair):
     p = pair(ServiceTable())
-    a, _ = p.send("to_netdev", from_pod(CLIENT, OUT, udp(sport=5000, dport=53)))
-    b, want = p.send("to_netdev", from_pod("10.0.1.3", OUT, udp(sport=5000, dport=53)))
+    a, _ = p.send("to_netdev", from_pod(CLIENT, OUT, udp(sport=62000, dport=53)))
+    b, want = p.send("to_netdev", from_pod("10.0.1.3", OUT, udp(sport=62000, dport=53)))
     pa, pb = parsed(a.data)[UDP].sport, parsed(b.data)[UDP].sport
-    assert pa == 5000 and pb != 5000 and 32768 <= pb <= 60999 and want.reason == "M_SNAT_NEW"
+    assert pa == 62000 and pb != 62000 and NAT_LO <= pb <= NAT_HI and want.reason == "M_SNAT_NEW"
     assert p.prog.metrics()["M_SNAT_PORT_MOVED"] == 1
     for port, pod in ((pa, CLIENT), (pb, "10.0.1.3")):
         back, _ = p.send("from_netdev", to_pod(OUT, NODE, UDP(sport=53, dport=port) / b"a"))
-        assert (parsed(back.data)[IP].dst, parsed(back.data)[UDP].dport) == (pod, 5000)
+        assert (parsed(back.data)[IP].dst, parsed(back.data)[UDP].dport) == (pod, 62000)
+    p.assert_same_state()
+
+
+@pytest.mark.parametrize("sport", [5000, 40000, 60999], ids=["low", "node's ephemeral", "range edge - 1"])
+def test_port_outside_the_range_is_never_kept(pair, sport):
+    """The node-IP port comes from the range, whatever the pod's port (issue 9, defect 9)."""
+    p = pair(ServiceTable())
+    got, want = p.send("to_netdev", from_pod(CLIENT, OUT, udp(sport=sport, dport=53)))
+    assert want.reason == "M_SNAT_NEW" and NAT_LO <= parsed(got.data)[UDP].sport <= NAT_HI
+    p.assert_same_state()
+
+
+@pytest.mark.parametrize("remote", [(OUT, 53), None], ids=["connection", "listener"])
+def test_port_held_by_a_node_socket_is_not_taken(pair, remote):
+    """A node process holding node IP:62000 with the remote (or listening on it): the flow's own
+    port 62000 is in range and no flow holds it, but the node's socket does (issue 9, defect 3)."""
+    p = pair(ServiceTable())
+    p.open_socket(17, 62000, remote=remote)
+    got, want = p.send("to_netdev", from_pod(CLIENT, OUT, udp(sport=62000, dport=53)))
+    port = parsed(got.data)[UDP].sport
+    assert want.reason == "M_SNAT_NEW" and port != 62000 and NAT_LO <= port <= NAT_HI
+    assert p.prog.metrics()["M_SNAT_PORT_MOVED"] == 1
+    p.close_sockets()
+    got, want = p.send("to_netdev", from_pod(CLIENT, OUT, udp(sport=62000, dport=54)))
+    assert parsed(got.data)[UDP].sport == 62000                 # free again: kept
+    p.assert_same_state()
+
+
+def test_expired_answer_marker_counts_as_absent(pair):
+    """A UDP datagram that came in makes the pod's answers replies, for the UDP lifetime only:
+    afterwards the pod's datagram on that tuple starts a masqueraded flow (issue 9, defect 9)."""
+    p = pair(ServiceTable())
+    p.send("from_netdev", to_pod(OUT, CLIENT, udp(sport=50001, dport=8080)))
+    answer = from_pod(CLIENT, OUT, UDP(sport=8080, dport=50001) / b"web")
+    _, want = p.send("to_netdev", answer)
+    assert want.reason == "M_PASS"
+    assert p.bpf_conntrack() == {}                               # markers live outside conntrack
+    p.advance(61)
+    got, want = p.send("to_netdev", answer)
+    assert want.reason == "M_SNAT_NEW" and parsed(got.data)[IP].src == NODE
     p.assert_same_state()
 
 
@@ -97,8 +142,9 @@ def test_icmp_error_about_a_masqueraded_flow_reaches_the_pod(pair):
 
 def test_new_syn_on_a_closed_tuple_gets_a_fresh_mapping(pair):
     p = pair(ServiceTable())
-    p.send("to_netdev", from_pod(CLIENT, OUT, syn(sport=40000, dport=8080)))
-    p.send("from_netdev", to_pod(OUT, NODE, TCP(sport=8080, dport=40000, flags="R")))
+    got, _ = p.send("to_netdev", from_pod(CLIENT, OUT, syn(sport=40000, dport=8080)))
+    port = parsed(got.data)[TCP].sport
+    p.send("from_netdev", to_pod(OUT, NODE, TCP(sport=8080, dport=port, flags="R")))
     _, want = p.send("to_netdev", from_pod(CLIENT, OUT, syn(sport=40000, dport=8080)))
     assert want.reason == "M_SNAT_NEW"
     p.assert_same_state()

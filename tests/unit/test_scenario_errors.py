@@ -105,11 +105,11 @@ CASES = {
     "size out of range": (
         BASE + "checks:\n  - {from: pod/client, to: pod/web-1, port: 8080, size: 70000}\n",
         "checks[0].size", "expected bytes from 0 to 60000, got 70000"),
-    "held connection to a service": (
+    "held connection to a service port it does not serve": (
         BASE + "services:\n  - {name: web, selector: {app: web}, ports: [{port: 80}]}\n"
                "checks:\n  - {from: pod/client, to: pod/web-1, port: 8080, "
-               "holdConnection: {from: node/node1, to: service/web, port: 80}}\n",
-        "checks[0].holdConnection.to", "unknown kind 'service'"),
+               "holdConnection: {from: node/node1, to: service/web, port: 81}}\n",
+        "checks[0].holdConnection.port", "service default/web serves no TCP port 81"),
     "held connection with an unknown field": (
         BASE + "checks:\n  - {from: pod/client, to: pod/web-1, port: 8080, "
                "holdConnection: {from: node/node1, to: pod/web-1, port: 8080, srcPort: 4}}\n",

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 
+from ...lab.topology import NAT_PORT_RANGE
 from ...model import ServiceTable
 from ...policy import cluster_targets, internal_targets, local_targets
 from .consts import (SCOPE_EXTERNAL, SCOPE_POD, SVC_F_AFFINITY, SVC_F_LOCAL_ONLY, SVC_F_MASQ,  # from consts.h
@@ -90,7 +91,7 @@ class NodeConfig:
     cluster_cidr: IPv4Network
     masquerade: bool = False
     masq_link_local: bool = False
-    snat_range: tuple = (32768, 60999)
+    snat_range: tuple = NAT_PORT_RANGE
     non_masquerade: tuple = ()
 
 
