@@ -23,6 +23,7 @@
 #include "lb.h"
 #include "nat.h"
 #include "l2.h"
+#include "icmp.h"
 #include "reject.h"
 #include "flow.h"
 #include "snat.h"
@@ -107,7 +108,7 @@ static __always_inline int handle(struct __sk_buff *skb, int service_hook)
 
 	if (p.proto == IPPROTO_ICMP) {
 		if (is_icmp_error(p.icmp_type)) {
-			int t = icmp_error_revnat(skb, &p, now);
+			int t = icmp_error(skb, &p, now, !service_hook);
 			if (t < 0)
 				return drop(DROP_REJECT_FAILED);
 			if (t > 0) {

@@ -269,6 +269,10 @@ def parse_topology(doc: Doc) -> tuple[TopologySpec, tuple[int, int]]:
     node_net = doc.take_cidr("nodeNetwork", IPv4Network("10.240.0.0/24"))
     outside_net = doc.take_cidr("outsideNetwork", IPv4Network("10.128.1.0/24"))
     mtu = doc.take_int("mtu", 1500, lo=576, hi=9000)
+    outside_link_mtu = doc.take_int("outsideLinkMTU", None, lo=576, hi=9000, expect="an MTU from 576 to 9000")
+    if outside_link_mtu is not None and outside_link_mtu > mtu:
+        doc.fail("outsideLinkMTU", f"{outside_link_mtu} is larger than mtu {mtu}: it narrows the path, "
+                                   f"so it must be smaller")
     npr = doc.take_str("nodePortRange", "30000-32767", expect="a range such as 30000-32767")
     lo, _, hi = npr.partition("-")
     if not (lo.isdigit() and hi.isdigit() and 1 <= int(lo) <= int(hi) <= 65535):
@@ -381,7 +385,7 @@ def parse_topology(doc: Doc) -> tuple[TopologySpec, tuple[int, int]]:
     doc.done()
     spec = TopologySpec(model=model, cluster_cidr=cluster, service_cidr=services, node_cidr=node_net,
                         outside_cidr=outside_net, nodes=tuple(nodes), pods=tuple(pods),
-                        hosts=tuple(hosts), mtu=mtu, masquerade=masq)
+                        hosts=tuple(hosts), mtu=mtu, outside_link_mtu=outside_link_mtu, masquerade=masq)
     return spec, node_port_range
 
 

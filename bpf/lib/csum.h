@@ -52,4 +52,22 @@ static __always_inline __u16 csum_fold(__u32 csum)
 	return (__u16)~csum;
 }
 
+/* RFC 1624 eqn. 3 on raw (network-order) 16-bit words: HC' = ~(~HC + ~m + m'). For fields that
+ * cannot be summed in full (a truncated quote). */
+static __always_inline __u16 csum_update(__u16 check, __u32 sum_old_new)
+{
+	__u32 sum = (__u16)~check + sum_old_new;
+	return csum_fold(sum);
+}
+
+static __always_inline __u32 csum_delta4(__u32 from, __u32 to)
+{
+	return (__u16)~(from & 0xffff) + (__u16)~(from >> 16) + (to & 0xffff) + (to >> 16);
+}
+
+static __always_inline __u32 csum_delta2(__u16 from, __u16 to)
+{
+	return (__u16)~from + to;
+}
+
 #endif

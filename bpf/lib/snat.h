@@ -206,41 +206,4 @@ static __always_inline int snat_new(struct __sk_buff *skb, struct pkt *p, const 
 	return TC_ACT_OK;
 }
 
-/* An ICMP error from outside about a masqueraded flow (it quotes node IP:port -> remote) is
- * delivered to the pod quoting what the pod sent. Returns 1 if translated, 0 if not ours. */
-static __always_inline int icmp_error_unsnat(struct __sk_buff *skb, const struct pkt *p, __u64 now)
-{
-	__u32 quote_words[QUOTE_LEN / 4];
-	__u32 new_words[QUOTE_LEN / 4];
-	__u8 *n = (__u8 *)new_words;
-	struct iphdr *inner = (struct iphdr *)n;
-
-	if (p->options || bpf_skb_load_bytes(skb, INNER_IP_OFF, quote_words, QUOTE_LEN) < 0)
-		return 0;
-	__builtin_memcpy(new_words, quote_words, QUOTE_LEN);
-	if (inner->version != 4 || inner->ihl != 5 ||
-	    (inner->protocol != IPPROTO_TCP && inner->protocol != IPPROTO_UDP))
-		return 0;
-	struct ct_key k = {};
-	k.saddr = inner->daddr;
-	k.daddr = inner->saddr;
-	__builtin_memcpy(&k.sport, n + 22, 2);
-	__builtin_memcpy(&k.dport, n + 20, 2);
-	k.proto = inner->protocol;
-	k.dir = CT_SNAT_IN;
-	struct ct_entry *e = ct_lookup(&k, now);
-	if (!e)
-		return 0;
-	__be16 old_sport, pod_port = e->nat_port;
-	__builtin_memcpy(&old_sport, n + 20, 2);
-	__u32 l4delta = csum_delta4(inner->saddr, e->nat_addr) + csum_delta2(old_sport, pod_port);
-	inner->saddr = e->nat_addr;
-	__builtin_memcpy(n + 20, &pod_port, 2);
-	if (icmp_quote_commit(skb, quote_words, new_words, l4delta) < 0 ||
-	    bpf_l3_csum_replace(skb, IP_CSUM_OFF, p->daddr, e->nat_addr, 4) < 0 ||
-	    bpf_skb_store_bytes(skb, IP_DST_OFF, &e->nat_addr, 4, 0) < 0)
-		return -1;
-	return 1;
-}
-
 #endif

@@ -103,7 +103,7 @@ class SimNet(Transport):
         for b in plan.bridges:
             seg = f"{b.ns}/{b.ifname}"
             self.ns[b.ns].ifaces[b.ifname] = Iface(b.ns, b.ifname, mac_for(plan.lab, b.ns, b.ifname), segment=seg,
-                                                   mtu=mtu)
+                                                   mtu=b.mtu or mtu)
             members = [(b.ns, b.ifname)]
             for port in b.ports:
                 peer = self.ns[b.ns].ifaces[port].peer

@@ -146,13 +146,14 @@ class Transport:
             self._segment(sim, sock.local[0], sock.remote[0], sock.local[1], sock.remote[1], "A", sock.seq,
                           sock.ack)
             return
+        payload = _in_order(t.seq, sock.ack, payload)
         if payload:
             sock.received += payload
-            sock.ack = t.seq + len(payload)
-        if flags & FIN:
+            sock.ack += len(payload)
+        if flags & FIN and t.seq + len(t.payload) == sock.ack:
             sock.peer_fin = True
             sock.ack += 1
-        if payload or flags & FIN:
+        if t.payload or flags & FIN:
             self._segment(sim, sock.local[0], sock.remote[0], sock.local[1], sock.remote[1], "A", sock.seq,
                           sock.ack)
 
@@ -165,13 +166,14 @@ class Transport:
             # a SYN on a connection that exists: a challenge ACK, as a kernel sends
             self._segment(sim, host, peer[0], conn.port, peer[1], "A", conn.seq, conn.ack)
             return
+        payload = _in_order(t.seq, conn.ack, payload)
         if payload:
             conn.buffer += payload
-            conn.ack = t.seq + len(payload)
-        if flags & FIN:
+            conn.ack += len(payload)
+        if flags & FIN and t.seq + len(t.payload) == conn.ack:
             conn.peer_fin = True
-            conn.ack = t.seq + len(payload) + 1
-        if payload or flags & FIN:
+            conn.ack += 1
+        if t.payload or flags & FIN:
             self._segment(sim, host, peer[0], conn.port, peer[1], "A", conn.seq, conn.ack)
         if conn.peer_fin and conn.fin_sent:
             self._forget(sim, key)
@@ -456,6 +458,14 @@ class Transport:
             return _result("reachable", first_line(responses[0][1]))
         finally:
             sim.sockets.pop((6, sock.local[1]), None)
+
+
+def _in_order(seq: int, expected: int, payload: bytes) -> bytes:
+    """What of a segment's data is new and in order: a retransmission's old part is dropped, a
+    segment beyond a gap is dropped whole (its sender sends it again)."""
+    if not payload or seq > expected or seq + len(payload) <= expected:
+        return b""
+    return payload[expected - seq:]
 
 
 def _seconds(value) -> float:

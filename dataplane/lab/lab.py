@@ -103,7 +103,7 @@ class Lab:
             mine = lambda items: [x for x in items if x.ns == ns.name]  # noqa: E731
             with netns.ipr(ns.name) as ipr:
                 for b in mine(plan.bridges):
-                    ipr.link("add", ifname=b.ifname, kind="bridge", mtu=mtu)
+                    ipr.link("add", ifname=b.ifname, kind="bridge", mtu=b.mtu or mtu)
                     master = _index(ipr, b.ifname)
                     for port in b.ports:
                         ipr.link("set", index=_index(ipr, port), master=master)

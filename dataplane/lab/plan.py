@@ -50,6 +50,7 @@ class Bridge:
     ns: str
     ifname: str
     ports: tuple[str, ...]
+    mtu: int | None = None        # None: the topology's mtu
 
 
 @dataclass(frozen=True)
@@ -101,10 +102,12 @@ class LabPlan:
             out.append(f"  netns {ns.name}  ({ns.role} {ns.obj})")
             for v in self.veths:
                 if v.ns == ns.name:
-                    out.append(f"    veth {v.ifname} <-> {v.peer_ns}/{v.peer_ifname}")
+                    mtu = f" (mtu {v.mtu} here)" if v.mtu else ""
+                    out.append(f"    veth {v.ifname} <-> {v.peer_ns}/{v.peer_ifname}{mtu}")
             for b in self.bridges:
                 if b.ns == ns.name:
-                    out.append(f"    bridge {b.ifname}: {', '.join(b.ports)}")
+                    mtu = f" (mtu {b.mtu})" if b.mtu else ""
+                    out.append(f"    bridge {b.ifname}: {', '.join(b.ports)}{mtu}")
             for a in self.addresses:
                 if a.ns == ns.name:
                     out.append(f"    addr {a.cidr} dev {a.ifname}")
@@ -139,9 +142,9 @@ def make_plan(spec: TopologySpec, lab: str, frontends=()) -> LabPlan:
         plan.sysctls.append((ns.name, "net.ipv6.conf.default.disable_ipv6", "1"))
         return ns.name
 
-    def veth(ns, ifname, peer_ns, peer_ifname):
+    def veth(ns, ifname, peer_ns, peer_ifname, mtu=None):
         v = Veth(ns, ifname, mac_for(lab, ns, ifname), peer_ns, peer_ifname,
-                 mac_for(lab, peer_ns, peer_ifname))
+                 mac_for(lab, peer_ns, peer_ifname), mtu=mtu)
         plan.veths.append(v)
         return v
 
@@ -187,13 +190,15 @@ def make_plan(spec: TopologySpec, lab: str, frontends=()) -> LabPlan:
     for host in spec.hosts:
         ns = add_ns("host", host.name)
         ifname = names.ifname(host.name)
-        veth(underlay, ifname, ns, "eth0")
+        # outsideLinkMTU narrows the underlay's side only: hosts keep `mtu` and learn the path's
+        # by path MTU discovery (ICMP fragmentation needed from the underlay router)
+        veth(underlay, ifname, ns, "eth0", mtu=spec.outside_link_mtu)
         outside_ports.append(ifname)
         plan.addresses.append(Address(ns, "eth0", f"{host.ip}/{spec.outside_cidr.prefixlen}"))
         plan.routes.append(Route(ns, "default", "eth0", gateway=str(spec.outside_gateway)))
 
     plan.bridges.append(Bridge(underlay, "br-nodes", tuple(node_ports)))
-    plan.bridges.append(Bridge(underlay, "br-outside", tuple(outside_ports)))
+    plan.bridges.append(Bridge(underlay, "br-outside", tuple(outside_ports), mtu=spec.outside_link_mtu))
     plan.addresses.append(Address(underlay, "br-nodes", f"{spec.node_gateway}/{spec.node_cidr.prefixlen}"))
     plan.addresses.append(
         Address(underlay, "br-outside", f"{spec.outside_gateway}/{spec.outside_cidr.prefixlen}"))

@@ -89,6 +89,7 @@ class TopologySpec:
     pods: tuple[PodSpec, ...] = ()
     hosts: tuple[HostSpec, ...] = ()
     mtu: int = 1500
+    outside_link_mtu: int | None = None   # the underlay's links toward outside hosts, if narrower
     masquerade: MasqueradeSpec | None = None
 
     @property

@@ -412,7 +412,7 @@ class PodHooks:
         vip_dst = service_hook and self._is_vip(p.daddr)
         if p.proto == ICMP:
             if p.icmp_type in ICMP_ERRORS:
-                r = self._icmp_error(p, now, why)
+                r = self._icmp_error(p, now, why, egress=not service_hook)
                 if r is not None:
                     return r
             if vip_dst:
@@ -630,35 +630,91 @@ class PodHooks:
         f[ip + 10:ip + 12] = struct.pack("!H", csum(bytes(f[ip:ip + p.ihl])))
         return f
 
-    def _icmp_error(self, p: Packet, now: int, why: list):
-        """An ICMP error quoting client -> backend becomes one quoting client -> VIP."""
+    def _icmp_error(self, p: Packet, now: int, why: list, egress: bool, may_bounce: bool = True):
+        """An ICMP error about one of our flows (docs/datapath.md, "ICMP errors"): the quote
+        becomes what its sender sent, the error goes to that sender; the outer source becomes the
+        frontend when the translated end sent it (on egress when that is the node's address). A
+        Result, or None if the error is not about a flow of ours."""
         q = self._quoted(p)
         if q is None:
             return None
         inner, isrc, idst, isport, idport = q
-        e = self._lookup(CtKey(idst, isrc, idport, isport, inner[9], REPLY), now)
-        if e is None:
-            # a hairpin flow's reply entry is its mapping's SNAT_IN entry
-            e = self._lookup(CtKey(idst, isrc, idport, isport, inner[9], SNAT_IN), now)
-            if e is None or not e.hairpin:
-                return None
-        new = bytearray(inner)
-        new[16:20] = e.nat_addr.packed
-        new[22:24] = struct.pack("!H", e.nat_port)
-        if e.hairpin:
-            new[12:16] = e.snat_addr.packed
-            new[20:22] = struct.pack("!H", e.snat_port)
-        why.append(f"ICMP error about {isrc}:{isport} -> {idst}:{idport}: quotes the VIP {e.nat_addr}:{e.nat_port}")
-        if p.saddr == idst:
-            p.saddr = e.nat_addr
-            why.append("sent by the backend itself: from the VIP")
-        if e.hairpin:
-            p.daddr = e.snat_addr
-        f = self._requote(p, inner, new)
-        if e.hairpin:
-            _swap_macs(f)
-            return self._result("redirect", f, "M_ICMP_REVNAT", why + ["hairpin: back to the pod"])
-        return self._result("pass", f, "M_ICMP_REVNAT", why)
+        proto = inner[9]
+        src, dst, sport, dport = isrc, idst, isport, idport
+        osrc, odst, found, bounce = p.saddr, p.daddr, False, False
+
+        def reversed_key(direction):
+            return self._lookup(CtKey(dst, src, dport, sport, proto, direction), now)
+
+        e = reversed_key(SNAT_IN)                   # forward: the masquerade, then the DNAT
+        if e is not None and e.hairpin:
+            if osrc == dst:
+                osrc = e.nat_addr
+            src, sport, dst, dport = e.snat_addr, e.snat_port, e.nat_addr, e.nat_port
+            odst, found, bounce = e.snat_addr, True, True
+            why.append(f"about a hairpin flow: quotes {src}:{sport} -> {dst}:{dport}, back to the pod")
+        elif e is not None:
+            src, sport, odst, found = e.nat_addr, e.nat_port, e.nat_addr, True
+            why.append(f"about a masqueraded packet: back to {src}:{sport}")
+        if not bounce:
+            e = reversed_key(REPLY)
+            if e is not None:
+                if osrc == dst and not e.egress:
+                    osrc = e.nat_addr
+                    why.append("sent by the backend itself: from the frontend")
+                dst, dport, found = e.nat_addr, e.nat_port, True
+                why.append(f"about a packet to a backend: quotes the frontend {dst}:{dport}")
+        if not found:                                # reverse: a translated reply
+            e = reversed_key(SERVICE)
+            if e is not None and not e.hairpin:
+                client, cport = dst, dport
+                src, sport, odst, found = e.nat_addr, e.nat_port, e.nat_addr, True
+                o = self._lookup(CtKey(client, e.nat_addr, cport, e.nat_port, proto, SNAT_OUT), now)
+                if o is not None:
+                    dst, dport = o.nat_addr, o.nat_port
+                why.append(f"about a reply to {client}:{cport}: to the backend {src}:{sport} that sent it")
+            else:
+                e = reversed_key(SNAT_OUT)
+                if e is not None:
+                    dst, dport, found = e.nat_addr, e.nat_port, True
+                    why.append(f"about a reply to a masqueraded flow: quotes {dst}:{dport}")
+        if found:
+            new = bytearray(inner)
+            new[12:16], new[16:20] = src.packed, dst.packed
+            new[20:24] = struct.pack("!HH", sport, dport)
+            p.saddr, p.daddr = osrc, odst
+            p.frame = self._requote(p, inner, new)
+            inner = bytes(new)
+        if egress and not bounce:
+            found |= self._icmp_source(p, inner, now, why)
+        if not found:
+            return None
+        if bounce and may_bounce:
+            _swap_macs(p.frame)
+            return self._result("redirect", p.frame, "M_ICMP_REVNAT", why)
+        return self._result("pass", p.frame, "M_ICMP_REVNAT", why)
+
+    def _icmp_source(self, p: Packet, inner: bytes, now: int, why: list) -> bool:
+        """On egress: the error came from the translated end of a flow whose frontend (or
+        masquerade address) is the node's own: from that address now."""
+        proto = inner[9]
+        src, dst = IPv4Address(inner[12:16]), IPv4Address(inner[16:20])
+        sport, dport = struct.unpack("!HH", inner[20:24])
+        e = self._lookup(CtKey(src, dst, sport, dport, proto, SERVICE), now)
+        if e is None or e.hairpin:
+            e = self._lookup(CtKey(src, dst, sport, dport, proto, SNAT_IN), now)
+            if e is not None and e.hairpin:
+                e = None
+        if e is None or p.saddr != e.nat_addr:
+            return False
+        p.saddr = dst
+        ip = ETH_HLEN
+        f = p.frame
+        f[ip + 12:ip + 16] = p.saddr.packed
+        f[ip + 10:ip + 12] = b"\0\0"
+        f[ip + 10:ip + 12] = struct.pack("!H", csum(bytes(f[ip:ip + p.ihl])))
+        why.append(f"sent by the end behind {dst}: from {dst}")
+        return True
 
 
 # -- the uplink: egress masquerade (docs/datapath.md, "The node uplink") -----------------------
@@ -744,6 +800,9 @@ class Datapath(PodHooks):
         p, bad = parse(frame)
         if bad:
             return self._result("drop", frame, bad, [f"malformed IPv4: {bad}"])
+        if p is not None and p.proto == ICMP and p.icmp_type in ICMP_ERRORS and self.s.config is not None:
+            r = self._icmp_error(p, now, [], egress=True)
+            return r or self._result("pass", frame, "M_PASS", ["ICMP error not about a flow of ours"])
         if p is None or p.proto not in (TCP, UDP) or p.later_fragment or self.s.config is None:
             return self._result("pass", frame, "M_PASS", ["not masquerade traffic"])
         key, e = self._reply(p, REPLY, now, [])
@@ -783,8 +842,8 @@ class Datapath(PodHooks):
         if p is None:
             return self._result("pass", frame, "M_PASS", ["not IPv4"])
         if p.proto == ICMP and p.icmp_type in ICMP_ERRORS:
-            r = self._icmp_unsnat(p, now)
-            return r or self._result("pass", frame, "M_PASS", ["ICMP error not about a masqueraded flow"])
+            r = self._icmp_error(p, now, [], egress=False, may_bounce=False)
+            return r or self._result("pass", frame, "M_PASS", ["ICMP error not about a flow of ours"])
         if p.proto not in (TCP, UDP) or p.later_fragment:
             return self._result("pass", frame, "M_PASS", ["not a reply to masquerade"])
         why = []
@@ -805,23 +864,6 @@ class Datapath(PodHooks):
         self._update(key, e, p, now)
         p.daddr, p.dport = e.nat_addr, e.nat_port
         return self._out(p, False, "M_UNSNAT", [f"reply to a masqueraded flow: back to {e.nat_addr}:{e.nat_port}"])
-
-    def _icmp_unsnat(self, p: Packet, now: int):
-        """An ICMP error quoting node IP:port -> remote of a masqueraded flow goes to the pod,
-        quoting what the pod sent."""
-        q = self._quoted(p)
-        if q is None:
-            return None
-        inner, isrc, idst, isport, idport = q
-        e = self._lookup(CtKey(idst, isrc, idport, isport, inner[9], SNAT_IN), now)
-        if e is None:
-            return None
-        new = bytearray(inner)
-        new[12:16] = e.nat_addr.packed
-        new[20:22] = struct.pack("!H", e.nat_port)
-        p.daddr = e.nat_addr
-        return self._result("pass", self._requote(p, inner, new), "M_ICMP_REVNAT",
-                            [f"ICMP error about masqueraded {isrc}:{isport}: to the pod {e.nat_addr}:{e.nat_port}"])
 
     def _nodeport(self, p: Packet, frame: bytes, now: int):
         """NodePort, LoadBalancer and external IP frontends (docs/datapath.md); None if not one."""

@@ -361,3 +361,20 @@ def test_backend_choice_follows_the_seed(pair):
         choices.append(run)
     assert choices[0] == choices[1] and choices[0] != choices[2]
     assert set(choices[0]) == BACKENDS
+
+
+def test_client_error_about_a_reply_reaches_the_backend(pair):
+    """Both directions: the client's port unreachable about a VIP reply (its socket is gone)
+    quotes VIP:53 -> client and is sent to the VIP; it reaches the backend quoting what the
+    backend sent (backend:5353 -> client)."""
+    p = pair(table())
+    got, _ = p.send("from_pod", from_pod(CLIENT, VIP, udp()))
+    backend = parsed(got.data)[IP].dst
+    reply, _ = p.send("to_pod", to_pod(backend, CLIENT, UDP(sport=5353, dport=40000) / b"late"))
+    err = from_pod(CLIENT, VIP, ICMP(type=3, code=3) / bytes(parsed(reply.data)[IP])[:28])
+    out_frame, want = p.send("from_pod", err)
+    out = parsed(out_frame.data)
+    assert want.reason == "M_ICMP_REVNAT" and out[IP].dst == backend and out[IP].src == CLIENT
+    assert (out[IPerror].src, out[UDPerror].sport, out[IPerror].dst, out[UDPerror].dport) == (backend, 5353, CLIENT, 40000)
+    assert checksums_valid(out_frame.data)
+    p.assert_same_state()

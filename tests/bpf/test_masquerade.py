@@ -198,3 +198,21 @@ def test_replies_of_connections_from_outside_are_not_masqueraded(pair):
     _, want = p.send("to_netdev", from_pod(CLIENT, OUT, udp(sport=40000, dport=53)))
     assert want.reason == "M_SNAT_NEW"
     p.assert_same_state()
+
+
+def test_pod_error_about_a_reply_leaves_as_the_node(pair):
+    """The pod's socket is gone when the remote's reply arrives: its port unreachable quotes
+    remote -> pod and leaves the node quoting remote -> node IP:port, from the node."""
+    p = pair(ServiceTable())
+    sent, _ = p.send("to_netdev", from_pod(CLIENT, OUT, udp(sport=40000, dport=53)))
+    port = parsed(sent.data)[UDP].sport
+    back, _ = p.send("from_netdev", to_pod(OUT, NODE, UDP(sport=53, dport=port) / b"late"))
+    err = from_pod(CLIENT, OUT, ICMP(type=3, code=3) / bytes(parsed(back.data)[IP])[:28])
+    got, want = p.send("from_pod", err)
+    assert want.reason == "M_ICMP_REVNAT" and parsed(got.data)[IPerror].dst == NODE
+    leaving, want = p.send("to_netdev", got.data)
+    out = parsed(leaving.data)
+    assert want.reason == "M_ICMP_REVNAT" and out[IP].src == NODE and out[IP].dst == OUT
+    assert (out[IPerror].src, out[UDPerror].sport, out[IPerror].dst, out[UDPerror].dport) == (OUT, 53, NODE, port)
+    assert checksums_valid(leaving.data)
+    p.assert_same_state()

@@ -197,3 +197,118 @@ def test_load_balancer_source_ranges_hold_for_pods_too(pair):
     got, want = p.send("from_pod", from_pod(CLIENT, NODE, syn(sport=46003, dport=30082)))
     assert want.reason == "M_DNAT_NEW"                                               # its node port: open
     p.assert_same_state()
+
+# -- ICMP errors about external-frontend flows (issue 9, defect 4) ---------------------------------
+
+ROUTER = "10.240.0.254"
+
+
+def _quote(frame) -> bytes:
+    """What an ICMP error quotes of a frame: its IPv4 header and the first 8 bytes after it."""
+    return bytes(parsed(bytes(frame))[IP])[:28]
+
+
+def _inner(data):
+    from tests.bpf.packets import IPerror
+    out = parsed(data)
+    l4 = out[IPerror].payload
+    return out[IPerror].src, l4.sport, out[IPerror].dst, l4.dport
+
+
+def test_port_unreachable_from_a_remote_backend_reaches_the_client(pair):
+    """UDP through a node port to a backend on another node that has nothing on the port: its port
+    unreachable (quoting node IP:port -> backend) comes back through the node and reaches the
+    client quoting what the client sent (client -> node IP:nodePort), from the node."""
+    p = pair(table(SERVICES, topology(app1="other")))                # only web-2, on node2
+    got, _ = p.send("from_netdev", outside(NODE, udp(sport=45002, dport=30053)))
+    fwd, _ = p.send("to_netdev", got.data)                           # masqueraded on its way out
+    err = to_pod(WEB2, NODE, ICMP(type=3, code=3) / _quote(fwd.data))
+    back, want = p.send("from_netdev", err)
+    out = parsed(back.data)
+    assert want.reason == "M_ICMP_REVNAT" and out[IP].dst == EXT
+    assert _inner(back.data) == (EXT, 45002, NODE, 30053)
+    assert out[IP].src == WEB2                                       # the node's address: only on egress
+    leaving, want = p.send("to_netdev", back.data)
+    out = parsed(leaving.data)
+    assert want.reason == "M_ICMP_REVNAT" and out[IP].src == NODE and out[IP].dst == EXT
+    assert bytes(out[ICMP].payload)[:28] == _quote(outside(NODE, udp(sport=45002, dport=30053)))
+    assert checksums_valid(leaving.data)
+    p.assert_same_state()
+
+
+def test_port_unreachable_from_a_local_backend_through_a_node_port(pair):
+    p = pair(table(SERVICES, topology(app2="other")))                # only web-1, on this node
+    got, _ = p.send("from_netdev", outside(NODE, udp(sport=45003, dport=30053)))
+    to_backend, _ = p.send("to_pod", got.data)
+    err = from_pod(WEB1, NODE, ICMP(type=3, code=3) / _quote(to_backend.data))
+    back, want = p.send("from_pod", err)
+    assert want.reason == "M_ICMP_REVNAT" and parsed(back.data)[IP].dst == EXT
+    assert _inner(back.data) == (EXT, 45003, NODE, 30053)
+    leaving, want = p.send("to_netdev", back.data)
+    assert parsed(leaving.data)[IP].src == NODE and checksums_valid(leaving.data)
+    p.assert_same_state()
+
+
+def test_fragmentation_needed_for_a_backends_reply_reaches_the_backend(pair):
+    """A router between the node and the client cannot forward the backend's (translated) reply
+    without fragmenting: its fragmentation-needed quotes node IP:nodePort -> client and arrives
+    at the node; it must reach the backend quoting what the backend sent (backend -> node IP:port
+    of the masquerade), or path MTU discovery never learns and large answers stall."""
+    p = pair(table(SERVICES, topology(app1="other")))
+    got, _ = p.send("from_netdev", outside(NODE, syn(sport=45004, dport=30080)))
+    fwd, _ = p.send("to_netdev", got.data)
+    port = parsed(fwd.data)[TCP].sport
+    answer = to_pod(WEB2, NODE, TCP(sport=8080, dport=port, flags="PA", seq=5001, ack=1001) / (b"x" * 1400))
+    back, _ = p.send("from_netdev", answer)
+    reply, _ = p.send("to_netdev", back.data)                       # node IP:30080 -> client
+    err = to_pod(ROUTER, NODE, ICMP(type=3, code=4, nexthopmtu=1200) / _quote(reply.data))
+    got, want = p.send("from_netdev", err)
+    out = parsed(got.data)
+    assert want.reason == "M_ICMP_REVNAT" and out[IP].dst == WEB2 and out[IP].src == ROUTER
+    assert _inner(got.data) == (WEB2, 8080, NODE, port)
+    assert out[ICMP].nexthopmtu == 1200 and checksums_valid(got.data)
+    p.assert_same_state()
+
+
+def test_fragmentation_needed_for_an_etp_local_reply(pair):
+    p = pair(table(SERVICES, topology()))
+    p.send("from_netdev", outside(NODE, syn(sport=45005, dport=30081)))
+    back, _ = p.send("from_pod", from_pod(WEB1, EXT, TCP(sport=8080, dport=45005, flags="PA") / (b"x" * 1400)))
+    reply, _ = p.send("to_netdev", back.data)
+    err = to_pod(ROUTER, NODE, ICMP(type=3, code=4, nexthopmtu=1200) / _quote(reply.data))
+    got, want = p.send("from_netdev", err)
+    assert want.reason == "M_ICMP_REVNAT" and parsed(got.data)[IP].dst == WEB1
+    assert _inner(got.data) == (WEB1, 8080, EXT, 45005)
+    p.assert_same_state()
+
+
+def test_fragmentation_needed_from_the_node_itself_about_a_forwarded_packet(pair):
+    """The node cannot forward the client's (DNATed) packet to the backend: the error it sends,
+    seen only on egress, quotes client -> backend and must quote client -> node IP:nodePort."""
+    p = pair(table(SERVICES, topology(app1="other")))
+    got, _ = p.send("from_netdev", outside(NODE, udp(sport=45006, dport=30053)))
+    err = to_pod(NODE, EXT, ICMP(type=3, code=4, nexthopmtu=1200) / _quote(got.data))
+    leaving, want = p.send("to_netdev", err)
+    assert want.reason == "M_ICMP_REVNAT" and _inner(leaving.data) == (EXT, 45006, NODE, 30053)
+    assert parsed(leaving.data)[IP].src == NODE and checksums_valid(leaving.data)
+    p.assert_same_state()
+
+
+def test_error_from_a_load_balancer_backend(pair):
+    p = pair(table(SERVICES, topology(app1="other")))
+    got, _ = p.send("from_netdev", outside(LB, syn(sport=45007, dport=80)))
+    fwd, _ = p.send("to_netdev", got.data)
+    err = to_pod(WEB2, NODE, ICMP(type=3, code=3) / _quote(fwd.data))
+    back, _ = p.send("from_netdev", err)
+    leaving, want = p.send("to_netdev", back.data)
+    out = parsed(leaving.data)
+    assert want.reason == "M_ICMP_REVNAT" and (out[IP].src, out[IP].dst) == (LB, EXT)
+    assert _inner(leaving.data) == (EXT, 45007, LB, 80)
+    p.assert_same_state()
+
+
+def test_errors_of_nobodys_flow_pass_untouched(pair):
+    p = pair(table(SERVICES, topology()))
+    err = to_pod(ROUTER, NODE, ICMP(type=3, code=4) / _quote(to_pod(NODE, EXT, udp(sport=40000, dport=53))))
+    got, want = p.send("from_netdev", err)
+    assert want.reason == "M_PASS" and got.data == bytes(err)

@@ -101,3 +101,19 @@ def test_shipped_scenarios_load(path):
     sc = load(path)
     assert sc.checks, f"{path} has no checks"
     make_plan(sc.topology, "x")
+
+
+def test_outside_link_mtu_narrows_only_the_underlay_side(tmp_path):
+    text = BASE.replace("model: flat", "model: island\n  outsideLinkMTU: 1400")
+    plan = make_plan(load(write(tmp_path, text)).topology, "t1")
+    underlay, ext = plan.netns_of("underlay"), plan.netns_of("ext")
+    (link,) = [v for v in plan.veths if v.ns == underlay and v.peer_ns == ext]
+    assert (link.mtu, link.peer_mtu) == (1400, None)           # the host's own end keeps `mtu`
+    assert {b.ifname: b.mtu for b in plan.bridges} == {"br-nodes": None, "br-outside": 1400}
+    assert all(v.mtu is None for v in plan.veths if v is not link)
+
+
+def test_nodes_state_their_ephemeral_port_range(tmp_path):
+    plan = plan_for(tmp_path, "island")
+    for node in ("node1", "node2"):
+        assert (plan.netns_of(node), "net.ipv4.ip_local_port_range", "32768 60999") in plan.sysctls

@@ -117,6 +117,15 @@ CASES = {
     "delay with httpGet": (
         BASE + "checks:\n  - {from: pod/client, to: pod/web-1, port: 8080, httpGet: /, delay: 1}\n",
         "checks[0].delay", "does not apply with httpGet"),
+    "outside link wider than the links": (
+        BASE.replace("model: flat", "model: flat\n  outsideLinkMTU: 9000"), "topology.outsideLinkMTU",
+        "9000 is larger than mtu 1500"),
+    "masquerade port range over the nodes' ephemeral ports": (
+        BASE.replace("model: flat", "model: flat\n  masquerade: {portRange: 40000-45000}"),
+        "topology.masquerade.portRange", "overlaps the nodes' ip_local_port_range 32768-60999"),
+    "masquerade port range over the node ports": (
+        BASE.replace("model: flat", "model: flat\n  masquerade: {portRange: 20000-30000}"),
+        "topology.masquerade.portRange", "overlaps nodePortRange 30000-32767"),
     "wrong type": (
         BASE.replace("model: flat", "model: flat\n  mtu: big"), "topology.mtu", "expected a number"),
     "health-check node port without LoadBalancer and eTP Local": (
