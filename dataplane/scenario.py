@@ -382,10 +382,17 @@ def parse_topology(doc: Doc) -> tuple[TopologySpec, tuple[int, int]]:
         item.done()
         hosts.append(HostSpec(name, ip, ports))
     masq = parse_masquerade(doc.sub("masquerade", {}), model, cluster, node_net, outside_net, node_port_range)
+    service_route = doc.take_str("serviceRoute", None, expect="the name of the node the underlay routes the service CIDR to")
+    if service_route is not None:
+        if service_route not in node_by_name:
+            doc.fail("serviceRoute", f"no node named {service_route!r} (nodes: {', '.join(node_by_name)})")
+        if model == "air-gapped":
+            doc.fail("serviceRoute", "the air-gapped model routes nothing between the cluster and the outside")
     doc.done()
     spec = TopologySpec(model=model, cluster_cidr=cluster, service_cidr=services, node_cidr=node_net,
                         outside_cidr=outside_net, nodes=tuple(nodes), pods=tuple(pods),
-                        hosts=tuple(hosts), mtu=mtu, outside_link_mtu=outside_link_mtu, masquerade=masq)
+                        hosts=tuple(hosts), mtu=mtu, outside_link_mtu=outside_link_mtu, masquerade=masq,
+                        service_route=service_route)
     return spec, node_port_range
 
 

@@ -1,4 +1,5 @@
-/* NodePort, LoadBalancer and external IPs: external frontends, dispatched on the node uplink.
+/* NodePort, LoadBalancer and external IPs: external frontends, dispatched on the node uplink
+ * (and cluster IPs, for clients outside the cluster whose network routes them to a node).
  * A new flow to node IP:nodePort (or an LB/external IP:port) is DNATed on ingress like a ClusterIP
  * flow; its reverse NAT (source back to the frontend, the node's own address) happens on egress
  * only (CT_F_EGRESS), since on ingress it would be a martian. With externalTrafficPolicy Cluster
@@ -8,6 +9,18 @@
 #ifndef DP_NODEPORT_H
 #define DP_NODEPORT_H
 
+/* Is a new flow arriving on the uplink masqueraded to the node on its way to the backend? As
+ * kube-proxy marks them: for an external frontend with externalTrafficPolicy Cluster (KUBE-EXT),
+ * and for a client outside the cluster CIDR reaching a cluster IP (`! -s clusterCIDR` in
+ * KUBE-SVC), whose backend's replies must come back through this node. */
+static __always_inline int nodeport_masquerade(const struct dp_config *cfg, const struct pkt *p,
+					       const struct svc_value *svc)
+{
+	if (svc->flags & SVC_F_MASQ)
+		return 1;
+	return (p->saddr & cfg->cluster_mask) != cfg->cluster_net && is_vip(p->daddr);
+}
+
 static __always_inline int nodeport_new_flow(struct __sk_buff *skb, struct pkt *p, struct svc_value *svc,
 					     struct dp_config *cfg, __u64 now)
 {
@@ -16,7 +29,7 @@ static __always_inline int nodeport_new_flow(struct __sk_buff *skb, struct pkt *
 	int verdict = flow_backend(skb, p, svc, cfg, now, &id, &be);
 	if (verdict >= 0)
 		return verdict;
-	if ((svc->flags & SVC_F_MASQ) && snat_map_after_dnat(skb, p, be, cfg, now) < 0)
+	if (nodeport_masquerade(cfg, p, svc) && snat_map_after_dnat(skb, p, be, cfg, now) < 0)
 		return drop(DROP_SNAT_EXHAUSTED);
 	struct ct_entry fwd = {}, rev = {};
 	flow_entries(p, svc, cfg, now, id, be, &fwd, &rev);

@@ -209,4 +209,8 @@ def make_plan(spec: TopologySpec, lab: str, frontends=()) -> LabPlan:
     if spec.model != "air-gapped":
         for addr, node in frontends:
             plan.routes.append(Route(underlay, f"{addr}/32", "br-nodes", gateway=str(spec.node(node).ip)))
+        if spec.service_route:
+            # cluster IPs advertised to the network (as BGP setups do): outside hosts reach them
+            plan.routes.append(Route(underlay, str(spec.service_cidr), "br-nodes",
+                                     gateway=str(spec.node(spec.service_route).ip)))
     return plan

@@ -91,6 +91,7 @@ class TopologySpec:
     mtu: int = 1500
     outside_link_mtu: int | None = None   # the underlay's links toward outside hosts, if narrower
     masquerade: MasqueradeSpec | None = None
+    service_route: str | None = None      # the node the underlay routes the service CIDR to
 
     @property
     def node_gateway(self) -> IPv4Address:

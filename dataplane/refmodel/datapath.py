@@ -889,10 +889,12 @@ class Datapath(PodHooks):
         life = now + self._lifetime(p.proto, CtEntry(0, be.addr, be.port))
         fwd = CtEntry(life, be.addr, be.port, backend_id=bid, svc_id=svc.svc_id, egress=True)
         rev = CtEntry(life, p.daddr, p.dport, backend_id=bid, svc_id=svc.svc_id, egress=True)
-        if svc.flags & SVC_F_MASQ:
+        off_cluster = self._is_vip(p.daddr) and p.saddr not in self.s.config.cluster_cidr
+        if svc.flags & SVC_F_MASQ or off_cluster:
             if self._map(self._after_dnat(p, be), now, why) is None:
                 return self._result("drop", p.frame, "DROP_SNAT_EXHAUSTED", why + ["no free port to masquerade"])
-            why.append("externalTrafficPolicy Cluster: masqueraded to the node IP on the way to the backend")
+            why.append("a client outside the cluster reaching a cluster IP" if off_cluster else
+                       "externalTrafficPolicy Cluster" + ": masqueraded to the node IP on the way to the backend")
         self.s.conntrack[key] = fwd
         self.s.conntrack[CtKey(be.addr, p.saddr, be.port, p.sport, p.proto, REPLY)] = rev
         why.append(f"external frontend {p.daddr}:{p.dport}: DNAT to {be.addr}:{be.port}")

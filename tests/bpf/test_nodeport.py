@@ -312,3 +312,20 @@ def test_errors_of_nobodys_flow_pass_untouched(pair):
     err = to_pod(ROUTER, NODE, ICMP(type=3, code=4) / _quote(to_pod(NODE, EXT, udp(sport=40000, dport=53))))
     got, want = p.send("from_netdev", err)
     assert want.reason == "M_PASS" and got.data == bytes(err)
+
+
+def test_off_cluster_client_of_a_cluster_ip_is_masqueraded(pair):
+    """An outside client whose network routes a cluster IP to this node (issue 9, defect 5): DNAT
+    on ingress, masquerade to the node on egress, as kube-proxy's `! -s clusterCIDR` rule; the
+    reply comes back through the node, from the cluster IP."""
+    p = pair(table(SERVICES, topology(app1="other")))                # only web-2, on node2
+    got, want = p.send("from_netdev", outside("10.96.0.10", syn(sport=45010, dport=80)))
+    assert want.reason == "M_DNAT_NEW" and parsed(got.data)[IP].dst == WEB2
+    fwd, want = p.send("to_netdev", got.data)
+    assert want.reason == "M_SNAT" and parsed(fwd.data)[IP].src == NODE
+    port = parsed(fwd.data)[TCP].sport
+    back, _ = p.send("from_netdev", to_pod(WEB2, NODE, synack(sport=8080, dport=port)))
+    reply, want = p.send("to_netdev", back.data)
+    out = parsed(reply.data)
+    assert want.reason == "M_REVNAT" and (out[IP].src, out[TCP].sport, out[IP].dst) == ("10.96.0.10", 80, EXT)
+    p.assert_same_state()
