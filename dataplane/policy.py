@@ -55,17 +55,70 @@ def internal_targets(svc: Service, sp: ServicePort, node: str) -> list[Target]:
     return cluster_targets(svc, sp)
 
 
-def stale_targets(old, new) -> set:
-    """(address, port, protocol) of endpoints that left a service port between two tables: their
-    flows are stale (the UDP problem of kube-proxy #48370) and every backend flushes them."""
-    def targets(table):
-        out = set()
-        for svc in table or ():
-            for sp in svc.ports:
-                proto = {"TCP": 6, "UDP": 17}[sp.protocol]
-                out |= {(t.address, t.port, proto) for t in all_targets(svc, sp)}
-        return out
-    return targets(old) - targets(new)
+def udp_serving(table):
+    """kube-proxy's conntrack reconciliation (pkg/proxy/conntrack/cleanup.go, CleanStaleEntries):
+    for every UDP service port with at least one serving endpoint, the serving endpoint IPs, by
+    frontend: ({(service IP, port): IPs} for cluster, load-balancer and external IPs, {node port:
+    IPs}). A UDP flow to one of these frontends answered by another address is stale (the UDP
+    problem of kubernetes#48370): deleted. A service port without serving endpoints is skipped,
+    and so is a frontend gone with its service."""
+    by_ip, by_node_port = {}, {}
+    for svc in table or ():
+        for sp in svc.ports:
+            if sp.protocol != "UDP":
+                continue
+            ips = {e.address for e in svc.endpoints if e.serving and e.port_for(sp.name, sp.protocol) is not None}
+            if not ips:
+                continue
+            for ip in (svc.cluster_ip, *svc.external_ips, *svc.load_balancer_ips):
+                by_ip[(ip, sp.port)] = ips
+            if sp.node_port:
+                by_node_port[sp.node_port] = ips
+    return by_ip, by_node_port
+
+
+@dataclass(frozen=True)
+class FlowKeep:
+    """Which flows to a frontend a sync lets live, decided from the new table for every backend
+    that keeps its own flow state (the ebpf backend, the reference model; kube-proxy's modes apply
+    the UDP half with conntrack -D):
+      UDP  as kube-proxy's reconciliation (udp_serving): per (frontend, endpoint IP), so a flow of
+           a service its endpoint left is flushed even while that pod still backs another one;
+      TCP  the eBPF dataplane's choice (docs/ebpf.md): a flow lives while its backend (address,
+           port) is still an endpoint, in any state, of its frontend's service port; kube-proxy
+           leaves TCP entries alone (docs/differences.md)."""
+    udp_ips: dict          # (frontend IP, port) -> serving endpoint IPs
+    udp_node_ports: dict   # node port -> serving endpoint IPs
+    tcp_ips: dict          # (frontend IP, port) -> {(endpoint IP, port)}
+    tcp_node_ports: dict   # node port -> {(endpoint IP, port)}
+
+    def keeps(self, proto: int, frontend, fport: int, backend, bport: int, node_ip) -> bool:
+        """A flow of `proto` to frontend:fport, translated to backend:bport, on the node whose
+        address is node_ip (a frontend at that address is a node port)."""
+        frontend, backend = IPv4Address(frontend), IPv4Address(backend)
+        node = node_ip is not None and frontend == IPv4Address(node_ip)
+        if proto == 17:
+            ips = self.udp_node_ports.get(fport) if node else self.udp_ips.get((frontend, fport))
+            return ips is None or backend in ips
+        if proto == 6:
+            eps = self.tcp_node_ports.get(fport) if node else self.tcp_ips.get((frontend, fport))
+            return eps is not None and (backend, bport) in eps
+        return True
+
+
+def flow_keep(table) -> FlowKeep:
+    udp_ips, udp_node_ports = udp_serving(table)
+    tcp_ips, tcp_node_ports = {}, {}
+    for svc in table or ():
+        for sp in svc.ports:
+            if sp.protocol != "TCP":
+                continue
+            eps = {(t.address, t.port) for t in all_targets(svc, sp)}
+            for ip in (svc.cluster_ip, *svc.external_ips, *svc.load_balancer_ips):
+                tcp_ips[(ip, sp.port)] = eps
+            if sp.node_port:
+                tcp_node_ports[sp.node_port] = eps
+    return FlowKeep(udp_ips, udp_node_ports, tcp_ips, tcp_node_ports)
 
 
 def all_targets(svc: Service, sp: ServicePort) -> list[Target]:

@@ -158,14 +158,14 @@ class SimNet(Transport):
 
     def sync(self, table) -> list[str]:
         """An update: reprogram every node and flush the flows of endpoints that left."""
-        from ..policy import stale_targets
-        stale = stale_targets(self.table, table)
-        self.program(table, update=lambda state, maps: state.sync(maps, stale))
+        from ..policy import flow_keep
+        keep = flow_keep(table)
+        self.program(table, update=lambda state, maps: state.sync(maps, keep))
         out = []
         for node in self.plan.spec.nodes:
             flushed = self.flushed.pop(node.name, 0)
             if flushed:
-                out.append(f"{node.name}: {flushed} conntrack/affinity entries of removed endpoints flushed")
+                out.append(f"{node.name}: {flushed} conntrack/affinity entries flushed")
         return out
 
     # -- moving frames -------------------------------------------------------------------------------

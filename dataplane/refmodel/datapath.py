@@ -99,27 +99,32 @@ class NodeState:
         return len(dead)
 
 
-    def sync(self, maps, stale: set) -> int:
-        """An update, as the ebpf backend's sync_node: the new tables, then the flows of endpoints
-        that left and the affinities no longer eligible forgotten. Entries forgotten."""
+    def sync(self, maps, keep) -> int:
+        """An update, as the ebpf backend's sync_node: the new tables, then the flows the new
+        table no longer lets live (policy.FlowKeep) and the affinities no longer eligible
+        forgotten. Entries forgotten."""
         self.maps = maps
-        return (self.flush(stale) if stale else 0) + self.forget_affinities()
+        return self.flush(keep) + self.forget_affinities()
 
-    def flush(self, stale: set) -> int:
-        """Forget the flows (both directions) of endpoints that left their service:
-        (address, port, proto) triples."""
-        def endpoint(k, e):
-            if k.dir in (REPLY, SNAT_IN):
-                return k.saddr, k.sport, k.proto
-            if k.dir == SNAT_OUT:
-                return k.daddr, k.dport, k.proto
-            if k.dir == SERVICE:
-                return e.nat_addr, e.nat_port, k.proto
-            return None
-        doomed = [k for k, e in self.conntrack.items() if endpoint(k, e) in stale]
-        for k in doomed:
-            del self.conntrack[k]
-        return len(doomed)
+    def flush(self, keep) -> int:
+        """Forget each flow to a frontend that `keep` (policy.FlowKeep) no longer lets live: its
+        SERVICE entry, the reply entry paired with it, and its masquerade mapping if it was
+        masqueraded to the node."""
+        doomed = []
+        for k, e in self.conntrack.items():
+            if k.dir != SERVICE or keep.keeps(k.proto, k.daddr, k.dport, e.nat_addr, e.nat_port, self.node_ip):
+                continue
+            doomed.append(k)
+            if e.hairpin:
+                doomed.append(CtKey(e.nat_addr, e.snat_addr, e.nat_port, e.snat_port, k.proto, SNAT_IN))
+                continue
+            doomed.append(CtKey(e.nat_addr, k.saddr, e.nat_port, k.sport, k.proto, REPLY))
+            if e.egress:
+                out_key = CtKey(k.saddr, e.nat_addr, k.sport, e.nat_port, k.proto, SNAT_OUT)
+                out = self.conntrack.get(out_key)
+                if out is not None:
+                    doomed += [out_key, CtKey(e.nat_addr, out.nat_addr, e.nat_port, out.nat_port, k.proto, SNAT_IN)]
+        return sum(self.conntrack.pop(k, None) is not None for k in doomed)
 
     def eligible(self, svc_key) -> set:
         """The backend ids in the slots of a service port (its slot-0 key): those eligible now."""

@@ -161,8 +161,8 @@ def sync(pair: "Pair", old_table, new_table, node: str = "node1") -> tuple:
     """Apply a service update to both sides as the backends do (the ebpf backend's sync_node, the
     model's NodeState.sync): (entries the BPF side forgot, entries the model forgot)."""
     from dataplane.backends.ebpf import sync_node
-    from dataplane.policy import stale_targets
+    from dataplane.policy import flow_keep
     rendered = render_node(new_table, node, pair.ids, NODE_IP)
-    stale = stale_targets(old_table, new_table)
-    _, flushed = sync_node(pair.prog, pair.model.s.maps, rendered, stale)
-    return flushed, pair.model.s.sync(rendered, stale)
+    keep = flow_keep(new_table)
+    _, flushed = sync_node(pair.prog, pair.model.s.maps, rendered, keep)
+    return flushed, pair.model.s.sync(rendered, keep)

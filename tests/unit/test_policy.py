@@ -5,7 +5,7 @@ from ipaddress import IPv4Address
 
 from dataplane.backends.ebpf.consts import SVC_F_AFFINITY, SVC_F_LOCAL_ONLY
 from dataplane.backends.ebpf.render import Ids, SvcKey, render_node
-from dataplane.policy import cluster_targets, internal_targets, local_targets, stale_targets
+from dataplane.policy import cluster_targets, flow_keep, internal_targets, local_targets
 from tests.bpf.packets import table
 
 TOPO = """\
@@ -83,9 +83,42 @@ def test_ids_are_stable_across_renders():
     assert by_addr(m2) == {k: v for k, v in by_addr(m1).items() if k != "10.0.2.2"}
 
 
-def test_stale_targets_are_endpoints_that_left():
+VIP = IPv4Address("10.96.0.10")
+A, B, C = (IPv4Address(a) for a in ("10.0.1.2", "10.0.2.2", "10.0.2.3"))
+
+
+def test_tcp_flows_live_while_their_backend_is_an_endpoint_of_the_port():
     t1, *_ = svc_of()
-    t2, *_ = svc_of(b=", ready: false")                 # unready: still an endpoint, not stale
-    assert stale_targets(t1, t2) == set()
-    t3 = table(SVC % "", (TOPO % ("", "", "")).replace("{name: c, node: node2, labels: {app: web}", "{name: c, node: node2, labels: {app: x}"))
-    assert stale_targets(t1, t3) == {(IPv4Address("10.0.2.3"), 8080, 6)}
+    keep = flow_keep(t1)
+    assert keep.keeps(6, VIP, 80, A, 8080, None) and not keep.keeps(6, VIP, 80, A, 9999, None)
+    t2, *_ = svc_of(b=", ready: false")                 # unready: still an endpoint, its flows live
+    assert flow_keep(t2).keeps(6, VIP, 80, B, 8080, None)
+    t3 = table(SVC % "", (TOPO % ("", "", "")).replace("{name: c, node: node2, labels: {app: web}",
+                                                     "{name: c, node: node2, labels: {app: x}"))
+    assert not flow_keep(t3).keeps(6, VIP, 80, C, 8080, None)    # c left the service
+    assert not flow_keep(table("services: []\n", TOPO % ("", "", ""))).keeps(6, VIP, 80, A, 8080, None)
+
+
+UDP_SVC = """\
+services:
+  - name: dns
+    clusterIP: 10.96.0.10
+    type: NodePort
+    selector: {app: web}
+    ports: [{port: 53, targetPort: 5353, protocol: UDP, nodePort: 30053}]
+"""
+
+
+def test_udp_flows_as_kube_proxys_reconciliation():
+    """Per (frontend, endpoint IP), serving endpoints only, frontends without any serving endpoint
+    (or gone) left alone: kube-proxy's CleanStaleEntries."""
+    node_ip = IPv4Address("10.240.0.1")
+    t = table(UDP_SVC, TOPO % ("", ", ready: false", ""))
+    keep = flow_keep(t)
+    assert keep.keeps(17, VIP, 53, A, 5353, node_ip) and keep.keeps(17, VIP, 53, A, 1, node_ip)   # by IP
+    assert not keep.keeps(17, VIP, 53, B, 5353, node_ip)         # unready: not serving, flushed
+    assert keep.keeps(17, node_ip, 30053, C, 5353, node_ip) and not keep.keeps(17, node_ip, 30053, B, 5353, node_ip)
+    none = table(UDP_SVC, TOPO % (", ready: false", ", ready: false", ", ready: false"))
+    assert flow_keep(none).keeps(17, VIP, 53, B, 5353, node_ip)  # no serving endpoint: skipped
+    gone = table("services: []\n", TOPO % ("", "", ""))
+    assert flow_keep(gone).keeps(17, VIP, 53, A, 5353, node_ip)   # a deleted service: skipped too

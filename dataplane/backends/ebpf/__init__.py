@@ -2,9 +2,10 @@
 
 Per node: one compiled instance of bpf/pod.c (its own maps), from_pod/to_pod on every pod veth,
 maps pinned under /sys/fs/bpf/dp-<lab>/<node>/. Programming is render (pure) -> diff -> batched
-map updates. Endpoints that leave a service have their flows flushed: UDP entries (the stale-UDP
-problem) and TCP entries alike, so a TCP flow to a removed backend is dropped from then on (its
-next packet is not a SYN and has no entry: DROP_CT_LOST) rather than sent to another backend.
+map updates. After each sync the flows the new table no longer lets live are flushed
+(policy.FlowKeep): UDP flows per (frontend, endpoint), as kube-proxy's conntrack reconciliation,
+and TCP flows whose endpoint left their service port, so such a TCP flow is dropped from then on
+(its next packet is not a SYN and has no entry: DROP_CT_LOST) rather than sent to another backend.
 """
 from __future__ import annotations
 
@@ -12,11 +13,11 @@ import os
 import random
 from dataclasses import dataclass, field
 
-from ...policy import stale_targets
+from ...policy import FlowKeep, flow_keep
 from .maps import apply
-from .program import PIN_ROOT, CtTimeouts, MapSizes, NodeProgram, be16, be32
+from .program import PIN_ROOT, CtTimeouts, MapSizes, NodeProgram, be16, from_be32
 from .render import Ids, NodeMaps, render_config, render_node
-from .consts import CT_REPLY, CT_SERVICE, CT_SNAT_IN, CT_SNAT_OUT
+from .consts import CT_F_EGRESS, CT_F_HAIRPIN, CT_REPLY, CT_SERVICE, CT_SNAT_IN, CT_SNAT_OUT
 
 
 @dataclass
@@ -58,14 +59,14 @@ class EbpfBackend:
 
     def sync(self, lab, table) -> list[str]:
         report = []
-        stale = stale_targets(self.table, table)
+        keep = flow_keep(table)
         for node, prog in self.nodes.items():
             desired = render_node(table, node, self.ids[node], prog.node_ip)
-            change, flushed = sync_node(prog, self.current[node], desired, stale)
+            change, flushed = sync_node(prog, self.current[node], desired, keep)
             self.current[node] = desired
             if change or flushed:
                 report.append(f"{node}: {change.upserted} map entries written, {change.deleted} deleted, "
-                              f"{flushed} conntrack/affinity entries of removed endpoints flushed")
+                              f"{flushed} conntrack/affinity entries flushed")
         self.table = table
         return report
 
@@ -85,11 +86,11 @@ class EbpfBackend:
         return sum(prog.collect() for prog in self.nodes.values())
 
 
-def sync_node(prog: NodeProgram, current: NodeMaps, desired: NodeMaps, stale: set):
-    """One node's part of a sync: write the map difference, then flush the flows of endpoints
-    that left and the affinities no longer eligible. (maps.Change, entries flushed)."""
+def sync_node(prog: NodeProgram, current: NodeMaps, desired: NodeMaps, keep: FlowKeep):
+    """One node's part of a sync: write the map difference, then flush the flows the new table
+    no longer lets live and the affinities no longer eligible. (maps.Change, entries flushed)."""
     change = apply(prog, current, desired)
-    flushed = flush_flows(prog, stale) if stale else 0
+    flushed = flush_flows(prog, keep)
     flushed += forget_affinities(prog, change.unmatched) if change.unmatched else 0
     return change, flushed
 
@@ -106,22 +107,37 @@ def forget_affinities(prog: NodeProgram, unmatched: set) -> int:
     return len(doomed)
 
 
-def flush_flows(prog: NodeProgram, stale: set) -> int:
-    """Delete the conntrack entries (both directions) of stale endpoints."""
-    wanted = {(be32(a), be16(p), proto) for a, p, proto in stale}
+def _key(t, saddr, sport, daddr, dport, proto, direction):
+    k = t.Key()
+    k.saddr, k.sport, k.daddr, k.dport, k.proto, k.dir = saddr, sport, daddr, dport, proto, direction
+    return k
+
+
+def flush_flows(prog: NodeProgram, keep: FlowKeep) -> int:
+    """Delete every flow the new table no longer lets live (policy.FlowKeep): its SERVICE entry,
+    the reply entry paired with it, and the masquerade mapping of a flow masqueraded to the node."""
     ct = prog.table("conntrack")
+    entries = {(k.saddr, k.sport, k.daddr, k.dport, k.proto, k.dir): (k, v) for k, v in ct.items()}
     doomed = []
-    for k, v in ct.items():
-        if k.dir in (CT_REPLY, CT_SNAT_IN):        # keyed by what the endpoint sends
-            hit = (k.saddr, k.sport, k.proto) in wanted
-        elif k.dir == CT_SNAT_OUT:                 # keyed by what is sent to it
-            hit = (k.daddr, k.dport, k.proto) in wanted
-        elif k.dir == CT_SERVICE:
-            hit = (v.nat_addr, v.nat_port, k.proto) in wanted
-        else:
-            hit = False
-        if hit:
-            doomed.append(k)
+    for (saddr, sport, daddr, dport, proto, direction), (k, v) in entries.items():
+        if direction != CT_SERVICE or keep.keeps(proto, from_be32(daddr), be16(dport), from_be32(v.nat_addr),
+                                                 be16(v.nat_port), prog.node_ip):
+            continue
+        doomed.append(k)
+        if v.flags & CT_F_HAIRPIN:        # the reply entry is its mapping's SNAT_IN
+            doomed.append(_key(ct, v.nat_addr, v.nat_port, v.snat_addr, v.snat_port, proto, CT_SNAT_IN))
+            continue
+        doomed.append(_key(ct, v.nat_addr, v.nat_port, saddr, sport, proto, CT_REPLY))
+        if v.flags & CT_F_EGRESS:         # masqueraded on its way: SNAT_OUT client -> backend, its SNAT_IN
+            out = entries.get((saddr, sport, v.nat_addr, v.nat_port, proto, CT_SNAT_OUT))
+            if out is not None:
+                doomed.append(out[0])
+                doomed.append(_key(ct, v.nat_addr, v.nat_port, out[1].nat_addr, out[1].nat_port, proto, CT_SNAT_IN))
+    deleted = 0
     for k in doomed:
-        ct.pop(k, None)
-    return len(doomed)
+        try:
+            del ct[k]
+            deleted += 1
+        except KeyError:
+            pass
+    return deleted

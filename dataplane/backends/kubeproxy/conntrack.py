@@ -17,26 +17,16 @@ import subprocess
 
 from ...lab import netns
 from ...model import ServiceTable
+from ...policy import udp_serving
 
 _FIELD = re.compile(r"(\w+)=(\S+)")
 
 
 def serving_ips(table: ServiceTable):
-    """(ip, port) -> serving endpoint IPs, and node port -> serving endpoint IPs, UDP only."""
-    by_ip, by_node_port = {}, {}
-    for svc in table:
-        for sp in svc.ports:
-            if sp.protocol != "UDP":
-                continue
-            eps = {str(e.address) for e in svc.endpoints
-                   if e.serving and e.port_for(sp.name, sp.protocol) is not None}
-            if not eps:
-                continue      # kube-proxy skips a service with no serving endpoint
-            for ip in (svc.cluster_ip, *svc.external_ips, *svc.load_balancer_ips):
-                by_ip[(str(ip), sp.port)] = eps
-            if sp.node_port:
-                by_node_port[sp.node_port] = eps
-    return by_ip, by_node_port
+    """policy.udp_serving, with addresses as conntrack prints them."""
+    by_ip, by_node_port = udp_serving(table)
+    return ({(str(ip), port): {str(a) for a in ips} for (ip, port), ips in by_ip.items()},
+            {port: {str(a) for a in ips} for port, ips in by_node_port.items()})
 
 
 def parse_entries(text: str) -> list[dict]:
