@@ -63,7 +63,8 @@ def cli():
               help="Seed of the backend choice (printed with every run): the same seed replays the same choices "
                    "(ebpf, model; kube-proxy's modes choose with the kernel's random).")
 @click.option("--map-size", "map_sizes", multiple=True, metavar="NAME=ENTRIES",
-              help="eBPF map capacity: services, backends, conntrack or affinity (repeatable).")
+              help="eBPF map capacity: services, backends, conntrack (default: 2 entries per flow of "
+                   "kube-proxy's max(131072, 32768 x CPUs)), affinity or nosnat (repeatable).")
 @click.option("--ct-timeout", "ct_timeouts", multiple=True, metavar="NAME=SECONDS",
               help="eBPF conntrack lifetime: syn (unanswered), tcp (established, default 24 h), "
                    "close_wait (closed one way, 1 h), close (closed both ways or reset, 10 s) or udp "
@@ -108,7 +109,8 @@ Examples:
 @click.option("--dry-run", is_flag=True, help="Print every namespace, link, address and route; create nothing.")
 @click.option("--seed", type=click.IntRange(0, 2**32 - 1), help="Seed of the backend choice (ebpf).")
 @click.option("--map-size", "map_sizes", multiple=True, metavar="NAME=ENTRIES",
-              help="eBPF map capacity: services, backends, conntrack or affinity (repeatable).")
+              help="eBPF map capacity: services, backends, conntrack (default: 2 entries per flow of "
+                   "kube-proxy's max(131072, 32768 x CPUs)), affinity or nosnat (repeatable).")
 @click.option("--ct-timeout", "ct_timeouts", multiple=True, metavar="NAME=SECONDS",
               help="eBPF conntrack lifetime: syn (unanswered), tcp (established, default 24 h), "
                    "close_wait (closed one way, 1 h), close (closed both ways or reset, 10 s) or udp "

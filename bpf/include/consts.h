@@ -24,7 +24,9 @@ enum metric {
 	DROP_CT_LOST,          /* TCP to a frontend that is not a SYN and has no flow: a lost flow, whose
 	                        * entries expired, were evicted from a full table or flushed with their
 	                        * endpoint (nobody else sends mid-connection segments to a frontend) */
-	DROP_CT_FULL,          /* conntrack entry could not be created */
+	DROP_CT_FULL,          /* conntrack entry could not be created (an LRU map refuses an insert only
+	                        * when it finds nothing to evict; evictions are silent: see
+	                        * DROP_CT_LOST and M_CT_RESTORED) */
 	DROP_NO_BACKEND,       /* slot or backend entry missing (table mid-update) */
 	DROP_NO_LOCAL_ENDPOINT,/* internalTrafficPolicy Local, no endpoint on this node (kube-proxy drops) */
 	DROP_REJECT_FAILED,    /* could not build the ICMP rejection */
@@ -34,6 +36,8 @@ enum metric {
 	M_SNAT_PORT_MOVED,     /* the flow's own port was in the NAT range but taken: another allocated */
 	DROP_SNAT_EXHAUSTED,   /* no free port on the node IP for this destination */
 	DROP_SOURCE_RANGE,     /* LoadBalancer IP from a client outside loadBalancerSourceRanges */
+	M_CT_RESTORED,         /* one entry of a live flow was gone (evicted from a full table) and was
+	                        * written again from its other half */
 	M_MAX,
 };
 

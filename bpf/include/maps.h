@@ -1,5 +1,6 @@
 /* Every map, with its purpose. Sizes are set at load (dataplane --map-size NAME=ENTRIES, -D here);
- * the defaults hold 64k services of up to 6 ports*backends each (marker + head + slots per port).
+ * the defaults hold 64k services of up to 6 ports*backends each (marker + head + slots per port),
+ * and (the loader's default, CT_MAP_SIZE) kube-proxy's conntrack capacity at two entries a flow.
  * services and backends allocate entries on demand (no prealloc): a lab with three services costs
  * what three services cost. LRU maps are always preallocated. */
 #ifndef DP_MAPS_H

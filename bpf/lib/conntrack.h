@@ -132,7 +132,38 @@ static __always_inline struct ct_entry *ct_lookup(struct ct_key *k, __u64 now)
 	return e;
 }
 
-/* A packet of the flow passed in direction k->dir: advance the state of both entries. */
+/* The other direction's entry, rebuilt from an entry and its own key: every field of a pair is
+ * known to either half (see struct ct_entry). */
+static __always_inline void ct_peer_entry(struct ct_entry *pe, const struct ct_key *k, const struct ct_entry *e)
+{
+	pe->expires = e->expires;
+	pe->flags = e->flags;
+	pe->backend_id = e->backend_id;
+	pe->svc_id = e->svc_id;
+	if (k->dir == CT_SERVICE || (k->dir == CT_SNAT_IN && !(e->flags & CT_F_HAIRPIN))) {
+		/* -> REPLY (the frontend to restore), hairpin SNAT_IN (+ the client), or SNAT_OUT (the
+		 * node IP:port): what this key's destination was */
+		pe->nat_addr = k->daddr;
+		pe->nat_port = k->dport;
+		if (e->flags & CT_F_HAIRPIN) {
+			pe->snat_addr = k->saddr;
+			pe->snat_port = k->sport;
+		}
+	} else {
+		/* REPLY, hairpin SNAT_IN -> SERVICE (the backend; hairpin: + the node IP:port), or
+		 * SNAT_OUT -> SNAT_IN (the pod): what this key's source was */
+		pe->nat_addr = k->saddr;
+		pe->nat_port = k->sport;
+		if (e->flags & CT_F_HAIRPIN) {
+			pe->snat_addr = k->daddr;
+			pe->snat_port = k->dport;
+		}
+	}
+}
+
+/* A packet of the flow passed in direction k->dir: advance the state of both entries. A missing
+ * other half (the LRU table evicted it under pressure) is written again, so that a flow a full
+ * table split in two heals on its next packet instead of leaking untranslated packets. */
 static __always_inline void ct_update(struct ct_key *k, struct ct_entry *e, const struct pkt *p,
 				      const struct dp_config *cfg, __u64 now)
 {
@@ -147,7 +178,12 @@ static __always_inline void ct_update(struct ct_key *k, struct ct_entry *e, cons
 	if (peer) {
 		peer->flags = flags;
 		peer->expires = expires;
+		return;
 	}
+	struct ct_entry pe = {};
+	ct_peer_entry(&pe, k, e);
+	if (conntrack.update(&pk, &pe) == 0)
+		count(M_CT_RESTORED);
 }
 
 /* Forget a flow: this entry and its peer. */

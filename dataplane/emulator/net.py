@@ -133,12 +133,16 @@ class SimNet(Transport):
         """Program every node's model datapath from the table (render, as the ebpf backend does);
         `update(state, maps)` applies an update to a node already programmed."""
         from ..policy import health_checks
+        # every node rendered first, as the ebpf backend does: a table that cannot be written
+        # changes nothing
+        rendered = {node.name: render_node(table, node.name, self.ids.setdefault(node.name, Ids()), node.ip)
+                    for node in self.plan.spec.nodes}
         self.table = table
         for node in self.plan.spec.nodes:
             self.ns[self.plan.netns_of(node.name)].health = health_checks(table, node.name)
         for node in self.plan.spec.nodes:
             sim = self.ns[self.plan.netns_of(node.name)]
-            maps = render_node(table, node.name, self.ids.setdefault(node.name, Ids()), node.ip)
+            maps = rendered[node.name]
             if sim.datapath is None:
                 sim.datapath = Datapath(NodeState(maps=maps, node_ip=node.ip, seed=self.seed,
                                                   timeouts=self.timeouts,

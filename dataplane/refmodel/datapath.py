@@ -355,9 +355,30 @@ class PodHooks:
                     else:
                         e.fin_orig = True
         e.expires = now + self._lifetime(p.proto, e)
-        peer = self.s.conntrack.get(self._peer(key, e))
+        peer_key = self._peer(key, e)
+        peer = self.s.conntrack.get(peer_key)
         if peer is not None:
             peer.share_state(e)
+            return
+        # the other half is gone (a full table evicted it): written again from this one
+        self.s.conntrack[peer_key] = self._peer_entry(key, e)
+        self._count("M_CT_RESTORED")
+
+    @staticmethod
+    def _peer_entry(key: CtKey, e: CtEntry) -> CtEntry:
+        """The other direction's entry, rebuilt from an entry and its own key."""
+        pe = replace(e)
+        if key.dir == SERVICE or (key.dir == SNAT_IN and not e.hairpin):
+            pe.nat_addr, pe.nat_port = key.daddr, key.dport
+            if e.hairpin:
+                pe.snat_addr, pe.snat_port = key.saddr, key.sport
+        else:
+            pe.nat_addr, pe.nat_port = key.saddr, key.sport
+            if e.hairpin:
+                pe.snat_addr, pe.snat_port = key.daddr, key.dport
+        if not e.hairpin:
+            pe.snat_addr, pe.snat_port = IPv4Address(0), 0
+        return pe
 
     def _forget(self, key: CtKey, e: CtEntry) -> None:
         self.s.conntrack.pop(self._peer(key, e), None)

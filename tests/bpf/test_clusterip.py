@@ -378,3 +378,22 @@ def test_client_error_about_a_reply_reaches_the_backend(pair):
     assert (out[IPerror].src, out[UDPerror].sport, out[IPerror].dst, out[UDPerror].dport) == (backend, 5353, CLIENT, 40000)
     assert checksums_valid(out_frame.data)
     p.assert_same_state()
+
+
+def test_a_hairpin_flow_split_by_eviction_heals(pair):
+    p = pair(table(services=HAIRPIN, topology=SELF_TOPOLOGY))
+    got, _ = p.send("from_pod", from_pod(CLIENT, VIP, syn()))
+    port = parsed(got.data)[TCP].sport
+    for direction in (4, 1):                                   # the mapping, then the SERVICE half
+        (key,) = [k for k in p.model.s.conntrack if k.dir == direction]
+        del p.model.s.conntrack[key]
+        ct = p.prog.table("conntrack")
+        for k in list(ct.keys()):
+            if k.dir == direction:
+                del ct[k]
+        if direction == 4:
+            _, want = p.send("from_pod", from_pod(CLIENT, VIP, TCP(sport=40000, dport=80, flags="A")))
+        else:
+            _, want = p.send("from_pod", from_pod(CLIENT, NODE1, TCP(sport=8080, dport=port, flags="A")))
+        p.assert_same_state()
+    assert p.prog.metrics()["M_CT_RESTORED"] == 2

@@ -216,3 +216,21 @@ def test_pod_error_about_a_reply_leaves_as_the_node(pair):
     assert (out[IPerror].src, out[UDPerror].sport, out[IPerror].dst, out[UDPerror].dport) == (OUT, 53, NODE, port)
     assert checksums_valid(leaving.data)
     p.assert_same_state()
+
+
+def test_a_masquerade_mapping_split_by_eviction_heals(pair):
+    p = pair(ServiceTable())
+    sent, _ = p.send("to_netdev", from_pod(CLIENT, OUT, udp(sport=40000, dport=53)))
+    port = parsed(sent.data)[UDP].sport
+    (inbound,) = [k for k in p.model.s.conntrack if k.dir == 4]
+    del p.model.s.conntrack[inbound]
+    ct = p.prog.table("conntrack")
+    for k in list(ct.keys()):
+        if k.dir == 4:
+            del ct[k]
+    again, want = p.send("to_netdev", from_pod(CLIENT, OUT, udp(sport=40000, dport=53)))
+    assert want.reason == "M_SNAT" and parsed(again.data)[UDP].sport == port
+    back, want = p.send("from_netdev", to_pod(OUT, NODE, UDP(sport=53, dport=port) / b"a"))
+    assert want.reason == "M_UNSNAT" and parsed(back.data)[IP].dst == CLIENT
+    assert p.prog.metrics()["M_CT_RESTORED"] == 1
+    p.assert_same_state()

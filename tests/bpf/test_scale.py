@@ -40,3 +40,40 @@ def test_64k_services_fit_and_serve(program):
     # and removing it all is one diff too
     apply(program, rendered, NodeMaps())
     assert len(program.table("services")) == 0 and len(program.table("backends")) == 0
+
+
+def test_a_service_port_beyond_65535_backends_is_refused_and_nothing_written(program):
+    """Counts and slots are 16 bits in the maps (issue 9, defect 8): a service port with 65,536
+    eligible endpoints is a clear error at render, and the maps keep what they held."""
+    from ipaddress import IPv4Address
+
+    import pytest
+
+    from dataplane.backends.ebpf import EbpfBackend
+    from dataplane.backends.ebpf.maps import read_services
+    from dataplane.backends.ebpf.render import RenderError
+    from dataplane.model import Endpoint, EndpointPort, Service, ServicePort, ServiceTable
+    from tests.bpf.harness import Pair
+    from tests.bpf.packets import table
+
+    small = table()
+    pair = Pair(program, small)
+    backend = EbpfBackend(seed=1)
+    backend.nodes["node1"] = program
+    backend.current["node1"] = pair.model.s.maps
+    backend.ids["node1"] = pair.ids
+    backend.table = small
+    before = read_services(program)
+    base = int(IPv4Address("10.64.0.0"))
+    eps = tuple(Endpoint(IPv4Address(base + i), (EndpointPort("", 8080, "TCP"),), "node1", None)
+                for i in range(0x10000))
+    huge = ServiceTable()
+    for svc in small:
+        huge.add(svc)
+    huge.add(Service("default", "huge", "ClusterIP", IPv4Address("10.96.0.99"),
+                     (ServicePort("", 80, "TCP", 8080),), endpoints=eps))
+    with pytest.raises(RenderError, match=r"default/huge 10.96.0.99:80/TCP has 65,536 eligible endpoints; "
+                                          r"the eBPF maps hold at most 65,535"):
+        backend.sync(None, huge)
+    after = read_services(program)
+    assert after.services == before.services and after.backends == before.backends

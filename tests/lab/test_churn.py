@@ -83,3 +83,62 @@ def test_long_lived_connection_survives_churn(tmp_path):
     finally:
         backend.teardown(lab)
         lab.teardown()
+
+
+OVERLOAD = """\
+name: overload
+topology:
+  model: island
+  nodes: [node1, node2]
+  pods:
+    - {name: client, node: node1}
+    - {name: web-1, node: node2, labels: {app: web}}
+services:
+  - name: web
+    clusterIP: 10.96.0.121
+    selector: {app: web}
+    ports: [{port: 80, targetPort: 8080}]
+"""
+
+# 48 connections at once (96 entries) through a table of 64: open all, then ask on each (a lost
+# flow's request fails after half a second).
+MANY = textwrap.dedent("""
+    import json, socket
+    from dataplane.agent.client import _http_answers
+    socks, ok, failed = [], 0, 0
+    for _ in range(48):
+        s = socket.create_connection(("10.96.0.121", 80), timeout=3)
+        socks.append(s)
+    for s in socks:
+        s.settimeout(0.5)
+        try:
+            _http_answers(s, ["/hostname"], "web", 0.0, 0, False)
+            ok += 1
+        except OSError:
+            failed += 1
+    print(json.dumps({"ok": ok, "failed": failed}))
+""")
+
+
+def test_conntrack_pressure_is_counted(tmp_path):
+    """More live flows than the table holds (issue 9, defect 7): the LRU table evicts some, and
+    that shows: a flow whose entries are both gone is counted when its next segment arrives
+    (DROP_CT_LOST), a flow that lost one half is healed and counted (M_CT_RESTORED); every
+    failed request is one of those."""
+    sc = load(write(tmp_path, OVERLOAD))
+    lab = Lab.create(sc.topology, "t-overload")
+    backend = get("ebpf", seed=9, sizes=MapSizes(conntrack=64))
+    try:
+        backend.setup(lab, sc.services)
+        out = netns.run(lab.record.objects["client"], [sys.executable, "-c", MANY], timeout=300)
+        assert out.returncode == 0, out.stderr
+        result = json.loads(out.stdout)
+        metrics = backend.metrics()["node1"]
+        assert result["ok"] + result["failed"] == 48
+        assert metrics["DROP_CT_LOST"] + metrics["M_CT_RESTORED"] > 0      # the pressure is visible
+        if result["failed"]:
+            assert metrics["DROP_CT_LOST"] > 0                              # ... and explains the failures
+        assert len(backend.nodes["node1"].table("conntrack")) <= 64
+    finally:
+        backend.teardown(lab)
+        lab.teardown()

@@ -60,8 +60,11 @@ class EbpfBackend:
     def sync(self, lab, table) -> list[str]:
         report = []
         keep = flow_keep(table)
+        # every node rendered before any map is written: a table that cannot be written (a
+        # RenderError) changes nothing anywhere
+        rendered = {node: render_node(table, node, self.ids[node], prog.node_ip) for node, prog in self.nodes.items()}
         for node, prog in self.nodes.items():
-            desired = render_node(table, node, self.ids[node], prog.node_ip)
+            desired = rendered[node]
             change, flushed = sync_node(prog, self.current[node], desired, keep)
             self.current[node] = desired
             if change or flushed:

@@ -37,13 +37,23 @@ def _assign(obj, items, option: str, unit: str, hi: int):
     return obj
 
 
+def conntrack_entries(cpus: int | None = None) -> int:
+    """The default conntrack capacity: kube-proxy's nf_conntrack_max, max(131072, 32768 per CPU)
+    connections (conntrack.min, conntrack.maxPerCore), at two entries per flow."""
+    return 2 * max(131072, 32768 * (cpus or os.cpu_count() or 1))
+
+
 @dataclass
 class MapSizes:
-    """Capacities (entries); see bpf/include/maps.h and docs/ebpf.md."""
+    """Capacities (entries); see bpf/include/maps.h and docs/ebpf.md ("Sizing")."""
     services: int = 524288
     backends: int = 262144
-    conntrack: int = 262144
+    conntrack: int = 0         # 0: conntrack_entries() for this machine
     affinity: int = 65536
+    nosnat: int = 65536
+
+    def __post_init__(self):
+        self.conntrack = self.conntrack or conntrack_entries()
 
     @classmethod
     def parse(cls, items) -> "MapSizes":
@@ -52,7 +62,8 @@ class MapSizes:
 
     def defines(self) -> dict:
         return {"SVC_MAP_SIZE": self.services, "BACKEND_MAP_SIZE": self.backends,
-                "CT_MAP_SIZE": self.conntrack, "AFFINITY_MAP_SIZE": self.affinity}
+                "CT_MAP_SIZE": self.conntrack, "AFFINITY_MAP_SIZE": self.affinity,
+                "NOSNAT_MAP_SIZE": self.nosnat}
 
 
 @dataclass

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 
+from ...errors import DataplaneError
 from ...lab.topology import NAT_PORT_RANGE
 from ...model import ServiceTable
 from ...policy import cluster_targets, internal_targets, local_targets
@@ -17,6 +18,11 @@ from .consts import (SCOPE_EXTERNAL, SCOPE_POD, SVC_F_AFFINITY, SVC_F_LOCAL_ONLY
                      SVC_F_POD_SCOPE, SVC_F_SRC_RANGES)
 
 IPPROTO = {"TCP": 6, "UDP": 17}
+PROTOCOL_NAMES = {v: k for k, v in IPPROTO.items()}
+
+
+class RenderError(DataplaneError):
+    """The table cannot be written into the maps (they are left as they were)."""
 
 
 @dataclass(frozen=True, order=True)
@@ -107,8 +113,18 @@ def _id_key(addr, port: int, proto: int, scope: int = SCOPE_EXTERNAL):
     return (addr, port, proto) if scope == SCOPE_EXTERNAL else (addr, port, proto, scope)
 
 
+# A service port's backend count and slot numbers are 16 bits in the maps (struct svc_value.count,
+# struct svc_key.slot), as in Cilium's lb4_service.
+MAX_BACKENDS = 0xFFFF
+
+
 def _frontend(out: NodeMaps, ids: Ids, addr, port: int, proto: int, targets, flags: int, timeout: int,
-              scope: int = SCOPE_EXTERNAL) -> int:
+              scope: int = SCOPE_EXTERNAL, svc=None) -> int:
+    if len(targets) > MAX_BACKENDS:
+        name = f"service {svc.key} " if svc is not None else ""
+        raise RenderError(f"{name}{addr}:{port}/{PROTOCOL_NAMES[proto]} has {len(targets):,} eligible endpoints; "
+                          f"the eBPF maps hold at most {MAX_BACKENDS:,} per service port (16-bit counts): "
+                          f"nothing was written")
     sid = ids.svc_id(_id_key(addr, port, proto, scope))
     if scope == SCOPE_POD:
         flags |= SVC_F_POD_SCOPE
@@ -149,7 +165,7 @@ def _external(out: NodeMaps, ids: Ids, svc, node: str, node_ip) -> None:
         frontends += [(addr, sp.port, 0) for addr in svc.external_ips]
         frontends += [(addr, sp.port, SVC_F_SRC_RANGES if ranges else 0) for addr in svc.load_balancer_ips]
         for addr, port, extra in frontends:
-            sid = _frontend(out, ids, addr, port, proto, targets, flags | extra, timeout)
+            sid = _frontend(out, ids, addr, port, proto, targets, flags | extra, timeout, svc=svc)
             if extra:
                 out.lb_sources.update((sid, net) for net in ranges)
             if local:
@@ -157,7 +173,7 @@ def _external(out: NodeMaps, ids: Ids, svc, node: str, node_ip) -> None:
                 # (kube-proxy's "pod traffic for ... external destinations" goes to the cluster
                 # chain); source ranges still apply.
                 sid = _frontend(out, ids, addr, port, proto, cluster_targets(svc, sp), affinity | extra,
-                                timeout, SCOPE_POD)
+                                timeout, SCOPE_POD, svc=svc)
                 if extra:
                     out.lb_sources.update((sid, net) for net in ranges)
 
@@ -177,6 +193,6 @@ def render_node(table: ServiceTable, node: str, ids: Ids, node_ip=None) -> NodeM
             if not targets and svc.internal_traffic_policy == "Local" and cluster_targets(svc, sp):
                 flags |= SVC_F_LOCAL_ONLY   # kube-proxy drops ("has no local endpoints"), not rejects
             _frontend(out, ids, vip, sp.port, IPPROTO[sp.protocol], targets, flags,
-                      svc.affinity_timeout if affinity else 0)
+                      svc.affinity_timeout if affinity else 0, svc=svc)
     ids.forget_unused(out)
     return out
