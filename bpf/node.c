@@ -82,6 +82,8 @@ int to_netdev(struct __sk_buff *skb)
 		return pass();
 	if ((r = unsupported(&p)))
 		return drop(r);
+	if (p.later)                 /* its first fragment found no mapping either */
+		return drop(DROP_FRAGMENT);
 	return snat_new(skb, &p, cfg, now);
 }
 
@@ -133,6 +135,8 @@ int from_netdev(struct __sk_buff *skb)
 	if (svc || is_vip(p.daddr)) {
 		if ((r = unsupported(&p)))
 			return drop(r);
+		if (p.later)
+			return drop(DROP_FRAGMENT);
 		if (!svc)
 			return reject(skb, &p, REJECT_PORT_UNSERVED);
 		return nodeport_new_flow(skb, &p, svc, cfg, now);

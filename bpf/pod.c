@@ -125,7 +125,7 @@ static __always_inline int handle(struct __sk_buff *skb, int service_hook)
 			return drop(DROP_UNKNOWN_L4);
 		return pass();
 	}
-	if (!p.has_l4) {   /* a later fragment */
+	if (!p.has_l4) {   /* a later fragment whose first fragment was not seen here */
 		if (service_hook && is_vip(p.daddr))
 			return drop(DROP_FRAGMENT);
 		return pass();
@@ -189,10 +189,14 @@ static __always_inline int handle(struct __sk_buff *skb, int service_hook)
 		}
 		if ((r = unsupported(&p)))
 			return drop(r);
+		if (p.later)
+			return drop(DROP_FRAGMENT);
 		return reject(skb, &p, REJECT_PORT_UNSERVED);
 	}
 	if ((r = unsupported(&p)))
 		return drop(r);
+	if (p.later)                 /* a later fragment never starts a flow: it has no L4 header */
+		return drop(DROP_FRAGMENT);
 	return new_flow(skb, &p, svc, cfg, now);
 }
 

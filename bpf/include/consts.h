@@ -20,7 +20,8 @@ enum metric {
 	DROP_BAD_LEN,          /* IPv4 total length shorter than its header or longer than the frame */
 	DROP_TRUNCATED_L4,     /* TCP/UDP header cut short */
 	DROP_IP_OPTIONS,       /* service traffic with IPv4 options (not supported, as in Katran) */
-	DROP_FRAGMENT,         /* fragment of service traffic (not supported, as in Katran) */
+	DROP_FRAGMENT,         /* a later fragment to a frontend whose first fragment was not seen here,
+	                        * or that would have to start a flow: its flow cannot be known */
 	DROP_CT_LOST,          /* TCP to a frontend that is not a SYN and has no flow: a lost flow, whose
 	                        * entries expired, were evicted from a full table or flushed with their
 	                        * endpoint (nobody else sends mid-connection segments to a frontend) */

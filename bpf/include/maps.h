@@ -24,6 +24,9 @@
 #ifndef NOSNAT_MAP_SIZE
 #define NOSNAT_MAP_SIZE   65536
 #endif
+#ifndef FRAG_MAP_SIZE
+#define FRAG_MAP_SIZE     8192
+#endif
 
 /* (VIP, port, proto, slot) -> service port or backend slot */
 BPF_F_TABLE("hash", struct svc_key, struct svc_value, services, SVC_MAP_SIZE, BPF_F_NO_PREALLOC);
@@ -37,6 +40,8 @@ BPF_TABLE("lru_hash", struct affinity_key, struct affinity_value, affinity, AFFI
 BPF_F_TABLE("hash", struct affinity_match_key, __u8, affinity_match, SVC_MAP_SIZE, BPF_F_NO_PREALLOC);
 /* UDP answers a pod owes to remotes that reached it: never masqueraded (no entry in conntrack) */
 BPF_TABLE("lru_hash", struct ct_key, struct nosnat_value, nosnat, NOSNAT_MAP_SIZE);
+/* fragmented datagrams in flight: (source, destination, IP id, proto) -> ports of the first fragment */
+BPF_TABLE("lru_hash", struct frag_key, struct frag_ports, frags, FRAG_MAP_SIZE);
 /* per-CPU packet counters, indexed by enum metric */
 BPF_TABLE("percpu_array", __u32, __u64, metrics, M_MAX);
 /* index 0: struct dp_config */

@@ -69,6 +69,20 @@ struct ct_entry {
 	__u32  svc_id;
 };
 
+/* frags: the ports of a fragmented datagram, found by its first fragment, for the later ones. */
+struct frag_key {
+	__be32 saddr;
+	__be32 daddr;
+	__be16 id;               /* IPv4 identification */
+	__u8   proto;
+	__u8   pad0;
+};
+
+struct frag_ports {
+	__be16 sport;
+	__be16 dport;
+};
+
 /* nosnat: the reply tuple of a UDP datagram that came in from outside to a pod (key dir
  * CT_NO_SNAT): the pod's answers are replies, never masqueraded, until it expires. */
 struct nosnat_value {

@@ -24,14 +24,16 @@ struct pkt {
 	__be16 dport;
 	__u8   proto;
 	__u8   tcp_flags;    /* byte 13 of the TCP header */
-	__u8   has_l4;       /* ports parsed */
+	__u8   has_l4;       /* ports known: parsed, or (a later fragment) its first fragment's */
 	__u8   options;      /* IHL > 5 */
 	__u8   fragment;     /* MF set or offset != 0 */
 	__u8   icmp_type;
 	__u8   icmp_code;
-	__u8   pad;
+	__u8   later;        /* a later fragment (offset != 0): no L4 header in this packet */
 	__u32  reason;       /* with PARSE_MALFORMED */
 	__u32  l4_off;
+	__be16 ip_id;        /* the IPv4 identification: ties fragments together */
+	__u16  pad;
 };
 
 #define TCP_FLAG_FIN 0x01
@@ -67,12 +69,14 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 	p->proto = ip.protocol;
 	p->options = hlen > sizeof(struct iphdr);
 	p->fragment = (bpf_ntohs(ip.frag_off) & (IP_MF | IP_OFFMASK)) != 0;
+	p->later = (bpf_ntohs(ip.frag_off) & IP_OFFMASK) != 0;
+	p->ip_id = ip.id;
 	p->l4_off = IP_OFF + hlen;
 	p->has_l4 = 0;
 	p->sport = p->dport = 0;
 	p->tcp_flags = 0;
-	if (bpf_ntohs(ip.frag_off) & IP_OFFMASK)
-		return PARSE_OK;   /* later fragments carry no L4 header */
+	if (p->later)
+		return PARSE_OK;   /* later fragments carry no L4 header (frag.h finds their ports) */
 
 	__u32 l4len = tot - hlen;
 	if (ip.protocol == IPPROTO_TCP) {
@@ -106,6 +110,35 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 	return PARSE_OK;
 }
 
+/* Fragments of TCP/UDP datagrams, as Cilium's fragment map: the first fragment carries the
+ * ports, and is remembered by (source, destination, IP id, protocol) as seen at this hook, so that
+ * the later fragments, which carry no L4 header, find their flow and get the same address
+ * translation (the first fragment's rewrite already fixed the L4 checksum, which covers the whole
+ * datagram). A later fragment whose first was not seen here keeps has_l4 0. */
+static __always_inline void frag_ports(struct pkt *p)
+{
+	if (!p->fragment || (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP))
+		return;
+	struct frag_key k = {};
+	k.saddr = p->saddr;
+	k.daddr = p->daddr;
+	k.id = p->ip_id;
+	k.proto = p->proto;
+	if (!p->later) {
+		struct frag_ports v = {};
+		v.sport = p->sport;
+		v.dport = p->dport;
+		frags.update(&k, &v);
+		return;
+	}
+	struct frag_ports *v = frags.lookup(&k);
+	if (!v)
+		return;
+	p->sport = v->sport;
+	p->dport = v->dport;
+	p->has_l4 = 1;
+}
+
 /* Every entry point starts here: parse, then the config and the dataplane clock. -1 to go on
  * (with *cfg and *now set), or the verdict: pass for what is not IPv4, drop for the malformed. */
 static __always_inline int begin(struct __sk_buff *skb, struct pkt *p, struct dp_config **cfg, __u64 *now)
@@ -120,16 +153,15 @@ static __always_inline int begin(struct __sk_buff *skb, struct pkt *p, struct dp
 	if (!*cfg)
 		return pass();
 	*now = bpf_ktime_get_ns() + (*cfg)->clock_offset;
+	frag_ports(p);
 	return -1;
 }
 
-/* Options or fragments on a packet that needs translation: not supported; the drop reason. */
+/* IPv4 options on a packet that needs translation: not supported; the drop reason. */
 static __always_inline int unsupported(const struct pkt *p)
 {
 	if (p->options)
 		return DROP_IP_OPTIONS;
-	if (p->fragment)
-		return DROP_FRAGMENT;
 	return 0;
 }
 

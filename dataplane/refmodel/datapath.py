@@ -87,6 +87,7 @@ class NodeState:
     timeouts: Timeouts = field(default_factory=Timeouts)
     config: object = None                           # render.NodeConfig: masquerade settings
     nosnat: dict = field(default_factory=dict)      # reply tuple (CtKey, dir NO_SNAT) -> expires
+    frags: dict = field(default_factory=dict)       # (saddr, daddr, IP id, proto) -> first fragment's ports
     # Does a socket of the node's own hold remote:rport <-> node IP:port (proto, remote, rport,
     # port)? What the BPF programs ask the kernel; the emulator answers from its node stack.
     node_sockets: object = None
@@ -211,6 +212,9 @@ class Packet:
     dport: int = 0
     tcp_flags: int = 0
     icmp_type: int | None = None
+    ident: int = 0                 # the IPv4 identification: ties fragments together
+    has_ports: bool = False        # ports known: parsed, or a later fragment's from its first
+    orig: tuple = ()               # (saddr, daddr, sport, dport) as parsed: for incremental checksums
 
     @property
     def l4(self) -> int:
@@ -237,7 +241,9 @@ def parse(frame: bytes):
     frag = struct.unpack("!H", frame[ETH_HLEN + 6:ETH_HLEN + 8])[0]
     p = Packet(bytearray(frame), ihl, total, frame[ETH_HLEN + 9],
                IPv4Address(frame[ETH_HLEN + 12:ETH_HLEN + 16]), IPv4Address(frame[ETH_HLEN + 16:ETH_HLEN + 20]),
-               fragment=bool(frag & 0x3FFF), later_fragment=bool(frag & 0x1FFF))
+               fragment=bool(frag & 0x3FFF), later_fragment=bool(frag & 0x1FFF),
+               ident=struct.unpack("!H", frame[ETH_HLEN + 4:ETH_HLEN + 6])[0])
+    p.orig = (p.saddr, p.daddr, 0, 0)
     if p.later_fragment:
         return p, None
     l4len, o = total - ihl, p.l4
@@ -246,6 +252,7 @@ def parse(frame: bytes):
         return None, "DROP_TRUNCATED_L4"
     if p.proto in (TCP, UDP):
         p.sport, p.dport = struct.unpack("!HH", frame[o:o + 4])
+        p.has_ports, p.orig = True, (p.saddr, p.daddr, p.sport, p.dport)
         if p.proto == TCP:
             p.tcp_flags = frame[o + 13]
     elif p.proto == ICMP:
@@ -262,6 +269,24 @@ def _finish(p: Packet) -> bytes:
     f[ip + 16:ip + 20] = p.daddr.packed
     f[ip + 10:ip + 12] = b"\0\0"
     f[ip + 10:ip + 12] = struct.pack("!H", csum(bytes(f[ip:ip + p.ihl])))
+    if p.later_fragment:
+        return bytes(f)                # no L4 header here: its first fragment carried the rest
+    if p.fragment and p.proto in (TCP, UDP):
+        # the L4 checksum covers the whole datagram, which no single fragment holds: updated for
+        # the changed addresses and ports (RFC 1624), not recomputed
+        o = p.l4
+        f[o:o + 4] = struct.pack("!HH", p.sport, p.dport)
+        off = o + (16 if p.proto == TCP else 6)
+        old = struct.unpack("!H", f[off:off + 2])[0]
+        if p.proto == UDP and old == 0:
+            return bytes(f)
+        osa, oda, osp, odp = p.orig
+        c = csum_update(old, osa.packed + oda.packed + struct.pack("!HH", osp, odp),
+                        p.saddr.packed + p.daddr.packed + struct.pack("!HH", p.sport, p.dport))
+        if p.proto == UDP and c == 0:
+            c = 0xFFFF
+        f[off:off + 2] = struct.pack("!H", c)
+        return bytes(f)
     if p.proto in (TCP, UDP):
         o, end = p.l4, ETH_HLEN + p.total
         f[o:o + 4] = struct.pack("!HH", p.sport, p.dport)
@@ -435,6 +460,7 @@ class PodHooks:
             return self._result("drop", frame, bad, [f"malformed IPv4: {bad}"])
         if p is None:
             return self._result("pass", frame, "M_PASS", ["not IPv4"])
+        self._frag_ports(p, why)
         vip_dst = service_hook and self._is_vip(p.daddr)
         if p.proto == ICMP:
             if p.icmp_type in ICMP_ERRORS:
@@ -448,11 +474,11 @@ class PodHooks:
             if vip_dst:
                 return self._result("drop", frame, "DROP_UNKNOWN_L4", [f"protocol {p.proto} to VIP {p.daddr}"])
             return self._result("pass", frame, "M_PASS", [f"protocol {p.proto}"])
-        if p.later_fragment:
+        if not p.has_ports:
             if vip_dst:
-                return self._result("drop", frame, "DROP_FRAGMENT", ["later fragment to a VIP"])
-            return self._result("pass", frame, "M_PASS", ["later fragment, not to a VIP"])
-        unsupported = "DROP_IP_OPTIONS" if p.options else "DROP_FRAGMENT" if p.fragment else None
+                return self._result("drop", frame, "DROP_FRAGMENT", ["later fragment to a VIP, its first unseen"])
+            return self._result("pass", frame, "M_PASS", ["later fragment, its first unseen, not to a VIP"])
+        unsupported = "DROP_IP_OPTIONS" if p.options else None
 
         key, e = self._reply(p, REPLY, now, why)
         if e is not None and not (service_hook and e.egress):
@@ -500,10 +526,29 @@ class PodHooks:
                 return self._result("pass", frame, "M_PASS", why + ["not service traffic"])
             if unsupported:
                 return self._result("drop", frame, unsupported, ["VIP, unsupported header"])
+            if p.later_fragment:
+                return self._result("drop", frame, "DROP_FRAGMENT", why + ["a later fragment cannot be rejected"])
             return self._reject(p, "REJECT_PORT_UNSERVED", [f"VIP {p.daddr} serves no {p.dport}/{p.proto}"])
         if unsupported:
             return self._result("drop", frame, unsupported, ["service traffic with an unsupported header"])
+        if p.later_fragment:
+            return self._result("drop", frame, "DROP_FRAGMENT", why + ["a later fragment never starts a flow"])
         return self._new_flow(p, svc, now, why)
+
+    def _frag_ports(self, p: Packet, why: list) -> None:
+        """A fragmented TCP/UDP datagram: its first fragment's ports remembered by (source,
+        destination, IP id, protocol) as seen at this hook; a later fragment takes them."""
+        if not p.fragment or p.proto not in (TCP, UDP):
+            return
+        key = (p.saddr, p.daddr, p.ident, p.proto)
+        if not p.later_fragment:
+            self.s.frags[key] = (p.sport, p.dport)
+            return
+        ports = self.s.frags.get(key)
+        if ports is not None:
+            p.sport, p.dport = ports
+            p.has_ports = True
+            why.append(f"a later fragment of {p.saddr}:{p.sport} -> {p.daddr}:{p.dport} (ports from its first)")
 
     def _select(self, p: Packet, svc, now: int, why: list) -> int:
         bid = 0
@@ -826,22 +871,23 @@ class Datapath(PodHooks):
         p, bad = parse(frame)
         if bad:
             return self._result("drop", frame, bad, [f"malformed IPv4: {bad}"])
+        why = []
+        if p is not None:
+            self._frag_ports(p, why)
         if p is not None and p.proto == ICMP and p.icmp_type in ICMP_ERRORS and self.s.config is not None:
             r = self._icmp_error(p, now, [], egress=True)
             return r or self._result("pass", frame, "M_PASS", ["ICMP error not about a flow of ours"])
-        if p is None or p.proto not in (TCP, UDP) or p.later_fragment or self.s.config is None:
+        if p is None or p.proto not in (TCP, UDP) or not p.has_ports or self.s.config is None:
             return self._result("pass", frame, "M_PASS", ["not masquerade traffic"])
         key, e = self._reply(p, REPLY, now, [])
         if e is not None and e.egress:
-            if p.options or p.fragment:
-                return self._result("drop", frame, "DROP_IP_OPTIONS" if p.options else "DROP_FRAGMENT",
-                                    ["NodePort reply, unsupported header"])
+            if p.options:
+                return self._result("drop", frame, "DROP_IP_OPTIONS", ["NodePort reply, unsupported header"])
             self._update(key, e, p, now)
             p.saddr, p.sport = e.nat_addr, e.nat_port
             return self._out(p, False, "M_REVNAT", [f"reply of a NodePort flow: from {e.nat_addr}:{e.nat_port}"])
-        why = []
         key, e = self._flow(p, SNAT_OUT, now, why)
-        unsupported = "DROP_IP_OPTIONS" if p.options else "DROP_FRAGMENT" if p.fragment else None
+        unsupported = "DROP_IP_OPTIONS" if p.options else None
         if e is not None:
             if unsupported:
                 return self._result("drop", frame, unsupported, ["masqueraded flow, unsupported header"])
@@ -852,6 +898,8 @@ class Datapath(PodHooks):
             return self._result("pass", frame, "M_PASS", why + ["no masquerade for this source/destination"])
         if unsupported:
             return self._result("drop", frame, unsupported, ["to be masqueraded, unsupported header"])
+        if p.later_fragment:
+            return self._result("drop", frame, "DROP_FRAGMENT", why + ["a later fragment of an unmapped flow"])
         node_ip = self.s.config.node_ip
         port = self._map(p, now, why)
         if port is None:
@@ -867,12 +915,13 @@ class Datapath(PodHooks):
             return self._result("drop", frame, bad, [f"malformed IPv4: {bad}"])
         if p is None:
             return self._result("pass", frame, "M_PASS", ["not IPv4"])
+        why = []
+        self._frag_ports(p, why)
         if p.proto == ICMP and p.icmp_type in ICMP_ERRORS:
             r = self._icmp_error(p, now, [], egress=False, may_bounce=False)
             return r or self._result("pass", frame, "M_PASS", ["ICMP error not about a flow of ours"])
-        if p.proto not in (TCP, UDP) or p.later_fragment:
+        if p.proto not in (TCP, UDP) or not p.has_ports:
             return self._result("pass", frame, "M_PASS", ["not a reply to masquerade"])
-        why = []
         key, e = self._reply(p, SNAT_IN, now, why)
         if e is None:
             r = self._nodeport(p, frame, now)
@@ -884,16 +933,15 @@ class Datapath(PodHooks):
                     now + self.s.timeouts.udp * NS
             self._release_reused(p, now, why)
             return self._result("pass", frame, "M_PASS", why + ["no masqueraded flow"])
-        if p.options or p.fragment:
-            return self._result("drop", frame, "DROP_IP_OPTIONS" if p.options else "DROP_FRAGMENT",
-                                ["reply to masquerade, unsupported header"])
+        if p.options:
+            return self._result("drop", frame, "DROP_IP_OPTIONS", ["reply to masquerade, unsupported header"])
         self._update(key, e, p, now)
         p.daddr, p.dport = e.nat_addr, e.nat_port
         return self._out(p, False, "M_UNSNAT", [f"reply to a masqueraded flow: back to {e.nat_addr}:{e.nat_port}"])
 
     def _nodeport(self, p: Packet, frame: bytes, now: int):
         """NodePort, LoadBalancer and external IP frontends (docs/datapath.md); None if not one."""
-        unsupported = "DROP_IP_OPTIONS" if p.options else "DROP_FRAGMENT" if p.fragment else None
+        unsupported = "DROP_IP_OPTIONS" if p.options else None
         why = []
         key, e = self._flow(p, SERVICE, now, why)
         if e is not None:
@@ -906,6 +954,8 @@ class Datapath(PodHooks):
             return None
         if unsupported:
             return self._result("drop", frame, unsupported, ["external frontend, unsupported header"])
+        if p.later_fragment:
+            return self._result("drop", frame, "DROP_FRAGMENT", ["a later fragment never starts a flow"])
         if svc is None:
             return self._reject(p, "REJECT_PORT_UNSERVED", [f"{p.daddr} serves no {p.dport}/{p.proto}"])
         chosen = self._flow_backend(p, svc, now, why)
@@ -919,8 +969,8 @@ class Datapath(PodHooks):
         if svc.flags & SVC_F_MASQ or off_cluster:
             if self._map(self._after_dnat(p, be), now, why) is None:
                 return self._result("drop", p.frame, "DROP_SNAT_EXHAUSTED", why + ["no free port to masquerade"])
-            why.append("a client outside the cluster reaching a cluster IP" if off_cluster else
-                       "externalTrafficPolicy Cluster" + ": masqueraded to the node IP on the way to the backend")
+            why.append(("a client outside the cluster reaching a cluster IP" if off_cluster else
+                        "externalTrafficPolicy Cluster") + ": masqueraded to the node IP on the way to the backend")
         self.s.conntrack[key] = fwd
         self.s.conntrack[CtKey(be.addr, p.saddr, be.port, p.sport, p.proto, REPLY)] = rev
         why.append(f"external frontend {p.daddr}:{p.dport}: DNAT to {be.addr}:{be.port}")

@@ -13,7 +13,7 @@ import pytest
 
 from tests.bpf.harness import NODE_IP, Pair
 
-FIXTURE_NETNS = "dp-bpftest.node1"
+FIXTURE_NETNS = f"dp-bpf{os.getpid()}.node1"      # a lab name of its own: concurrent sessions never meet
 
 
 @pytest.fixture(scope="session")

@@ -20,8 +20,8 @@ from .source import assemble
 TC_INGRESS = "ffff:fff2"
 TC_EGRESS = "ffff:fff3"
 PIN_ROOT = "/sys/fs/bpf"
-MAP_NAMES = ("services", "backends", "conntrack", "affinity", "affinity_match", "nosnat", "metrics", "config", "nonmasq",
-             "lb_sources")
+MAP_NAMES = ("services", "backends", "conntrack", "affinity", "affinity_match", "nosnat", "frags", "metrics",
+             "config", "nonmasq", "lb_sources")
 ENTRY_POINTS = ("from_pod", "to_pod", "from_netdev", "to_netdev")
 
 
