@@ -204,7 +204,9 @@ Examples:
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def exec(lab, obj, command):  # noqa: A001 - the command is called exec
     """Run COMMAND in the network namespace of pod, node or outside host NAME of LAB
-    ("underlay" is the network between nodes). Without a command, starts $SHELL."""
+    ("underlay" is the network between nodes). Without a command, starts $SHELL. On a node the
+    command also joins the node's cgroup, as the node's own processes do: what it connects to
+    is served as for a host-network process (the eBPF backend's socket hooks)."""
     from .lab import netns, state
     from .errors import LabError
     rec = state.load(lab)
@@ -217,6 +219,9 @@ def exec(lab, obj, command):  # noqa: A001 - the command is called exec
     if argv[:1] == ["--"]:
         argv = argv[1:]
     argv = argv or [os.environ.get("SHELL", "/bin/sh")]
+    if obj in rec.cgroups:
+        from .lab import cgroups
+        cgroups.join(rec.cgroups[obj])      # a node's process: its socket hooks apply
     netns.enter(rec.objects[obj])
     try:
         os.execvp(argv[0], argv)

@@ -46,7 +46,7 @@ class HealthChecks:
                 argv += ["--port", str(p)]
             proc = netns.popen(self.lab.record.objects[node.name], argv, stdout=subprocess.PIPE,
                                stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, start_new_session=True,
-                               text=True)
+                               text=True, cgroup=self.lab.cgroup_of(node.name))
             if proc.stdout.readline().strip() != "ready":
                 raise LabError(f"health-check server on {node.name} did not start")
             proc.stdout.close()

@@ -79,7 +79,7 @@ def _run_client(lab: Lab, spec: CheckSpec) -> CheckResult:
             if failed is not None:
                 return CheckResult(spec.name, False, failed)
         try:
-            proc = netns.run(ns, client_argv(sys.executable, spec), timeout=budget)
+            proc = netns.run(ns, client_argv(sys.executable, spec), timeout=budget, cgroup=lab.cgroup_of(spec.client))
         except subprocess.TimeoutExpired:
             return CheckResult(spec.name, False, f"client did not finish within {budget:.0f}s")
         if proc.returncode != 0:
@@ -99,7 +99,8 @@ def _hold(lab: Lab, spec: CheckSpec):
     import json
     from .checks import hold_argv
     proc = netns.popen(lab.record.objects[spec.hold.client], hold_argv(sys.executable, spec),
-                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                       cgroup=lab.cgroup_of(spec.hold.client))
     line = _read_line(proc, spec.timeout + 10)
     try:
         first = json.loads(line)

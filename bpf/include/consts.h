@@ -39,6 +39,8 @@ enum metric {
 	DROP_SOURCE_RANGE,     /* LoadBalancer IP from a client outside loadBalancerSourceRanges */
 	M_CT_RESTORED,         /* one entry of a live flow was gone (evicted from a full table) and was
 	                        * written again from its other half */
+	M_SOCK_LB,             /* a node process's socket sent to a backend instead of a frontend */
+	M_SOCK_REVNAT,         /* a backend's address shown to a node process as the frontend */
 	M_MAX,
 };
 

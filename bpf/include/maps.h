@@ -24,6 +24,9 @@
 #ifndef NOSNAT_MAP_SIZE
 #define NOSNAT_MAP_SIZE   65536
 #endif
+#ifndef SOCK_REVNAT_MAP_SIZE
+#define SOCK_REVNAT_MAP_SIZE 65536
+#endif
 #ifndef FRAG_MAP_SIZE
 #define FRAG_MAP_SIZE     8192
 #endif
@@ -42,6 +45,8 @@ BPF_F_TABLE("hash", struct affinity_match_key, __u8, affinity_match, SVC_MAP_SIZ
 BPF_TABLE("lru_hash", struct ct_key, struct nosnat_value, nosnat, NOSNAT_MAP_SIZE);
 /* fragmented datagrams in flight: (source, destination, IP id, proto) -> ports of the first fragment */
 BPF_TABLE("lru_hash", struct frag_key, struct frag_ports, frags, FRAG_MAP_SIZE);
+/* the frontends node processes asked for, by socket and backend (socket-level load balancing) */
+BPF_TABLE("lru_hash", struct sock_revnat_key, struct sock_revnat_value, sock_revnat, SOCK_REVNAT_MAP_SIZE);
 /* per-CPU packet counters, indexed by enum metric */
 BPF_TABLE("percpu_array", __u32, __u64, metrics, M_MAX);
 /* index 0: struct dp_config */

@@ -69,6 +69,21 @@ struct ct_entry {
 	__u32  svc_id;
 };
 
+/* sock_revnat: what a node process's socket really talks to, for its answers and getpeername():
+ * (socket cookie, backend address, port) -> the frontend it asked for. */
+struct sock_revnat_key {
+	__u64  cookie;
+	__be32 addr;
+	__be16 port;
+	__u16  pad0;
+};
+
+struct sock_revnat_value {
+	__be32 addr;
+	__be16 port;
+	__u16  pad0;
+};
+
 /* frags: the ports of a fragmented datagram, found by its first fragment, for the later ones. */
 struct frag_key {
 	__be32 saddr;

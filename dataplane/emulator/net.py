@@ -77,6 +77,7 @@ class SimNet(Transport):
         self.seen: dict = {}                       # what servers saw of the current request
         self.ids: dict = {}                        # node -> Ids, stable across updates
         self.flushed: dict = {}                    # node -> entries the last update forgot
+        self.cookies = 0                           # sockets opened: each one's cookie
         self.recording: dict | None = None         # netns -> frames on pod eth0s, while capturing
         self.table = None
         self.rng = random.Random(seed)

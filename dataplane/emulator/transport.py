@@ -90,7 +90,8 @@ def _parse_requests(data: bytes) -> tuple[list, bytes]:
 
 
 class Transport:
-    """Mixed into SimNet: needs self.ns, self.now, self.rng, self.events, originate(), run()."""
+    """Mixed into SimNet: needs self.ns, self.now, self.rng, self.events, self.cookies (sockets
+    opened so far), originate(), run()."""
 
     # -- receiving ------------------------------------------------------------------------------------
 
@@ -322,8 +323,14 @@ class Transport:
         return sock, None
 
     def socket_destination(self, sim, proto: int, dst, port: int):
-        """Where a socket of `sim` really connects (socket-level load balancing may choose)."""
-        return dst, port
+        """Where a socket of `sim` really connects: a node's own processes are in the node's
+        cgroup, where the dataplane's socket hooks may point them at a backend; (None, None) if
+        the connect() is refused."""
+        if sim.role != "node" or sim.datapath is None:
+            return dst, port
+        self.cookies += 1                          # the socket's cookie
+        where = sim.datapath.sock_connect(proto, IPv4Address(dst), port, self.cookies, self.now)
+        return (None, None) if where == "refused" else where
 
     def _connect(self, sim, sock: Socket, deadline: int) -> dict | None:
         """The TCP handshake; None once established, else the failed result."""

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 
 from ..errors import LabError
-from . import netns, state
+from . import cgroups, netns, state
 from .plan import LabPlan, make_plan
 from .topology import TopologySpec, lab_of_netns
 
@@ -62,6 +62,7 @@ class Lab:
         lab = cls(plan, record, progress)
         try:
             lab._build()
+            lab._make_cgroups()
             lab._start_servers()
         except BaseException:
             teardown(name, progress)
@@ -125,6 +126,21 @@ class Lab:
                         kw["scope"] = SCOPE_LINK
                     ipr.route("add", **kw)
 
+    def _make_cgroups(self) -> None:
+        """One cgroup v2 per node, for the node's own processes (see cgroups.py)."""
+        nodes = [n.name for n in self.spec.nodes]
+        root, mounted = cgroups.ensure_root()
+        if mounted:
+            self.progress(f"mounted a cgroup2 hierarchy at {root} for the lab's node processes")
+        self.record.cgroup_dir = cgroups.lab_dir(root, self.name)
+        self.record.save()                 # before creating: teardown finds it after any failure
+        self.record.cgroups = cgroups.create(root, self.name, nodes)
+        self.record.save()
+
+    def cgroup_of(self, obj: str) -> str | None:
+        """The cgroup a process of this object joins: a node's own, None for pods and hosts."""
+        return self.record.cgroups.get(obj)
+
     def _start_servers(self) -> None:
         spec = self.spec
         objs = [o for o in (*spec.pods, *spec.nodes, *spec.hosts) if o.ports]
@@ -140,7 +156,8 @@ class Lab:
                 argv += ["--tcp" if p.protocol == "TCP" else "--udp", str(p.port)]
             log = open(os.path.join(logdir, obj.name + ".log"), "w")
             proc = netns.popen(self.record.objects[obj.name], argv, stdout=subprocess.PIPE,
-                               stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
+                               stderr=log, stdin=subprocess.DEVNULL, start_new_session=True,
+                               cgroup=self.cgroup_of(obj.name))
             log.close()
             started[obj.name] = proc
             self.record.servers[obj.name] = proc.pid
@@ -201,6 +218,7 @@ def check_free(name: str) -> None:
 def all_labs() -> list[str]:
     names = set(state.all_names())
     names.update(filter(None, (lab_of_netns(ns) for ns in netns.list_all())))
+    names.update(cgroups.labs_in(cgroups.mounted_root()))
     return sorted(names)
 
 
@@ -226,6 +244,15 @@ def teardown(name: str, progress=_quiet) -> list[str]:
         for ns in nss:
             netns.remove(ns)
             removed.append(f"netns {ns}")
+        root = cgroups.mounted_root()
+        for cg in {rec.cgroup_dir if rec else "", cgroups.lab_dir(root, name) if root else ""} - {""}:
+            if os.path.isdir(cg):
+                if cgroups.remove(cg):
+                    removed.append(f"cgroup {cg}")
+                else:
+                    progress(f"cgroup {cg} still has processes; `dataplane down {name}` again removes it")
+        if cgroups.unmount_if_unused():
+            removed.append(f"mount {cgroups.LAB_MOUNT}")
         if rec is not None:
             rec.delete()
             removed.append(f"record {rec.path}")

@@ -11,6 +11,7 @@ import ctypes
 import os
 import signal
 import subprocess
+import threading
 import time
 
 from pyroute2 import IPRoute
@@ -39,7 +40,8 @@ def list_all() -> list[str]:
 def create(name: str) -> None:
     if exists(name):
         raise FileExistsError(f"network namespace {name} already exists")
-    _netns.create(name)
+    with interrupts_deferred():          # pyroute2 forks a child to create it
+        _netns.create(name)
 
 
 def remove(name: str) -> None:
@@ -100,17 +102,49 @@ def read_sysctl(name: str, key: str) -> str:
             return f.read().strip()
 
 
-def popen(name: str, argv: list[str], **kw) -> subprocess.Popen:
-    """Start a program in namespace `name` (the child enters it before exec)."""
+# Signals that interrupt the lab's commands (Ctrl-C, SIGTERM, SIGHUP: see runner and cli).
+INTERRUPTS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+
+
+@contextlib.contextmanager
+def interrupts_deferred():
+    """Hold Ctrl-C and friends while a child is forked. Python runs a signal's handler at the next
+    bytecode; if that is inside an at-fork callback, its KeyboardInterrupt is printed ("Exception
+    ignored") and lost, and the command goes on as if never interrupted. Blocked, the signal waits
+    and is delivered on leaving the block, where it raises as usual."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, INTERRUPTS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _enter_child(fd: int, cgroup: str | None) -> None:
+    """In the forked child, before exec: the namespace (and the cgroup, for a node's processes),
+    and the signals the parent held back unblocked again (a blocked mask survives exec)."""
+    _setns_fd(fd)
+    if cgroup:
+        with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
+            f.write("0")
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, INTERRUPTS)
+
+
+def popen(name: str, argv: list[str], cgroup: str | None = None, **kw) -> subprocess.Popen:
+    """Start a program in namespace `name` (the child enters it, and joins `cgroup` if given,
+    before exec)."""
     fd = os.open(path(name), os.O_RDONLY)
     try:
-        return subprocess.Popen(argv, preexec_fn=lambda: _setns_fd(fd), pass_fds=(fd,), **kw)
+        with interrupts_deferred():
+            return subprocess.Popen(argv, preexec_fn=lambda: _enter_child(fd, cgroup), pass_fds=(fd,), **kw)
     finally:
         os.close(fd)
 
 
 def run(name: str, argv: list[str], timeout: float, input: str | None = None, **kw) -> subprocess.CompletedProcess:
-    """Run a program in namespace `name`; `input` is written to its stdin."""
+    """Run a program in namespace `name` (kw: `cgroup`, as popen); `input` is written to its stdin."""
     stdin = subprocess.PIPE if input is not None else subprocess.DEVNULL
     proc = popen(name, argv, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
     try:

@@ -28,6 +28,8 @@ class LabRecord:
     roles: dict[str, str] = field(default_factory=dict)    # object name -> pod | node | host
     servers: dict[str, int] = field(default_factory=dict)  # object name -> test server pid
     pinned: list[str] = field(default_factory=list)        # bpffs paths to unpin on teardown
+    cgroups: dict[str, str] = field(default_factory=dict)  # node -> its cgroup v2 (lab-made)
+    cgroup_dir: str = ""                                   # the lab's directory holding them
     ready: bool = False                                    # fully built
 
     @property

@@ -975,3 +975,48 @@ class Datapath(PodHooks):
         self.s.conntrack[CtKey(be.addr, p.saddr, be.port, p.sport, p.proto, REPLY)] = rev
         why.append(f"external frontend {p.daddr}:{p.dport}: DNAT to {be.addr}:{be.port}")
         return self._out(self._dnat(p, fwd), False, "M_DNAT_NEW", why)
+
+    # -- the node's own sockets (docs/datapath.md, "Host-network clients") ------------------------
+
+    def sock_connect(self, proto: int, daddr: IPv4Address, dport: int, cookie: int, now: int):
+        """connect() (or an unconnected UDP send) of a node process to daddr:dport: where the
+        socket really goes, (address, port); or "refused" (ECONNREFUSED)."""
+        svc = self._svc(daddr, dport, proto, scope=SCOPE_POD) or self._svc(daddr, dport, proto)
+        if svc is None:
+            if self._is_vip(daddr):
+                self._count("REJECT_PORT_UNSERVED")
+                return "refused"
+            return daddr, dport
+        node_ip = self.s.config.node_ip
+        if svc.flags & SVC_F_SRC_RANGES and not any(
+                sid == svc.svc_id and node_ip in net for sid, net in self.s.maps.lb_sources):
+            return daddr, dport
+        if svc.count == 0:
+            if svc.flags & SVC_F_LOCAL_ONLY:
+                return daddr, dport
+            self._count("REJECT_NO_ENDPOINTS")
+            return "refused"
+        scope = SCOPE_POD if svc.flags & SVC_F_POD_SCOPE else SCOPE_EXTERNAL
+        bid = 0
+        if svc.flags & SVC_F_AFFINITY:
+            hit = self.s.affinity.get((node_ip, svc.svc_id))
+            if hit and now - hit[0] <= svc.affinity_timeout * NS and \
+                    hit[1] in self.s.eligible(SvcKey(daddr, dport, proto, 0, scope)):
+                bid = hit[1]
+                self._count("M_AFFINITY_HIT")
+        if not bid:
+            le = lambda b: int.from_bytes(b, "little")  # noqa: E731
+            h = _mix32(self.s.seed ^ (cookie & 0xFFFFFFFF))
+            h = _mix32(h ^ (cookie >> 32))
+            h = _mix32(h ^ le(daddr.packed))
+            h = _mix32(h ^ (le(struct.pack("!H", dport)) | proto << 16))
+            slot = self._svc(daddr, dport, proto, h % svc.count + 1, scope)
+            bid = slot.backend_id if slot else 0
+        if svc.flags & SVC_F_AFFINITY:
+            self.s.affinity[(node_ip, svc.svc_id)] = (now, bid)
+        be = self.s.maps.backends.get(bid)
+        if be is None:
+            return daddr, dport
+        self._count("M_SOCK_LB")
+        return be.addr, be.port
+

@@ -28,11 +28,16 @@ def root_snapshot() -> dict:
 
 
 def leftovers() -> list[str]:
-    """Every lab object on the machine: namespaces, records, pinned BPF objects."""
+    """Every lab object on the machine: namespaces, records, pinned BPF objects, cgroups and the
+    lab's own cgroup2 mount."""
+    from dataplane.lab import cgroups
     found = [f"netns {ns}" for ns in netns.list_all() if lab_of_netns(ns)]
     found += [f"record {n}" for n in state.all_names()]
     if os.path.isdir("/sys/fs/bpf"):
         found += [f"pin {p}" for p in os.listdir("/sys/fs/bpf") if p.startswith("dp-")]
+    found += [f"cgroup dp-{n}" for n in cgroups.labs_in(cgroups.mounted_root())]
+    if os.path.ismount(cgroups.LAB_MOUNT):
+        found.append(f"mount {cgroups.LAB_MOUNT}")
     return found
 
 

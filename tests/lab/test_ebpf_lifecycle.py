@@ -8,7 +8,7 @@ import subprocess
 import time
 
 from dataplane.backends import get
-from dataplane.backends.ebpf.program import ENTRY_POINTS, MAP_NAMES
+from dataplane.backends.ebpf.program import ENTRY_POINTS, MAP_NAMES, SOCK_HOOKS
 from dataplane.lab import netns
 from dataplane.lab.lab import Lab
 from dataplane.scenario import load
@@ -34,6 +34,18 @@ def filters(lab, node: str) -> list:
     return found
 
 
+def cgroup_hooks(path: str) -> list:
+    """The BPF programs attached to a cgroup, as bpftool reads them from the kernel."""
+    out = subprocess.run(["bpftool", "-j", "cgroup", "show", path], capture_output=True, text=True).stdout
+    return sorted((p.get("attach_type"), p.get("name")) for p in json.loads(out or "[]"))
+
+
+def expected_filters(sc, node: str) -> list:
+    pods = [p.name for p in sc.topology.pods if p.node == node]
+    return sorted([("eth0", "egress", "to_netdev"), ("eth0", "ingress", "from_netdev")] +
+                  [(f"v-{p}", d, fn) for p in pods for d, fn in (("egress", "to_pod"), ("ingress", "from_pod"))])
+
+
 def wait_gone(ids: set, kind: str, timeout=5.0) -> set:
     deadline = time.monotonic() + timeout
     left = ids & bpf_ids(kind)
@@ -47,15 +59,18 @@ def test_load_update_unload_leaves_nothing():
     sc = load(SCENARIOS / "endpoint-update.yaml")
     progs0, maps0 = bpf_ids("prog"), bpf_ids("map")
     lab = Lab.create(sc.topology, "t-bpf-life")
+    cgroups = [lab.cgroup_of(n) for n in ("node1", "node2")]
     backend = get("ebpf", seed=3)
     try:
         backend.setup(lab, sc.services)
         progs, maps = bpf_ids("prog") - progs0, bpf_ids("map") - maps0
-        assert len(progs) == len(ENTRY_POINTS) * len(sc.topology.nodes)   # one object per node
+        per_node = len(ENTRY_POINTS) + len(SOCK_HOOKS)                    # one object per node
+        assert len(progs) == per_node * len(sc.topology.nodes)
         assert len(maps) >= len(MAP_NAMES) * len(sc.topology.nodes)
-        assert sorted(filters(lab, "node1")) == [("eth0", "egress", "to_netdev"), ("eth0", "ingress", "from_netdev"),
-                                                 ("v-client", "egress", "to_pod"), ("v-client", "ingress", "from_pod")]
-        assert len(filters(lab, "node2")) == 6 and {f[0] for f in filters(lab, "node2")} == {"eth0", "v-web-1", "v-web-2"}
+        for node in ("node1", "node2"):
+            assert sorted(filters(lab, node)) == expected_filters(sc, node)
+            # the socket hooks sit on the node's own cgroup, which the lab made
+            assert [name for _, name in cgroup_hooks(lab.cgroup_of(node))] == sorted(SOCK_HOOKS)
         pins = f"/sys/fs/bpf/dp-{lab.name}"
         assert sorted(os.listdir(pins)) == ["node1", "node2"]
         update = next(s for s in sc.steps if hasattr(s, "table"))
@@ -63,9 +78,11 @@ def test_load_update_unload_leaves_nothing():
         assert bpf_ids("prog") - progs0 == progs                 # an update reloads nothing
         backend.teardown(lab)
         assert filters(lab, "node1") == [] and filters(lab, "node2") == []
+        assert all(cgroup_hooks(cg) == [] for cg in cgroups)     # detached, the cgroups still there
         assert not os.path.exists(pins)
         assert wait_gone(progs, "prog") == set()
         assert wait_gone(maps, "map") == set()
     finally:
         backend.teardown(lab)
         lab.teardown()
+    assert not any(os.path.exists(cg) for cg in cgroups)         # and the lab's teardown removes them

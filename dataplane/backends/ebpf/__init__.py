@@ -53,6 +53,9 @@ class EbpfBackend:
                 if pod.node == node.name:
                     prog.attach(f"v-{pod.name}")
             prog.attach("eth0", ingress="from_netdev", egress="to_netdev")
+            cgroup = lab.cgroup_of(node.name)
+            if cgroup:
+                prog.attach_cgroup(cgroup)
             self.current[node.name] = NodeMaps()
             self.ids[node.name] = Ids()
         self.sync(lab, table)

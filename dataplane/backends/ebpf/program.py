@@ -20,9 +20,12 @@ from .source import assemble
 TC_INGRESS = "ffff:fff2"
 TC_EGRESS = "ffff:fff3"
 PIN_ROOT = "/sys/fs/bpf"
-MAP_NAMES = ("services", "backends", "conntrack", "affinity", "affinity_match", "nosnat", "frags", "metrics",
-             "config", "nonmasq", "lb_sources")
+MAP_NAMES = ("services", "backends", "conntrack", "affinity", "affinity_match", "nosnat", "frags", "sock_revnat",
+             "metrics", "config", "nonmasq", "lb_sources")
 ENTRY_POINTS = ("from_pod", "to_pod", "from_netdev", "to_netdev")
+# The node's socket hooks (cgroup/connect4 and friends): entry point -> its attach type
+# (BPF_CGROUP_INET4_CONNECT, _UDP4_SENDMSG, _UDP4_RECVMSG, _INET4_GETPEERNAME).
+SOCK_HOOKS = {"sock_connect4": 10, "sock_sendmsg4": 14, "sock_recvmsg4": 19, "sock_getpeername4": 29}
 
 
 def _assign(obj, items, option: str, unit: str, hi: int):
@@ -113,6 +116,7 @@ class NodeProgram:
     bpf: object = None
     fns: dict = field(default_factory=dict)
     attached: list = field(default_factory=list)     # ifnames with our clsact
+    cgroup_fd: int | None = None                      # the node's cgroup, while our socket hooks are on it
     pin_dir: str | None = None
 
     def load(self, seed: int, clock_offset: int = 0) -> None:
@@ -120,6 +124,8 @@ class NodeProgram:
         try:
             self.bpf = BPF(text=assemble("dataplane.c", self.sizes.defines()).encode(), cflags=["-w"])
             self.fns = {n: self.bpf.load_func(n.encode(), BPF.SCHED_CLS) for n in ENTRY_POINTS}
+            for n, attach_type in SOCK_HOOKS.items():
+                self.fns[n] = self.bpf.load_func(n.encode(), BPF.CGROUP_SOCK_ADDR, attach_type=attach_type)
         except Exception as exc:
             raise DataplaneError(f"compiling or loading bpf/dataplane.c for node {self.node} failed: {exc}") from exc
         self.set_config(seed=seed, clock_offset=clock_offset)
@@ -184,6 +190,26 @@ class NodeProgram:
                 ipr.tc("add-filter", "bpf", idx, ":1", fd=f.fd, name=fn, parent=parent,
                        classid=1, direct_action=True)
 
+    def attach_cgroup(self, path: str) -> None:
+        """The socket hooks on the node's cgroup (one the lab made: cgroups.py)."""
+        from bcc import BPF
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        self.cgroup_fd = fd
+        for n, attach_type in SOCK_HOOKS.items():
+            BPF.attach_func(self.fns[n], fd, attach_type)
+
+    def detach_cgroup(self) -> None:
+        if self.cgroup_fd is None:
+            return
+        from bcc import BPF
+        for n, attach_type in SOCK_HOOKS.items():
+            try:
+                BPF.detach_func(self.fns[n], self.cgroup_fd, attach_type)
+            except Exception:
+                pass   # the cgroup went first: the kernel detached them with it
+        os.close(self.cgroup_fd)
+        self.cgroup_fd = None
+
     def detach_all(self) -> None:
         if not self.attached or not netns.exists(self.netns):
             self.attached.clear()
@@ -216,6 +242,7 @@ class NodeProgram:
 
     def close(self) -> None:
         self.detach_all()
+        self.detach_cgroup()
         self.unpin()
         if self.bpf is not None:
             self.bpf.cleanup()

@@ -1,0 +1,133 @@
+/* Socket-level load balancing for a node's own processes (host-network clients), as Cilium's
+ * socket LB: a connect() (or an unconnected UDP sendmsg()) to a service frontend is pointed at a
+ * backend before any packet exists, so the kernel sends straight to it, from the node's address;
+ * the frontend is remembered per socket (cookie) and given back where the process looks:
+ * recvmsg() source addresses of UDP answers and getpeername(). Attached only to the cgroups the
+ * lab made for its nodes.
+ *
+ * The same service entries as for pods (the POD scope first, as pods reach external frontends),
+ * the same affinity (the client is the node's address). A frontend without endpoints, or a
+ * cluster IP on a port it does not serve, refuses the connect() with ECONNREFUSED, as kube-proxy's
+ * REJECT does; what kube-proxy drops (no local endpoint, a client outside the source ranges) is
+ * left untranslated, and the packet goes where the node routes it. */
+#ifndef DP_SOCKLB_H
+#define DP_SOCKLB_H
+
+#ifndef ECONNREFUSED
+#define ECONNREFUSED 111
+#endif
+
+/* bcc declares the cookie helper 32 bits wide: the cookie is 64. */
+static __u64 (*dp_socket_cookie)(void *ctx) = (void *)BPF_FUNC_get_socket_cookie;
+
+static __always_inline int sock4_refuse(__u32 reason)
+{
+	count(reason);
+	bpf_set_retval(-ECONNREFUSED);
+	return 0;
+}
+
+/* The backend for a new socket: remembered with affinity, else a seeded hash of the socket and
+ * the frontend (there is no source port yet). 0 if none. */
+static __always_inline __u32 sock4_select(const struct svc_value *svc, const struct dp_config *cfg,
+					  __be32 daddr, __be16 dport, __u8 proto, __u64 cookie, __u64 now)
+{
+	__u32 id = 0;
+	struct affinity_key ak = {};
+	if (svc->flags & SVC_F_AFFINITY) {
+		ak.client = cfg->node_ip;
+		ak.svc_id = svc->svc_id;
+		struct affinity_value *av = affinity.lookup(&ak);
+		if (av && now - av->last_used <= (__u64)svc->affinity_timeout * NS_PER_SEC &&
+		    affinity_eligible(svc->svc_id, av->backend_id)) {
+			id = av->backend_id;
+			count(M_AFFINITY_HIT);
+		}
+	}
+	if (!id) {
+		__u32 h = mix32(cfg->seed ^ (__u32)cookie);
+		h = mix32(h ^ (__u32)(cookie >> 32));
+		h = mix32(h ^ daddr);
+		h = mix32(h ^ ((__u32)dport | ((__u32)proto << 16)));
+		__u16 slot = (h % svc->count) + 1;
+		__u8 scope = (svc->flags & SVC_F_POD_SCOPE) ? SCOPE_POD : SCOPE_EXTERNAL;
+		struct svc_value *s = svc_lookup_in(scope, daddr, dport, proto, slot);
+		if (!s)
+			return 0;
+		id = s->backend_id;
+	}
+	if (svc->flags & SVC_F_AFFINITY) {
+		struct affinity_value nv = {};
+		nv.last_used = now;
+		nv.backend_id = id;
+		affinity.update(&ak, &nv);
+	}
+	return id;
+}
+
+/* connect() / sendmsg() to a frontend: the socket goes to a backend. 1 to let the call go on, 0
+ * to refuse it. */
+static __always_inline int sock4_translate(struct bpf_sock_addr *ctx)
+{
+	__u32 zero = 0;
+	__be32 daddr = ctx->user_ip4;
+	__be16 dport = (__be16)ctx->user_port;
+	__u8 proto = ctx->protocol;
+	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
+		return 1;
+	struct svc_value *svc = svc_lookup_in(SCOPE_POD, daddr, dport, proto, 0);
+	if (!svc)
+		svc = svc_lookup(daddr, dport, proto, 0);
+	if (!svc)
+		return is_vip(daddr) ? sock4_refuse(REJECT_PORT_UNSERVED) : 1;
+	struct dp_config *cfg = config.lookup(&zero);
+	if (!cfg)
+		return 1;
+	if (svc->flags & SVC_F_SRC_RANGES) {
+		struct lb_source_key sk = {};
+		sk.prefixlen = 64;
+		sk.svc_id = svc->svc_id;
+		sk.addr = cfg->node_ip;
+		if (!lb_sources.lookup(&sk))
+			return 1;
+	}
+	if (svc->count == 0)
+		return (svc->flags & SVC_F_LOCAL_ONLY) ? 1 : sock4_refuse(REJECT_NO_ENDPOINTS);
+	__u64 now = bpf_ktime_get_ns() + cfg->clock_offset;
+	__u64 cookie = dp_socket_cookie(ctx);
+	__u32 id = sock4_select(svc, cfg, daddr, dport, proto, cookie, now);
+	struct backend *be = id ? backends.lookup(&id) : NULL;
+	if (!be)
+		return 1;
+	struct sock_revnat_key rk = {};
+	struct sock_revnat_value rv = {};
+	rk.cookie = cookie;
+	rk.addr = be->addr;
+	rk.port = be->port;
+	rv.addr = daddr;
+	rv.port = dport;
+	sock_revnat.update(&rk, &rv);
+	ctx->user_ip4 = be->addr;
+	ctx->user_port = (__u32)be->port;
+	count(M_SOCK_LB);
+	return 1;
+}
+
+/* recvmsg() / getpeername(): a backend's address, seen by a socket translated above, becomes the
+ * frontend it asked for. */
+static __always_inline int sock4_restore(struct bpf_sock_addr *ctx)
+{
+	struct sock_revnat_key rk = {};
+	rk.cookie = dp_socket_cookie(ctx);
+	rk.addr = ctx->user_ip4;
+	rk.port = (__be16)ctx->user_port;
+	struct sock_revnat_value *rv = sock_revnat.lookup(&rk);
+	if (rv) {
+		ctx->user_ip4 = rv->addr;
+		ctx->user_port = (__u32)rv->port;
+		count(M_SOCK_REVNAT);
+	}
+	return 1;
+}
+
+#endif

@@ -1,0 +1,81 @@
+"""Host-network clients on the eBPF backend (issue 9, defect 11): the socket hooks on each lab
+node's cgroup, read from the kernel and from the sockets themselves; only the lab's own processes
+are in those cgroups, and the cgroups go with the lab."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from dataplane.backends import get
+from dataplane.lab import cgroups, netns
+from dataplane.lab.lab import Lab
+from dataplane.scenario import load
+from tests.conftest import SCENARIOS
+
+# A node process: UDP without connect() (sendto/recvfrom), and TCP with getpeername().
+PROBE = """
+import json, socket
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.settimeout(3)
+u.sendto(b"hostname", ("10.96.0.100", 53))
+answer, source = u.recvfrom(65535)
+t = socket.create_connection(("10.96.0.100", 80), timeout=3)
+peer = t.getpeername()
+from dataplane.agent.client import _http_answers
+(seen,) = _http_answers(t, ["/clientip"], "web", 0.0, 0, False)
+print(json.dumps({"answer": answer.decode(), "source": list(source), "peer": list(peer), "seen": seen}))
+"""
+
+
+def test_node_sockets_see_the_frontend_and_the_backend_sees_the_node():
+    sc = load(SCENARIOS / "host-network.yaml")
+    lab = Lab.create(sc.topology, "t-hostnet")
+    backend = get("ebpf", seed=5)
+    paths = [lab.cgroup_of(n.name) for n in sc.topology.nodes]
+    try:
+        backend.setup(lab, sc.services)
+        root = cgroups.mounted_root()
+        assert all(p.startswith(os.path.join(root, "dp-t-hostnet") + "/") for p in paths)
+        # the node's test server is in its cgroup; a pod's is not in any of the lab's
+        server = lab.record.servers["node1"]
+        with open(os.path.join(paths[0], "cgroup.procs")) as f:
+            assert str(server) in f.read().split()
+        pod_server = lab.record.servers["web-1"]
+        assert not any(str(pod_server) in open(os.path.join(p, "cgroup.procs")).read().split() for p in paths)
+        out = netns.run(lab.record.objects["node1"], [sys.executable, "-c", PROBE], timeout=30,
+                        cgroup=lab.cgroup_of("node1"))
+        assert out.returncode == 0, out.stderr
+        got = json.loads(out.stdout)
+        assert got["answer"] in ("web-1", "web-2")
+        assert got["source"] == ["10.96.0.100", 53]          # recvmsg: from the frontend
+        assert got["peer"] == ["10.96.0.100", 80]            # getpeername: the frontend
+        assert got["seen"].startswith("10.240.0.1:")         # the backend saw the node's address
+        metrics = backend.metrics()["node1"]
+        assert metrics["M_SOCK_LB"] == 2 and metrics["M_SOCK_REVNAT"] >= 2
+        # outside the node's cgroup, nothing is translated: the cluster IP is not served there
+        out = netns.run(lab.record.objects["node1"], [sys.executable, "-c", PROBE], timeout=30)
+        assert out.returncode != 0
+    finally:
+        backend.teardown(lab)
+        lab.teardown()
+    assert not any(os.path.exists(p) for p in paths)
+    assert "t-hostnet" not in cgroups.labs_in(cgroups.mounted_root())
+
+
+def test_dataplane_exec_on_a_node_joins_its_cgroup():
+    proc = subprocess.run([sys.executable, "-m", "dataplane.cli", "up", str(SCENARIOS / "host-network.yaml"),
+                           "--name", "t-hostexec"], capture_output=True, text=True, timeout=180)
+    try:
+        assert proc.returncode == 0, proc.stderr
+        out = subprocess.run([sys.executable, "-m", "dataplane.cli", "exec", "t-hostexec", "node1", "--",
+                              "cat", "/proc/self/cgroup"], capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+        assert "/dp-t-hostexec/node1" in out.stdout
+        curl = subprocess.run([sys.executable, "-m", "dataplane.cli", "exec", "t-hostexec", "node1", "--",
+                               sys.executable, "-m", "dataplane.agent.client", "--to", "10.96.0.100", "--port", "80"],
+                              capture_output=True, text=True, timeout=30)
+        assert json.loads(curl.stdout)["results"][0]["outcome"] == "reachable", curl.stdout + curl.stderr
+    finally:
+        subprocess.run([sys.executable, "-m", "dataplane.cli", "down", "t-hostexec"], capture_output=True, timeout=60)
