@@ -78,6 +78,13 @@ int to_netdev(struct __sk_buff *skb)
 		count(M_SNAT);
 		return TC_ACT_OK;
 	}
+	if (p.saddr == cfg->node_ip && is_vip(p.daddr)) {
+		/* a node process's packet to a cluster IP its socket hook left alone: kube-proxy
+		 * drops what has no local endpoint (internalTrafficPolicy Local) */
+		struct svc_value *svc = svc_lookup(p.daddr, p.dport, p.proto, 0);
+		if (svc && svc->count == 0 && (svc->flags & SVC_F_LOCAL_ONLY))
+			return drop(DROP_NO_LOCAL_ENDPOINT);
+	}
 	if (!should_masquerade(cfg, &p, now))
 		return pass();
 	if ((r = unsupported(&p)))
@@ -126,6 +133,7 @@ int from_netdev(struct __sk_buff *skb)
 		if ((r = unsupported(&p)))
 			return drop(r);
 		ct_update(&k, e, &p, cfg, now);
+		snat_heal(&p, e);
 		if (dnat(skb, &p, e) < 0)
 			return drop(DROP_REJECT_FAILED);
 		count(M_DNAT);
@@ -141,6 +149,8 @@ int from_netdev(struct __sk_buff *skb)
 			return reject(skb, &p, REJECT_PORT_UNSERVED);
 		return nodeport_new_flow(skb, &p, svc, cfg, now);
 	}
+	if (snat_orphan(skb, &p, cfg))
+		return drop(DROP_CT_LOST);
 	snat_note_inbound(cfg, &p, now);
 	ct_release_reused(&p, now);
 	return pass();

@@ -80,16 +80,22 @@ static __always_inline int new_flow(struct __sk_buff *skb, struct pkt *p, struct
 			/* An external frontend with externalTrafficPolicy Cluster, reached by a pod:
 			 * masqueraded to the node IP as kube-proxy's KUBE-EXT chain marks whoever the
 			 * client is. */
-			if (snat_map_after_dnat(skb, p, be, cfg, now) < 0)
+			__be16 port;
+			if (snat_map_after_dnat(skb, p, be, cfg, now, &port) < 0)
 				return drop(DROP_SNAT_EXHAUSTED);
 			fwd.flags = rev.flags = CT_F_EGRESS;
+			fwd.snat_addr = cfg->node_ip;
+			fwd.snat_port = port;
 		} else if (p->daddr == cfg->node_ip) {
 			/* this node's own node port: the replies' new source is the node's address, which
 			 * only an egress hook may write (to_pod, on the client's veth) */
 			fwd.flags = rev.flags = CT_F_EGRESS;
 		}
-		if (flow_store(p, be, &fwd, &rev) < 0)
+		if (flow_store(p, be, &fwd, &rev) < 0) {
+			if (svc->flags & SVC_F_MASQ)
+				snat_unmap_after_dnat(p, be);
 			return drop(DROP_CT_FULL);
+		}
 	}
 	if (dnat(skb, p, &fwd) < 0)
 		return drop(DROP_REJECT_FAILED);
@@ -113,7 +119,9 @@ static __always_inline int handle(struct __sk_buff *skb, int service_hook)
 				return drop(DROP_REJECT_FAILED);
 			if (t > 0) {
 				count(M_ICMP_REVNAT);
-				return t == 2 ? bounce_or_drop(skb) : TC_ACT_OK;
+				/* a hairpin's error goes back out the veth it came in by; on egress it is on
+				 * its way to the pod already */
+				return t == 2 && service_hook ? bounce_or_drop(skb) : TC_ACT_OK;
 			}
 		}
 		if (service_hook && is_vip(p.daddr))
@@ -165,12 +173,15 @@ static __always_inline int handle(struct __sk_buff *skb, int service_hook)
 	}
 	if (!service_hook)
 		return pass();
+	if (snat_orphan(skb, &p, cfg))
+		return drop(DROP_CT_LOST);
 
 	e = ct_flow(&k, &p, CT_SERVICE, now);
 	if (e) {
 		if ((r = unsupported(&p)))
 			return drop(r);
 		ct_update(&k, e, &p, cfg, now);
+		snat_heal(&p, e);
 		if (dnat(skb, &p, e) < 0)
 			return drop(DROP_REJECT_FAILED);
 		count(M_DNAT);

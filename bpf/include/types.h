@@ -81,7 +81,8 @@ struct sock_revnat_key {
 struct sock_revnat_value {
 	__be32 addr;
 	__be16 port;
-	__u16  pad0;
+	__u8   proto;
+	__u8   pad0;
 };
 
 /* frags: the ports of a fragmented datagram, found by its first fragment, for the later ones. */

@@ -161,9 +161,22 @@ static __always_inline void ct_peer_entry(struct ct_entry *pe, const struct ct_k
 	}
 }
 
+/* Is the entry found at the peer key really this flow's other half: does its own peer key lead
+ * back here? (Not when the key was reused: an old flow's leftover half, or a tuple a newer flow
+ * took after this one's half was evicted.) */
+static __always_inline int ct_peer_is_ours(const struct ct_key *k, const struct ct_key *pk,
+					   const struct ct_entry *peer)
+{
+	struct ct_key back = {};
+	ct_peer_key(&back, pk, peer);
+	return back.saddr == k->saddr && back.daddr == k->daddr && back.sport == k->sport &&
+	       back.dport == k->dport && back.dir == k->dir;
+}
+
 /* A packet of the flow passed in direction k->dir: advance the state of both entries. A missing
  * other half (the LRU table evicted it under pressure) is written again, so that a flow a full
- * table split in two heals on its next packet instead of leaking untranslated packets. */
+ * table split in two heals on its next packet instead of leaking untranslated packets; only if
+ * its key is still free, so that a healed half never takes a tuple another flow holds now. */
 static __always_inline void ct_update(struct ct_key *k, struct ct_entry *e, const struct pkt *p,
 				      const struct dp_config *cfg, __u64 now)
 {
@@ -176,22 +189,26 @@ static __always_inline void ct_update(struct ct_key *k, struct ct_entry *e, cons
 	ct_peer_key(&pk, k, e);
 	struct ct_entry *peer = conntrack.lookup(&pk);
 	if (peer) {
-		peer->flags = flags;
-		peer->expires = expires;
+		if (ct_peer_is_ours(k, &pk, peer)) {
+			peer->flags = flags;
+			peer->expires = expires;
+		}
 		return;
 	}
 	struct ct_entry pe = {};
 	ct_peer_entry(&pe, k, e);
-	if (conntrack.update(&pk, &pe) == 0)
+	if (conntrack.insert(&pk, &pe) == 0)
 		count(M_CT_RESTORED);
 }
 
-/* Forget a flow: this entry and its peer. */
+/* Forget a flow: this entry and its other half (if it is this flow's). */
 static __always_inline void ct_delete(struct ct_key *k, struct ct_entry *e)
 {
 	struct ct_key pk = {};
 	ct_peer_key(&pk, k, e);
-	conntrack.delete(&pk);
+	struct ct_entry *peer = conntrack.lookup(&pk);
+	if (peer && ct_peer_is_ours(k, &pk, peer))
+		conntrack.delete(&pk);
 	conntrack.delete(k);
 }
 

@@ -81,6 +81,8 @@ static __always_inline int icmp_quote_read(struct __sk_buff *skb, const struct p
 	if (inner->version != 4 || inner->ihl != 5 ||
 	    (inner->protocol != IPPROTO_TCP && inner->protocol != IPPROTO_UDP))
 		return -1;
+	if (bpf_ntohs(inner->frag_off) & IP_OFFMASK)
+		return -1;                  /* a later fragment quoted: no ports in its first 8 bytes */
 	q->saddr = inner->saddr;
 	q->daddr = inner->daddr;
 	__builtin_memcpy(&q->sport, b + 20, 2);

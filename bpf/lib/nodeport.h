@@ -29,13 +29,22 @@ static __always_inline int nodeport_new_flow(struct __sk_buff *skb, struct pkt *
 	int verdict = flow_backend(skb, p, svc, cfg, now, &id, &be);
 	if (verdict >= 0)
 		return verdict;
-	if (nodeport_masquerade(cfg, p, svc) && snat_map_after_dnat(skb, p, be, cfg, now) < 0)
-		return drop(DROP_SNAT_EXHAUSTED);
 	struct ct_entry fwd = {}, rev = {};
 	flow_entries(p, svc, cfg, now, id, be, &fwd, &rev);
 	fwd.flags = rev.flags = CT_F_EGRESS;
-	if (flow_store(p, be, &fwd, &rev) < 0)
+	int masq = nodeport_masquerade(cfg, p, svc);
+	if (masq) {
+		__be16 port;
+		if (snat_map_after_dnat(skb, p, be, cfg, now, &port) < 0)
+			return drop(DROP_SNAT_EXHAUSTED);
+		fwd.snat_addr = cfg->node_ip;    /* the mapping, to heal it should the table lose it */
+		fwd.snat_port = port;
+	}
+	if (flow_store(p, be, &fwd, &rev) < 0) {
+		if (masq)
+			snat_unmap_after_dnat(p, be);
 		return drop(DROP_CT_FULL);
+	}
 	if (dnat(skb, p, &fwd) < 0)
 		return drop(DROP_REJECT_FAILED);
 	count(M_DNAT_NEW);

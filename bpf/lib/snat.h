@@ -156,6 +156,13 @@ static __always_inline int snat_map(struct __sk_buff *skb, const struct pkt *p, 
 	struct ct_key ko = {};
 	__be16 port;
 
+	/* a mapping an earlier flow on this tuple left (closed, or flushed with its DNAT pair) goes
+	 * first, with its own SNAT_IN: never two mappings for one flow, never a leftover that
+	 * answers for the new one */
+	ct_key_of(&ko, p, CT_SNAT_OUT);
+	struct ct_entry *old = conntrack.lookup(&ko);
+	if (old)
+		ct_delete(&ko, old);
 	out.expires = in.expires = now + ct_lifetime(cfg, p->proto, 0);
 	in.nat_addr = p->saddr;
 	in.nat_port = p->sport;
@@ -185,13 +192,86 @@ static __always_inline int snat_map(struct __sk_buff *skb, const struct pkt *p, 
  * (to_netdev for a remote backend, to_pod for a local one) and undo it on ingress. -1 when no
  * port is free. */
 static __always_inline int snat_map_after_dnat(struct __sk_buff *skb, const struct pkt *p,
-					       const struct backend *be, const struct dp_config *cfg, __u64 now)
+					       const struct backend *be, const struct dp_config *cfg, __u64 now,
+					       __be16 *port_out)
 {
 	struct pkt after = *p;
 	after.daddr = be->addr;
 	after.dport = be->port;
-	__be16 port;
-	return snat_map(skb, &after, cfg, now, &port);
+	return snat_map(skb, &after, cfg, now, port_out);
+}
+
+/* Undo snat_map_after_dnat (the flow could not be stored after all). */
+static __always_inline void snat_unmap_after_dnat(const struct pkt *p, const struct backend *be)
+{
+	struct ct_key ko = {};
+	ko.saddr = p->saddr;
+	ko.sport = p->sport;
+	ko.daddr = be->addr;
+	ko.dport = be->port;
+	ko.proto = p->proto;
+	ko.dir = CT_SNAT_OUT;
+	struct ct_entry *out = conntrack.lookup(&ko);
+	if (out)
+		ct_delete(&ko, out);
+}
+
+/* A packet of a flow masqueraded on its way (its SERVICE entry `e` holds the node IP:port in
+ * snat_addr:snat_port): if the LRU table evicted the mapping's SNAT_OUT half, write the mapping
+ * again, so that the flow keeps leaving as the node (its SNAT_IN half, if present, heals the
+ * other way round in ct_update). The SNAT_IN is only rewritten if its key is still free. */
+static __always_inline void snat_heal(const struct pkt *p, const struct ct_entry *e)
+{
+	if (!(e->flags & CT_F_EGRESS) || (e->flags & CT_F_HAIRPIN) || !e->snat_port)
+		return;
+	struct ct_key ko = {};
+	ko.saddr = p->saddr;
+	ko.sport = p->sport;
+	ko.daddr = e->nat_addr;
+	ko.dport = e->nat_port;
+	ko.proto = p->proto;
+	ko.dir = CT_SNAT_OUT;
+	if (conntrack.lookup(&ko))
+		return;
+	struct ct_entry out = {}, in = {};
+	out.expires = in.expires = e->expires;
+	out.flags = in.flags = e->flags & (CT_F_SEEN_REPLY | CT_F_FIN_ORIG | CT_F_FIN_REPLY | CT_F_RST);
+	out.nat_addr = e->snat_addr;
+	out.nat_port = e->snat_port;
+	in.nat_addr = p->saddr;
+	in.nat_port = p->sport;
+	struct ct_key ki = {};
+	ki.saddr = e->nat_addr;
+	ki.sport = e->nat_port;
+	ki.daddr = e->snat_addr;
+	ki.dport = e->snat_port;
+	ki.proto = p->proto;
+	ki.dir = CT_SNAT_IN;
+	struct ct_entry *held = conntrack.lookup(&ki);
+	if (held) {
+		struct ct_key back = {};
+		ct_peer_key(&back, &ki, held);
+		if (back.saddr != ko.saddr || back.sport != ko.sport || back.daddr != ko.daddr ||
+		    back.dport != ko.dport)
+			return;                      /* the port went to another flow meanwhile */
+	} else if (conntrack.insert(&ki, &in) != 0) {
+		return;
+	}
+	if (conntrack.update(&ko, &out) == 0)
+		count(M_CT_RESTORED);
+}
+
+/* A packet to the node's address on a NAT port that no mapping and no node socket holds: an
+ * answer for a mapping the table lost. Dropped (DROP_CT_LOST) rather than given to the node's
+ * stack, which would reset the sender's connection. */
+static __always_inline int snat_orphan(struct __sk_buff *skb, const struct pkt *p, const struct dp_config *cfg)
+{
+	if (p->daddr != cfg->node_ip || (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP))
+		return 0;
+	__u16 port = bpf_ntohs(p->dport);
+	if (port < cfg->snat_lo || port > cfg->snat_hi)
+		return 0;
+	return !snat_socket_holds(skb, p->proto, p->saddr, p->sport, cfg->node_ip, p->dport);
 }
 
 /* A new masqueraded flow: claim its mapping and translate its first packet. */

@@ -11,6 +11,7 @@ alike.
 """
 from __future__ import annotations
 
+import copy
 import heapq
 import itertools
 import random
@@ -136,8 +137,9 @@ class SimNet(Transport):
         from ..policy import health_checks
         # every node rendered first, as the ebpf backend does: a table that cannot be written
         # changes nothing
-        rendered = {node.name: render_node(table, node.name, self.ids.setdefault(node.name, Ids()), node.ip)
-                    for node in self.plan.spec.nodes}
+        ids = {node.name: copy.deepcopy(self.ids.get(node.name, Ids())) for node in self.plan.spec.nodes}
+        rendered = {node.name: render_node(table, node.name, ids[node.name], node.ip) for node in self.plan.spec.nodes}
+        self.ids.update(ids)
         self.table = table
         for node in self.plan.spec.nodes:
             self.ns[self.plan.netns_of(node.name)].health = health_checks(table, node.name)

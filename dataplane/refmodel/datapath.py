@@ -111,20 +111,28 @@ class NodeState:
         """Forget each flow to a frontend that `keep` (policy.FlowKeep) no longer lets live: its
         SERVICE entry, the reply entry paired with it, and its masquerade mapping if it was
         masqueraded to the node."""
-        doomed = []
+        doomed = set()
         for k, e in self.conntrack.items():
-            if k.dir != SERVICE or keep.keeps(k.proto, k.daddr, k.dport, e.nat_addr, e.nat_port, self.node_ip):
+            if k.dir == SERVICE:
+                frontend, backend, client = (k.daddr, k.dport), (e.nat_addr, e.nat_port), (k.saddr, k.sport)
+            elif k.dir == REPLY or (k.dir == SNAT_IN and e.hairpin):   # the other half, should SERVICE be gone
+                frontend, backend = (e.nat_addr, e.nat_port), (k.saddr, k.sport)
+                client = (e.snat_addr, e.snat_port) if e.hairpin else (k.daddr, k.dport)
+            else:
                 continue
-            doomed.append(k)
+            if keep.keeps(k.proto, frontend[0], frontend[1], backend[0], backend[1], self.node_ip):
+                continue
+            doomed.add(CtKey(client[0], frontend[0], client[1], frontend[1], k.proto, SERVICE))
             if e.hairpin:
-                doomed.append(CtKey(e.nat_addr, e.snat_addr, e.nat_port, e.snat_port, k.proto, SNAT_IN))
+                mapping = (e.snat_addr, e.snat_port) if k.dir == SERVICE else (k.daddr, k.dport)
+                doomed.add(CtKey(backend[0], mapping[0], backend[1], mapping[1], k.proto, SNAT_IN))
                 continue
-            doomed.append(CtKey(e.nat_addr, k.saddr, e.nat_port, k.sport, k.proto, REPLY))
+            doomed.add(CtKey(backend[0], client[0], backend[1], client[1], k.proto, REPLY))
             if e.egress:
-                out_key = CtKey(k.saddr, e.nat_addr, k.sport, e.nat_port, k.proto, SNAT_OUT)
+                out_key = CtKey(client[0], backend[0], client[1], backend[1], k.proto, SNAT_OUT)
                 out = self.conntrack.get(out_key)
                 if out is not None:
-                    doomed += [out_key, CtKey(e.nat_addr, out.nat_addr, e.nat_port, out.nat_port, k.proto, SNAT_IN)]
+                    doomed |= {out_key, CtKey(backend[0], out.nat_addr, backend[1], out.nat_port, k.proto, SNAT_IN)}
         return sum(self.conntrack.pop(k, None) is not None for k in doomed)
 
     def eligible(self, svc_key) -> set:
@@ -383,7 +391,8 @@ class PodHooks:
         peer_key = self._peer(key, e)
         peer = self.s.conntrack.get(peer_key)
         if peer is not None:
-            peer.share_state(e)
+            if self._peer(peer_key, peer) == key:    # this flow's other half, not a reused key
+                peer.share_state(e)
             return
         # the other half is gone (a full table evicted it): written again from this one
         self.s.conntrack[peer_key] = self._peer_entry(key, e)
@@ -406,7 +415,11 @@ class PodHooks:
         return pe
 
     def _forget(self, key: CtKey, e: CtEntry) -> None:
-        self.s.conntrack.pop(self._peer(key, e), None)
+        """A flow ends: this entry, and its other half if the key there is still this flow's."""
+        peer_key = self._peer(key, e)
+        peer = self.s.conntrack.get(peer_key)
+        if peer is not None and self._peer(peer_key, peer) == key:
+            del self.s.conntrack[peer_key]
         self.s.conntrack.pop(key, None)
 
     def _flow(self, p: Packet, direction: int, now: int, why: list):
@@ -464,7 +477,7 @@ class PodHooks:
         vip_dst = service_hook and self._is_vip(p.daddr)
         if p.proto == ICMP:
             if p.icmp_type in ICMP_ERRORS:
-                r = self._icmp_error(p, now, why, egress=not service_hook)
+                r = self._icmp_error(p, now, why, egress=not service_hook, may_bounce=service_hook)
                 if r is not None:
                     return r
             if vip_dst:
@@ -508,12 +521,15 @@ class PodHooks:
             return self._out(p, False, "M_SNAT", [f"NodePort flow masqueraded as {e.nat_addr}:{e.nat_port}"])
         if not service_hook:
             return self._result("pass", frame, "M_PASS", ["no flow of ours"])
+        if self._orphan(p):
+            return self._result("drop", frame, "DROP_CT_LOST", why + ["to a NAT port of the node no mapping holds"])
 
         key, e = self._flow(p, SERVICE, now, why)
         if e is not None:
             if unsupported:
                 return self._result("drop", frame, unsupported, ["packet of a NATed flow, unsupported header"])
             self._update(key, e, p, now)
+            self._heal_mapping(p, e, why)
             why.append(f"known flow to backend {e.nat_addr}:{e.nat_port}")
             return self._out(self._dnat(p, e), e.hairpin, "M_DNAT", why)
 
@@ -616,10 +632,12 @@ class PodHooks:
             why.append(f"hairpin: the client is its own backend, masqueraded as the node {self.s.node_ip}:{port}")
         else:
             if svc.flags & SVC_F_MASQ:
-                if self._map(self._after_dnat(p, be), now, why) is None:
+                port = self._map(self._after_dnat(p, be), now, why)
+                if port is None:
                     return self._result("drop", p.frame, "DROP_SNAT_EXHAUSTED", why + ["no free port to masquerade"])
                 why.append("externalTrafficPolicy Cluster: masqueraded to the node IP on the way to the backend")
-                fwd, rev = replace(fwd, egress=True), replace(rev, egress=True)
+                fwd = replace(fwd, egress=True, snat_addr=self.s.node_ip, snat_port=port)
+                rev = replace(rev, egress=True)
             elif p.daddr == self.s.node_ip:
                 fwd, rev = replace(fwd, egress=True), replace(rev, egress=True)
                 why.append("this node's own node port: the reply is translated on egress")
@@ -627,6 +645,34 @@ class PodHooks:
         self.s.conntrack[CtKey(p.saddr, p.daddr, p.sport, p.dport, p.proto, SERVICE)] = fwd
         why.append(f"DNAT {p.daddr}:{p.dport} -> {be.addr}:{be.port}")
         return self._out(self._dnat(p, fwd), fwd.hairpin, "M_DNAT_NEW", why)
+
+    def _heal_mapping(self, p: Packet, e: CtEntry, why: list) -> None:
+        """A packet of a flow masqueraded on its way (its SERVICE entry holds the node IP:port):
+        the mapping's SNAT_OUT half, if the table lost it, written again (its SNAT_IN too if that
+        key is free, not if another flow holds it now)."""
+        if not e.egress or e.hairpin or not e.snat_port:
+            return
+        out_key = CtKey(p.saddr, e.nat_addr, p.sport, e.nat_port, p.proto, SNAT_OUT)
+        if out_key in self.s.conntrack:
+            return
+        in_key = CtKey(e.nat_addr, e.snat_addr, e.nat_port, e.snat_port, p.proto, SNAT_IN)
+        held = self.s.conntrack.get(in_key)
+        state = dict(seen_reply=e.seen_reply, fin_orig=e.fin_orig, fin_reply=e.fin_reply, rst=e.rst)
+        if held is not None:
+            if self._peer(in_key, held) != out_key:
+                return
+        else:
+            self.s.conntrack[in_key] = CtEntry(e.expires, p.saddr, p.sport, **state)
+        self.s.conntrack[out_key] = CtEntry(e.expires, e.snat_addr, e.snat_port, **state)
+        self._count("M_CT_RESTORED")
+        why.append(f"the flow's mapping {e.snat_addr}:{e.snat_port} was lost: written again")
+
+    def _orphan(self, p: Packet) -> bool:
+        """A packet to the node's address on a NAT port no mapping and no node socket holds."""
+        c = self.s.config
+        return (c is not None and p.daddr == c.node_ip and p.proto in (TCP, UDP)
+                and c.snat_range[0] <= p.dport <= c.snat_range[1]
+                and not self._socket_holds(p.proto, p.saddr, p.sport, p.dport))
 
     @staticmethod
     def _after_dnat(p: Packet, be) -> Packet:
@@ -678,6 +724,8 @@ class PodHooks:
         inner = bytes(p.frame[at:at + 28])
         if inner[0] != 0x45 or inner[9] not in (TCP, UDP):
             return None
+        if struct.unpack("!H", inner[6:8])[0] & 0x1FFF:
+            return None                 # a later fragment quoted: no ports in its first 8 bytes
         return (inner, IPv4Address(inner[12:16]), IPv4Address(inner[16:20]),
                 *struct.unpack("!HH", inner[20:24]))
 
@@ -858,7 +906,12 @@ class Datapath(PodHooks):
 
     def _map(self, p: Packet, now: int, why: list):
         """A masquerade mapping for flow p: its SNAT_IN entry claimed, its SNAT_OUT entry; the port
-        or None."""
+        or None. A mapping an earlier flow on this tuple left goes first, with its SNAT_IN."""
+        out_key = CtKey(p.saddr, p.daddr, p.sport, p.dport, p.proto, SNAT_OUT)
+        old = self.s.conntrack.get(out_key)
+        if old is not None:
+            self._forget(out_key, old)
+            why.append(f"the mapping an earlier flow on this tuple left ({old.nat_addr}:{old.nat_port}) goes")
         node_ip = self.s.config.node_ip
         port = self._claim(p, now, why, p.sport, CtEntry(0, p.saddr, p.sport))
         if port is None:
@@ -875,7 +928,7 @@ class Datapath(PodHooks):
         if p is not None:
             self._frag_ports(p, why)
         if p is not None and p.proto == ICMP and p.icmp_type in ICMP_ERRORS and self.s.config is not None:
-            r = self._icmp_error(p, now, [], egress=True)
+            r = self._icmp_error(p, now, [], egress=True, may_bounce=False)
             return r or self._result("pass", frame, "M_PASS", ["ICMP error not about a flow of ours"])
         if p is None or p.proto not in (TCP, UDP) or not p.has_ports or self.s.config is None:
             return self._result("pass", frame, "M_PASS", ["not masquerade traffic"])
@@ -894,6 +947,11 @@ class Datapath(PodHooks):
             self._update(key, e, p, now)
             p.saddr, p.sport = e.nat_addr, e.nat_port
             return self._out(p, False, "M_SNAT", why + [f"masqueraded flow: source {e.nat_addr}:{e.nat_port}"])
+        if p.saddr == self.s.config.node_ip and self._is_vip(p.daddr):
+            svc = self._svc(p.daddr, p.dport, p.proto)
+            if svc is not None and svc.count == 0 and svc.flags & SVC_F_LOCAL_ONLY:
+                return self._result("drop", frame, "DROP_NO_LOCAL_ENDPOINT",
+                                    why + ["a node process to a cluster IP with no local endpoint"])
         if not self._masquerade(p, now):
             return self._result("pass", frame, "M_PASS", why + ["no masquerade for this source/destination"])
         if unsupported:
@@ -927,6 +985,8 @@ class Datapath(PodHooks):
             r = self._nodeport(p, frame, now)
             if r is not None:
                 return r
+            if self._orphan(p):
+                return self._result("drop", frame, "DROP_CT_LOST", why + ["to a NAT port of the node no mapping holds"])
             if p.proto == UDP and self._masq_pair(p.daddr, p.saddr):
                 # its answers are replies, not new flows to masquerade
                 self.s.nosnat[CtKey(p.daddr, p.saddr, p.dport, p.sport, UDP, NO_SNAT)] = \
@@ -948,7 +1008,8 @@ class Datapath(PodHooks):
             if unsupported:
                 return self._result("drop", frame, unsupported, ["NodePort flow, unsupported header"])
             self._update(key, e, p, now)
-            return self._out(self._dnat(p, e), False, "M_DNAT", [f"known NodePort flow to {e.nat_addr}:{e.nat_port}"])
+            self._heal_mapping(p, e, why)
+            return self._out(self._dnat(p, e), False, "M_DNAT", why + [f"known NodePort flow to {e.nat_addr}:{e.nat_port}"])
         svc = self._svc(p.daddr, p.dport, p.proto)
         if svc is None and not self._is_vip(p.daddr):
             return None
@@ -967,8 +1028,10 @@ class Datapath(PodHooks):
         rev = CtEntry(life, p.daddr, p.dport, backend_id=bid, svc_id=svc.svc_id, egress=True)
         off_cluster = self._is_vip(p.daddr) and p.saddr not in self.s.config.cluster_cidr
         if svc.flags & SVC_F_MASQ or off_cluster:
-            if self._map(self._after_dnat(p, be), now, why) is None:
+            port = self._map(self._after_dnat(p, be), now, why)
+            if port is None:
                 return self._result("drop", p.frame, "DROP_SNAT_EXHAUSTED", why + ["no free port to masquerade"])
+            fwd.snat_addr, fwd.snat_port = self.s.config.node_ip, port
             why.append(("a client outside the cluster reaching a cluster IP" if off_cluster else
                         "externalTrafficPolicy Cluster") + ": masqueraded to the node IP on the way to the backend")
         self.s.conntrack[key] = fwd

@@ -20,6 +20,8 @@ LAYOUT = {
                        "snat_port": 20, "pad0": 22, "backend_id": 24, "svc_id": 28}),
     "affinity": (8, {"client": 0, "svc_id": 4}, 16, {"last_used": 0, "backend_id": 8, "pad0": 12}),
     "affinity_match": (8, {"svc_id": 0, "backend_id": 4}, 1, {}),
+    "sock_revnat": (16, {"cookie": 0, "addr": 8, "port": 12, "pad0": 14}, 8,
+                    {"addr": 0, "port": 4, "proto": 6, "pad0": 7}),
     "frags": (12, {"saddr": 0, "daddr": 4, "id": 8, "proto": 10, "pad0": 11}, 4, {"sport": 0, "dport": 2}),
     "nosnat": (16, {"saddr": 0, "daddr": 4, "sport": 8, "dport": 10, "proto": 12, "dir": 13, "pad0": 14},
                8, {"expires": 0}),

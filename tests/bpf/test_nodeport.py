@@ -3,10 +3,14 @@ reaches node IP:nodePort; destinations are rewritten on ingress, sources on egre
 externalTrafficPolicy Cluster the backend sees the node's IP; with Local it sees the client's."""
 from __future__ import annotations
 
+from dataplane.model import ServiceTable
 from tests.bpf.harness import NODE_IP
 from tests.bpf.packets import (ICMP, IP, TCP, UDP, WEB1, WEB2, checksums_valid, from_pod, parsed, syn,
                                synack, table, to_pod, udp)
+from tests.bpf.test_masquerade import nodeconfig
 from tests.bpf.test_updates import topology
+
+CLIENT_A, CLIENT_B = "10.0.1.2", "10.0.1.3"
 
 EXT = "10.128.1.1"
 NODE = str(NODE_IP)
@@ -329,3 +333,109 @@ def test_off_cluster_client_of_a_cluster_ip_is_masqueraded(pair):
     out = parsed(reply.data)
     assert want.reason == "M_REVNAT" and (out[IP].src, out[TCP].sport, out[IP].dst) == ("10.96.0.10", 80, EXT)
     p.assert_same_state()
+
+
+# -- what a full table leaves behind (issue 9, defect 7; review) -----------------------------------
+
+def _masq_flow(p, sport=45020):
+    """A node port flow to web-2 on node2, masqueraded: its node-IP port."""
+    got, _ = p.send("from_netdev", outside(NODE, syn(sport=sport, dport=30080)))
+    fwd, _ = p.send("to_netdev", got.data)
+    return parsed(fwd.data)[TCP].sport
+
+
+def _drop_entries(p, direction, **match):
+    for key in [k for k in p.model.s.conntrack if k.dir == direction
+                and all(str(getattr(k, f)) == str(v) for f, v in match.items())]:
+        del p.model.s.conntrack[key]
+    ct = p.prog.table("conntrack")
+    from dataplane.backends.ebpf.program import be16, from_be32
+    for k in list(ct.keys()):
+        if k.dir == direction and all(str(from_be32(getattr(k, f)) if f in ("saddr", "daddr") else be16(getattr(k, f)))
+                                      == str(v) for f, v in match.items()):
+            del ct[k]
+
+
+def test_a_lost_masquerade_half_of_a_node_port_flow_is_rewritten(pair):
+    p = pair(table(SERVICES, topology(app1="other")))
+    port = _masq_flow(p)
+    _drop_entries(p, 3)                                              # the SNAT_OUT half
+    got, _ = p.send("from_netdev", outside(NODE, TCP(sport=45020, dport=30080, flags="A")))
+    fwd, want = p.send("to_netdev", got.data)
+    assert want.reason == "M_SNAT" and parsed(fwd.data)[TCP].sport == port    # still as the node
+    assert p.prog.metrics()["M_CT_RESTORED"] == 1
+    p.assert_same_state()
+
+
+def test_an_answer_for_a_lost_mapping_is_dropped_not_given_to_the_node(pair):
+    """Both halves of the mapping gone: the backend's answer to node IP:port would reach the
+    node's stack, which would reset the backend's connection; it is dropped and counted."""
+    p = pair(table(SERVICES, topology(app1="other")))
+    port = _masq_flow(p)
+    _drop_entries(p, 3)
+    _drop_entries(p, 4)
+    got, want = p.send("from_netdev", to_pod(WEB2, NODE, synack(sport=8080, dport=port)))
+    assert got.verdict == "drop" and want.reason == "DROP_CT_LOST"
+    # a port outside the range, or one a node socket holds, still goes to the node
+    _, want = p.send("from_netdev", to_pod(WEB2, NODE, synack(sport=8080, dport=40000)))
+    assert want.reason == "M_PASS"
+    p.open_socket(6, 62001, remote=(WEB2, 8080))
+    _, want = p.send("from_netdev", to_pod(WEB2, NODE, TCP(sport=8080, dport=62001, flags="A")))
+    assert want.reason == "M_PASS"
+    p.assert_same_state()
+
+
+def test_a_reconnect_on_the_same_port_replaces_the_old_mapping(pair):
+    """The client closes and reconnects from the same port within the close lifetime: the old
+    mapping goes with the new one's claim, so nothing the old one receives can touch the new."""
+    p = pair(table(SERVICES, topology(app1="other")))
+    _masq_flow(p)
+    p.send("from_netdev", outside(NODE, TCP(sport=45020, dport=30080, flags="R")))
+    new = _masq_flow(p)
+    mappings = {k.dir: (k, v) for k, v in p.bpf_conntrack().items() if k.dir in (3, 4)}
+    assert len([k for k in p.bpf_conntrack() if k.dir in (3, 4)]) == 2       # one mapping, no leftover
+    assert mappings[3][1][1] == new and mappings[4][0].dport == new
+    assert not any(v[8] != (False, False, False) for v in p.bpf_conntrack().values())   # all fresh
+    p.assert_same_state()
+
+
+def test_a_healed_half_never_takes_another_flows_tuple(pair):
+    """Flow A's SNAT_IN half is lost and its node port goes to flow B (same remote): A's next
+    packet finds B's entry at its peer key and leaves it alone."""
+    from tests.bpf.test_masquerade import OUT
+    p = pair(ServiceTable(), config=nodeconfig())
+    a, _ = p.send("to_netdev", from_pod(CLIENT_A, OUT, udp(sport=61500, dport=53)))
+    assert parsed(a.data)[UDP].sport == 61500
+    _drop_entries(p, 4)                                               # A's SNAT_IN
+    b, _ = p.send("to_netdev", from_pod(CLIENT_B, OUT, udp(sport=61500, dport=53)))
+    assert parsed(b.data)[UDP].sport == 61500                         # B takes the free port
+    p.send("to_netdev", from_pod(CLIENT_A, OUT, udp(sport=61500, dport=53)))
+    back, want = p.send("from_netdev", to_pod(OUT, NODE, UDP(sport=53, dport=61500) / b"a"))
+    assert parsed(back.data)[IP].dst == CLIENT_B and p.prog.metrics()["M_CT_RESTORED"] == 0
+    p.assert_same_state()
+
+
+def test_a_node_process_to_a_cluster_ip_without_local_endpoint_is_dropped(pair):
+    """What the socket hook leaves untranslated (internalTrafficPolicy Local, no endpoint on this
+    node) is dropped on the uplink, as kube-proxy drops it."""
+    local = """\
+services:
+  - name: web
+    clusterIP: 10.96.0.10
+    selector: {app: web}
+    internalTrafficPolicy: Local
+    ports: [{port: 80, targetPort: 8080}]
+"""
+    p = pair(table(local, topology(app1="other")))                     # web-2 only, on node2
+    got, want = p.send("to_netdev", from_pod(NODE, "10.96.0.10", syn(sport=40000, dport=80)))
+    assert got.verdict == "drop" and want.reason == "DROP_NO_LOCAL_ENDPOINT"
+
+
+def test_an_error_quoting_a_later_fragment_is_not_ours(pair):
+    p = pair(table(SERVICES, topology(app1="other")))
+    got, _ = p.send("from_netdev", outside(NODE, udp(sport=45030, dport=30053)))
+    quote = bytearray(_quote(got.data))
+    quote[6:8] = b"\x00\x10"                                            # offset 128: a later fragment
+    err = to_pod(WEB2, NODE, ICMP(type=3, code=3) / bytes(quote))
+    got, want = p.send("from_netdev", err)
+    assert want.reason == "M_PASS" and got.data == bytes(err)

@@ -72,8 +72,10 @@ def test_a_service_port_beyond_65535_backends_is_refused_and_nothing_written(pro
         huge.add(svc)
     huge.add(Service("default", "huge", "ClusterIP", IPv4Address("10.96.0.99"),
                      (ServicePort("", 80, "TCP", 8080),), endpoints=eps))
+    ids_before = (dict(backend.ids["node1"].svc), dict(backend.ids["node1"].backend))
     with pytest.raises(RenderError, match=r"default/huge 10.96.0.99:80/TCP has 65,536 eligible endpoints; "
                                           r"the eBPF maps hold at most 65,535"):
         backend.sync(None, huge)
     after = read_services(program)
     assert after.services == before.services and after.backends == before.backends
+    assert (backend.ids["node1"].svc, backend.ids["node1"].backend) == ids_before   # no id allocated or freed

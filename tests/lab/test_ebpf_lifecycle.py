@@ -37,7 +37,7 @@ def filters(lab, node: str) -> list:
 def cgroup_hooks(path: str) -> list:
     """The BPF programs attached to a cgroup, as bpftool reads them from the kernel."""
     out = subprocess.run(["bpftool", "-j", "cgroup", "show", path], capture_output=True, text=True).stdout
-    return sorted((p.get("attach_type"), p.get("name")) for p in json.loads(out or "[]"))
+    return sorted((p.get("attach_type"), p.get("name")) for p in json.loads(out.strip() or "[]"))
 
 
 def expected_filters(sc, node: str) -> list:

@@ -79,3 +79,64 @@ def test_dataplane_exec_on_a_node_joins_its_cgroup():
         assert json.loads(curl.stdout)["results"][0]["outcome"] == "reachable", curl.stdout + curl.stderr
     finally:
         subprocess.run([sys.executable, "-m", "dataplane.cli", "down", "t-hostexec"], capture_output=True, timeout=60)
+
+
+TWO_STATES = """\
+name: hostudp
+topology:
+  model: island
+  nodes: [node1, node2]
+  pods:
+    - {name: web-1, node: node1, labels: {app: %s}}
+    - {name: web-2, node: node2, labels: {app: %s}}
+services:
+  - name: web
+    clusterIP: 10.96.0.110
+    selector: {app: web}
+    ports: [{port: 53, targetPort: 8080, protocol: UDP}]
+"""
+
+# A node process with a connected UDP socket to the cluster IP (as a host DNS client has).
+HOLD_UDP = """
+import json, socket, sys
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.settimeout(3)
+u.connect(("10.96.0.110", 53))
+u.send(b"hostname")
+print(json.dumps({"first": u.recv(65535).decode()}), flush=True)
+sys.stdin.readline()
+try:
+    u.send(b"hostname")
+    print(json.dumps({"after": u.recv(65535).decode()}))
+except OSError as exc:
+    print(json.dumps({"errno": exc.errno}))
+"""
+
+
+def test_a_node_socket_whose_backend_leaves_is_closed(tmp_path):
+    """A connected UDP socket's peer is fixed at connect(): when its backend leaves the service the
+    sync closes it (ECONNABORTED), as Cilium terminates such sockets, rather than leave it talking
+    to a pod that is no longer an endpoint (kube-proxy's reconciler would move the flow)."""
+    from tests.helpers import write
+    before = load(write(tmp_path, TWO_STATES % ("web", "spare"), "before.yaml"))
+    after = load(write(tmp_path, TWO_STATES % ("gone", "web"), "after.yaml"))
+    lab = Lab.create(before.topology, "t-hostudp")
+    backend = get("ebpf", seed=5)
+    try:
+        backend.setup(lab, before.services)
+        holder = netns.popen(lab.record.objects["node1"], [sys.executable, "-c", HOLD_UDP],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             cgroup=lab.cgroup_of("node1"))
+        assert json.loads(holder.stdout.readline()) == {"first": "web-1"}
+        report = backend.sync(lab, after.services)
+        out, err = holder.communicate("go\n", timeout=30)
+        # closed under the process: ECONNABORTED, or EDESTADDRREQ from the disconnected socket
+        assert json.loads(out) in ({"errno": 103}, {"errno": 89}), out + err
+        assert any("flushed" in line for line in report)
+        # a new socket reaches the remaining endpoint
+        probe = netns.run(lab.record.objects["node1"], [sys.executable, "-m", "dataplane.agent.client", "--to",
+                          "10.96.0.110", "--port", "53", "--protocol", "UDP"], timeout=30, cgroup=lab.cgroup_of("node1"))
+        assert json.loads(probe.stdout)["results"][0]["hostname"] == "web-2"
+    finally:
+        backend.teardown(lab)
+        lab.teardown()

@@ -9,10 +9,13 @@ and TCP flows whose endpoint left their service port, so such a TCP flow is drop
 """
 from __future__ import annotations
 
+import copy
 import os
 import random
+import re
 from dataclasses import dataclass, field
 
+from ...lab import netns
 from ...policy import FlowKeep, flow_keep
 from .maps import apply
 from .program import PIN_ROOT, CtTimeouts, MapSizes, NodeProgram, be16, from_be32
@@ -63,12 +66,16 @@ class EbpfBackend:
     def sync(self, lab, table) -> list[str]:
         report = []
         keep = flow_keep(table)
-        # every node rendered before any map is written: a table that cannot be written (a
-        # RenderError) changes nothing anywhere
-        rendered = {node: render_node(table, node, self.ids[node], prog.node_ip) for node, prog in self.nodes.items()}
+        # every node rendered, on copies of its ids, before any map is written or any id kept: a
+        # table that cannot be written (a RenderError) changes nothing anywhere
+        ids = {node: copy.deepcopy(self.ids[node]) for node in self.nodes}
+        rendered = {node: render_node(table, node, ids[node], prog.node_ip) for node, prog in self.nodes.items()}
+        self.ids.update(ids)
         for node, prog in self.nodes.items():
             desired = rendered[node]
             change, flushed = sync_node(prog, self.current[node], desired, keep)
+            if lab is not None and node in lab.record.objects:
+                flushed += close_stale_sockets(prog, keep, lab.record.objects[node])
             self.current[node] = desired
             if change or flushed:
                 report.append(f"{node}: {change.upserted} map entries written, {change.deleted} deleted, "
@@ -113,34 +120,81 @@ def forget_affinities(prog: NodeProgram, unmatched: set) -> int:
     return len(doomed)
 
 
-def _key(t, saddr, sport, daddr, dport, proto, direction):
-    k = t.Key()
-    k.saddr, k.sport, k.daddr, k.dport, k.proto, k.dir = saddr, sport, daddr, dport, proto, direction
-    return k
+def close_stale_sockets(prog: NodeProgram, keep: FlowKeep, ns: str) -> int:
+    """The node processes' sockets that socket-level load balancing pointed at a backend the new
+    table no longer lets them use (policy.FlowKeep, as for flows): closed (SOCK_DESTROY, `ss -K`),
+    as Cilium terminates them; the process's next call on it fails (ECONNABORTED, or a UDP socket
+    found disconnected) and it connects afresh. Found by the socket cookie each one's sock_revnat
+    entry carries."""
+    table = prog.table("sock_revnat")
+    stale = {}
+    for k, v in table.items():
+        if keep.keeps(v.proto, from_be32(v.addr), be16(v.port), from_be32(k.addr), be16(k.port), prog.node_ip):
+            continue
+        stale[k.cookie] = (v.proto, from_be32(k.addr), be16(k.port))
+        table.pop(k, None)
+    closed = 0
+    for proto, addr, port in set(stale.values()):
+        kind = "-t" if proto == 6 else "-u"
+        listing = netns.run(ns, ["ss", "-H", "-n", "-e", kind, "dst", str(addr), "dport", "=", f":{port}"],
+                            timeout=30).stdout
+        for line in listing.splitlines():
+            found = re.search(r"\bsk:([0-9a-f]+)\b", line)
+            ends = [f.rsplit(":", 1) for f in line.split() if re.fullmatch(r"\d+\.\d+\.\d+\.\d+:\d+", f)]
+            if not found or int(found.group(1), 16) not in stale or len(ends) < 2:
+                continue
+            local, peer = ends[0], ends[1]
+            done = netns.run(ns, ["ss", "-H", "-K", kind, "src", local[0], "sport", "=", f":{local[1]}",
+                                  "dst", peer[0], "dport", "=", f":{peer[1]}"], timeout=30)
+            closed += done.returncode == 0
+    return closed
 
 
 def flush_flows(prog: NodeProgram, keep: FlowKeep) -> int:
-    """Delete every flow the new table no longer lets live (policy.FlowKeep): its SERVICE entry,
-    the reply entry paired with it, and the masquerade mapping of a flow masqueraded to the node."""
+    """Delete every flow the new table no longer lets live (policy.FlowKeep), found by either half
+    (an entry the LRU table evicted leaves the other): its SERVICE entry, its reply entry, and the
+    masquerade mapping of a flow masqueraded to the node. In two passes — every doomed entry
+    expired first, then deleted — so that a packet in between cannot rebuild a half from the other
+    (an expired entry is as good as absent)."""
     ct = prog.table("conntrack")
     entries = {(k.saddr, k.sport, k.daddr, k.dport, k.proto, k.dir): (k, v) for k, v in ct.items()}
-    doomed = []
+    doomed = {}
     for (saddr, sport, daddr, dport, proto, direction), (k, v) in entries.items():
-        if direction != CT_SERVICE or keep.keeps(proto, from_be32(daddr), be16(dport), from_be32(v.nat_addr),
-                                                 be16(v.nat_port), prog.node_ip):
+        hairpin = bool(v.flags & CT_F_HAIRPIN)
+        if direction == CT_SERVICE:
+            frontend, backend = (daddr, dport), (v.nat_addr, v.nat_port)
+            client = (saddr, sport)
+        elif direction == CT_REPLY or (direction == CT_SNAT_IN and hairpin):
+            frontend, backend = (v.nat_addr, v.nat_port), (saddr, sport)
+            client = (v.snat_addr, v.snat_port) if hairpin else (daddr, dport)
+        else:
             continue
-        doomed.append(k)
-        if v.flags & CT_F_HAIRPIN:        # the reply entry is its mapping's SNAT_IN
-            doomed.append(_key(ct, v.nat_addr, v.nat_port, v.snat_addr, v.snat_port, proto, CT_SNAT_IN))
+        if keep.keeps(proto, from_be32(frontend[0]), be16(frontend[1]), from_be32(backend[0]), be16(backend[1]),
+                      prog.node_ip):
             continue
-        doomed.append(_key(ct, v.nat_addr, v.nat_port, saddr, sport, proto, CT_REPLY))
-        if v.flags & CT_F_EGRESS:         # masqueraded on its way: SNAT_OUT client -> backend, its SNAT_IN
-            out = entries.get((saddr, sport, v.nat_addr, v.nat_port, proto, CT_SNAT_OUT))
-            if out is not None:
-                doomed.append(out[0])
-                doomed.append(_key(ct, v.nat_addr, v.nat_port, out[1].nat_addr, out[1].nat_port, proto, CT_SNAT_IN))
+        pair = [(client[0], client[1], frontend[0], frontend[1], proto, CT_SERVICE)]
+        if hairpin:
+            pair.append((backend[0], backend[1], v.snat_addr if direction == CT_SERVICE else daddr,
+                         v.snat_port if direction == CT_SERVICE else dport, proto, CT_SNAT_IN))
+        else:
+            pair.append((backend[0], backend[1], client[0], client[1], proto, CT_REPLY))
+            if v.flags & CT_F_EGRESS:     # masqueraded on its way: SNAT_OUT client -> backend, its SNAT_IN
+                out = entries.get((client[0], client[1], backend[0], backend[1], proto, CT_SNAT_OUT))
+                if out is not None:
+                    pair.append((client[0], client[1], backend[0], backend[1], proto, CT_SNAT_OUT))
+                    pair.append((backend[0], backend[1], out[1].nat_addr, out[1].nat_port, proto, CT_SNAT_IN))
+        for t in pair:
+            if t in entries:
+                doomed[t] = entries[t][0]
+    for k in doomed.values():                    # 1: expired
+        try:
+            v = ct[k]
+        except KeyError:
+            continue
+        v.expires = 0
+        ct[k] = v
     deleted = 0
-    for k in doomed:
+    for k in doomed.values():                    # 2: gone
         try:
             del ct[k]
             deleted += 1

@@ -43,7 +43,7 @@ def _assign(obj, items, option: str, unit: str, hi: int):
 def conntrack_entries(cpus: int | None = None) -> int:
     """The default conntrack capacity: kube-proxy's nf_conntrack_max, max(131072, 32768 per CPU)
     connections (conntrack.min, conntrack.maxPerCore), at two entries per flow."""
-    return 2 * max(131072, 32768 * (cpus or os.cpu_count() or 1))
+    return 2 * max(131072, 32768 * (cpus or len(os.sched_getaffinity(0)) or 1))
 
 
 @dataclass
@@ -176,9 +176,17 @@ class NodeProgram:
         ct = self.table("conntrack")
         now = self.now()
         dead = [k for k, v in ct.items() if v.expires <= now]
+        removed = 0
         for k in dead:
-            ct.pop(k, None)
-        return len(dead)
+            # read again just before: a new flow may have taken the key since the listing
+            try:
+                if ct[k].expires > now:
+                    continue
+                del ct[k]
+                removed += 1
+            except KeyError:
+                pass
+        return removed
 
     def attach(self, ifname: str, ingress: str = "from_pod", egress: str = "to_pod") -> None:
         with netns.ipr(self.netns) as ipr:
