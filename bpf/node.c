@@ -40,18 +40,10 @@ int to_netdev(struct __sk_buff *skb)
 	int r = begin(skb, &p, &cfg, &now);
 	if (r >= 0)
 		return r;
-	if (p.proto == IPPROTO_ICMP && is_icmp_error(p.icmp_type)) {
-		/* errors the node itself sends about translated flows, and error sources that are the
-		 * node's own address now */
-		int t = icmp_error(skb, &p, now, 1);
-		if (t < 0)
-			return drop(DROP_REJECT_FAILED);
-		if (t > 0) {
-			count(M_ICMP_REVNAT);
-			return TC_ACT_OK;
-		}
-		return pass();
-	}
+	/* errors the node itself sends about translated flows, and error sources that are the node's
+	 * own address now */
+	if (p.proto == IPPROTO_ICMP && is_icmp_error(p.icmp_type))
+		return icmp_error_on_uplink(skb, &p, now, 1);
 	if ((p.proto != IPPROTO_TCP && p.proto != IPPROTO_UDP) || !p.has_l4)
 		return pass();
 
@@ -103,16 +95,8 @@ int from_netdev(struct __sk_buff *skb)
 	if (r >= 0)
 		return r;
 
-	if (p.proto == IPPROTO_ICMP && is_icmp_error(p.icmp_type)) {
-		int t = icmp_error(skb, &p, now, 0);
-		if (t < 0)
-			return drop(DROP_REJECT_FAILED);
-		if (t > 0) {
-			count(M_ICMP_REVNAT);
-			return TC_ACT_OK;
-		}
-		return pass();
-	}
+	if (p.proto == IPPROTO_ICMP && is_icmp_error(p.icmp_type))
+		return icmp_error_on_uplink(skb, &p, now, 0);
 	if ((p.proto != IPPROTO_TCP && p.proto != IPPROTO_UDP) || !p.has_l4)
 		return pass();
 	struct ct_key k = {};

@@ -91,27 +91,15 @@ static __always_inline int icmp_quote_read(struct __sk_buff *skb, const struct p
 	return 0;
 }
 
-/* The live entry keyed by the quote's tuple reversed (its reply), in table `dir`. */
-static __always_inline struct ct_entry *icmp_lookup_reversed(const struct quote *q, __u8 dir, __u64 now)
+/* The live entry keyed by the quote's own tuple (reversed 0) or by its reply's (reversed 1), in
+ * table `dir`. */
+static __always_inline struct ct_entry *icmp_lookup(const struct quote *q, int reversed, __u8 dir, __u64 now)
 {
 	struct ct_key k = {};
-	k.saddr = q->daddr;
-	k.daddr = q->saddr;
-	k.sport = q->dport;
-	k.dport = q->sport;
-	k.proto = q->proto;
-	k.dir = dir;
-	return ct_lookup(&k, now);
-}
-
-/* The live entry keyed by the quote's own tuple, in table `dir`. */
-static __always_inline struct ct_entry *icmp_lookup_as_is(const struct quote *q, __u8 dir, __u64 now)
-{
-	struct ct_key k = {};
-	k.saddr = q->saddr;
-	k.daddr = q->daddr;
-	k.sport = q->sport;
-	k.dport = q->dport;
+	k.saddr = reversed ? q->daddr : q->saddr;
+	k.daddr = reversed ? q->saddr : q->daddr;
+	k.sport = reversed ? q->dport : q->sport;
+	k.dport = reversed ? q->sport : q->dport;
 	k.proto = q->proto;
 	k.dir = dir;
 	return ct_lookup(&k, now);
@@ -144,7 +132,7 @@ static __always_inline int icmp_error_translate(struct __sk_buff *skb, const str
 		return 0;
 	n = q;
 	/* forward: the masquerade of the quoted packet, then its DNAT */
-	e = icmp_lookup_reversed(&n, CT_SNAT_IN, now);
+	e = icmp_lookup(&n, 1, CT_SNAT_IN, now);
 	if (e && (e->flags & CT_F_HAIRPIN)) {
 		/* node IP:port -> the client pod itself: the client -> VIP:port it sent */
 		if (osrc == n.daddr)
@@ -162,7 +150,7 @@ static __always_inline int icmp_error_translate(struct __sk_buff *skb, const str
 		found = 1;
 	}
 	if (!bounce) {
-		e = icmp_lookup_reversed(&n, CT_REPLY, now);
+		e = icmp_lookup(&n, 1, CT_REPLY, now);
 		if (e) {
 			if (osrc == n.daddr && !(e->flags & CT_F_EGRESS))
 				osrc = e->nat_addr;     /* from the backend itself: from the frontend */
@@ -173,7 +161,7 @@ static __always_inline int icmp_error_translate(struct __sk_buff *skb, const str
 	}
 	/* reverse: a translated reply, back to what its sender sent */
 	if (!found) {
-		e = icmp_lookup_reversed(&n, CT_SERVICE, now);
+		e = icmp_lookup(&n, 1, CT_SERVICE, now);
 		if (e && !(e->flags & CT_F_HAIRPIN)) {
 			struct quote m = {};
 			m.saddr = n.daddr;          /* the flow's masquerade: client -> backend */
@@ -185,13 +173,13 @@ static __always_inline int icmp_error_translate(struct __sk_buff *skb, const str
 			n.sport = e->nat_port;
 			odst = e->nat_addr;
 			found = 1;
-			struct ct_entry *o = icmp_lookup_as_is(&m, CT_SNAT_OUT, now);
+			struct ct_entry *o = icmp_lookup(&m, 0, CT_SNAT_OUT, now);
 			if (o) {
 				n.daddr = o->nat_addr;
 				n.dport = o->nat_port;
 			}
 		} else {
-			e = icmp_lookup_reversed(&n, CT_SNAT_OUT, now);
+			e = icmp_lookup(&n, 1, CT_SNAT_OUT, now);
 			if (e) {
 				n.daddr = e->nat_addr;
 				n.dport = e->nat_port;
@@ -233,9 +221,9 @@ static __always_inline int icmp_error_source(struct __sk_buff *skb, const struct
 	__be32 osrc;
 	if (bpf_skb_load_bytes(skb, IP_SRC_OFF, &osrc, 4) < 0)
 		return 0;
-	struct ct_entry *e = icmp_lookup_as_is(&q, CT_SERVICE, now);
+	struct ct_entry *e = icmp_lookup(&q, 0, CT_SERVICE, now);
 	if (!e || (e->flags & CT_F_HAIRPIN)) {
-		e = icmp_lookup_as_is(&q, CT_SNAT_IN, now);
+		e = icmp_lookup(&q, 0, CT_SNAT_IN, now);
 		if (e && (e->flags & CT_F_HAIRPIN))
 			e = NULL;
 	}
@@ -256,6 +244,19 @@ static __always_inline int icmp_error(struct __sk_buff *skb, const struct pkt *p
 	if (s < 0)
 		return -1;
 	return t || s;
+}
+
+/* The verdict for an ICMP error on the node uplink: translated, or passed as not ours. */
+static __always_inline int icmp_error_on_uplink(struct __sk_buff *skb, const struct pkt *p, __u64 now, int egress)
+{
+	int t = icmp_error(skb, p, now, egress);
+	if (t < 0)
+		return drop(DROP_REJECT_FAILED);
+	if (t > 0) {
+		count(M_ICMP_REVNAT);
+		return TC_ACT_OK;
+	}
+	return pass();
 }
 
 #endif

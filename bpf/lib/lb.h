@@ -55,19 +55,19 @@ static __always_inline int affinity_eligible(__u32 svc_id, __u32 backend_id)
 	return affinity_match.lookup(&mk) != NULL;
 }
 
-/* Choose the backend for a new flow: with affinity, the client's remembered backend if it was
+/* Choose a backend for a service port: with affinity, the client's remembered backend if it was
  * used within the timeout and is still eligible here, else (and always without affinity) the
- * slot the flow hash picks; with affinity the choice is remembered. Returns the backend id, 0 if
- * none. */
-static __always_inline __u32 select_backend(const struct pkt *p, const struct svc_value *svc,
-					    __u32 seed, __u64 now)
+ * slot `hash` picks; with affinity the choice is remembered. Returns the backend id, 0 if none.
+ * For packets (select_backend) and sockets (socklb.h) alike. */
+static __always_inline __u32 lb_choose(const struct svc_value *svc, __be32 client, __u32 hash, __be32 vip,
+					__be16 port, __u8 proto, __u64 now)
 {
 	__u32 id = 0;
 	struct affinity_key ak = {};
 	struct affinity_value *av = NULL;
 
 	if (svc->flags & SVC_F_AFFINITY) {
-		ak.client = p->saddr;
+		ak.client = client;
 		ak.svc_id = svc->svc_id;
 		av = affinity.lookup(&ak);
 		if (av && now - av->last_used <= (__u64)svc->affinity_timeout * NS_PER_SEC &&
@@ -77,9 +77,9 @@ static __always_inline __u32 select_backend(const struct pkt *p, const struct sv
 		}
 	}
 	if (!id) {
-		__u16 slot = (flow_hash(p, seed) % svc->count) + 1;
+		__u16 slot = (hash % svc->count) + 1;
 		__u8 scope = (svc->flags & SVC_F_POD_SCOPE) ? SCOPE_POD : SCOPE_EXTERNAL;
-		struct svc_value *s = svc_lookup_in(scope, p->daddr, p->dport, p->proto, slot);
+		struct svc_value *s = svc_lookup_in(scope, vip, port, proto, slot);
 		if (!s)
 			return 0;
 		id = s->backend_id;
@@ -91,6 +91,13 @@ static __always_inline __u32 select_backend(const struct pkt *p, const struct sv
 		affinity.update(&ak, &nv);
 	}
 	return id;
+}
+
+/* A new flow's backend: the flow hash of its packet chooses, the client's address is remembered. */
+static __always_inline __u32 select_backend(const struct pkt *p, const struct svc_value *svc,
+					    __u32 seed, __u64 now)
+{
+	return lb_choose(svc, p->saddr, flow_hash(p, seed), p->daddr, p->dport, p->proto, now);
 }
 
 #endif

@@ -28,42 +28,13 @@ static __always_inline int sock4_refuse(__u32 reason)
 	return 0;
 }
 
-/* The backend for a new socket: remembered with affinity, else a seeded hash of the socket and
- * the frontend (there is no source port yet). 0 if none. */
-static __always_inline __u32 sock4_select(const struct svc_value *svc, const struct dp_config *cfg,
-					  __be32 daddr, __be16 dport, __u8 proto, __u64 cookie, __u64 now)
+/* A new socket's hash: the seed, its cookie and the frontend (there is no source port yet). */
+static __always_inline __u32 sock4_hash(__u32 seed, __u64 cookie, __be32 daddr, __be16 dport, __u8 proto)
 {
-	__u32 id = 0;
-	struct affinity_key ak = {};
-	if (svc->flags & SVC_F_AFFINITY) {
-		ak.client = cfg->node_ip;
-		ak.svc_id = svc->svc_id;
-		struct affinity_value *av = affinity.lookup(&ak);
-		if (av && now - av->last_used <= (__u64)svc->affinity_timeout * NS_PER_SEC &&
-		    affinity_eligible(svc->svc_id, av->backend_id)) {
-			id = av->backend_id;
-			count(M_AFFINITY_HIT);
-		}
-	}
-	if (!id) {
-		__u32 h = mix32(cfg->seed ^ (__u32)cookie);
-		h = mix32(h ^ (__u32)(cookie >> 32));
-		h = mix32(h ^ daddr);
-		h = mix32(h ^ ((__u32)dport | ((__u32)proto << 16)));
-		__u16 slot = (h % svc->count) + 1;
-		__u8 scope = (svc->flags & SVC_F_POD_SCOPE) ? SCOPE_POD : SCOPE_EXTERNAL;
-		struct svc_value *s = svc_lookup_in(scope, daddr, dport, proto, slot);
-		if (!s)
-			return 0;
-		id = s->backend_id;
-	}
-	if (svc->flags & SVC_F_AFFINITY) {
-		struct affinity_value nv = {};
-		nv.last_used = now;
-		nv.backend_id = id;
-		affinity.update(&ak, &nv);
-	}
-	return id;
+	__u32 h = mix32(seed ^ (__u32)cookie);
+	h = mix32(h ^ (__u32)(cookie >> 32));
+	h = mix32(h ^ daddr);
+	return mix32(h ^ ((__u32)dport | ((__u32)proto << 16)));
 }
 
 /* connect() / sendmsg() to a frontend: the socket goes to a backend. 1 to let the call go on, 0
@@ -96,7 +67,8 @@ static __always_inline int sock4_translate(struct bpf_sock_addr *ctx)
 		return (svc->flags & SVC_F_LOCAL_ONLY) ? 1 : sock4_refuse(REJECT_NO_ENDPOINTS);
 	__u64 now = bpf_ktime_get_ns() + cfg->clock_offset;
 	__u64 cookie = dp_socket_cookie(ctx);
-	__u32 id = sock4_select(svc, cfg, daddr, dport, proto, cookie, now);
+	__u32 id = lb_choose(svc, cfg->node_ip, sock4_hash(cfg->seed, cookie, daddr, dport, proto), daddr, dport,
+			     proto, now);
 	struct backend *be = id ? backends.lookup(&id) : NULL;
 	if (!be)
 		return 1;

@@ -96,6 +96,13 @@ def _http_answers(sock: socket.socket, paths: list[str], host: str, delay: float
     return out
 
 
+def _tcp_socket(timeout: float) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.settimeout(timeout)
+    return sock
+
+
 def _bind(sock: socket.socket, source_port: int | None) -> None:
     if source_port:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -108,9 +115,7 @@ def _bind(sock: socket.socket, source_port: int | None) -> None:
 def tcp_request(ip: str, port: int, timeout: float, source_port: int | None = None, delay: float = 0.0,
                 size: int = 0, half_close: bool = False) -> dict:
     start = time.monotonic()
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.settimeout(timeout)
+    sock = _tcp_socket(timeout)
     try:
         _bind(sock, source_port)
         sock.connect((ip, port))
@@ -126,9 +131,7 @@ def tcp_request(ip: str, port: int, timeout: float, source_port: int | None = No
 def http_get(ip: str, port: int, timeout: float, path: str) -> dict:
     """One GET; any HTTP answer is `reachable`, with its status and body."""
     start = time.monotonic()
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.settimeout(timeout)
+    sock = _tcp_socket(timeout)
     try:
         sock.connect((ip, port))
         sock.sendall(http_request(path, ip, close=True))
@@ -171,9 +174,7 @@ def udp_request(ip: str, port: int, timeout: float, source_port: int | None = No
 def hold(ip: str, port: int, timeout: float, source_port: int | None) -> int:
     """Open one TCP connection, say so, wait for a line on stdin, then use it once."""
     start = time.monotonic()
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.settimeout(timeout)
+    sock = _tcp_socket(timeout)
     try:
         _bind(sock, source_port)
         sock.connect((ip, port))

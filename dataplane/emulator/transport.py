@@ -147,13 +147,7 @@ class Transport:
             self._segment(sim, sock.local[0], sock.remote[0], sock.local[1], sock.remote[1], "A", sock.seq,
                           sock.ack)
             return
-        payload = _in_order(t.seq, sock.ack, payload)
-        if payload:
-            sock.received += payload
-            sock.ack += len(payload)
-        if flags & FIN and t.seq + len(t.payload) == sock.ack:
-            sock.peer_fin = True
-            sock.ack += 1
+        sock.received += _take(sock, t, flags)
         if t.payload or flags & FIN:
             self._segment(sim, sock.local[0], sock.remote[0], sock.local[1], sock.remote[1], "A", sock.seq,
                           sock.ack)
@@ -167,13 +161,7 @@ class Transport:
             # a SYN on a connection that exists: a challenge ACK, as a kernel sends
             self._segment(sim, host, peer[0], conn.port, peer[1], "A", conn.seq, conn.ack)
             return
-        payload = _in_order(t.seq, conn.ack, payload)
-        if payload:
-            conn.buffer += payload
-            conn.ack += len(payload)
-        if flags & FIN and t.seq + len(t.payload) == conn.ack:
-            conn.peer_fin = True
-            conn.ack += 1
+        conn.buffer += _take(conn, t, flags)
         if t.payload or flags & FIN:
             self._segment(sim, host, peer[0], conn.port, peer[1], "A", conn.seq, conn.ack)
         if conn.peer_fin and conn.fin_sent:
@@ -473,6 +461,17 @@ def _in_order(seq: int, expected: int, payload: bytes) -> bytes:
     if not payload or seq > expected or seq + len(payload) <= expected:
         return b""
     return payload[expected - seq:]
+
+
+def _take(end, t, flags: int) -> bytes:
+    """One end (a client Socket or a server Conn) receives segment t: the new in-order data, its
+    ack moved past it, and the peer's FIN noted once everything before it arrived."""
+    data = _in_order(t.seq, end.ack, t.payload)
+    end.ack += len(data)
+    if flags & FIN and t.seq + len(t.payload) == end.ack:
+        end.peer_fin = True
+        end.ack += 1
+    return data
 
 
 def _seconds(value) -> float:

@@ -566,30 +566,34 @@ class PodHooks:
             p.has_ports = True
             why.append(f"a later fragment of {p.saddr}:{p.sport} -> {p.daddr}:{p.dport} (ports from its first)")
 
-    def _select(self, p: Packet, svc, now: int, why: list) -> int:
+    def _choose(self, svc, client, h: int, vip, port: int, proto: int, now: int, why: list) -> int:
+        """A backend for a service port: with affinity, the client's remembered backend if used
+        within the timeout and still eligible here, else the slot hash h picks; with affinity the
+        choice is remembered. For packets and sockets alike. The backend id, 0 if none."""
         bid = 0
+        scope = SCOPE_POD if svc.flags & SVC_F_POD_SCOPE else SCOPE_EXTERNAL
         if svc.flags & SVC_F_AFFINITY:
-            hit = self.s.affinity.get((p.saddr, svc.svc_id))
-            scope = SCOPE_POD if svc.flags & SVC_F_POD_SCOPE else SCOPE_EXTERNAL
+            hit = self.s.affinity.get((client, svc.svc_id))
             if hit and now - hit[0] <= svc.affinity_timeout * NS and \
-                    hit[1] in self.s.eligible(SvcKey(p.daddr, p.dport, p.proto, 0, scope)):
+                    hit[1] in self.s.eligible(SvcKey(vip, port, proto, 0, scope)):
                 bid = hit[1]
                 self._count("M_AFFINITY_HIT")
-                why.append(f"session affinity: client {p.saddr} keeps backend {bid}")
+                why.append(f"session affinity: client {client} keeps backend {bid}")
             elif hit:
                 why.append(f"session affinity: backend {hit[1]} expired or no longer eligible here")
         if not bid:
-            f = p.frame
-            ip, o = ETH_HLEN, p.l4
-            h = flow_hash(f[ip + 12:ip + 16], f[ip + 16:ip + 20], f[o:o + 2], f[o + 2:o + 4], p.proto, self.s.seed)
             slot = h % svc.count + 1
-            scope = SCOPE_POD if svc.flags & SVC_F_POD_SCOPE else SCOPE_EXTERNAL
-            sv = self._svc(p.daddr, p.dport, p.proto, slot, scope)
+            sv = self._svc(vip, port, proto, slot, scope)
             bid = sv.backend_id if sv else 0
-            why.append(f"flow hash {h:#010x} picks slot {slot} of {svc.count}: backend {bid}")
+            why.append(f"hash {h:#010x} picks slot {slot} of {svc.count}: backend {bid}")
         if svc.flags & SVC_F_AFFINITY:
-            self.s.affinity[(p.saddr, svc.svc_id)] = (now, bid)
+            self.s.affinity[(client, svc.svc_id)] = (now, bid)
         return bid
+
+    def _select(self, p: Packet, svc, now: int, why: list) -> int:
+        f, ip, o = p.frame, ETH_HLEN, p.l4
+        h = flow_hash(f[ip + 12:ip + 16], f[ip + 16:ip + 20], f[o:o + 2], f[o + 2:o + 4], p.proto, self.s.seed)
+        return self._choose(svc, p.saddr, h, p.daddr, p.dport, p.proto, now, why)
 
     def _flow_backend(self, p: Packet, svc, now: int, why: list):
         """A new flow to a frontend: (backend id, backend), or the Result that ends it here."""
@@ -1059,24 +1063,12 @@ class Datapath(PodHooks):
                 return daddr, dport
             self._count("REJECT_NO_ENDPOINTS")
             return "refused"
-        scope = SCOPE_POD if svc.flags & SVC_F_POD_SCOPE else SCOPE_EXTERNAL
-        bid = 0
-        if svc.flags & SVC_F_AFFINITY:
-            hit = self.s.affinity.get((node_ip, svc.svc_id))
-            if hit and now - hit[0] <= svc.affinity_timeout * NS and \
-                    hit[1] in self.s.eligible(SvcKey(daddr, dport, proto, 0, scope)):
-                bid = hit[1]
-                self._count("M_AFFINITY_HIT")
-        if not bid:
-            le = lambda b: int.from_bytes(b, "little")  # noqa: E731
-            h = _mix32(self.s.seed ^ (cookie & 0xFFFFFFFF))
-            h = _mix32(h ^ (cookie >> 32))
-            h = _mix32(h ^ le(daddr.packed))
-            h = _mix32(h ^ (le(struct.pack("!H", dport)) | proto << 16))
-            slot = self._svc(daddr, dport, proto, h % svc.count + 1, scope)
-            bid = slot.backend_id if slot else 0
-        if svc.flags & SVC_F_AFFINITY:
-            self.s.affinity[(node_ip, svc.svc_id)] = (now, bid)
+        le = lambda b: int.from_bytes(b, "little")  # noqa: E731
+        h = _mix32(self.s.seed ^ (cookie & 0xFFFFFFFF))     # the seed, the socket's cookie, the frontend
+        h = _mix32(h ^ (cookie >> 32))
+        h = _mix32(h ^ le(daddr.packed))
+        h = _mix32(h ^ (le(struct.pack("!H", dport)) | proto << 16))
+        bid = self._choose(svc, node_ip, h, daddr, dport, proto, now, [])
         be = self.s.maps.backends.get(bid)
         if be is None:
             return daddr, dport
