@@ -55,6 +55,21 @@ class Pair:
         return any(s["proto"] == proto and s["port"] == port and s["remote"] in ((IPv4Address(remote), rport), None)
                    for s in self.sockets)
 
+    def evict(self, direction: int, **match) -> int:
+        """What a full LRU table does to entries: gone, silently, on both sides alike. Every entry
+        of table `direction` whose key fields equal `match` (addresses and ports as text/ints)."""
+        def hit(key) -> bool:
+            return key.dir == direction and all(str(getattr(key, f)) == str(v) for f, v in match.items())
+        model = [k for k in self.model.s.conntrack if hit(k)]
+        for k in model:
+            del self.model.s.conntrack[k]
+        ct = self.prog.table("conntrack")
+        for k in list(ct.keys()):
+            key = CtKey(from_be32(k.saddr), from_be32(k.daddr), be16(k.sport), be16(k.dport), k.proto, k.dir)
+            if hit(key):
+                del ct[k]
+        return len(model)
+
     def open_socket(self, proto: int, port: int, remote: tuple | None = None):
         """A socket of the node's own in the fixture namespace, on node IP:port: connected to
         remote (ip, port), or (remote None) listening. Kept until close_sockets()."""

@@ -211,27 +211,17 @@ def test_garbage_collection_frees_the_dead(pair):
     p.assert_same_state()
 
 
-def _evict(p, direction: int) -> None:
-    """What a full LRU table does to one half of a flow: gone, silently (both sides alike)."""
-    (key,) = [k for k in p.model.s.conntrack if k.dir == direction]
-    del p.model.s.conntrack[key]
-    ct = p.prog.table("conntrack")
-    for k in list(ct.keys()):
-        if k.dir == direction:
-            del ct[k]
-
-
 def test_a_flow_split_by_eviction_heals_on_its_next_packet(pair):
     """One entry of a live flow evicted (issue 9, defect 7): the next packet in the other
     direction writes it again (M_CT_RESTORED), so the replies after it are translated again."""
     p = pair(table(services=ONE_BACKEND))
     _open(p)
-    _evict(p, 2)                                              # the REPLY half
+    p.evict(2)                                              # the REPLY half
     _, want = p.send("from_pod", from_pod(CLIENT, VIP, ack()))
     assert want.reason == "M_DNAT" and p.prog.metrics()["M_CT_RESTORED"] == 1
     got, want = p.send("from_pod", from_pod(WEB1, CLIENT, TCP(sport=8080, dport=40000, flags="PA") / b"x"))
     assert want.reason == "M_REVNAT" and parsed(got.data)[IP].src == VIP
-    _evict(p, 1)                                              # now the SERVICE half
+    p.evict(1)                                              # now the SERVICE half
     p.send("from_pod", from_pod(WEB1, CLIENT, TCP(sport=8080, dport=40000, flags="A")))
     _, want = p.send("from_pod", from_pod(CLIENT, VIP, ack()))
     assert want.reason == "M_DNAT" and p.prog.metrics()["M_CT_RESTORED"] == 2
@@ -242,8 +232,8 @@ def test_a_lost_flow_is_counted(pair):
     """Both halves gone: the client's next segment is a lost flow, dropped and counted."""
     p = pair(table(services=ONE_BACKEND))
     _open(p)
-    _evict(p, 1)
-    _evict(p, 2)
+    p.evict(1)
+    p.evict(2)
     got, want = p.send("from_pod", from_pod(CLIENT, VIP, ack()))
     assert got.verdict == "drop" and want.reason == "DROP_CT_LOST"
     p.assert_same_state()

@@ -344,22 +344,10 @@ def _masq_flow(p, sport=45020):
     return parsed(fwd.data)[TCP].sport
 
 
-def _drop_entries(p, direction, **match):
-    for key in [k for k in p.model.s.conntrack if k.dir == direction
-                and all(str(getattr(k, f)) == str(v) for f, v in match.items())]:
-        del p.model.s.conntrack[key]
-    ct = p.prog.table("conntrack")
-    from dataplane.backends.ebpf.program import be16, from_be32
-    for k in list(ct.keys()):
-        if k.dir == direction and all(str(from_be32(getattr(k, f)) if f in ("saddr", "daddr") else be16(getattr(k, f)))
-                                      == str(v) for f, v in match.items()):
-            del ct[k]
-
-
 def test_a_lost_masquerade_half_of_a_node_port_flow_is_rewritten(pair):
     p = pair(table(SERVICES, topology(app1="other")))
     port = _masq_flow(p)
-    _drop_entries(p, 3)                                              # the SNAT_OUT half
+    p.evict(3)                                              # the SNAT_OUT half
     got, _ = p.send("from_netdev", outside(NODE, TCP(sport=45020, dport=30080, flags="A")))
     fwd, want = p.send("to_netdev", got.data)
     assert want.reason == "M_SNAT" and parsed(fwd.data)[TCP].sport == port    # still as the node
@@ -372,8 +360,8 @@ def test_an_answer_for_a_lost_mapping_is_dropped_not_given_to_the_node(pair):
     node's stack, which would reset the backend's connection; it is dropped and counted."""
     p = pair(table(SERVICES, topology(app1="other")))
     port = _masq_flow(p)
-    _drop_entries(p, 3)
-    _drop_entries(p, 4)
+    p.evict(3)
+    p.evict(4)
     got, want = p.send("from_netdev", to_pod(WEB2, NODE, synack(sport=8080, dport=port)))
     assert got.verdict == "drop" and want.reason == "DROP_CT_LOST"
     # a port outside the range, or one a node socket holds, still goes to the node
@@ -406,7 +394,7 @@ def test_a_healed_half_never_takes_another_flows_tuple(pair):
     p = pair(ServiceTable(), config=nodeconfig())
     a, _ = p.send("to_netdev", from_pod(CLIENT_A, OUT, udp(sport=61500, dport=53)))
     assert parsed(a.data)[UDP].sport == 61500
-    _drop_entries(p, 4)                                               # A's SNAT_IN
+    p.evict(4)                                               # A's SNAT_IN
     b, _ = p.send("to_netdev", from_pod(CLIENT_B, OUT, udp(sport=61500, dport=53)))
     assert parsed(b.data)[UDP].sport == 61500                         # B takes the free port
     p.send("to_netdev", from_pod(CLIENT_A, OUT, udp(sport=61500, dport=53)))
