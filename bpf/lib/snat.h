@@ -111,6 +111,18 @@ static __always_inline __be16 snat_candidate(const struct pkt *p, const struct d
 	return bpf_htons(cfg->snat_lo + h % span);
 }
 
+/* The CT_SNAT_IN key of flow p's mapping to node_ip:port: the answer remote -> node IP:port. */
+static __always_inline void snat_in_key_of(struct ct_key *ki, const struct pkt *p, __be32 node_ip, __be16 port)
+{
+	ki->saddr = p->daddr;
+	ki->sport = p->dport;
+	ki->daddr = node_ip;
+	ki->dport = port;
+	ki->proto = p->proto;
+	ki->dir = CT_SNAT_IN;
+	ki->pad0 = 0;
+}
+
 /* Claim node IP:port for flow p (source -> remote, as it leaves the node), whose replies come
  * from remote:rport (p's destination): insert `in` as its CT_SNAT_IN entry. `keep` is the port to
  * keep if it can be. 0 and *port_out on success; -1 when no port is free (the caller counts). */
@@ -120,16 +132,11 @@ static __always_inline int snat_claim(struct __sk_buff *skb, const struct pkt *p
 	struct ct_key ki = {};
 	__be16 port = 0;
 
-	ki.saddr = p->daddr;
-	ki.sport = p->dport;
-	ki.daddr = cfg->node_ip;
-	ki.proto = p->proto;
-	ki.dir = CT_SNAT_IN;
 	for (__u32 attempt = 0; attempt <= SNAT_RETRIES; attempt++) {
 		port = snat_candidate(p, cfg, attempt, keep);
 		if (!port)
 			continue;
-		ki.dport = port;
+		snat_in_key_of(&ki, p, cfg->node_ip, port);
 		struct ct_entry *held = conntrack.lookup(&ki);
 		if (held && held->expires <= now)
 			conntrack.delete(&ki);       /* a dead flow's mapping is free again */
@@ -173,12 +180,7 @@ static __always_inline int snat_map(struct __sk_buff *skb, const struct pkt *p, 
 	ct_key_of(&ko, p, CT_SNAT_OUT);
 	if (conntrack.update(&ko, &out) < 0) {
 		struct ct_key ki = {};
-		ki.saddr = p->daddr;
-		ki.sport = p->dport;
-		ki.daddr = cfg->node_ip;
-		ki.dport = port;
-		ki.proto = p->proto;
-		ki.dir = CT_SNAT_IN;
+		snat_in_key_of(&ki, p, cfg->node_ip, port);
 		conntrack.delete(&ki);
 		return -1;
 	}
@@ -204,13 +206,11 @@ static __always_inline int snat_map_after_dnat(struct __sk_buff *skb, const stru
 /* Undo snat_map_after_dnat (the flow could not be stored after all). */
 static __always_inline void snat_unmap_after_dnat(const struct pkt *p, const struct backend *be)
 {
+	struct pkt after = *p;
 	struct ct_key ko = {};
-	ko.saddr = p->saddr;
-	ko.sport = p->sport;
-	ko.daddr = be->addr;
-	ko.dport = be->port;
-	ko.proto = p->proto;
-	ko.dir = CT_SNAT_OUT;
+	after.daddr = be->addr;
+	after.dport = be->port;
+	ct_key_of(&ko, &after, CT_SNAT_OUT);
 	struct ct_entry *out = conntrack.lookup(&ko);
 	if (out)
 		ct_delete(&ko, out);
@@ -224,13 +224,11 @@ static __always_inline void snat_heal(const struct pkt *p, const struct ct_entry
 {
 	if (!(e->flags & CT_F_EGRESS) || (e->flags & CT_F_HAIRPIN) || !e->snat_port)
 		return;
-	struct ct_key ko = {};
-	ko.saddr = p->saddr;
-	ko.sport = p->sport;
-	ko.daddr = e->nat_addr;
-	ko.dport = e->nat_port;
-	ko.proto = p->proto;
-	ko.dir = CT_SNAT_OUT;
+	struct pkt after = *p;                       /* the flow as it leaves: to the backend */
+	struct ct_key ko = {}, ki = {};
+	after.daddr = e->nat_addr;
+	after.dport = e->nat_port;
+	ct_key_of(&ko, &after, CT_SNAT_OUT);
 	if (conntrack.lookup(&ko))
 		return;
 	struct ct_entry out = {}, in = {};
@@ -240,19 +238,10 @@ static __always_inline void snat_heal(const struct pkt *p, const struct ct_entry
 	out.nat_port = e->snat_port;
 	in.nat_addr = p->saddr;
 	in.nat_port = p->sport;
-	struct ct_key ki = {};
-	ki.saddr = e->nat_addr;
-	ki.sport = e->nat_port;
-	ki.daddr = e->snat_addr;
-	ki.dport = e->snat_port;
-	ki.proto = p->proto;
-	ki.dir = CT_SNAT_IN;
+	snat_in_key_of(&ki, &after, e->snat_addr, e->snat_port);
 	struct ct_entry *held = conntrack.lookup(&ki);
 	if (held) {
-		struct ct_key back = {};
-		ct_peer_key(&back, &ki, held);
-		if (back.saddr != ko.saddr || back.sport != ko.sport || back.daddr != ko.daddr ||
-		    back.dport != ko.dport)
+		if (!ct_peer_is_ours(&ko, &ki, held))
 			return;                      /* the port went to another flow meanwhile */
 	} else if (conntrack.insert(&ki, &in) != 0) {
 		return;

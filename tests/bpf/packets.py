@@ -28,6 +28,16 @@ services:
       - {name: dns-tcp, port: 53, targetPort: 5354, protocol: TCP}
 """
 
+# the web service with internalTrafficPolicy Local: only node-local endpoints serve it
+WEB_ONLY_LOCAL = """\
+services:
+  - name: web
+    clusterIP: 10.96.0.10
+    selector: {app: web}
+    internalTrafficPolicy: Local
+    ports: [{name: http, port: 80, targetPort: 8080}]
+"""
+
 
 def table(services: str = WEB_SERVICE, topology: str = BASE):
     """A ServiceTable from scenario text (services appended to a topology)."""

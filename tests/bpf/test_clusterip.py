@@ -7,7 +7,7 @@ import pytest
 
 from tests.bpf.packets import (CLIENT, NODE1, NODE2, NODE_MAC, POD_MAC, VIP, WEB1, WEB2, ICMP, IP,
                                TCP, UDP, ARP, Ether, IPerror, UDPerror, TCPerror, ack, checksums_valid,
-                               from_pod, parsed, syn, synack, table, to_pod, udp)
+                               from_pod, parsed, syn, synack, table, to_pod, udp, WEB_ONLY_LOCAL)
 
 BACKENDS = {WEB1, WEB2}
 
@@ -48,16 +48,6 @@ def test_local_backend_reply_is_translated_on_its_own_veth(pair):
     # ... and the client's own veth then leaves it alone
     again, want = p.send("to_pod", to_pod(VIP, CLIENT, synack(sport=80)))
     assert want.reason == "M_PASS" and again.data == bytes(to_pod(VIP, CLIENT, synack(sport=80)))
-
-
-WEB_ONLY_LOCAL = """\
-services:
-  - name: web
-    clusterIP: 10.96.0.10
-    selector: {app: web}
-    internalTrafficPolicy: Local
-    ports: [{name: http, port: 80, targetPort: 8080}]
-"""
 
 
 def test_udp_round_trip_and_zero_checksum(pair):

@@ -5,17 +5,9 @@ reuses a closed flow's tuple is never translated by it, and garbage collection f
 BPF and model agree on each step, state and expiry included (Pair.assert_same_state)."""
 from __future__ import annotations
 
-from tests.bpf.packets import (CLIENT, IP, TCP, UDP, VIP, WEB1, ack, from_pod, parsed, syn, synack, table,
-                               to_pod, udp)
+from tests.bpf.packets import (CLIENT, IP, TCP, UDP, VIP, WEB1, WEB_ONLY_LOCAL, ack, from_pod, parsed, syn,
+                               synack, table, to_pod, udp)
 
-ONE_BACKEND = """\
-services:
-  - name: web
-    clusterIP: 10.96.0.10
-    selector: {app: web}
-    internalTrafficPolicy: Local
-    ports: [{name: http, port: 80, targetPort: 8080}]
-"""
 HOUR = 3600
 
 
@@ -128,7 +120,7 @@ def test_direct_connection_reusing_a_closed_flows_port_is_not_translated(pair):
     """A client closes a VIP connection (RST, as a client closing with SO_LINGER 0 does) and opens
     one straight to the backend from the same port: the backend's answers must reach it as the
     backend's, not rewritten to the VIP by the old flow's reply entry."""
-    p = pair(table(services=ONE_BACKEND))
+    p = pair(table(services=WEB_ONLY_LOCAL))
     assert _open(p) == WEB1
     p.send("from_pod", from_pod(CLIENT, VIP, TCP(sport=40000, dport=80, flags="R", seq=1001)))
     got, want = p.send("from_pod", from_pod(CLIENT, WEB1, syn(dport=8080)))
@@ -143,7 +135,7 @@ def test_direct_connection_reusing_a_closed_flows_port_is_not_translated(pair):
 def test_syn_ack_on_a_closed_flows_tuple_is_a_new_connection(pair):
     """The same, seen only from the backend's side (the client's SYN did not cross this node's
     hooks): a SYN-ACK on a closed flow's reply tuple ends that flow and passes untranslated."""
-    p = pair(table(services=ONE_BACKEND))
+    p = pair(table(services=WEB_ONLY_LOCAL))
     _open(p)
     p.send("from_pod", from_pod(CLIENT, VIP, TCP(sport=40000, dport=80, flags="R", seq=1001)))
     frame = from_pod(WEB1, CLIENT, synack())
@@ -159,7 +151,7 @@ def test_syn_ack_on_a_closed_flows_tuple_is_a_new_connection(pair):
 
 
 def test_syn_ack_retransmission_of_a_live_flow_is_translated(pair):
-    p = pair(table(services=ONE_BACKEND))
+    p = pair(table(services=WEB_ONLY_LOCAL))
     _open(p)
     got, want = p.send("from_pod", from_pod(WEB1, CLIENT, synack()))    # the client's ACK was lost
     assert want.reason == "M_REVNAT" and parsed(got.data)[IP].src == VIP
@@ -214,7 +206,7 @@ def test_garbage_collection_frees_the_dead(pair):
 def test_a_flow_split_by_eviction_heals_on_its_next_packet(pair):
     """One entry of a live flow evicted (issue 9, defect 7): the next packet in the other
     direction writes it again (M_CT_RESTORED), so the replies after it are translated again."""
-    p = pair(table(services=ONE_BACKEND))
+    p = pair(table(services=WEB_ONLY_LOCAL))
     _open(p)
     p.evict(2)                                              # the REPLY half
     _, want = p.send("from_pod", from_pod(CLIENT, VIP, ack()))
@@ -230,7 +222,7 @@ def test_a_flow_split_by_eviction_heals_on_its_next_packet(pair):
 
 def test_a_lost_flow_is_counted(pair):
     """Both halves gone: the client's next segment is a lost flow, dropped and counted."""
-    p = pair(table(services=ONE_BACKEND))
+    p = pair(table(services=WEB_ONLY_LOCAL))
     _open(p)
     p.evict(1)
     p.evict(2)

@@ -8,7 +8,7 @@ from tests.bpf.harness import NODE_IP
 from tests.bpf.packets import (ICMP, IP, TCP, UDP, WEB1, WEB2, checksums_valid, from_pod, parsed, syn,
                                synack, table, to_pod, udp)
 from tests.bpf.test_masquerade import nodeconfig
-from tests.bpf.test_updates import topology
+from tests.bpf.test_updates import ITP_LOCAL, topology
 
 CLIENT_A, CLIENT_B = "10.0.1.2", "10.0.1.3"
 
@@ -406,15 +406,7 @@ def test_a_healed_half_never_takes_another_flows_tuple(pair):
 def test_a_node_process_to_a_cluster_ip_without_local_endpoint_is_dropped(pair):
     """What the socket hook leaves untranslated (internalTrafficPolicy Local, no endpoint on this
     node) is dropped on the uplink, as kube-proxy drops it."""
-    local = """\
-services:
-  - name: web
-    clusterIP: 10.96.0.10
-    selector: {app: web}
-    internalTrafficPolicy: Local
-    ports: [{port: 80, targetPort: 8080}]
-"""
-    p = pair(table(local, topology(app1="other")))                     # web-2 only, on node2
+    p = pair(table(ITP_LOCAL, topology(app1="other")))                     # web-2 only, on node2
     got, want = p.send("to_netdev", from_pod(NODE, "10.96.0.10", syn(sport=40000, dport=80)))
     assert got.verdict == "drop" and want.reason == "DROP_NO_LOCAL_ENDPOINT"
 
