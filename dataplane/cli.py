@@ -28,8 +28,36 @@ def _progress(enabled: bool):
     return say
 
 
+def backend_options(command):
+    """--seed, --map-size and --ct-timeout: declared once, for every command that starts a backend.
+    Each applies only to the backends that take it (backends.takers)."""
+    for option in reversed((
+        click.option("--seed", type=click.IntRange(0, 2**32 - 1),
+                     help="Seed of the backend's choices (printed with every run): the same seed replays the "
+                          f"same choices ({', '.join(backends.takers('seed'))}; kube-proxy's modes choose with "
+                          "the kernel's random)."),
+        click.option("--map-size", "map_sizes", multiple=True, metavar="NAME=ENTRIES",
+                     help="eBPF map capacity: services, backends, conntrack (default: 2 entries per flow of "
+                          "kube-proxy's max(131072, 32768 x CPUs)), affinity or nosnat (repeatable; "
+                          f"{', '.join(backends.takers('sizes'))})."),
+        click.option("--ct-timeout", "ct_timeouts", multiple=True, metavar="NAME=SECONDS",
+                     help="Conntrack lifetime: syn (unanswered), tcp (established, default 24 h), close_wait "
+                          "(closed one way, 1 h), close (closed both ways or reset, 10 s) or udp (repeatable; "
+                          f"{', '.join(backends.takers('timeouts'))})."),
+    )):
+        command = option(command)
+    return command
+
+
+def _backend_settings(seed, map_sizes, ct_timeouts) -> dict:
+    """The options given on the command line (None: not given)."""
+    from .contract.limits import CtTimeouts, MapSizes
+    return {"seed": seed, "sizes": MapSizes.parse(map_sizes) if map_sizes else None,
+            "timeouts": CtTimeouts.parse(ct_timeouts) if ct_timeouts else None}
+
+
 def _load(path):
-    from .scenario import load
+    from .spec.scenario import load
     return load(path)
 
 
@@ -52,23 +80,14 @@ def cli():
 @cli.command(epilog=EPILOG_RUN)
 @click.argument("scenario", type=click.Path(dir_okay=False))
 @click.option("--backend", "-b", default=backends.DEFAULT, show_default=True,
-              type=click.Choice(sorted(backends.BACKENDS) + ["all"]),
+              type=click.Choice(sorted(backends.BACKENDS) + sorted(backends.ALIASES) + ["all"]),
               help="The dataplane that serves services; `all` runs the scenario on each of "
                    + ", ".join(backends.CONFORMANCE) + " in turn and prints one table.")
 @click.option("--name", "lab_name", help="Lab name (default: the scenario's name).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("--keep", is_flag=True, help="Leave the lab up after the checks (remove it with `down`).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress messages on stderr.")
-@click.option("--seed", type=click.IntRange(0, 2**32 - 1),
-              help="Seed of the backend choice (printed with every run): the same seed replays the same choices "
-                   "(ebpf, model; kube-proxy's modes choose with the kernel's random).")
-@click.option("--map-size", "map_sizes", multiple=True, metavar="NAME=ENTRIES",
-              help="eBPF map capacity: services, backends, conntrack (default: 2 entries per flow of "
-                   "kube-proxy's max(131072, 32768 x CPUs)), affinity or nosnat (repeatable).")
-@click.option("--ct-timeout", "ct_timeouts", multiple=True, metavar="NAME=SECONDS",
-              help="eBPF conntrack lifetime: syn (unanswered), tcp (established, default 24 h), "
-                   "close_wait (closed one way, 1 h), close (closed both ways or reset, 10 s) or udp "
-                   "(repeatable).")
+@backend_options
 def run(scenario, backend, lab_name, as_json, keep, quiet, seed, map_sizes, ct_timeouts):
     """Build the lab of SCENARIO, program a backend, run its checks, tear down.
 
@@ -77,21 +96,22 @@ def run(scenario, backend, lab_name, as_json, keep, quiet, seed, map_sizes, ct_t
     Ctrl-C, SIGTERM) unless --keep is given.
     """
     from . import report
-    from .runner import run_live
+    from .run.runner import run_live
     sc = _load(scenario)
-    from .backends.ebpf.program import CtTimeouts, MapSizes
-    opts = dict(progress=_progress(not quiet), seed=seed, sizes=MapSizes.parse(map_sizes),
-                timeouts=CtTimeouts.parse(ct_timeouts))
+    settings = _backend_settings(seed, map_sizes, ct_timeouts)
+    progress = _progress(not quiet)
     if backend == "all":
         if keep:
             raise click.UsageError("--keep needs one backend (with `all`, each backend's lab replaces the last)")
-        for name in backends.CONFORMANCE:
-            doctor.require(*backends.get(name).needs)
-        reps = [run_live(sc, name, lab_name or sc.name, **opts) for name in backends.CONFORMANCE]
+        chosen = [backends.get(name, strict=False, **settings) for name in backends.CONFORMANCE]
+        for be in chosen:
+            doctor.require(*be.needs)
+        reps = [run_live(sc, be, lab_name or sc.name, progress=progress) for be in chosen]
         click.echo(report.matrix_json(reps) if as_json else report.matrix(reps))
         sys.exit(0 if all(r.passed for r in reps) else 1)
-    doctor.require(*backends.get(backend).needs)
-    rep = run_live(sc, backend, lab_name or sc.name, keep=keep, **opts)
+    be = backends.get(backend, **settings)
+    doctor.require(*be.needs)
+    rep = run_live(sc, be, lab_name or sc.name, keep=keep, progress=progress)
     click.echo(report.as_json(rep) if as_json else report.table(rep))
     sys.exit(0 if rep.passed else 1)
 
@@ -105,43 +125,27 @@ Examples:
 @click.argument("scenario", type=click.Path(dir_okay=False))
 @click.option("--name", "lab_name", help="Lab name (default: the scenario's name).")
 @click.option("--backend", "-b", default=backends.DEFAULT, show_default=True,
-              type=click.Choice(sorted(backends.BACKENDS)))
+              type=click.Choice(sorted(backends.BACKENDS) + sorted(backends.ALIASES)))
 @click.option("--dry-run", is_flag=True, help="Print every namespace, link, address and route; create nothing.")
-@click.option("--seed", type=click.IntRange(0, 2**32 - 1), help="Seed of the backend choice (ebpf).")
-@click.option("--map-size", "map_sizes", multiple=True, metavar="NAME=ENTRIES",
-              help="eBPF map capacity: services, backends, conntrack (default: 2 entries per flow of "
-                   "kube-proxy's max(131072, 32768 x CPUs)), affinity or nosnat (repeatable).")
-@click.option("--ct-timeout", "ct_timeouts", multiple=True, metavar="NAME=SECONDS",
-              help="eBPF conntrack lifetime: syn (unanswered), tcp (established, default 24 h), "
-                   "close_wait (closed one way, 1 h), close (closed both ways or reset, 10 s) or udp "
-                   "(repeatable).")
+@backend_options
 def up(scenario, lab_name, backend, dry_run, seed, map_sizes, ct_timeouts):
     """Build the lab of SCENARIO and leave it running (its test servers too).
 
     Look inside with `dataplane exec LAB NAME -- CMD`, list labs with `dataplane status`,
     remove with `dataplane down LAB`.
     """
-    from .lab.lab import Lab
     from .lab.plan import make_plan
+    from .run.runner import bring_up
     sc = _load(scenario)
     name = lab_name or sc.name
     if dry_run:
         click.echo(make_plan(sc.topology, name, sc.frontend_routes).describe())
         return
-    from .backends.ebpf.program import CtTimeouts, MapSizes
-    be = backends.get(backend, seed=seed, sizes=MapSizes.parse(map_sizes), timeouts=CtTimeouts.parse(ct_timeouts))
-    if getattr(be, "simulated", False):
+    be = backends.get(backend, **_backend_settings(seed, map_sizes, ct_timeouts))
+    if be.simulated:
         raise click.UsageError(f"backend {backend} is simulated: there is no lab to bring up (use `run`)")
     doctor.require(*be.needs)
-    lab = Lab.create(sc.topology, name, sc.file, _progress(True), be.name, sc.frontend_routes)
-    try:
-        be.setup(lab, sc.services)
-        if getattr(be, "serves_health_checks", False):
-            from .healthcheck import HealthChecks
-            HealthChecks(lab).sync(sc.services)
-    except BaseException:
-        lab.teardown()
-        raise
+    lab = bring_up(sc, be, name, _progress(True))
     topo = sc.topology
     click.echo(f"lab {name} is up: {topo.model} model, {len(topo.nodes)} nodes, {len(topo.pods)} pods, "
                f"{len(topo.hosts)} outside hosts")
@@ -275,14 +279,18 @@ def rules(lab, nodes):
     the pinned BPF maps in service terms (frontend -> endpoints, flags) for ebpf.
     """
     from .lab import state
-    from .rules import listing
     from .errors import LabError
     doctor.require("root")
     rec = state.load(lab)
     if rec is None:
         raise LabError(f"no lab named {lab!r} (see `dataplane status`)")
-    texts = [(node, listing(lab, node)) for node in nodes or sorted(o for o, r in rec.roles.items() if r == "node")]
-    for node, text in texts:
+    all_nodes = sorted(o for o, r in rec.roles.items() if r == "node")
+    for node in nodes:
+        if node not in all_nodes:
+            raise LabError(f"lab {lab} has no node named {node!r}; its nodes: {', '.join(all_nodes)}")
+    be = backends.class_of(rec.backend)()
+    for node in nodes or all_nodes:
+        text = be.dump(rec, node)
         click.echo(f"=== {lab} {node} ({rec.backend})")
         click.echo(text, nl=False)
 
@@ -314,7 +322,7 @@ def bench_sync(counts, names, requests, as_json):
     """Time programming N services, changing one, and a connection through the last of them,
     per backend, on a one-node lab (see dataplane/bench/sync.py for the method)."""
     from dataclasses import asdict
-    from .bench.sync import machine, run_one
+    from .run.bench.sync import machine, run_one
     for name in names:
         doctor.require(*backends.get(name).needs)
     results = []

@@ -6,12 +6,12 @@ import shutil
 
 import click
 
-from .runner import Report
+from .run.runner import Report
 
 
 def table(report: Report) -> str:
     width = shutil.get_terminal_size((120, 20)).columns
-    rows = [("", "check", "detail")] + [("PASS" if r.passed else "FAIL", r.name, r.detail)
+    rows = [("", "check", "detail")] + [("PASS" if r.passed else "FAIL", r.name, _detail(r))
                                          for r in report.results]
     w1 = max(len(r[1]) for r in rows)
     lines = [f"scenario {report.scenario} on backend {report.backend}"
@@ -41,9 +41,8 @@ def as_json(report: Report) -> str:
     return json.dumps(report.to_json(), indent=2)
 
 
-def _documented(detail: str) -> str | None:
-    mark = "[documented difference "
-    return detail.split(mark, 1)[1].split("]", 1)[0] if mark in detail else None
+def _detail(result) -> str:
+    return result.detail + (f" [documented difference {result.difference}]" if result.difference else "")
 
 
 def matrix(reports: list[Report]) -> str:
@@ -61,7 +60,7 @@ def matrix(reports: list[Report]) -> str:
         for rep, c in zip(reports, cols):
             r = rep.results[i] if i < len(rep.results) else None
             cell = "-" if r is None else ("PASS" if r.passed else "FAIL")
-            key = r and _documented(r.detail)
+            key = r and r.difference
             if key:
                 cell += "*"
                 notes.setdefault(key, set()).add(f"{rep.backend}: {'/'.join(r.outcomes) or '-'}")
@@ -73,7 +72,7 @@ def matrix(reports: list[Report]) -> str:
     for rep in reports:
         for r in rep.results:
             if not r.passed:
-                lines.append(f"FAIL on {rep.backend}: {r.name}: {r.detail}")
+                lines.append(f"FAIL on {rep.backend}: {r.name}: {_detail(r)}")
     total = sum(len(r.results) for r in reports)
     passed = sum(x.passed for r in reports for x in r.results)
     lines.append(f"{passed} of {total} checks passed")

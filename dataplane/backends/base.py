@@ -1,30 +1,72 @@
-"""The Backend protocol: each dataplane renders the one ServiceTable into a live lab.
+"""The Backend interface: each dataplane renders the one ServiceTable into a lab, and declares
+what else it can do, so that nobody has to probe it.
 
-A backend never decides policy (which endpoints are eligible); it reads it from dataplane.policy,
-so that ebpf, iptables, nftables and the reference model cannot disagree by construction. Where
-kube-proxy's own modes do disagree, dataplane.differences says so, and only there.
+A backend never decides policy (which endpoints are eligible); it reads it from
+dataplane.spec.policy, so that ebpf, iptables, nftables and the emulator cannot disagree by
+construction. Where kube-proxy's own modes do disagree, dataplane.judge.differences says so, and
+only there.
 
-Optional attributes the runner uses when present: `serves_health_checks` (run kube-proxy's
-health-check node port servers beside), `seed` (replayable choices), `metrics()`, `collect()`.
+Like kube-proxy's Proxier, a backend owns everything a sync touches: its rules or maps, the stale
+conntrack state a sync leaves, and the health-check node ports it serves (kube-proxy's
+healthCheckNodePort servers, one per node).
 """
 from __future__ import annotations
 
-from typing import Protocol
+from typing import ClassVar
 
-from ..lab.lab import Lab
-from ..model import ServiceTable
+from ..errors import LabError
+from .healthcheck import HealthChecks
+
+# Options a backend may take, by the CLI flag that sets them.
+OPTION_FLAGS = {"seed": "--seed", "sizes": "--map-size", "timeouts": "--ct-timeout"}
 
 
-class Backend(Protocol):
-    name: str
-    description: str
-    needs: tuple[str, ...]          # doctor checks this backend depends on (see dataplane.doctor)
+class Backend:
+    name: ClassVar[str]
+    description: ClassVar[str]
+    needs: ClassVar[tuple[str, ...]] = ()        # doctor checks it depends on (dataplane.doctor)
+    simulated: ClassVar[bool] = False            # runs on the emulator: no lab, no root
+    options: ClassVar[tuple[str, ...]] = ()      # which of OPTION_FLAGS apply
+    serves_health_checks: ClassVar[bool] = False
+    has_counters: ClassVar[bool] = False         # metrics() reports per-node packet counters
+    seed: int | None = None                      # the seed of its choices, when it has one
 
-    def setup(self, lab: Lab, table: ServiceTable) -> None:
+    def setup(self, lab, table) -> None:
         """Program every node of the lab for the table."""
+        raise NotImplementedError
 
-    def sync(self, lab: Lab, table: ServiceTable) -> list[str]:
+    def sync(self, lab, table) -> list[str]:
         """Apply a changed table; return what was changed (for reports)."""
+        raise NotImplementedError
 
-    def teardown(self, lab: Lab) -> None:
+    def teardown(self, lab) -> None:
         """Remove what setup installed (namespace removal is the lab's job)."""
+
+    def collect(self) -> int:
+        """Collect expired state (conntrack, affinity) where the backend, not the kernel, must;
+        the number of entries removed."""
+        return 0
+
+    def metrics(self) -> dict:
+        """node -> {counter: packets}; empty for a backend without counters."""
+        return {}
+
+    def dump(self, record, node: str) -> str:
+        """What the backend installed on a node of a running lab (its record), read back from the
+        kernel: `dataplane rules`."""
+        raise LabError(f"lab {record.name} runs backend {self.name!r}, which installs no rules")
+
+
+class HealthCheckServing:
+    """For a backend that serves kube-proxy's health-check node ports: the servers follow every
+    sync of a live lab (they run in the node namespaces, so the lab's teardown stops them)."""
+    serves_health_checks: ClassVar[bool] = True
+    health: HealthChecks | None = None
+
+    def sync_health_checks(self, lab, table) -> None:
+        if lab is None:
+            return
+        if self.health is None or self.health.lab is not lab:
+            self.health = HealthChecks(lab)
+        self.health.sync(table)
+

@@ -2,8 +2,10 @@
 node and outside reachability, and as the baseline every service backend is compared with."""
 from __future__ import annotations
 
+from .base import Backend
 
-class NoneBackend:
+
+class NoneBackend(Backend):
     name = "none"
     description = "plain routing, no service handling (service VIPs are not served)"
     needs = ("root", "netns")
@@ -13,6 +15,3 @@ class NoneBackend:
 
     def sync(self, lab, table) -> list[str]:
         return []
-
-    def teardown(self, lab) -> None:
-        pass

@@ -19,9 +19,9 @@ from collections import deque
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
-from ..backends.ebpf.render import Ids, render_config, render_node
+from ..contract.render import Ids, render_config, render_node
 from ..lab.plan import LabPlan, mac_for
-from ..refmodel.datapath import Datapath, NodeState, Timeouts
+from ..oracle.datapath import Datapath, NodeState, Timeouts
 from .packets import ETH_P_IP, ICMP, Ip, ether, icmp, mac_str
 from .transport import Transport
 
@@ -134,7 +134,7 @@ class SimNet(Transport):
     def program(self, table, update=None) -> None:
         """Program every node's model datapath from the table (render, as the ebpf backend does);
         `update(state, maps)` applies an update to a node already programmed."""
-        from ..policy import health_checks
+        from ..spec.policy import health_checks
         # every node rendered first, as the ebpf backend does: a table that cannot be written
         # changes nothing
         ids = {node.name: copy.deepcopy(self.ids.get(node.name, Ids())) for node in self.plan.spec.nodes}
@@ -165,7 +165,7 @@ class SimNet(Transport):
 
     def sync(self, table) -> list[str]:
         """An update: reprogram every node and flush the flows of endpoints that left."""
-        from ..policy import flow_keep
+        from ..spec.policy import flow_keep
         keep = flow_keep(table)
         self.program(table, update=lambda state, maps: state.sync(maps, keep))
         out = []

@@ -7,7 +7,7 @@ import struct
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Address
 
-from ..refmodel.datapath import csum
+from ..oracle.datapath import csum
 
 TCP, UDP, ICMP = 6, 17, 1
 ETH_P_IP = 0x0800

@@ -1,7 +1,7 @@
 """The emulated hosts' transport: TCP and UDP endpoints of the test servers and clients.
 
-Servers behave like dataplane.agent.netexec (and the health-check servers), clients like
-dataplane.agent.client, speaking dataplane.agent.protocol over real segments: a TCP connection
+Servers behave like dataplane.lab.workload.netexec (and the health-check servers), clients like
+dataplane.lab.workload.client, speaking dataplane.lab.workload.protocol over real segments: a TCP connection
 is a handshake, data segments no larger than the path allows, ACKs and FINs in both directions,
 so the datapath sees what a kernel would send. It is not a full TCP: no windows, no loss
 recovery except a retransmission after an ICMP fragmentation-needed; what it sends and receives
@@ -14,7 +14,7 @@ import struct
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 
-from ..agent.protocol import answer, first_line, http_request, padded, parse_udp, udp_request
+from ..lab.workload.protocol import answer, first_line, http_request, padded, parse_udp, udp_request
 from .packets import ACK, FIN, ICMP, RST, SYN, TCP, UDP, Ip, Tcp, Udp, icmp, tcp_flags
 
 EPHEMERAL = (32768, 60999)
@@ -356,7 +356,7 @@ class Transport:
     def request(self, client_ns: str, dst: IPv4Address, port: int, protocol: str, source_port=None,
                 http_get=None, half_close: bool = False, delay: float = 0.0, size: int = 0,
                 timeout: float = 2.0) -> dict:
-        """One request as dataplane.agent.client makes it; the same result format."""
+        """One request as dataplane.lab.workload.client makes it; the same result format."""
         sim = self.ns[client_ns]
         self.now += 1_000_000     # 1 ms per request
         deadline = self.now + int(timeout * 1e9)

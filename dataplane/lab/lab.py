@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from ..errors import LabError
 from . import cgroups, netns, state
 from .plan import LabPlan, make_plan
-from .topology import TopologySpec, lab_of_netns
+from ..spec.topology import TopologySpec
+from .names import lab_of_netns
 
 NUD_PERMANENT = 0x80
 SCOPE_LINK = 253
@@ -151,7 +152,7 @@ class Lab:
         os.makedirs(logdir, exist_ok=True)
         started = {}
         for obj in objs:
-            argv = [sys.executable, "-m", "dataplane.agent.netexec", "--name", obj.name]
+            argv = [sys.executable, "-m", "dataplane.lab.workload.netexec", "--name", obj.name]
             for p in obj.ports:
                 argv += ["--tcp" if p.protocol == "TCP" else "--udp", str(p.port)]
             log = open(os.path.join(logdir, obj.name + ".log"), "w")

@@ -21,7 +21,8 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
-from .topology import NODE_LOCAL_PORTS, Names, TopologySpec
+from ..spec.topology import NODE_LOCAL_PORTS, TopologySpec
+from .names import Names
 
 POD_GATEWAY = "169.254.1.1"
 

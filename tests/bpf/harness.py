@@ -5,13 +5,12 @@ from __future__ import annotations
 import time
 from ipaddress import IPv4Address, IPv4Network
 
-from dataplane.backends.ebpf.consts import (CT_F_EGRESS, CT_F_FIN_ORIG, CT_F_FIN_REPLY, CT_F_HAIRPIN, CT_F_RST,
-                                           CT_F_SEEN_REPLY)
+from dataplane.contract.consts import CT_F_EGRESS, CT_F_FIN_ORIG, CT_F_FIN_REPLY, CT_F_HAIRPIN, CT_F_RST, CT_F_SEEN_REPLY
 from dataplane.backends.ebpf.maps import apply
 from dataplane.backends.ebpf.program import NodeProgram, be16, from_be32
-from dataplane.backends.ebpf.render import Ids, NodeConfig, NodeMaps, render_node
+from dataplane.contract.render import Ids, NodeConfig, NodeMaps, render_node
 from dataplane.backends.ebpf.testrun import run
-from dataplane.refmodel.datapath import CtKey, Datapath, NodeState
+from dataplane.oracle.datapath import CtKey, Datapath, NodeState
 
 NODE_IP = IPv4Address("10.240.0.1")
 
@@ -24,8 +23,8 @@ def _clear(table) -> None:
 class Pair:
     def __init__(self, prog: NodeProgram, table, node: str = "node1", seed: int = 7, timeouts=None,
                  config=None, netns: str | None = None):
-        from dataplane.backends.ebpf.program import CtTimeouts
-        from dataplane.refmodel.datapath import Timeouts
+        from dataplane.contract.limits import CtTimeouts
+        from dataplane.oracle.datapath import Timeouts
         self.prog = prog
         self.netns = netns
         t = timeouts or {}
@@ -176,7 +175,7 @@ def sync(pair: "Pair", old_table, new_table, node: str = "node1") -> tuple:
     """Apply a service update to both sides as the backends do (the ebpf backend's sync_node, the
     model's NodeState.sync): (entries the BPF side forgot, entries the model forgot)."""
     from dataplane.backends.ebpf import sync_node
-    from dataplane.policy import flow_keep
+    from dataplane.spec.policy import flow_keep
     rendered = render_node(new_table, node, pair.ids, NODE_IP)
     keep = flow_keep(new_table)
     _, flushed = sync_node(pair.prog, pair.model.s.maps, rendered, keep)

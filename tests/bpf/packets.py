@@ -9,7 +9,7 @@ from pathlib import Path
 from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, TCPerror, UDPerror  # noqa: F401  (for tests)
 from scapy.layers.l2 import ARP, Ether  # noqa: F401
 
-from dataplane.scenario import load
+from dataplane.spec.scenario import load
 from tests.helpers import BASE
 
 POD_MAC, NODE_MAC = "02:00:00:00:00:0a", "02:00:00:00:00:01"

@@ -8,7 +8,7 @@ from __future__ import annotations
 from scapy.layers.inet import fragment
 from scapy.layers.l2 import Ether
 
-from dataplane.model import ServiceTable
+from dataplane.spec.table import ServiceTable
 from tests.bpf.harness import NODE_IP
 from tests.bpf.packets import CLIENT, IP, UDP, VIP, WEB2, parsed, table, to_pod
 from tests.bpf.test_nodeport import EXT, SERVICES

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from dataplane.backends.ebpf import consts
+from dataplane.contract import consts
 from dataplane.backends.ebpf.source import BPF_DIR
 
 LAYOUT = {

@@ -9,8 +9,8 @@ from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
-from dataplane.backends.ebpf.render import NodeConfig
-from dataplane.model import ServiceTable
+from dataplane.contract.render import NodeConfig
+from dataplane.spec.table import ServiceTable
 from tests.bpf.harness import NODE_IP
 from tests.bpf.packets import (CLIENT, ICMP, IP, TCP, UDP, UDPerror, IPerror, WEB2, checksums_valid,
                                from_pod, parsed, syn, synack, to_pod, udp)

@@ -3,7 +3,7 @@ reaches node IP:nodePort; destinations are rewritten on ingress, sources on egre
 externalTrafficPolicy Cluster the backend sees the node's IP; with Local it sees the client's."""
 from __future__ import annotations
 
-from dataplane.model import ServiceTable
+from dataplane.spec.table import ServiceTable
 from tests.bpf.harness import NODE_IP
 from tests.bpf.packets import (ICMP, IP, TCP, UDP, WEB1, WEB2, checksums_valid, from_pod, parsed, syn,
                                synack, table, to_pod, udp)

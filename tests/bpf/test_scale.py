@@ -4,8 +4,8 @@ from __future__ import annotations
 from ipaddress import IPv4Address, IPv4Network
 
 from dataplane.backends.ebpf.maps import apply
-from dataplane.backends.ebpf.render import Ids, NodeMaps, render_node
-from dataplane.model import Endpoint, EndpointPort, Service, ServicePort, ServiceTable
+from dataplane.contract.render import Ids, NodeMaps, render_node
+from dataplane.spec.table import Endpoint, EndpointPort, Service, ServicePort, ServiceTable
 from tests.bpf.harness import Pair
 from tests.bpf.packets import CLIENT, IP, from_pod, parsed, syn
 
@@ -51,8 +51,8 @@ def test_a_service_port_beyond_65535_backends_is_refused_and_nothing_written(pro
 
     from dataplane.backends.ebpf import EbpfBackend
     from dataplane.backends.ebpf.maps import read_services
-    from dataplane.backends.ebpf.render import RenderError
-    from dataplane.model import Endpoint, EndpointPort, Service, ServicePort, ServiceTable
+    from dataplane.contract.render import RenderError
+    from dataplane.spec.table import Endpoint, EndpointPort, Service, ServicePort, ServiceTable
     from tests.bpf.harness import Pair
     from tests.bpf.packets import table
 

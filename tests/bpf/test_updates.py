@@ -141,7 +141,7 @@ def test_remembered_backend_no_longer_eligible_is_not_chosen(pair):
     and so not eligible while web-2 is ready, but still the only endpoint of another service, is
     not chosen again; the entry is overwritten with the fresh choice."""
     from dataplane.backends.ebpf.maps import apply
-    from dataplane.backends.ebpf.render import render_node
+    from dataplane.contract.render import render_node
     from tests.bpf.harness import NODE_IP
     before = table(TWO_SERVICES, _shared(topology(web2=", ready: false")))
     p = pair(before)

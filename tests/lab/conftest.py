@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from dataplane.lab import netns, state
-from dataplane.lab.topology import lab_of_netns
+from dataplane.lab.names import lab_of_netns
 
 def root_snapshot() -> dict:
     from pyroute2 import IPRoute

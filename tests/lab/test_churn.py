@@ -9,11 +9,13 @@ import sys
 import textwrap
 
 from dataplane.backends import get
-from dataplane.backends.ebpf.program import MapSizes
-from dataplane.checks import CheckSpec, client_argv, evaluate, parse_client_output
+from dataplane.contract.limits import MapSizes
+from dataplane.judge.checks import evaluate
+from dataplane.lab.workload.argv import client_argv, parse_client_output
+from dataplane.spec.checks import CheckSpec
 from dataplane.lab import netns
 from dataplane.lab.lab import Lab
-from dataplane.scenario import load
+from dataplane.spec.scenario import load
 from tests.helpers import write
 
 SCENARIO = """\
@@ -37,7 +39,7 @@ services:
 # One connection, kept open, asking /hostname every 20 ms until stdin closes.
 HOLDER = textwrap.dedent("""
     import json, socket, sys, threading
-    from dataplane.agent.client import _http_answers
+    from dataplane.lab.workload.client import _http_answers
     s = socket.create_connection(("10.240.0.1", 30080), timeout=5)
     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     stop = threading.Event()
@@ -104,7 +106,7 @@ services:
 # flow's request fails after half a second).
 MANY = textwrap.dedent("""
     import json, socket
-    from dataplane.agent.client import _http_answers
+    from dataplane.lab.workload.client import _http_answers
     socks, ok, failed = [], 0, 0
     for _ in range(48):
         s = socket.create_connection(("10.96.0.121", 80), timeout=3)

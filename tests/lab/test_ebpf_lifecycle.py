@@ -11,7 +11,7 @@ from dataplane.backends import get
 from dataplane.backends.ebpf.program import ENTRY_POINTS, MAP_NAMES, SOCK_HOOKS
 from dataplane.lab import netns
 from dataplane.lab.lab import Lab
-from dataplane.scenario import load
+from dataplane.spec.scenario import load
 from tests.conftest import SCENARIOS
 
 

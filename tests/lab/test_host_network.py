@@ -11,7 +11,7 @@ import sys
 from dataplane.backends import get
 from dataplane.lab import cgroups, netns
 from dataplane.lab.lab import Lab
-from dataplane.scenario import load
+from dataplane.spec.scenario import load
 from tests.conftest import SCENARIOS
 
 # A node process: UDP without connect() (sendto/recvfrom), and TCP with getpeername().
@@ -23,7 +23,7 @@ u.sendto(b"hostname", ("10.96.0.100", 53))
 answer, source = u.recvfrom(65535)
 t = socket.create_connection(("10.96.0.100", 80), timeout=3)
 peer = t.getpeername()
-from dataplane.agent.client import _http_answers
+from dataplane.lab.workload.client import _http_answers
 (seen,) = _http_answers(t, ["/clientip"], "web", 0.0, 0, False)
 print(json.dumps({"answer": answer.decode(), "source": list(source), "peer": list(peer), "seen": seen}))
 """
@@ -74,7 +74,7 @@ def test_dataplane_exec_on_a_node_joins_its_cgroup():
         assert out.returncode == 0, out.stderr
         assert "/dp-t-hostexec/node1" in out.stdout
         curl = subprocess.run([sys.executable, "-m", "dataplane.cli", "exec", "t-hostexec", "node1", "--",
-                               sys.executable, "-m", "dataplane.agent.client", "--to", "10.96.0.100", "--port", "80"],
+                               sys.executable, "-m", "dataplane.lab.workload.client", "--to", "10.96.0.100", "--port", "80"],
                               capture_output=True, text=True, timeout=30)
         assert json.loads(curl.stdout)["results"][0]["outcome"] == "reachable", curl.stdout + curl.stderr
     finally:
@@ -134,7 +134,7 @@ def test_a_node_socket_whose_backend_leaves_is_closed(tmp_path):
         assert json.loads(out) in ({"errno": 103}, {"errno": 89}), out + err
         assert any("flushed" in line for line in report)
         # a new socket reaches the remaining endpoint
-        probe = netns.run(lab.record.objects["node1"], [sys.executable, "-m", "dataplane.agent.client", "--to",
+        probe = netns.run(lab.record.objects["node1"], [sys.executable, "-m", "dataplane.lab.workload.client", "--to",
                           "10.96.0.110", "--port", "53", "--protocol", "UDP"], timeout=30, cgroup=lab.cgroup_of("node1"))
         assert json.loads(probe.stdout)["results"][0]["hostname"] == "web-2"
     finally:

@@ -11,10 +11,10 @@ import pytest
 
 from dataplane.backends import get
 from dataplane.backends.iptables.render import FILTER_CHAINS, NAT_CHAINS
-from dataplane.bench.synthetic import one_node, services, vip
+from dataplane.run.bench.synthetic import one_node, services, vip
 from dataplane.lab import netns
 from dataplane.lab.lab import Lab
-from dataplane.scenario import load
+from dataplane.spec.scenario import load
 
 N = 1000
 @pytest.fixture

@@ -16,7 +16,7 @@ from dataplane import backends
 from dataplane.errors import LabError
 from dataplane.lab import netns, state
 from dataplane.lab.lab import Lab
-from dataplane.scenario import load
+from dataplane.spec.scenario import load
 from tests.conftest import ROOT, SCENARIOS
 from tests.helpers import BASE, write
 from tests.lab.conftest import dataplane, leftovers, status

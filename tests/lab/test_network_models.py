@@ -9,10 +9,10 @@ from ipaddress import IPv4Address
 
 import pytest
 
-from dataplane.checks import CheckSpec
+from dataplane.spec.checks import CheckSpec
 from dataplane.lab.lab import Lab
-from dataplane.runner import run_check
-from dataplane.scenario import load
+from dataplane.run.runner import run_check
+from dataplane.spec.scenario import load
 from tests.helpers import BASE, write
 
 R, D = "reachable", "dropped"

@@ -9,12 +9,14 @@ from ipaddress import IPv4Address
 
 import pytest
 
-from dataplane import capture
+from dataplane.lab import capture
 from dataplane.backends import get
-from dataplane.checks import CheckSpec, evaluate, client_argv, parse_client_output
+from dataplane.judge.checks import evaluate
+from dataplane.lab.workload.argv import client_argv, parse_client_output
+from dataplane.spec.checks import CheckSpec
 from dataplane.lab import netns
 from dataplane.lab.lab import Lab
-from dataplane.scenario import load
+from dataplane.spec.scenario import load
 from tests.bpf.packets import ICMP, IP, TCP, UDP, Ether, checksums_valid
 from tests.helpers import write
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from ipaddress import IPv4Address as A, IPv4Network as N
 
-from dataplane.lab.topology import NodeSpec, TopologySpec
-from dataplane.model import Endpoint, EndpointPort, Service, ServicePort, ServiceTable
+from dataplane.spec.topology import NodeSpec, TopologySpec
+from dataplane.spec.table import Endpoint, EndpointPort, Service, ServicePort, ServiceTable
 
 NODE = "test-node"
 SPEC = TopologySpec(model="flat", cluster_cidr=N("10.0.0.0/8"), service_cidr=N("172.30.0.0/16"),

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from ipaddress import IPv4Address
 
-from dataplane.checks import CheckSpec, evaluate
+from dataplane.judge.checks import evaluate
+from dataplane.spec.checks import CheckSpec
 
 
 def spec(**kw):
@@ -55,7 +56,7 @@ def test_one_bad_request_among_many_fails():
 def test_capture_judge_catches_an_untranslated_reply():
     from scapy.layers.inet import IP as SIP, TCP as STCP
     from scapy.layers.l2 import Ether
-    from dataplane.capture import judge
+    from dataplane.judge.capture import judge
     s = spec(target="service/web", ip=IPv4Address("10.96.0.10"), port=80, source=IPv4Address("10.0.1.2"))
     good_reply = bytes(Ether() / SIP(src="10.96.0.10", dst="10.0.1.2") / STCP(sport=80, dport=40000))
     bad_reply = bytes(Ether() / SIP(src="10.0.2.2", dst="10.0.1.2") / STCP(sport=8080, dport=40001))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dataplane import backends
-from dataplane.differences import DIFFERENCES, REFERENCE, expectation, markdown_table, situations
+from dataplane.judge.differences import DIFFERENCES, REFERENCE, expectation, markdown_table, situations
 from tests.bpf.packets import table
 from tests.conftest import ROOT
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 import shutil
 
-from dataplane.scenario import load
+from dataplane.spec.scenario import load
 from tests.conftest import ROOT, SCENARIOS
 
 
@@ -21,7 +21,7 @@ def test_scenario_format_example_loads(tmp_path):
     assert [e.pod for e in shop.endpoints] == ["web-1"]
     assert {s.name for s in sc.services} == {"shop", "web", "legacy-db"}
     assert len(sc.ignored) == 2 and sc.checks[0].backends == ("web-1",)
-    from dataplane.scenario import Sleep, Update
+    from dataplane.spec.scenario import Sleep, Update
     kinds = [type(s).__name__ for s in sc.steps]
     assert kinds == ["CheckSpec", "CheckSpec", "Sleep", "Update", "CheckSpec"]
     assert sc.steps[1].http_get == "/" and sc.steps[1].status == 200

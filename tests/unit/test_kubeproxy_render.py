@@ -14,8 +14,7 @@ from collections import defaultdict
 import pytest
 
 from dataplane.backends.iptables.render import render as render_iptables
-from dataplane.backends.kubeproxy.names import (nft_endpoint_base, nft_service_base, sep_chain,
-                                                svc_chain)
+from dataplane.backends.kubeproxy.names import nft_endpoint_base, nft_service_base, sep_chain, svc_chain
 from dataplane.backends.nftables.render import render as render_nftables
 from tests.conftest import ROOT
 from tests.unit.kubeproxy_fixture import NODE, SPEC, fixture
@@ -108,7 +107,7 @@ def test_iptables_multiport_and_three_endpoints():
     (probabilities 1/3, 1/2, then the last endpoint unconditionally), per kube-proxy's
     writeServiceToEndpointRules; an unnamed port is "ns/name"; a UDP port is hashed with "udp"."""
     from ipaddress import IPv4Address as A
-    from dataplane.model import Endpoint, EndpointPort, Service, ServicePort, ServiceTable
+    from dataplane.spec.table import Endpoint, EndpointPort, Service, ServicePort, ServiceTable
     t = ServiceTable()
     ports = (EndpointPort("http", 8080, "TCP"), EndpointPort("dns", 5353, "UDP"))
     eps = tuple(Endpoint(A(f"10.0.0.{i}"), ports, NODE, None) for i in (2, 3, 4))
@@ -182,7 +181,7 @@ def combinations():
     """Services in every traffic-policy combination, with local, remote, terminating or no
     endpoints, affinity and source ranges."""
     from ipaddress import IPv4Address as A, IPv4Network as N
-    from dataplane.model import Service, ServiceTable
+    from dataplane.spec.table import Service, ServiceTable
     from tests.unit.kubeproxy_fixture import ep, port
     t = ServiceTable()
     i = 0
@@ -229,7 +228,7 @@ def test_both_local_policies_keep_the_cluster_chain_for_short_circuits():
     """iTP and eTP Local on a node port: pods and the node itself still use every endpoint
     (kube-proxy's UsesClusterEndpoints is true for any externally accessible service)."""
     from ipaddress import IPv4Address as A
-    from dataplane.model import Service, ServiceTable
+    from dataplane.spec.table import Service, ServiceTable
     from tests.unit.kubeproxy_fixture import ep, port
     t = ServiceTable()
     t.add(Service("ns", "a", "NodePort", A("172.30.0.50"), (port(30050),), internal_traffic_policy="Local",
@@ -244,7 +243,7 @@ def test_both_local_policies_keep_the_cluster_chain_for_short_circuits():
 def test_endpoints_in_kube_proxys_order():
     """kube-proxy sorts endpoints as text: 10.180.0.10:80 before 10.180.0.9:80."""
     from ipaddress import IPv4Address as A
-    from dataplane.model import Service, ServiceTable
+    from dataplane.spec.table import Service, ServiceTable
     from tests.unit.kubeproxy_fixture import ep, port
     t = ServiceTable()
     t.add(Service("ns1", "svc1", "ClusterIP", A("172.30.0.41"), (port(),), endpoints=(ep("10.180.0.9"), ep("10.180.0.10"))))
@@ -260,7 +259,7 @@ def test_iptables_nodeport_with_local_traffic_policy_and_a_local_endpoint():
     and node traffic to KUBE-SVC (every endpoint), sends the rest to KUBE-SVL (this node's); no
     filter rule (the node has a local endpoint); names from kube-proxy's hash."""
     from ipaddress import IPv4Address as A
-    from dataplane.model import Endpoint, EndpointPort, Service, ServicePort, ServiceTable
+    from dataplane.spec.table import Endpoint, EndpointPort, Service, ServicePort, ServiceTable
     t = ServiceTable()
     ports = (EndpointPort("http", 8080, "TCP"),)
     t.add(Service("ns1", "np", "NodePort", A("172.30.0.20"), (ServicePort("http", 80, "TCP", "http", 30020),),

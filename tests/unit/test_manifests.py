@@ -6,7 +6,7 @@ from ipaddress import IPv4Address
 import pytest
 
 from dataplane.errors import ScenarioError
-from dataplane.scenario import load
+from dataplane.spec.scenario import load
 from tests.conftest import SCENARIOS
 from tests.helpers import BASE, write
 

@@ -6,8 +6,8 @@ from ipaddress import IPv4Address
 import pytest
 
 from dataplane.lab.plan import make_plan
-from dataplane.lab.topology import lab_of_netns
-from dataplane.scenario import load
+from dataplane.lab.names import lab_of_netns
+from dataplane.spec.scenario import load
 from tests.conftest import SCENARIOS
 from tests.helpers import BASE, write
 

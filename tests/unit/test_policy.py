@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from ipaddress import IPv4Address
 
-from dataplane.backends.ebpf.consts import SVC_F_AFFINITY, SVC_F_LOCAL_ONLY
-from dataplane.backends.ebpf.render import Ids, SvcKey, render_node
-from dataplane.policy import cluster_targets, flow_keep, internal_targets, local_targets
+from dataplane.contract.consts import SVC_F_AFFINITY, SVC_F_LOCAL_ONLY
+from dataplane.contract.render import Ids, SvcKey, render_node
+from dataplane.spec.policy import cluster_targets, flow_keep, internal_targets, local_targets
 from tests.bpf.packets import table
 
 TOPO = """\

@@ -5,17 +5,16 @@ import json
 
 import click
 
-from dataplane.checks import CheckResult
+from dataplane.judge.checks import CheckResult
 from dataplane.report import matrix, matrix_json
-from dataplane.runner import Report
+from dataplane.run.runner import Report
 
 
 def reports():
     out = []
     for backend, second in (("ebpf", CheckResult("unserved", True, "refused x1", {"refused": 1})),
-                            ("iptables", CheckResult("unserved", True,
-                                                     "dropped x1 [documented difference cluster-ip-unserved-port]",
-                                                     {"dropped": 1})),
+                            ("iptables", CheckResult("unserved", True, "dropped x1", {"dropped": 1},
+                                                     difference="cluster-ip-unserved-port")),
                             ("nftables", CheckResult("unserved", False, "expected refused, got dropped x1",
                                                      {"dropped": 1}))):
         r = Report("s", backend, "lab")

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from dataplane.errors import ScenarioError
-from dataplane.scenario import load
+from dataplane.errors import ScenarioError, ScenarioErrors
+from dataplane.spec.scenario import load
 from tests.helpers import BASE, write
 
 CASES = {
@@ -171,3 +171,51 @@ def test_missing_file():
 def test_not_a_mapping(tmp_path):
     with pytest.raises(ScenarioError, match="expected a mapping, got a list"):
         load(write(tmp_path, "- a\n- b\n"))
+
+
+def _errors(tmp_path, text) -> list[str]:
+    path = write(tmp_path, text)
+    with pytest.raises(ScenarioErrors) as err:
+        load(path)
+    return [f"{e.file.rsplit(':', 1)[1]} {e.field}: {e.message}" for e in err.value.errors]
+
+
+def test_every_error_of_a_file_at_once(tmp_path):
+    """A mistyped field is not hidden behind the missing one it should have been (issue 10)."""
+    text = "name: t\ntopology:\n  model: flat\n  nodez: [node1]\nchekcs: []\n"
+    errors = _errors(tmp_path, text)
+    assert len(errors) == 3, errors
+    assert errors[0].startswith("3 topology.nodes: a lab needs at least one node"), errors
+    assert errors[1].startswith("4 topology.nodez: unknown field 'nodez'; did you mean 'nodes'?"), errors
+    assert errors[2].startswith("5 chekcs: unknown field 'chekcs'; did you mean 'checks'?"), errors
+
+
+def test_each_item_is_checked_on_its_own(tmp_path):
+    text = BASE.replace("{name: web-1, node: node1, labels: {app: web}}", "{name: web-1, node: node9}") \
+               .replace("{name: web-2, node: node2, labels: {app: web}}", "{name: web-2, node: node2, lables: {}}") \
+               .replace("{name: ext}", "{name: ext, ip: 10.0.0.1}")
+    errors = _errors(tmp_path, text)
+    assert [e.split(":")[0] for e in errors] == ["7 topology.pods[1].node", "8 topology.pods[2].lables",
+                                                 "10 topology.outside[0].ip"], errors
+
+
+def test_a_node_in_error_is_not_reported_again_by_its_pods(tmp_path):
+    errors = _errors(tmp_path, BASE.replace("[node1, node2]", "[{name: node1, ip: 10.241.0.1}, node2]"))
+    assert len(errors) == 1 and "topology.nodes[0].ip" in errors[0], errors
+
+
+def test_errors_of_services_and_of_the_checks_beside_them(tmp_path):
+    text = BASE + ("services:\n  - {name: web, selector: {app: web}, ports: [{port: 80, protocl: TCP}]}\n"
+                   "  - {name: db, selector: {app: db}, ports: [{port: 99999}]}\n")
+    errors = _errors(tmp_path, text)
+    assert len(errors) == 2 and "protocl" in errors[0] and "99999" in errors[1], errors
+
+
+def test_several_errors_print_one_line_each(tmp_path):
+    path = write(tmp_path, "name: t\ntopology:\n  model: mesh\n  mtu: 12\n  nodes: [node1]\n")
+    with pytest.raises(ScenarioErrors) as err:
+        load(path)
+    lines = str(err.value).splitlines()
+    assert lines[0] == "2 errors:"
+    assert lines[1] == f"  {path}:3: topology.model: expected one of flat, island, air-gapped, got 'mesh'"
+    assert lines[2].startswith(f"  {path}:4: topology.mtu: expected a number from 576 to 9000, got 12")

@@ -16,19 +16,22 @@ import re
 from dataclasses import dataclass, field
 
 from ...lab import netns
-from ...policy import FlowKeep, flow_keep
+from ..base import Backend, HealthCheckServing
+from ...spec.policy import FlowKeep, flow_keep
 from .maps import apply
-from .program import PIN_ROOT, CtTimeouts, MapSizes, NodeProgram, be16, from_be32
-from .render import Ids, NodeMaps, render_config, render_node
-from .consts import CT_F_EGRESS, CT_F_HAIRPIN, CT_REPLY, CT_SERVICE, CT_SNAT_IN, CT_SNAT_OUT
+from ...contract.limits import CtTimeouts, MapSizes
+from .program import PIN_ROOT, NodeProgram, be16, from_be32
+from ...contract.render import Ids, NodeMaps, render_config, render_node
+from ...contract.consts import CT_F_EGRESS, CT_F_HAIRPIN, CT_REPLY, CT_SERVICE, CT_SNAT_IN, CT_SNAT_OUT
 
 
 @dataclass
-class EbpfBackend:
+class EbpfBackend(HealthCheckServing, Backend):
     name = "ebpf"
     description = "BPF programs on TC hooks: ClusterIP DNAT, conntrack, reverse NAT"
     needs = ("root", "netns", "headers", "bcc", "bcc-compile", "bpf")
-    serves_health_checks = True      # kube-proxy's healthCheckNodePort servers run beside it
+    options = ("seed", "sizes", "timeouts")
+    has_counters = True
 
     seed: int | None = None
     sizes: MapSizes = field(default_factory=MapSizes)
@@ -81,6 +84,7 @@ class EbpfBackend:
                 report.append(f"{node}: {change.upserted} map entries written, {change.deleted} deleted, "
                               f"{flushed} conntrack/affinity entries flushed")
         self.table = table
+        self.sync_health_checks(lab, table)
         return report
 
     def teardown(self, lab) -> None:
@@ -97,6 +101,11 @@ class EbpfBackend:
     def collect(self) -> int:
         """Garbage-collect expired conntrack entries on every node."""
         return sum(prog.collect() for prog in self.nodes.values())
+
+    def dump(self, record, node: str) -> str:
+        """The pinned maps in service terms (frontend -> endpoints, flags), read with bpftool."""
+        from .dump import ebpf_maps
+        return ebpf_maps(record.name, node)
 
 
 def sync_node(prog: NodeProgram, current: NodeMaps, desired: NodeMaps, keep: FlowKeep):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .program import NodeProgram, be16, be32, from_be32
-from .render import BackendValue, NodeMaps, SvcKey, SvcValue
+from ...contract.render import BackendValue, NodeMaps, SvcKey, SvcValue
 
 
 def _svc_key(t, k: SvcKey):

@@ -15,6 +15,7 @@ from ipaddress import IPv4Address
 
 from ...errors import DataplaneError
 from ...lab import netns
+from ...contract.limits import CtTimeouts, MapSizes
 from .source import assemble
 
 TC_INGRESS = "ffff:fff2"
@@ -27,70 +28,6 @@ ENTRY_POINTS = ("from_pod", "to_pod", "from_netdev", "to_netdev")
 # (BPF_CGROUP_INET4_CONNECT, _UDP4_SENDMSG, _UDP4_RECVMSG, _INET4_GETPEERNAME).
 SOCK_HOOKS = {"sock_connect4": 10, "sock_sendmsg4": 14, "sock_recvmsg4": 19, "sock_getpeername4": 29}
 
-
-def _assign(obj, items, option: str, unit: str, hi: int):
-    """Apply NAME=VALUE strings from a repeatable CLI option to obj's fields (1 <= VALUE <= hi)."""
-    names = tuple(obj.__dataclass_fields__)
-    for item in items or ():
-        name, _, value = item.partition("=")
-        if name not in names or not value.isdigit() or not 1 <= int(value) <= hi:
-            raise DataplaneError(f"{option} {item!r}: expected NAME={unit} with NAME one of "
-                                 f"{', '.join(names)} and 1 <= {unit} <= {hi}")
-        setattr(obj, name, int(value))
-    return obj
-
-
-def conntrack_entries(cpus: int | None = None) -> int:
-    """The default conntrack capacity: kube-proxy's nf_conntrack_max, max(131072, 32768 per CPU)
-    connections (conntrack.min, conntrack.maxPerCore), at two entries per flow."""
-    return 2 * max(131072, 32768 * (cpus or len(os.sched_getaffinity(0)) or 1))
-
-
-@dataclass
-class MapSizes:
-    """Capacities (entries); see bpf/include/maps.h and docs/ebpf.md ("Sizing")."""
-    services: int = 524288
-    backends: int = 262144
-    conntrack: int = 0         # 0: conntrack_entries() for this machine
-    affinity: int = 65536
-    nosnat: int = 65536
-
-    def __post_init__(self):
-        self.conntrack = self.conntrack or conntrack_entries()
-
-    @classmethod
-    def parse(cls, items) -> "MapSizes":
-        """From NAME=ENTRIES strings (the CLI's --map-size)."""
-        return _assign(cls(), items, "--map-size", "ENTRIES", 1 << 26)
-
-    def defines(self) -> dict:
-        return {"SVC_MAP_SIZE": self.services, "BACKEND_MAP_SIZE": self.backends,
-                "CT_MAP_SIZE": self.conntrack, "AFFINITY_MAP_SIZE": self.affinity,
-                "NOSNAT_MAP_SIZE": self.nosnat}
-
-
-@dataclass
-class CtTimeouts:
-    """Conntrack lifetimes in seconds; defaults from bpf/include/consts.h (CT_DEFAULT_*)."""
-    syn: int = 0           # TCP before any reply
-    tcp: int = 0           # TCP established
-    close_wait: int = 0    # TCP established, closed in one direction (half-closed)
-    close: int = 0         # TCP closed both ways, or reset
-    udp: int = 0
-
-    def __post_init__(self):
-        from .consts import (CT_DEFAULT_CLOSE, CT_DEFAULT_CLOSE_WAIT, CT_DEFAULT_SYN, CT_DEFAULT_TCP,
-                             CT_DEFAULT_UDP)
-        self.syn = self.syn or CT_DEFAULT_SYN
-        self.tcp = self.tcp or CT_DEFAULT_TCP
-        self.close_wait = self.close_wait or CT_DEFAULT_CLOSE_WAIT
-        self.close = self.close or CT_DEFAULT_CLOSE
-        self.udp = self.udp or CT_DEFAULT_UDP
-
-    @classmethod
-    def parse(cls, items) -> "CtTimeouts":
-        """From NAME=SECONDS strings (the CLI's --ct-timeout)."""
-        return _assign(cls(), items, "--ct-timeout", "SECONDS", 10 ** 7)
 
 
 def be32(ip) -> int:
@@ -258,6 +195,6 @@ class NodeProgram:
             self.fns = {}
 
     def metrics(self) -> dict:
-        from .consts import METRICS
+        from ...contract.consts import METRICS
         t = self.table("metrics")
         return {name: sum(t[t.Key(i)]) for i, name in enumerate(METRICS)}

@@ -9,7 +9,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-BPF_DIR = Path(__file__).resolve().parents[3] / "bpf"
+from ...contract.headers import BPF_DIR
+
 SEARCH = (BPF_DIR / "include", BPF_DIR / "lib", BPF_DIR)
 _INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$')
 

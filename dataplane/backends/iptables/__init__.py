@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 from ...lab import netns
 from ..kubeproxy.backend import KubeProxyBackend, run_tool
-from .render import jump_text, masq_agent_text, render
+from ..kubeproxy.masq_agent import masq_agent_text
+from .render import jump_text, render
 
 
 @dataclass
@@ -65,6 +66,10 @@ class IptablesBackend(KubeProxyBackend):
 
     def rules(self, ns: str) -> str:
         return run_tool(ns, [self.save])
+
+    def dump(self, record, node: str) -> str:
+        ns = record.objects[node]
+        return f"# {self.save} in {ns}\n" + self.rules(ns)
 
 
 @dataclass

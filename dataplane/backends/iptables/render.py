@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ...lab.topology import TopologySpec
-from ...model import ServiceTable
+from ...spec.topology import TopologySpec
+from ...spec.table import ServiceTable
 from ..kubeproxy.names import ext_chain, fw_chain, sep_chain, svc_chain, svl_chain
 from ..kubeproxy.view import PortView, views
 
@@ -27,7 +27,6 @@ LARGE_CLUSTER_ENDPOINTS = 1000
 FILTER_CHAINS = ("KUBE-SERVICES", "KUBE-EXTERNAL-SERVICES", "KUBE-FORWARD", "KUBE-NODEPORTS",
                  "KUBE-PROXY-FIREWALL", "KUBE-FIREWALL")
 NAT_CHAINS = ("KUBE-SERVICES", "KUBE-NODEPORTS", "KUBE-POSTROUTING", "KUBE-MARK-MASQ")
-MASQ_AGENT_CHAIN = "IP-MASQ-AGENT"
 
 # The jumps from the built-in chains (kube-proxy's iptablesJumpChains, then the kubelet's
 # KUBE-FIREWALL ones), each inserted at the top of its chain in this order, as EnsureRule(Prepend).
@@ -264,18 +263,3 @@ def _balance(pv: PortView, chain: str, targets, large: bool) -> list[str]:
     return rules
 
 
-def masq_agent_text(spec: TopologySpec) -> str | None:
-    """ip-masq-agent's rules (nat IP-MASQ-AGENT and its POSTROUTING jump), or None when the lab
-    has egress masquerade off."""
-    m = spec.masquerade
-    if m is None or not m.enabled:
-        return None
-    c = MASQ_AGENT_CHAIN
-    local = '"ip-masq-agent: local traffic is not subject to MASQUERADE"'
-    cidrs = ([] if m.masq_link_local else ["169.254.0.0/16"]) + [str(x) for x in m.non_masquerade]
-    rules = [f"-A {c} -d {cidr} -m comment --comment {local} -j RETURN" for cidr in cidrs]
-    rules.append(f'-A {c} -m comment --comment "ip-masq-agent: outbound traffic is subject to MASQUERADE '
-                 f'(must be last in chain)" -j MASQUERADE --random-fully')
-    jump = ('-A POSTROUTING -m comment --comment "ip-masq-agent: ensure nat POSTROUTING directs all '
-            f'non-LOCAL destination traffic to our custom {c} chain" -m addrtype ! --dst-type LOCAL -j {c}')
-    return "\n".join(["*nat", f":{c} - [0:0]", *rules, jump, "COMMIT", ""])

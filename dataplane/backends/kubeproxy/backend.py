@@ -1,7 +1,7 @@
 """The part of the iptables and nftables backends that is kube-proxy's loop, not its rules: per
 node, install once, then on every sync render the whole table, apply what changed in one
 transaction, and clean stale UDP conntrack entries. Health-check node ports are served beside
-(dataplane.healthcheck), as kube-proxy serves them.
+(dataplane.backends.healthcheck), as kube-proxy serves them.
 """
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from ...errors import DataplaneError
 from ...lab import netns
+from ..base import Backend, HealthCheckServing
 from .conntrack import clean_stale_entries
 
 APPLY_TIMEOUT = 300
@@ -38,9 +39,8 @@ def changed_services(old, new) -> set | None:
 
 
 @dataclass
-class KubeProxyBackend:
-    """Subclasses set name/description/needs and implement install() and apply()."""
-    serves_health_checks = True
+class KubeProxyBackend(HealthCheckServing, Backend):
+    """Subclasses set name/description/needs and implement install(), apply() and rules()."""
     applied: dict = field(default_factory=dict)      # node -> the renderer's last applied ruleset
     last_input: dict = field(default_factory=dict)   # node -> text of the last transaction
     namespaces: dict = field(default_factory=dict)   # node -> netns
@@ -70,6 +70,7 @@ class KubeProxyBackend:
                 report.append(f"{node}: {change or 'no rule changes'}"
                               + (f"; {flushed} stale UDP conntrack filters applied" if flushed else ""))
         self.table = table
+        self.sync_health_checks(lab, table)
         return report
 
     def teardown(self, lab) -> None:

@@ -16,8 +16,8 @@ import re
 import subprocess
 
 from ...lab import netns
-from ...model import ServiceTable
-from ...policy import udp_serving
+from ...spec.table import ServiceTable
+from ...spec.policy import udp_serving
 
 _FIELD = re.compile(r"(\w+)=(\S+)")
 

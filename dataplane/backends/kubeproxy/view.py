@@ -1,7 +1,7 @@
 """One service port as kube-proxy's proxier sees it on one node (pkg/proxy/topology.go
 CategorizeEndpoints, and the flags syncProxyRules derives from it).
 
-The endpoint choice itself comes from dataplane.policy, the code every backend uses; this module
+The endpoint choice itself comes from dataplane.spec.policy, the code every backend uses; this module
 only adds kube-proxy's bookkeeping: which endpoint sets a node uses, whether the service has
 endpoints anywhere ("has no endpoints" -> REJECT) or only elsewhere ("has no local endpoints" ->
 DROP).
@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 
-from ...model import Service, ServicePort, ServiceTable
-from ...policy import Target, cluster_targets, local_targets
+from ...spec.table import Service, ServicePort, ServiceTable
+from ...spec.policy import Target, cluster_targets, local_targets
 
 
 @dataclass(frozen=True)

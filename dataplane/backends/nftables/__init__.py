@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from ..iptables.render import masq_agent_text
+from ..kubeproxy.masq_agent import masq_agent_text
 from ..kubeproxy.backend import ApplyError, KubeProxyBackend, run_tool
 from .render import CONTAINERS, TABLE, Ruleset, render
 
@@ -128,3 +128,8 @@ class NftablesBackend(KubeProxyBackend):
 
     def rules(self, ns: str) -> str:
         return run_tool(ns, ["nft", "list", "table", *TABLE.split()])
+
+    def dump(self, record, node: str) -> str:
+        ns = record.objects[node]
+        return (f"# nft list table {TABLE} in {ns}\n" + self.rules(ns)
+                + f"# ip-masq-agent (iptables-save -t nat) in {ns}\n" + run_tool(ns, ["iptables-save", "-t", "nat"]))

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ...lab.topology import TopologySpec
-from ...model import ServiceTable
+from ...spec.topology import TopologySpec
+from ...spec.table import ServiceTable
 from ..kubeproxy.names import nft_endpoint_base, nft_service_base
 from ..kubeproxy.view import PortView, views
 

@@ -1,0 +1,197 @@
+"""The service table rendered into one node's BPF map contents, as plain Python values.
+
+The same rendering feeds the BPF maps (maps.py converts it to bcc's Key/Leaf types) and the
+reference model's state, so the two start every packet from identical tables. Ids are stable
+across renders: a service port or backend keeps its id while it exists, and an id is never given
+to anything else afterwards (state keyed by an old id, such as an affinity, cannot be inherited).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network
+
+from ..errors import DataplaneError
+from ..spec.topology import NAT_PORT_RANGE
+from ..spec.table import ServiceTable
+from ..spec.policy import cluster_targets, internal_targets, local_targets
+from .consts import SCOPE_EXTERNAL, SCOPE_POD, SVC_F_AFFINITY, SVC_F_LOCAL_ONLY, SVC_F_MASQ, SVC_F_POD_SCOPE, SVC_F_SRC_RANGES
+
+IPPROTO = {"TCP": 6, "UDP": 17}
+PROTOCOL_NAMES = {v: k for k, v in IPPROTO.items()}
+
+
+class RenderError(DataplaneError):
+    """The table cannot be written into the maps (they are left as they were)."""
+
+
+@dataclass(frozen=True, order=True)
+class SvcKey:
+    vip: IPv4Address
+    port: int          # 0 in the VIP marker
+    proto: int         # 0 in the VIP marker
+    slot: int          # 0: the service port; 1..count: backends
+    scope: int = 0     # SCOPE_EXTERNAL, or SCOPE_POD: what pods use for an eTP Local external frontend
+
+
+@dataclass(frozen=True)
+class SvcValue:
+    backend_id: int = 0
+    count: int = 0
+    flags: int = 0
+    affinity_timeout: int = 0
+    svc_id: int = 0
+
+
+@dataclass(frozen=True)
+class BackendValue:
+    addr: IPv4Address
+    port: int
+
+
+@dataclass
+class NodeMaps:
+    services: dict = field(default_factory=dict)   # SvcKey -> SvcValue
+    backends: dict = field(default_factory=dict)   # id -> BackendValue
+    lb_sources: set = field(default_factory=set)   # (svc_id, IPv4Network) admitted
+    affinity_match: set = field(default_factory=set)   # (svc_id, backend id): eligible, with affinity
+
+
+@dataclass
+class Ids:
+    """Integers for service ports and backends (0 means none): stable while their owner exists,
+    never handed out again once it is gone (a 32-bit counter; 4 billion allocations per node
+    before it would run out)."""
+    svc: dict = field(default_factory=dict)       # (vip, port, proto) -> id
+    backend: dict = field(default_factory=dict)   # (addr, port) -> id
+    _next: dict = field(default_factory=lambda: {"svc": 1, "backend": 1})
+
+    def _get(self, kind: str, key) -> int:
+        table = getattr(self, kind)
+        if key not in table:
+            if self._next[kind] >= 1 << 32:
+                raise OverflowError(f"{kind} ids exhausted")
+            table[key] = self._next[kind]
+            self._next[kind] += 1
+        return table[key]
+
+    def svc_id(self, key) -> int:
+        return self._get("svc", key)
+
+    def backend_id(self, key) -> int:
+        return self._get("backend", key)
+
+    def forget_unused(self, maps: NodeMaps) -> None:
+        live_b = {(b.addr, b.port) for b in maps.backends.values()}
+        live_s = {_id_key(k.vip, k.port, k.proto, k.scope) for k in maps.services if k.slot == 0}
+        for kind, live in (("backend", live_b), ("svc", live_s)):
+            table = getattr(self, kind)
+            for key in [k for k in table if k not in live]:
+                del table[key]
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """One node's dataplane settings (the config map and the nonmasq map)."""
+    node_ip: IPv4Address
+    cluster_cidr: IPv4Network
+    masquerade: bool = False
+    masq_link_local: bool = False
+    snat_range: tuple = NAT_PORT_RANGE
+    non_masquerade: tuple = ()
+
+
+def render_config(spec, node: str) -> NodeConfig:
+    m = spec.masquerade
+    n = spec.node(node)
+    if m is None:
+        return NodeConfig(n.ip, spec.cluster_cidr)
+    return NodeConfig(n.ip, spec.cluster_cidr, m.enabled, m.masq_link_local, m.port_range, m.non_masquerade)
+
+
+def _id_key(addr, port: int, proto: int, scope: int = SCOPE_EXTERNAL):
+    return (addr, port, proto) if scope == SCOPE_EXTERNAL else (addr, port, proto, scope)
+
+
+# A service port's backend count and slot numbers are 16 bits in the maps (struct svc_value.count,
+# struct svc_key.slot), as in Cilium's lb4_service.
+MAX_BACKENDS = 0xFFFF
+
+
+def _frontend(out: NodeMaps, ids: Ids, addr, port: int, proto: int, targets, flags: int, timeout: int,
+              scope: int = SCOPE_EXTERNAL, svc=None) -> int:
+    if len(targets) > MAX_BACKENDS:
+        name = f"service {svc.key} " if svc is not None else ""
+        raise RenderError(f"{name}{addr}:{port}/{PROTOCOL_NAMES[proto]} has {len(targets):,} eligible endpoints; "
+                          f"the eBPF maps hold at most {MAX_BACKENDS:,} per service port (16-bit counts): "
+                          f"nothing was written")
+    sid = ids.svc_id(_id_key(addr, port, proto, scope))
+    if scope == SCOPE_POD:
+        flags |= SVC_F_POD_SCOPE
+    out.services[SvcKey(addr, port, proto, 0, scope)] = SvcValue(count=len(targets), flags=flags,
+                                                                 affinity_timeout=timeout, svc_id=sid)
+    for slot, t in enumerate(targets, 1):
+        bid = ids.backend_id((t.address, t.port))
+        out.backends[bid] = BackendValue(t.address, t.port)
+        out.services[SvcKey(addr, port, proto, slot, scope)] = SvcValue(backend_id=bid)
+        if flags & SVC_F_AFFINITY:
+            out.affinity_match.add((sid, bid))
+    return sid
+
+
+def _external(out: NodeMaps, ids: Ids, svc, node: str, node_ip) -> None:
+    """NodePort (on this node's IP), LoadBalancer ingress IPs and external IPs: external traffic,
+    to the node-local endpoints with externalTrafficPolicy Local (dropped where there are none),
+    to every endpoint and masqueraded to the node IP with Cluster."""
+    affinity = SVC_F_AFFINITY if svc.session_affinity == "ClientIP" else 0
+    timeout = svc.affinity_timeout if affinity else 0
+    if svc.type == "ClusterIP" and not svc.external_ips:
+        return
+    # No marker for external and load-balancer IPs: a port they do not serve is not intercepted,
+    # as in both of kube-proxy's modes (nftables rejects unserved ports of cluster IPs only).
+    ranges = svc.load_balancer_source_ranges
+    for sp in svc.ports:
+        proto = IPPROTO[sp.protocol]
+        flags = affinity
+        local = svc.external_traffic_policy == "Local"
+        if local:
+            targets = local_targets(svc, sp, node)
+            if not targets and cluster_targets(svc, sp):
+                flags |= SVC_F_LOCAL_ONLY
+        else:
+            targets = cluster_targets(svc, sp)
+            flags |= SVC_F_MASQ
+        frontends = [(node_ip, sp.node_port, 0)] if sp.node_port and node_ip is not None else []
+        frontends += [(addr, sp.port, 0) for addr in svc.external_ips]
+        frontends += [(addr, sp.port, SVC_F_SRC_RANGES if ranges else 0) for addr in svc.load_balancer_ips]
+        for addr, port, extra in frontends:
+            sid = _frontend(out, ids, addr, port, proto, targets, flags | extra, timeout, svc=svc)
+            if extra:
+                out.lb_sources.update((sid, net) for net in ranges)
+            if local:
+                # Pods reaching it are not held to this node's endpoints, nor masqueraded
+                # (kube-proxy's "pod traffic for ... external destinations" goes to the cluster
+                # chain); source ranges still apply.
+                sid = _frontend(out, ids, addr, port, proto, cluster_targets(svc, sp), affinity | extra,
+                                timeout, SCOPE_POD, svc=svc)
+                if extra:
+                    out.lb_sources.update((sid, net) for net in ranges)
+
+
+def render_node(table: ServiceTable, node: str, ids: Ids, node_ip=None) -> NodeMaps:
+    """What node `node`'s maps hold for `table`: ClusterIP frontends as its pods see them, and
+    the external frontends (NodePort on `node_ip`, LoadBalancer and external IPs)."""
+    out = NodeMaps()
+    for svc in table:
+        _external(out, ids, svc, node, node_ip)
+        vip = svc.cluster_ip
+        out.services[SvcKey(vip, 0, 0, 0)] = SvcValue()   # the VIP marker
+        affinity = SVC_F_AFFINITY if svc.session_affinity == "ClientIP" else 0
+        for sp in svc.ports:
+            targets = internal_targets(svc, sp, node)
+            flags = affinity
+            if not targets and svc.internal_traffic_policy == "Local" and cluster_targets(svc, sp):
+                flags |= SVC_F_LOCAL_ONLY   # kube-proxy drops ("has no local endpoints"), not rejects
+            _frontend(out, ids, vip, sp.port, IPPROTO[sp.protocol], targets, flags,
+                      svc.affinity_timeout if affinity else 0, svc=svc)
+    ids.forget_unused(out)
+    return out

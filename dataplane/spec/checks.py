@@ -1,0 +1,227 @@
+"""Checks: what a scenario says should happen, written once for every way of running it.
+
+A check names a client (a pod, node or outside host), a destination (a pod, node, host, service
+or lab IP) and port, and expects one outcome per request:
+  reachable   a server answered (optionally: only these backends; the server saw this source)
+  refused     TCP RST or ICMP port unreachable
+  dropped     no answer (time-out), or a router's ICMP network/host unreachable
+The parse step resolves names to addresses, so a runner only sends and compares; `evaluate` is the
+one judge of results, whichever lab (live or, later, simulated) produced them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+
+from .topology import TopologySpec
+from .table import PROTOCOLS, ServiceTable
+from .yamldoc import Doc
+
+OUTCOMES = ("reachable", "refused", "dropped")
+CLIENT_KINDS = ("pod", "node", "host")
+TARGET_KINDS = ("pod", "node", "host", "service")
+
+
+@dataclass(frozen=True)
+class CheckSpec:
+    name: str
+    client: str                     # the pod, node or host that sends
+    target: str                     # as written: "pod/web-1", "service/web", "10.0.1.5"
+    ip: IPv4Address                 # where the client sends
+    port: int
+    protocol: str
+    expect: str
+    backends: tuple[str, ...] | None = None   # names allowed to answer (None: any)
+    source: IPv4Address | None = None         # the source the server must see (None: any)
+    source_label: str = ""
+    requests: int = 1
+    timeout: float = 2.0
+    interval: float = 0.0                     # seconds between requests
+    source_port: int | None = None            # every request from this port (one UDP flow, ...)
+    same_backend: bool = False                # all requests answered by one backend (affinity)
+    every_backend: bool = False               # every listed backend answered at least once
+    min_backends: int | None = None           # at least this many backends answered
+    max_share: float | None = None            # no backend answered more than this fraction
+    capture: bool = False                     # verify the translation on the wire (see capture.py)
+    http_get: str | None = None               # one GET of this path per request, instead of netexec's
+    status: int | None = None                 # with http_get: the HTTP status every answer must have
+    body_contains: str | None = None          # with http_get: text every answer's body must contain
+    half_close: bool = False                  # TCP: shut the sending side before reading the answers
+    delay: float = 0.0                        # seconds the server waits before its first answer
+    size: int = 0                             # requests and answers padded to this many bytes
+    hold: "HoldSpec | None" = None            # a connection held open across the check
+    where: str = ""
+
+
+@dataclass(frozen=True)
+class HoldSpec:
+    """A TCP connection opened before a check's requests, held while they run, then used once: it
+    must still be answered by its own server (a node process's connection that a NAT flow must
+    never take over, say)."""
+    client: str                     # pod, node or host that holds it
+    target: str                     # as written
+    ip: IPv4Address
+    port: int
+    source_port: int | None
+    server: str | None              # the object that must answer, when the target is one
+
+
+
+def _ref(doc: Doc, key: str, kinds, topology: TopologySpec, services: ServiceTable):
+    value = doc.take_str(key, expect=f"a reference such as pod/NAME ({', '.join(k + '/NAME' for k in kinds)})")
+    kind, sep, name = value.partition("/")
+    if not sep:
+        if "service" in kinds:
+            try:
+                ip = IPv4Address(value)
+            except ValueError:
+                doc.fail(key, f"expected KIND/NAME ({', '.join(k + '/NAME' for k in kinds)}) or an IPv4 "
+                              f"address, got {value!r}")
+            return "ip", value, ip
+        doc.fail(key, f"expected KIND/NAME ({', '.join(k + '/NAME' for k in kinds)}), got {value!r}")
+    if kind not in kinds:
+        doc.fail(key, f"unknown kind {kind!r} in {value!r}; expected one of: {', '.join(kinds)}")
+    if kind == "service":
+        svc = services.get(name)
+        if svc is None:
+            doc.fail(key, f"no service named {name!r}" +
+                     (f" (services: {', '.join(s.key for s in services)})" if len(services) else ""))
+        return kind, svc.key, svc
+    groups = {"pod": topology.pods, "node": topology.nodes, "host": topology.hosts}
+    obj = next((o for o in groups[kind] if o.name == name), None)
+    if obj is None:
+        names = ", ".join(o.name for o in groups[kind]) or "none"
+        doc.fail(key, f"no {kind} named {name!r} ({kind}s: {names})")
+    return kind, name, obj
+
+
+def _lab_address(topology: TopologySpec, ip: IPv4Address, services: ServiceTable) -> bool:
+    return any(ip in net for net in (topology.cluster_cidr, topology.service_cidr,
+                                     topology.node_cidr, topology.outside_cidr)) or any(
+        ip in (*s.load_balancer_ips, *s.external_ips) for s in services)
+
+
+def parse_check(item: Doc, topology: TopologySpec, services: ServiceTable, names: set) -> CheckSpec:
+    """One check, resolved against the topology and the services as they are at that step."""
+    ckind, cname, cobj = _ref(item, "from", CLIENT_KINDS, topology, services)
+    tkind, tname, tobj = _ref(item, "to", TARGET_KINDS, topology, services)
+    target = item.value["to"]
+    protocol = item.take_str("protocol", None, choices=PROTOCOLS)
+    if tkind == "service":
+        ip = tobj.cluster_ip
+        if item.has("port"):
+            port = item.take_int("port", lo=1, hi=65535)
+            sp = next((p for p in tobj.ports if p.port == port and (protocol in (None, p.protocol))), None)
+            if sp is None and item.value.get("expect", "reachable") == "reachable":
+                item.fail("port", f"service {tname} serves no port {port}" +
+                          (f"/{protocol}" if protocol else "") +
+                          f" (ports: {', '.join(f'{p.port}/{p.protocol}' for p in tobj.ports)})")
+        else:
+            if len(tobj.ports) != 1:
+                item.fail(None, f"missing field 'port': service {tname} has several ports")
+            sp = tobj.ports[0]
+            port = sp.port
+        protocol = protocol or (sp.protocol if sp else "TCP")
+    else:
+        ip = tobj if tkind == "ip" else tobj.ip
+        if tkind == "ip" and not _lab_address(topology, ip, services):
+            item.fail("to", f"{ip} is not a lab address (cluster, service, node or outside "
+                            f"network, or a LoadBalancer/external IP): checks never send outside the lab")
+        port = item.take_int("port", lo=1, hi=65535, expect="a port number from 1 to 65535")
+        protocol = protocol or "TCP"
+    expect = item.take_str("expect", "reachable", choices=OUTCOMES)
+    backends = None
+    if item.has("backends"):
+        backends = []
+        for b in item.items("backends"):
+            bname = b.value if not isinstance(b, Doc) else None
+            if not isinstance(bname, str) or topology.find(bname) is None:
+                b.fail(f"expected the name of a pod, node or host in the topology, got {bname!r}")
+            backends.append(bname)
+        backends = tuple(backends)
+    source, source_label = None, ""
+    if item.has("source"):
+        text = item.take_str("source", expect="client, KIND/NAME or an IPv4 address")
+        if text == "client":
+            source, source_label = cobj.ip, f"client {cname}"
+        elif "/" in text:
+            skind, sname, sobj = _ref(item, "source", CLIENT_KINDS, topology, services)
+            source, source_label = sobj.ip, text
+        else:
+            try:
+                source, source_label = IPv4Address(text), text
+            except ValueError:
+                item.fail("source", f"expected client, KIND/NAME or an IPv4 address, got {text!r}")
+    requests = item.take_int("requests", 1, lo=1, hi=100000)
+    timeout = item.take("timeout", (int, float), 2.0, "seconds, such as 2 or 0.5")
+    if not 0 < timeout <= 60:
+        item.fail("timeout", f"expected seconds from 0 to 60, got {timeout}")
+    interval = item.take("interval", (int, float), 0, "seconds between requests, such as 1.5")
+    if not 0 <= interval <= 600:
+        item.fail("interval", f"expected seconds from 0 to 600, got {interval}")
+    sport = item.take_int("sourcePort", None, lo=1024, hi=65535, expect="a port from 1024 to 65535")
+    same = item.take_bool("sameBackend", False)
+    every = item.take_bool("everyBackend", False)
+    min_b = item.take_int("minBackends", None, lo=1, hi=1000)
+    share = item.take("maxShare", (int, float), None, "a fraction such as 0.45")
+    if share is not None and not 0 < share <= 1:
+        item.fail("maxShare", f"expected a fraction from 0 to 1, got {share}")
+    capture = item.take_bool("capture", False)
+    http_get = item.take_str("httpGet", None, expect="a path such as /healthz")
+    status = item.take_int("status", None, lo=100, hi=599, expect="an HTTP status such as 200")
+    body_contains = item.take_str("bodyContains", None)
+    if (status is not None or body_contains is not None) and http_get is None:
+        item.fail("status" if status is not None else "bodyContains", "only applies with httpGet")
+    if http_get is not None and (backends or item.has("source") or capture):
+        item.fail("httpGet", "httpGet checks an HTTP answer: backends, source and capture do not apply")
+    if expect != "reachable":
+        for key in ("backends", "source", "sameBackend", "everyBackend", "minBackends", "maxShare", "capture"):
+            if item.has(key):
+                item.fail(key, f"{key} only applies when expect is reachable (not {expect})")
+    if every and backends is None:
+        item.fail("everyBackend", "everyBackend needs the list of backends")
+    half_close = item.take_bool("halfClose", False)
+    delay = item.take("delay", (int, float), 0, "seconds the server waits before answering, such as 12")
+    if not 0 <= delay <= 600:
+        item.fail("delay", f"expected seconds from 0 to 600, got {delay}")
+    if delay and delay >= timeout:
+        item.fail("delay", f"the server answers after {delay:g} s, so `timeout` ({timeout:g} s) must be longer")
+    size = item.take_int("size", 0, lo=0, hi=60000, expect="bytes from 0 to 60000")
+    if half_close and protocol != "TCP":
+        item.fail("halfClose", "only applies to TCP")
+    if http_get is not None:
+        for key in ("halfClose", "delay", "size"):
+            if item.has(key):
+                item.fail(key, "does not apply with httpGet (one plain GET)")
+    hold = _hold(item.sub("holdConnection"), topology, services) if item.has("holdConnection") else None
+    name = item.take_str("name", f"{ckind}/{cname} -> {target}:{port}/{protocol} {expect}")
+    if name in names:
+        item.fail("name", f"duplicate check name {name!r}")
+    names.add(name)
+    item.done()
+    return CheckSpec(name=name, client=cname, target=target, ip=ip, port=port, protocol=protocol,
+                     expect=expect, backends=backends, source=source, source_label=source_label,
+                     requests=requests, timeout=float(timeout), interval=float(interval),
+                     source_port=sport, same_backend=same, every_backend=every, min_backends=min_b,
+                     max_share=share, capture=capture, http_get=http_get, status=status,
+                     body_contains=body_contains, half_close=half_close, delay=float(delay), size=size,
+                     hold=hold, where=item.where())
+
+
+def _hold(doc: Doc, topology: TopologySpec, services: ServiceTable) -> HoldSpec:
+    kind, name, obj = _ref(doc, "from", CLIENT_KINDS, topology, services)
+    tkind, tname, tobj = _ref(doc, "to", TARGET_KINDS, topology, services)
+    port = doc.take_int("port", lo=1, hi=65535, expect="a port number from 1 to 65535")
+    sport = doc.take_int("sourcePort", None, lo=1024, hi=65535, expect="a port from 1024 to 65535")
+    if tkind == "service" and not any(p.port == port and p.protocol == "TCP" for p in tobj.ports):
+        doc.fail("port", f"service {tname} serves no TCP port {port}")
+    doc.done()
+    if tkind == "service":      # any of its endpoints may answer
+        return HoldSpec(client=name, target=f"service/{tname}", ip=tobj.cluster_ip, port=port,
+                        source_port=sport, server=None)
+    return HoldSpec(client=name, target=f"{tkind}/{tname}", ip=tobj.ip, port=port, source_port=sport,
+                    server=tname)
+
+
+
+
