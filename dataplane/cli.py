@@ -147,7 +147,7 @@ def up(scenario, lab_name, backend, dry_run, seed, map_sizes, ct_timeouts):
     doctor.require(*be.needs)
     lab = bring_up(sc, be, name, _progress(True))
     topo = sc.topology
-    click.echo(f"lab {name} is up: {topo.model} model, {len(topo.nodes)} nodes, {len(topo.pods)} pods, "
+    click.echo(f"lab {name} is up: {topo.network} model, {len(topo.nodes)} nodes, {len(topo.pods)} pods, "
                f"{len(topo.hosts)} outside hosts")
     for obj in (*topo.nodes, *topo.pods, *topo.hosts):
         click.echo(f"  {obj.name:<14} {str(obj.ip):<15} netns {lab.record.objects[obj.name]}")
@@ -180,7 +180,7 @@ def status(as_json):
         else:
             health = "up"
         out.append({"name": name, "status": health, "scenario": rec.scenario if rec else "",
-                    "model": rec.model if rec else "", "backend": rec.backend if rec else "",
+                    "network": rec.network if rec else "", "backend": rec.backend if rec else "",
                     "namespaces": len(present), "servers": len(servers),
                     "age_s": round(time.time() - rec.created) if rec and rec.created else None})
     if as_json:
@@ -189,9 +189,9 @@ def status(as_json):
     if not out:
         click.echo("no labs")
         return
-    click.echo(f"{'LAB':<20} {'MODEL':<11} {'BACKEND':<8} {'NETNS':>5} {'SERVERS':>7}  STATUS")
+    click.echo(f"{'LAB':<20} {'NETWORK':<11} {'BACKEND':<8} {'NETNS':>5} {'SERVERS':>7}  STATUS")
     for o in out:
-        click.echo(f"{o['name']:<20} {o['model']:<11} {o['backend']:<8} {o['namespaces']:>5} "
+        click.echo(f"{o['name']:<20} {o['network']:<11} {o['backend']:<8} {o['namespaces']:>5} "
                    f"{o['servers']:>7}  {o['status']}")
 
 

@@ -14,7 +14,8 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if (ROOT / "tests" / "lab") in Path(str(item.fspath)).parents:
+        # tests/lab builds namespaces, tests/bpf loads programs: both touch the kernel
+        if {ROOT / "tests" / "lab", ROOT / "tests" / "bpf"} & set(Path(str(item.fspath)).parents):
             item.add_marker(pytest.mark.lab)
     if os.geteuid() == 0:
         return

@@ -14,7 +14,8 @@ from ..errors import DataplaneError
 from ..spec.topology import NAT_PORT_RANGE
 from ..spec.table import ServiceTable
 from ..spec.policy import cluster_targets, internal_targets, local_targets
-from .consts import SCOPE_EXTERNAL, SCOPE_POD, SVC_F_AFFINITY, SVC_F_LOCAL_ONLY, SVC_F_MASQ, SVC_F_POD_SCOPE, SVC_F_SRC_RANGES
+from .consts import (SCOPE_EXTERNAL, SCOPE_POD, SVC_F_AFFINITY, SVC_F_LOCAL_ONLY, SVC_F_MASQ, SVC_F_POD_SCOPE,
+                     SVC_F_SRC_RANGES)
 
 IPPROTO = {"TCP": 6, "UDP": 17}
 PROTOCOL_NAMES = {v: k for k, v in IPPROTO.items()}

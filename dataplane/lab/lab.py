@@ -55,7 +55,7 @@ class Lab:
         check_free(name)
         plan = make_plan(spec, name, frontends)
         record = state.LabRecord(
-            name=name, scenario=scenario, model=spec.model, backend=backend, created=time.time(),
+            name=name, scenario=scenario, network=spec.network, backend=backend, created=time.time(),
             owner_pid=os.getpid(), namespaces=[ns.name for ns in plan.namespaces],
             objects={ns.obj: ns.name for ns in plan.namespaces},
             addresses=_addresses(spec), roles={ns.obj: ns.role for ns in plan.namespaces})
@@ -79,7 +79,7 @@ class Lab:
 
     def _build(self) -> None:
         plan = self.plan
-        self.progress(f"creating {len(plan.namespaces)} namespaces ({plan.spec.model} model)")
+        self.progress(f"creating {len(plan.namespaces)} namespaces ({plan.spec.network} model)")
         for ns in plan.namespaces:
             netns.create(ns.name)
         for ns, key, value in plan.sysctls:

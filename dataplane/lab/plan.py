@@ -98,7 +98,7 @@ class LabPlan:
 
     def describe(self) -> str:
         """A readable listing of the plan, one line per object, grouped by namespace."""
-        out = [f"lab {self.lab}: {self.spec.model} model, {len(self.namespaces)} namespaces"]
+        out = [f"lab {self.lab}: {self.spec.network} model, {len(self.namespaces)} namespaces"]
         for ns in self.namespaces:
             out.append(f"  netns {ns.name}  ({ns.role} {ns.obj})")
             for v in self.veths:
@@ -130,33 +130,46 @@ def mac_for(lab: str, ns: str, ifname: str) -> str:
 def make_plan(spec: TopologySpec, lab: str, frontends=()) -> LabPlan:
     """`frontends`: (address, node) pairs the underlay routes to a node, as a cloud load balancer
     (or a router announcing external IPs) would: LoadBalancer ingress IPs and external IPs."""
-    names = Names(lab)
-    plan = LabPlan(lab=lab, spec=spec)
-    ns_of = {}
-
-    def add_ns(role, obj):
-        ns = Namespace(names.netns(obj), role, obj)
-        plan.namespaces.append(ns)
-        ns_of[obj] = ns.name
-        # No IPv6 in the lab: no router solicitations, DAD or MLD noise in captures and counters.
-        plan.sysctls.append((ns.name, "net.ipv6.conf.all.disable_ipv6", "1"))
-        plan.sysctls.append((ns.name, "net.ipv6.conf.default.disable_ipv6", "1"))
-        return ns.name
-
-    def veth(ns, ifname, peer_ns, peer_ifname, mtu=None):
-        v = Veth(ns, ifname, mac_for(lab, ns, ifname), peer_ns, peer_ifname,
-                 mac_for(lab, peer_ns, peer_ifname), mtu=mtu)
-        plan.veths.append(v)
-        return v
-
-    underlay = add_ns("underlay", "underlay")
+    b = _Builder(spec, lab)
+    underlay = b.namespace("underlay", "underlay")
     # The underlay forwards between its segments, except in the air-gapped model where it is the
     # only thing between the cluster and the outside, and forwards nothing.
-    plan.sysctls.append((underlay, "net.ipv4.ip_forward", "0" if spec.model == "air-gapped" else "1"))
-    node_ports, outside_ports = [], []
+    b.plan.sysctls.append((underlay, "net.ipv4.ip_forward", "0" if spec.network == "air-gapped" else "1"))
+    node_ports = [b.node(node, underlay) for node in spec.nodes]
+    for pod in spec.pods:
+        b.pod(pod)
+    outside_ports = [b.host(host, underlay) for host in spec.hosts]
+    b.underlay(underlay, node_ports, outside_ports, frontends)
+    return b.plan
 
-    for node in spec.nodes:
-        ns = add_ns("node", node.name)
+
+class _Builder:
+    """make_plan's steps, one per kind of object, sharing the plan and the namespace names."""
+
+    def __init__(self, spec: TopologySpec, lab: str):
+        self.spec, self.lab, self.names = spec, lab, Names(lab)
+        self.plan = LabPlan(lab=lab, spec=spec)
+        self.ns_of: dict[str, str] = {}
+
+    def namespace(self, role: str, obj: str) -> str:
+        ns = Namespace(self.names.netns(obj), role, obj)
+        self.plan.namespaces.append(ns)
+        self.ns_of[obj] = ns.name
+        # No IPv6 in the lab: no router solicitations, DAD or MLD noise in captures and counters.
+        self.plan.sysctls.append((ns.name, "net.ipv6.conf.all.disable_ipv6", "1"))
+        self.plan.sysctls.append((ns.name, "net.ipv6.conf.default.disable_ipv6", "1"))
+        return ns.name
+
+    def veth(self, ns, ifname, peer_ns, peer_ifname, mtu=None) -> Veth:
+        v = Veth(ns, ifname, mac_for(self.lab, ns, ifname), peer_ns, peer_ifname,
+                 mac_for(self.lab, peer_ns, peer_ifname), mtu=mtu)
+        self.plan.veths.append(v)
+        return v
+
+    def node(self, node, underlay: str) -> str:
+        """A node namespace on the underlay's node segment; the underlay port's name."""
+        spec, plan = self.spec, self.plan
+        ns = self.namespace("node", node.name)
         plan.sysctls.append((ns, "net.ipv4.ip_forward", "1"))
         # A hairpinned packet (pod -> service -> the same pod) leaves by the veth it came in on,
         # which would make the node send the pod an ICMP redirect. Redirects mean nothing on /32
@@ -167,20 +180,22 @@ def make_plan(spec: TopologySpec, lab: str, frontends=()) -> LabPlan:
         # The node's own ephemeral ports, stated rather than inherited: the NAT port range (the
         # masquerade portRange) lies outside it (see topology.NODE_LOCAL_PORTS).
         plan.sysctls.append((ns, "net.ipv4.ip_local_port_range", f"{NODE_LOCAL_PORTS[0]} {NODE_LOCAL_PORTS[1]}"))
-        up = names.ifname(node.name)
-        veth(underlay, up, ns, "eth0")
-        node_ports.append(up)
+        up = self.names.ifname(node.name)
+        self.veth(underlay, up, ns, "eth0")
         plan.addresses.append(Address(ns, "eth0", f"{node.ip}/{spec.node_cidr.prefixlen}"))
         for other in spec.nodes:
             if other.name != node.name:
                 plan.routes.append(Route(ns, str(other.pod_cidr), "eth0", gateway=str(other.ip)))
-        if spec.model != "air-gapped":
+        if spec.network != "air-gapped":
             plan.routes.append(Route(ns, "default", "eth0", gateway=str(spec.node_gateway)))
+        return up
 
-    for pod in spec.pods:
-        ns = add_ns("pod", pod.name)
-        node_ns = ns_of[pod.node]
-        v = veth(node_ns, names.ifname(pod.name), ns, "eth0")
+    def pod(self, pod) -> None:
+        """A pod namespace on a /32 routed veth from its node (the node is its gateway)."""
+        plan = self.plan
+        ns = self.namespace("pod", pod.name)
+        node_ns = self.ns_of[pod.node]
+        v = self.veth(node_ns, self.names.ifname(pod.name), ns, "eth0")
         plan.addresses.append(Address(ns, "eth0", f"{pod.ip}/32"))
         plan.routes.append(Route(ns, f"{POD_GATEWAY}/32", "eth0", scope="link"))
         plan.routes.append(Route(ns, "default", "eth0", gateway=POD_GATEWAY))
@@ -188,30 +203,34 @@ def make_plan(spec: TopologySpec, lab: str, frontends=()) -> LabPlan:
         plan.routes.append(Route(node_ns, f"{pod.ip}/32", v.ifname, scope="link"))
         plan.neighbours.append(Neighbour(node_ns, v.ifname, str(pod.ip), v.peer_mac))
 
-    for host in spec.hosts:
-        ns = add_ns("host", host.name)
-        ifname = names.ifname(host.name)
+    def host(self, host, underlay: str) -> str:
+        """An outside host on the underlay's outside segment; the underlay port's name."""
+        ns = self.namespace("host", host.name)
+        ifname = self.names.ifname(host.name)
         # outsideLinkMTU narrows the underlay's side only: hosts keep `mtu` and learn the path's
         # by path MTU discovery (ICMP fragmentation needed from the underlay router)
-        veth(underlay, ifname, ns, "eth0", mtu=spec.outside_link_mtu)
-        outside_ports.append(ifname)
-        plan.addresses.append(Address(ns, "eth0", f"{host.ip}/{spec.outside_cidr.prefixlen}"))
-        plan.routes.append(Route(ns, "default", "eth0", gateway=str(spec.outside_gateway)))
+        self.veth(underlay, ifname, ns, "eth0", mtu=self.spec.outside_link_mtu)
+        self.plan.addresses.append(Address(ns, "eth0", f"{host.ip}/{self.spec.outside_cidr.prefixlen}"))
+        self.plan.routes.append(Route(ns, "default", "eth0", gateway=str(self.spec.outside_gateway)))
+        return ifname
 
-    plan.bridges.append(Bridge(underlay, "br-nodes", tuple(node_ports)))
-    plan.bridges.append(Bridge(underlay, "br-outside", tuple(outside_ports), mtu=spec.outside_link_mtu))
-    plan.addresses.append(Address(underlay, "br-nodes", f"{spec.node_gateway}/{spec.node_cidr.prefixlen}"))
-    plan.addresses.append(
-        Address(underlay, "br-outside", f"{spec.outside_gateway}/{spec.outside_cidr.prefixlen}"))
-    if spec.model == "flat":
-        # Only in the flat model does the network know where pods are.
-        for node in spec.nodes:
-            plan.routes.append(Route(underlay, str(node.pod_cidr), "br-nodes", gateway=str(node.ip)))
-    if spec.model != "air-gapped":
-        for addr, node in frontends:
-            plan.routes.append(Route(underlay, f"{addr}/32", "br-nodes", gateway=str(spec.node(node).ip)))
-        if spec.service_route:
-            # cluster IPs advertised to the network (as BGP setups do): outside hosts reach them
-            plan.routes.append(Route(underlay, str(spec.service_cidr), "br-nodes",
-                                     gateway=str(spec.node(spec.service_route).ip)))
-    return plan
+    def underlay(self, underlay: str, node_ports: list, outside_ports: list, frontends) -> None:
+        """The underlay's two bridges, its addresses on them, and the routes the network model
+        gives it."""
+        spec, plan = self.spec, self.plan
+        plan.bridges.append(Bridge(underlay, "br-nodes", tuple(node_ports)))
+        plan.bridges.append(Bridge(underlay, "br-outside", tuple(outside_ports), mtu=spec.outside_link_mtu))
+        plan.addresses.append(Address(underlay, "br-nodes", f"{spec.node_gateway}/{spec.node_cidr.prefixlen}"))
+        plan.addresses.append(
+            Address(underlay, "br-outside", f"{spec.outside_gateway}/{spec.outside_cidr.prefixlen}"))
+        if spec.network == "flat":
+            # Only in the flat model does the network know where pods are.
+            for node in spec.nodes:
+                plan.routes.append(Route(underlay, str(node.pod_cidr), "br-nodes", gateway=str(node.ip)))
+        if spec.network != "air-gapped":
+            for addr, node in frontends:
+                plan.routes.append(Route(underlay, f"{addr}/32", "br-nodes", gateway=str(spec.node(node).ip)))
+            if spec.service_route:
+                # cluster IPs advertised to the network (as BGP setups do): outside hosts reach them
+                plan.routes.append(Route(underlay, str(spec.service_cidr), "br-nodes",
+                                         gateway=str(spec.node(spec.service_route).ip)))

@@ -18,7 +18,7 @@ STATE_DIR = os.environ.get("DATAPLANE_STATE_DIR", "/run/dataplane/labs")
 class LabRecord:
     name: str
     scenario: str = ""
-    model: str = ""
+    network: str = ""             # the network model
     backend: str = "none"
     created: float = 0.0
     owner_pid: int = 0                                     # the process that built it

@@ -1,2 +1,7 @@
-"""The pure-Python reference model of the dataplane: the oracle for the BPF programs and the
-packet engine of the emulator. See datapath.py and docs/datapath.md."""
+"""The oracle: the pure-Python reference datapath (docs/datapath.md), bytes in, verdict, bytes and
+why out. It judges the BPF programs packet by packet (tests/bpf) and is the packet engine of the
+emulator.
+
+Owns: datapath.py, the reference model of every hook.
+May import: spec, contract (for now: issue 11 makes it decide from the spec alone), errors.
+"""

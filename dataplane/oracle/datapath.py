@@ -12,7 +12,9 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Network
 
-from ..contract.consts import CT_DEFAULT_CLOSE, CT_DEFAULT_CLOSE_WAIT, CT_DEFAULT_SYN, CT_DEFAULT_TCP, CT_DEFAULT_UDP, SCOPE_EXTERNAL, SCOPE_POD, SVC_F_AFFINITY, SVC_F_LOCAL_ONLY, SVC_F_MASQ, SVC_F_POD_SCOPE, SVC_F_SRC_RANGES
+from ..contract.consts import (CT_DEFAULT_CLOSE, CT_DEFAULT_CLOSE_WAIT, CT_DEFAULT_SYN, CT_DEFAULT_TCP,
+                               CT_DEFAULT_UDP, SCOPE_EXTERNAL, SCOPE_POD, SVC_F_AFFINITY, SVC_F_LOCAL_ONLY,
+                               SVC_F_MASQ, SVC_F_POD_SCOPE, SVC_F_SRC_RANGES)
 from ..contract.render import NodeMaps, SvcKey
 
 ETH_HLEN = 14

@@ -104,108 +104,126 @@ def _lab_address(topology: TopologySpec, ip: IPv4Address, services: ServiceTable
 def parse_check(item: Doc, topology: TopologySpec, services: ServiceTable, names: set) -> CheckSpec:
     """One check, resolved against the topology and the services as they are at that step."""
     ckind, cname, cobj = _ref(item, "from", CLIENT_KINDS, topology, services)
-    tkind, tname, tobj = _ref(item, "to", TARGET_KINDS, topology, services)
-    target = item.value["to"]
-    protocol = item.take_str("protocol", None, choices=PROTOCOLS)
-    if tkind == "service":
-        ip = tobj.cluster_ip
-        if item.has("port"):
-            port = item.take_int("port", lo=1, hi=65535)
-            sp = next((p for p in tobj.ports if p.port == port and (protocol in (None, p.protocol))), None)
-            if sp is None and item.value.get("expect", "reachable") == "reachable":
-                item.fail("port", f"service {tname} serves no port {port}" +
-                          (f"/{protocol}" if protocol else "") +
-                          f" (ports: {', '.join(f'{p.port}/{p.protocol}' for p in tobj.ports)})")
-        else:
-            if len(tobj.ports) != 1:
-                item.fail(None, f"missing field 'port': service {tname} has several ports")
-            sp = tobj.ports[0]
-            port = sp.port
-        protocol = protocol or (sp.protocol if sp else "TCP")
-    else:
-        ip = tobj if tkind == "ip" else tobj.ip
-        if tkind == "ip" and not _lab_address(topology, ip, services):
-            item.fail("to", f"{ip} is not a lab address (cluster, service, node or outside "
-                            f"network, or a LoadBalancer/external IP): checks never send outside the lab")
-        port = item.take_int("port", lo=1, hi=65535, expect="a port number from 1 to 65535")
-        protocol = protocol or "TCP"
+    target = item.value.get("to")
+    ip, port, protocol = _destination(item, topology, services)
     expect = item.take_str("expect", "reachable", choices=OUTCOMES)
-    backends = None
-    if item.has("backends"):
-        backends = []
-        for b in item.items("backends"):
-            bname = b.value if not isinstance(b, Doc) else None
-            if not isinstance(bname, str) or topology.find(bname) is None:
-                b.fail(f"expected the name of a pod, node or host in the topology, got {bname!r}")
-            backends.append(bname)
-        backends = tuple(backends)
-    source, source_label = None, ""
-    if item.has("source"):
-        text = item.take_str("source", expect="client, KIND/NAME or an IPv4 address")
-        if text == "client":
-            source, source_label = cobj.ip, f"client {cname}"
-        elif "/" in text:
-            skind, sname, sobj = _ref(item, "source", CLIENT_KINDS, topology, services)
-            source, source_label = sobj.ip, text
-        else:
-            try:
-                source, source_label = IPv4Address(text), text
-            except ValueError:
-                item.fail("source", f"expected client, KIND/NAME or an IPv4 address, got {text!r}")
-    requests = item.take_int("requests", 1, lo=1, hi=100000)
-    timeout = item.take("timeout", (int, float), 2.0, "seconds, such as 2 or 0.5")
-    if not 0 < timeout <= 60:
-        item.fail("timeout", f"expected seconds from 0 to 60, got {timeout}")
-    interval = item.take("interval", (int, float), 0, "seconds between requests, such as 1.5")
-    if not 0 <= interval <= 600:
-        item.fail("interval", f"expected seconds from 0 to 600, got {interval}")
-    sport = item.take_int("sourcePort", None, lo=1024, hi=65535, expect="a port from 1024 to 65535")
-    same = item.take_bool("sameBackend", False)
-    every = item.take_bool("everyBackend", False)
-    min_b = item.take_int("minBackends", None, lo=1, hi=1000)
-    share = item.take("maxShare", (int, float), None, "a fraction such as 0.45")
-    if share is not None and not 0 < share <= 1:
-        item.fail("maxShare", f"expected a fraction from 0 to 1, got {share}")
-    capture = item.take_bool("capture", False)
-    http_get = item.take_str("httpGet", None, expect="a path such as /healthz")
-    status = item.take_int("status", None, lo=100, hi=599, expect="an HTTP status such as 200")
-    body_contains = item.take_str("bodyContains", None)
-    if (status is not None or body_contains is not None) and http_get is None:
-        item.fail("status" if status is not None else "bodyContains", "only applies with httpGet")
-    if http_get is not None and (backends or item.has("source") or capture):
-        item.fail("httpGet", "httpGet checks an HTTP answer: backends, source and capture do not apply")
-    if expect != "reachable":
-        for key in ("backends", "source", "sameBackend", "everyBackend", "minBackends", "maxShare", "capture"):
-            if item.has(key):
-                item.fail(key, f"{key} only applies when expect is reachable (not {expect})")
-    if every and backends is None:
-        item.fail("everyBackend", "everyBackend needs the list of backends")
-    half_close = item.take_bool("halfClose", False)
-    delay = item.take("delay", (int, float), 0, "seconds the server waits before answering, such as 12")
-    if not 0 <= delay <= 600:
-        item.fail("delay", f"expected seconds from 0 to 600, got {delay}")
-    if delay and delay >= timeout:
-        item.fail("delay", f"the server answers after {delay:g} s, so `timeout` ({timeout:g} s) must be longer")
-    size = item.take_int("size", 0, lo=0, hi=60000, expect="bytes from 0 to 60000")
-    if half_close and protocol != "TCP":
-        item.fail("halfClose", "only applies to TCP")
-    if http_get is not None:
-        for key in ("halfClose", "delay", "size"):
-            if item.has(key):
-                item.fail(key, "does not apply with httpGet (one plain GET)")
+    fields = dict(expect=expect, backends=_backends(item, topology),
+                  **_source(item, cobj, cname, topology, services), **_answers(item), **_requests(item, protocol))
+    _check_applies(item, fields)
     hold = _hold(item.sub("holdConnection"), topology, services) if item.has("holdConnection") else None
     name = item.take_str("name", f"{ckind}/{cname} -> {target}:{port}/{protocol} {expect}")
     if name in names:
         item.fail("name", f"duplicate check name {name!r}")
     names.add(name)
     item.done()
-    return CheckSpec(name=name, client=cname, target=target, ip=ip, port=port, protocol=protocol,
-                     expect=expect, backends=backends, source=source, source_label=source_label,
-                     requests=requests, timeout=float(timeout), interval=float(interval),
-                     source_port=sport, same_backend=same, every_backend=every, min_backends=min_b,
-                     max_share=share, capture=capture, http_get=http_get, status=status,
-                     body_contains=body_contains, half_close=half_close, delay=float(delay), size=size,
-                     hold=hold, where=item.where())
+    return CheckSpec(name=name, client=cname, target=target, ip=ip, port=port, protocol=protocol, hold=hold,
+                     where=item.where(), **fields)
+
+
+def _destination(item: Doc, topology: TopologySpec, services: ServiceTable) -> tuple[IPv4Address, int, str]:
+    """Where the client sends: (address, port, protocol). A service's port defaults to its only
+    one, and a port it does not serve is an error unless the check expects it unanswered."""
+    tkind, tname, tobj = _ref(item, "to", TARGET_KINDS, topology, services)
+    protocol = item.take_str("protocol", None, choices=PROTOCOLS)
+    if tkind != "service":
+        ip = tobj if tkind == "ip" else tobj.ip
+        if tkind == "ip" and not _lab_address(topology, ip, services):
+            item.fail("to", f"{ip} is not a lab address (cluster, service, node or outside "
+                            f"network, or a LoadBalancer/external IP): checks never send outside the lab")
+        port = item.take_int("port", lo=1, hi=65535, expect="a port number from 1 to 65535")
+        return ip, port, protocol or "TCP"
+    if not item.has("port"):
+        if len(tobj.ports) != 1:
+            item.fail(None, f"missing field 'port': service {tname} has several ports")
+        return tobj.cluster_ip, tobj.ports[0].port, protocol or tobj.ports[0].protocol
+    port = item.take_int("port", lo=1, hi=65535)
+    sp = next((p for p in tobj.ports if p.port == port and (protocol in (None, p.protocol))), None)
+    if sp is None and item.value.get("expect", "reachable") == "reachable":
+        item.fail("port", f"service {tname} serves no port {port}" + (f"/{protocol}" if protocol else "") +
+                  f" (ports: {', '.join(f'{p.port}/{p.protocol}' for p in tobj.ports)})")
+    return tobj.cluster_ip, port, protocol or (sp.protocol if sp else "TCP")
+
+
+def _backends(item: Doc, topology: TopologySpec) -> tuple[str, ...] | None:
+    if not item.has("backends"):
+        return None
+    out = []
+    for b in item.items("backends"):
+        bname = b.value if not isinstance(b, Doc) else None
+        if not isinstance(bname, str) or topology.find(bname) is None:
+            b.fail(f"expected the name of a pod, node or host in the topology, got {bname!r}")
+        out.append(bname)
+    return tuple(out)
+
+
+def _source(item: Doc, client, client_name: str, topology: TopologySpec, services: ServiceTable) -> dict:
+    """The source the server must see: the client's own address, an object's or an address."""
+    if not item.has("source"):
+        return {"source": None, "source_label": ""}
+    text = item.take_str("source", expect="client, KIND/NAME or an IPv4 address")
+    if text == "client":
+        return {"source": client.ip, "source_label": f"client {client_name}"}
+    if "/" in text:
+        _, _, obj = _ref(item, "source", CLIENT_KINDS, topology, services)
+        return {"source": obj.ip, "source_label": text}
+    try:
+        return {"source": IPv4Address(text), "source_label": text}
+    except ValueError:
+        item.fail("source", f"expected client, KIND/NAME or an IPv4 address, got {text!r}")
+
+
+def _answers(item: Doc) -> dict:
+    """What the answers must show: which backends, how spread, what HTTP."""
+    share = item.take("maxShare", (int, float), None, "a fraction such as 0.45")
+    if share is not None and not 0 < share <= 1:
+        item.fail("maxShare", f"expected a fraction from 0 to 1, got {share}")
+    return dict(same_backend=item.take_bool("sameBackend", False), every_backend=item.take_bool("everyBackend", False),
+                min_backends=item.take_int("minBackends", None, lo=1, hi=1000), max_share=share,
+                capture=item.take_bool("capture", False),
+                http_get=item.take_str("httpGet", None, expect="a path such as /healthz"),
+                status=item.take_int("status", None, lo=100, hi=599, expect="an HTTP status such as 200"),
+                body_contains=item.take_str("bodyContains", None))
+
+
+def _seconds(item: Doc, key: str, default, hi: float, expect: str, lo_open: bool = False) -> float:
+    value = item.take(key, (int, float), default, expect)
+    if not (0 < value if lo_open else 0 <= value) or value > hi:
+        item.fail(key, f"expected seconds from 0 to {hi:g}, got {value}")
+    return float(value)
+
+
+def _requests(item: Doc, protocol: str) -> dict:
+    """How the client sends: how many requests, how fast, from which port, shaped how."""
+    timeout = _seconds(item, "timeout", 2.0, 60, "seconds, such as 2 or 0.5", lo_open=True)
+    delay = _seconds(item, "delay", 0, 600, "seconds the server waits before answering, such as 12")
+    if delay and delay >= timeout:
+        item.fail("delay", f"the server answers after {delay:g} s, so `timeout` ({timeout:g} s) must be longer")
+    half_close = item.take_bool("halfClose", False)
+    if half_close and protocol != "TCP":
+        item.fail("halfClose", "only applies to TCP")
+    return dict(requests=item.take_int("requests", 1, lo=1, hi=100000), timeout=timeout,
+                interval=_seconds(item, "interval", 0, 600, "seconds between requests, such as 1.5"),
+                source_port=item.take_int("sourcePort", None, lo=1024, hi=65535, expect="a port from 1024 to 65535"),
+                half_close=half_close, delay=delay,
+                size=item.take_int("size", 0, lo=0, hi=60000, expect="bytes from 0 to 60000"))
+
+
+def _check_applies(item: Doc, f: dict) -> None:
+    """Fields that only make sense together."""
+    if (f["status"] is not None or f["body_contains"] is not None) and f["http_get"] is None:
+        item.fail("status" if f["status"] is not None else "bodyContains", "only applies with httpGet")
+    if f["http_get"] is not None and (f["backends"] or item.has("source") or f["capture"]):
+        item.fail("httpGet", "httpGet checks an HTTP answer: backends, source and capture do not apply")
+    if f["expect"] != "reachable":
+        for key in ("backends", "source", "sameBackend", "everyBackend", "minBackends", "maxShare", "capture"):
+            if item.has(key):
+                item.fail(key, f"{key} only applies when expect is reachable (not {f['expect']})")
+    if f["every_backend"] and f["backends"] is None:
+        item.fail("everyBackend", "everyBackend needs the list of backends")
+    if f["http_get"] is not None:
+        for key in ("halfClose", "delay", "size"):
+            if item.has(key):
+                item.fail(key, "does not apply with httpGet (one plain GET)")
 
 
 def _hold(doc: Doc, topology: TopologySpec, services: ServiceTable) -> HoldSpec:

@@ -63,64 +63,95 @@ def parse_service(spec: Doc, name: str, namespace: str, defaults: ServiceDefault
     publish = spec.take_bool("publishNotReadyAddresses", False)
     if type_ == "ExternalName":
         raise Ignored("ExternalName services are DNS-only: no dataplane involved")
-    cluster_ip_raw = spec.take("clusterIP", str, None, "an IPv4 address, or None for a headless service")
-    if cluster_ip_raw == "None":
-        raise Ignored("headless service (clusterIP: None): DNS-only, no virtual IP to serve")
-    if cluster_ip_raw is None and keep_ip is not None:
-        cluster_ip = keep_ip                  # an updated service keeps its cluster IP
-        defaults.used_ips.add(keep_ip)
-    elif cluster_ip_raw is None:
-        cluster_ip = defaults.next_ip()
-    else:
-        cluster_ip = spec.take_ip("clusterIP")
-        if cluster_ip not in defaults.service_cidr:
-            spec.fail("clusterIP", f"{cluster_ip} is outside the service CIDR {defaults.service_cidr}")
-        if cluster_ip in defaults.used_ips:
-            spec.fail("clusterIP", f"{cluster_ip} is already the cluster IP of another service")
-        defaults.used_ips.add(cluster_ip)
+    cluster_ip = _cluster_ip(spec, defaults, keep_ip)
 
     selector_doc = spec.take("selector", dict, None, "a mapping of label: value")
     selector = None
     if selector_doc is not None:
         selector = tuple(sorted((str(k), str(v)) for k, v in selector_doc.items()))
+    ports = _ports(spec, type_, defaults)
+    affinity, timeout = _affinity(spec)
+    itp = spec.take_str("internalTrafficPolicy", "Cluster", choices=("Cluster", "Local"))
+    etp = spec.take_str("externalTrafficPolicy", "Cluster", choices=("Cluster", "Local"))
+    ext_ips = tuple(_ip_item(x) for x in spec.items("externalIPs"))
+    lb_ip = spec.take_ip("loadBalancerIP", None)
+    ranges = tuple(_cidr_item(x) for x in spec.items("loadBalancerSourceRanges"))
+    hc = _health_check_node_port(spec, type_, etp, defaults)
+    if lb_ip is not None:
+        lb_ips = tuple(lb_ips) + (lb_ip,)
+    return Service(namespace=namespace, name=name, type=type_, cluster_ip=cluster_ip,
+                   ports=ports, selector=selector, session_affinity=affinity,
+                   affinity_timeout=timeout, internal_traffic_policy=itp,
+                   external_traffic_policy=etp, external_ips=ext_ips,
+                   load_balancer_ips=tuple(lb_ips), load_balancer_source_ranges=ranges,
+                   health_check_node_port=hc, publish_not_ready_addresses=publish,
+                   source=f"{spec.where()} {spec.path}")
 
+
+def _cluster_ip(spec: Doc, defaults: ServiceDefaults, keep_ip) -> IPv4Address:
+    raw = spec.take("clusterIP", str, None, "an IPv4 address, or None for a headless service")
+    if raw == "None":
+        raise Ignored("headless service (clusterIP: None): DNS-only, no virtual IP to serve")
+    if raw is None and keep_ip is not None:
+        defaults.used_ips.add(keep_ip)
+        return keep_ip                        # an updated service keeps its cluster IP
+    if raw is None:
+        return defaults.next_ip()
+    cluster_ip = spec.take_ip("clusterIP")
+    if cluster_ip not in defaults.service_cidr:
+        spec.fail("clusterIP", f"{cluster_ip} is outside the service CIDR {defaults.service_cidr}")
+    if cluster_ip in defaults.used_ips:
+        spec.fail("clusterIP", f"{cluster_ip} is already the cluster IP of another service")
+    defaults.used_ips.add(cluster_ip)
+    return cluster_ip
+
+
+def _ports(spec: Doc, type_: str, defaults: ServiceDefaults) -> tuple[ServicePort, ...]:
     ports, seen = [], set()
-    for i, p in enumerate(spec.items("ports")):
+    for p in spec.items("ports"):
         if not isinstance(p, Doc):
             p.fail("expected a mapping with port, protocol, targetPort")
-        pname = p.take_str("name", "")
-        if pname:
-            check_name(p, "name", pname, "port name")
-        port = p.take_int("port", lo=1, hi=65535, expect="a port number from 1 to 65535")
-        proto = p.take_str("protocol", "TCP", choices=PROTOCOLS)
-        target = p.take("targetPort", (int, str), port, "a port number or a named container port")
-        if isinstance(target, int) and not 1 <= target <= 65535:
-            p.fail("targetPort", f"expected a port number from 1 to 65535, got {target}")
-        p.take("appProtocol", str, None)
-        node_port = p.take_int("nodePort", None, lo=1, hi=65535, expect="a port number from 1 to 65535")
-        if node_port is not None and not (defaults.node_port_range[0] <= node_port <= defaults.node_port_range[1]):
-            lo, hi = defaults.node_port_range
-            p.fail("nodePort", f"{node_port} is outside the node port range {lo}-{hi}")
-        if type_ == "ClusterIP" and node_port is not None:
-            p.fail("nodePort", "a ClusterIP service has no node port (use type: NodePort)")
-        if type_ in ("NodePort", "LoadBalancer"):
-            if node_port is None:
-                node_port = defaults.next_node_port()
-            elif node_port in defaults.used_node_ports:
-                p.fail("nodePort", f"node port {node_port} is already used by another service")
-            defaults.used_node_ports.add(node_port)
-        p.done()
-        if pname and pname in seen:
-            p.fail("name", f"duplicate port name {pname!r}")
-        if (port, proto) in seen:
-            p.fail("port", f"duplicate port {port}/{proto}")
-        seen.update({pname, (port, proto)})
-        ports.append(ServicePort(pname, port, proto, target, node_port))
+        sp = _port(p, type_, defaults)
+        if sp.name and sp.name in seen:
+            p.fail("name", f"duplicate port name {sp.name!r}")
+        if (sp.port, sp.protocol) in seen:
+            p.fail("port", f"duplicate port {sp.port}/{sp.protocol}")
+        seen.update({sp.name, (sp.port, sp.protocol)})
+        ports.append(sp)
     if not ports:
         spec.fail("ports", "a service needs at least one port")
     if len(ports) > 1 and any(not p.name for p in ports):
         spec.fail("ports", "every port of a multi-port service needs a name")
+    return tuple(ports)
 
+
+def _port(p: Doc, type_: str, defaults: ServiceDefaults) -> ServicePort:
+    pname = p.take_str("name", "")
+    if pname:
+        check_name(p, "name", pname, "port name")
+    port = p.take_int("port", lo=1, hi=65535, expect="a port number from 1 to 65535")
+    proto = p.take_str("protocol", "TCP", choices=PROTOCOLS)
+    target = p.take("targetPort", (int, str), port, "a port number or a named container port")
+    if isinstance(target, int) and not 1 <= target <= 65535:
+        p.fail("targetPort", f"expected a port number from 1 to 65535, got {target}")
+    p.take("appProtocol", str, None)
+    node_port = p.take_int("nodePort", None, lo=1, hi=65535, expect="a port number from 1 to 65535")
+    lo, hi = defaults.node_port_range
+    if node_port is not None and not lo <= node_port <= hi:
+        p.fail("nodePort", f"{node_port} is outside the node port range {lo}-{hi}")
+    if type_ == "ClusterIP" and node_port is not None:
+        p.fail("nodePort", "a ClusterIP service has no node port (use type: NodePort)")
+    if type_ in ("NodePort", "LoadBalancer"):
+        if node_port is None:
+            node_port = defaults.next_node_port()
+        elif node_port in defaults.used_node_ports:
+            p.fail("nodePort", f"node port {node_port} is already used by another service")
+        defaults.used_node_ports.add(node_port)
+    p.done()
+    return ServicePort(pname, port, proto, target, node_port)
+
+
+def _affinity(spec: Doc) -> tuple[str, int]:
     affinity = spec.take_str("sessionAffinity", "None", choices=("None", "ClientIP"))
     timeout = DEFAULT_AFFINITY_TIMEOUT
     cfg = spec.sub("sessionAffinityConfig", None)
@@ -130,28 +161,19 @@ def parse_service(spec: Doc, name: str, namespace: str, defaults: ServiceDefault
             timeout = client.take_int("timeoutSeconds", DEFAULT_AFFINITY_TIMEOUT, lo=1, hi=86400)
             client.done()
         cfg.done()
-    itp = spec.take_str("internalTrafficPolicy", "Cluster", choices=("Cluster", "Local"))
-    etp = spec.take_str("externalTrafficPolicy", "Cluster", choices=("Cluster", "Local"))
-    ext_ips = tuple(_ip_item(x) for x in spec.items("externalIPs"))
-    lb_ip = spec.take_ip("loadBalancerIP", None)
-    ranges = tuple(_cidr_item(x) for x in spec.items("loadBalancerSourceRanges"))
+    return affinity, timeout
+
+
+def _health_check_node_port(spec: Doc, type_: str, etp: str, defaults: ServiceDefaults) -> int | None:
     hc = spec.take_int("healthCheckNodePort", None, lo=1, hi=65535)
     if type_ == "ClusterIP" and etp != "Cluster":
         spec.fail("externalTrafficPolicy", "only NodePort and LoadBalancer services have external traffic")
     if hc is not None and not (type_ == "LoadBalancer" and etp == "Local"):
         spec.fail("healthCheckNodePort", "only a LoadBalancer service with externalTrafficPolicy Local has one "
                   "(as the Kubernetes API requires)")
-    if lb_ip is not None:
-        lb_ips = tuple(lb_ips) + (lb_ip,)
     if type_ == "LoadBalancer" and etp == "Local" and hc is None:
         hc = defaults.next_node_port()
-    return Service(namespace=namespace, name=name, type=type_, cluster_ip=cluster_ip,
-                   ports=tuple(ports), selector=selector, session_affinity=affinity,
-                   affinity_timeout=timeout, internal_traffic_policy=itp,
-                   external_traffic_policy=etp, external_ips=ext_ips,
-                   load_balancer_ips=tuple(lb_ips), load_balancer_source_ranges=ranges,
-                   health_check_node_port=hc, publish_not_ready_addresses=publish,
-                   source=f"{spec.where()} {spec.path}")
+    return hc
 
 
 def _ip_item(item) -> IPv4Address:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 
-MODELS = ("flat", "island", "air-gapped")
+NETWORK_MODELS = ("flat", "island", "air-gapped")
 DEFAULT_PORTS = (("http", 8080, "TCP"), ("udp", 8080, "UDP"))
 
 # Interface names are derived from object names ("v-" + name), and Linux caps them at 15 bytes.
@@ -80,7 +80,7 @@ class MasqueradeSpec:
 
 @dataclass(frozen=True)
 class TopologySpec:
-    model: str
+    network: str                  # the network model: flat | island | air-gapped (YAML: topology.model)
     cluster_cidr: IPv4Network
     service_cidr: IPv4Network
     node_cidr: IPv4Network        # the nodes' shared underlay segment

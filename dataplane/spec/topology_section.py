@@ -9,7 +9,7 @@ from ipaddress import IPv4Address, IPv4Network
 
 from .services import DNS_LABEL
 from .table import PROTOCOLS
-from .topology import (DEFAULT_PORTS, IFNAMSIZ, IFNAME_PREFIX, MAX_NAME, MODELS, NAT_PORT_RANGE, NODE_LOCAL_PORTS,
+from .topology import (DEFAULT_PORTS, IFNAMSIZ, IFNAME_PREFIX, MAX_NAME, NETWORK_MODELS, NAT_PORT_RANGE, NODE_LOCAL_PORTS,
                        RESERVED_NAMES, HostSpec, MasqueradeSpec, NodeSpec, PodSpec, PortSpec, TopologySpec,
                        gateway_of)
 from .yamldoc import Doc, Scalar
@@ -21,7 +21,7 @@ RESERVED_NETS = {"loopback": IPv4Network("127.0.0.0/8"), "link-local": IPv4Netwo
 @dataclass
 class Networks:
     """The topology's address plan and limits, before any object is placed in it."""
-    model: str = "flat"
+    network: str = "flat"
     cluster: IPv4Network = IPv4Network("10.0.0.0/16")
     mask: int = 24
     services: IPv4Network = IPv4Network("10.96.0.0/12")
@@ -50,13 +50,13 @@ def parse_topology(doc: Doc) -> tuple[TopologySpec | None, tuple[int, int]]:
         with doc.recover():
             masq = parse_masquerade(doc.sub("masquerade", {}), nets)
         with doc.recover():
-            service_route = parse_service_route(doc, nets.model, nodes)
+            service_route = parse_service_route(doc, nets.network, nodes)
     doc.taken.update(("nodes", "pods", "outside", "masquerade", "serviceRoute"))
     with doc.recover():
         doc.done()
     if _errors(doc) != before:
         return None, nets.node_port_range
-    spec = TopologySpec(model=nets.model, cluster_cidr=nets.cluster, service_cidr=nets.services,
+    spec = TopologySpec(network=nets.network, cluster_cidr=nets.cluster, service_cidr=nets.services,
                         node_cidr=nets.node_net, outside_cidr=nets.outside_net, nodes=tuple(nodes), pods=tuple(pods),
                         hosts=tuple(hosts), mtu=nets.mtu, outside_link_mtu=nets.outside_link_mtu, masquerade=masq,
                         service_route=service_route)
@@ -67,7 +67,7 @@ def parse_networks(doc: Doc) -> Networks:
     """Each field checked on its own (an invalid one keeps its default, its error recorded), then
     the networks against each other."""
     n = Networks()
-    fields = (("model", lambda: doc.take_str("model", "flat", choices=MODELS)),
+    fields = (("network", lambda: doc.take_str("model", "flat", choices=NETWORK_MODELS)),
               ("cluster", lambda: doc.take_cidr("clusterCIDR", Networks.cluster)),
               ("mask", lambda: doc.take_int("nodeCIDRMaskSize", 24, lo=n.cluster.prefixlen, hi=30)),
               ("services", lambda: doc.take_cidr("serviceCIDR", Networks.services)),
@@ -288,7 +288,7 @@ def parse_masquerade(doc: Doc, nets: Networks) -> MasqueradeSpec:
     whole lab network too (pods are first-class there: no NAT to in-network destinations). The
     port range is where the node's address finds ports for the flows it takes on: it may overlap
     neither the nodes' own ephemeral ports nor the node ports."""
-    nets_exempt = [nets.cluster] + ([nets.node_net, nets.outside_net] if nets.model == "flat" else [])
+    nets_exempt = [nets.cluster] + ([nets.node_net, nets.outside_net] if nets.network == "flat" else [])
     if doc.has("nonMasqueradeCIDRs"):
         nets_exempt = []
         for item in doc.items("nonMasqueradeCIDRs"):

@@ -70,7 +70,7 @@ def test_up_status_exec_down(tmp_path):
     dataplane("up", str(SCENARIOS / "island.yaml"), "--name", "t-up", check=True)
     try:
         [lab] = [s for s in status() if s["name"] == "t-up"]
-        assert lab["status"] == "up" and lab["model"] == "island" and lab["namespaces"] == 7
+        assert lab["status"] == "up" and lab["network"] == "island" and lab["namespaces"] == 7
         assert lab["servers"] == 6  # 3 pods, 2 nodes, 1 outside host
         # exec runs real programs in the pod's namespace
         addr = dataplane("exec", "t-up", "web-2", "--", "ip", "-o", "-4", "addr", "show", "dev", "eth0", check=True)

@@ -61,13 +61,13 @@ def lab(request, tmp_path_factory):
 @pytest.mark.parametrize("probe", sorted(PROBES))
 def test_reachability(lab, probe):
     client, target, protocol, _ = PROBES[probe]
-    expect = EXPECT[probe][MODELS.index(lab.spec.model)]
+    expect = EXPECT[probe][MODELS.index(lab.spec.network)]
     client_ip = lab.spec.find(client).ip
     spec = CheckSpec(name=probe, client=client, target=target, ip=lab.spec.find(target).ip, port=8080,
                      protocol=protocol, expect=expect, backends=(target,) if expect == R else None,
                      source=client_ip if expect == R else None, timeout=1.0)
     result = run_check(lab, spec)
-    assert result.passed, f"{lab.spec.model}: {probe}: {result.detail}"
+    assert result.passed, f"{lab.spec.network}: {probe}: {result.detail}"
     if expect == R:
         # no NAT anywhere in the lab: the server saw the client's own address
         assert result.sources == {str(client_ip): 1}

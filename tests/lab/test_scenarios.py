@@ -12,13 +12,7 @@ from dataplane.run.runner import run_live
 from dataplane.spec.scenario import load
 from tests.conftest import SCENARIOS
 
-CLUSTERIP = ["clusterip", "multiport", "affinity", "hairpin", "no-endpoints", "internal-traffic-local",
-             "terminating", "endpoint-update"]
 ALL = sorted(p.stem for p in SCENARIOS.glob("*.yaml"))
-
-
-def test_the_clusterip_list_is_complete():
-    assert set(CLUSTERIP) <= set(ALL)
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -39,28 +33,3 @@ def test_scenario_on_every_backend(name):
             assert len(documented) == 1, f"{check.name}: undocumented difference {outcomes}"
             diff = BY_KEY[documented.pop()]
             assert outcomes == {b: [diff.outcomes[b]] for b in CONFORMANCE}, check.name
-
-
-def test_e2e_behaviours_are_all_covered():
-    """The Kubernetes e2e behaviours issue 3 names, each in a scenario's comment."""
-    text = "\n".join((SCENARIOS / f"{n}.yaml").read_text() for n in CLUSTERIP)
-    for behaviour in ["should preserve source pod IP", "should serve multiport endpoints",
-                      "should allow pods to hairpin back to themselves", "should be rejected when no endpoints",
-                      "session affinity work / timeout work / be able to switch",
-                      "should respect internalTrafficPolicy=Local", "should fallback to terminating endpoints",
-                      "should serve endpoints on same port and different protocols",
-                      "should be updated after adding or deleting ports"]:
-        assert behaviour in text.replace("\n# ", " "), behaviour
-
-
-def test_edge_e2e_behaviours_are_all_covered():
-    """The Kubernetes e2e behaviours issue 4 names, each in a scenario's comment."""
-    text = "\n".join(p.read_text() for p in SCENARIOS.glob("*.yaml")).replace("\n# ", " ")
-    for behaviour in ["should be able to create a functioning NodePort service",
-                      "should have session affinity work for NodePort service",
-                      "should fail health check node port if there are only terminating endpoints",
-                      "should fallback to local terminating endpoints when there are no ready endpoints "
-                      "with externalTrafficPolicy=Local",
-                      "should be able to preserve UDP traffic when server pod cycles for a NodePort service",
-                      'ESIPP "should work for type=NodePort"', '"should only target nodes with endpoints"']:
-        assert behaviour in text, behaviour

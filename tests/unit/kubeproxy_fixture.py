@@ -8,7 +8,7 @@ from dataplane.spec.topology import NodeSpec, TopologySpec
 from dataplane.spec.table import Endpoint, EndpointPort, Service, ServicePort, ServiceTable
 
 NODE = "test-node"
-SPEC = TopologySpec(model="flat", cluster_cidr=N("10.0.0.0/8"), service_cidr=N("172.30.0.0/16"),
+SPEC = TopologySpec(network="flat", cluster_cidr=N("10.0.0.0/8"), service_cidr=N("172.30.0.0/16"),
                     node_cidr=N("192.168.0.0/24"), outside_cidr=N("203.0.113.0/24"),
                     nodes=(NodeSpec(NODE, A("192.168.0.2"), N("10.0.0.0/24")),))
 

@@ -22,7 +22,3 @@ def test_vagrantfile_validates(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "validated successfully" in proc.stdout
 
-
-def test_vagrantfile_provisions_with_make_setup():
-    text = (ROOT / "Vagrantfile").read_text()
-    assert "make setup" in text and "vb.cpus = 2" in text

@@ -1,11 +1,16 @@
 """`ebpf`: the service dataplane as BPF programs on every node, loaded with bcc, attached with TC.
 
-Per node: one compiled instance of bpf/pod.c (its own maps), from_pod/to_pod on every pod veth,
-maps pinned under /sys/fs/bpf/dp-<lab>/<node>/. Programming is render (pure) -> diff -> batched
+Per node: one compiled instance of bpf/dataplane.c (its own maps), from_pod/to_pod on every pod
+veth, from_netdev/to_netdev on the uplink, the socket hooks on the node's cgroup, maps pinned under
+/sys/fs/bpf/dp-<lab>/<node>/. Programming is render (pure) -> diff -> batched
 map updates. After each sync the flows the new table no longer lets live are flushed
 (policy.FlowKeep): UDP flows per (frontend, endpoint), as kube-proxy's conntrack reconciliation,
 and TCP flows whose endpoint left their service port, so such a TCP flow is dropped from then on
 (its next packet is not a SYN and has no entry: DROP_CT_LOST) rather than sent to another backend.
+
+Owns: loading and attaching (program), map writes (maps), BPF_PROG_TEST_RUN (testrun), the
+`rules` dump of pinned maps (dump), assembling bpf/ for bcc (source).
+May import: spec, lab, contract, errors, backends.base.
 """
 from __future__ import annotations
 

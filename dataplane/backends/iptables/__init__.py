@@ -6,6 +6,9 @@ top-level chains (KUBE-SERVICES, KUBE-NODEPORTS, ...) and only the chains of the
 changed, and delete the chains of services that went away (kube-proxy's partial sync). Both
 iptables variants are offered, as kube-proxy uses whichever the node has: iptables-nft (the
 nf_tables kernel API, Debian's default) and iptables-legacy (the x_tables API).
+
+Owns: the iptables-mode rules (render) and applying them.
+May import: spec, lab, errors, backends.kubeproxy.
 """
 from __future__ import annotations
 

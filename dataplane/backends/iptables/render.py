@@ -132,114 +132,136 @@ def _match(pv: PortView, dst: str | None = None, dport: int | None = None) -> st
     return " ".join(parts)
 
 
+@dataclass(frozen=True)
+class _Names:
+    """A service port's chain names and the chains its frontends jump to."""
+    svc: str
+    svl: str
+    ext: str
+    fw: str
+    internal: str           # the cluster IP's: SVL with internalTrafficPolicy Local, else SVC
+    lb: str                 # the LoadBalancer IPs': FW with source ranges, else EXT
+
+
 def _service(pv: PortView, cluster_cidr: str, node_ip, large: bool, f: dict, n: dict) -> dict[str, list[str]]:
     """One service port: its rules in the top-level chains (appended to f/n) and its own chains."""
-    name, proto = pv.name, pv.protocol
-    svc, svl, ext, fw = (c(name, proto) for c in (svc_chain, svl_chain, ext_chain, fw_chain))
+    svc, svl, ext, fw = (c(pv.name, pv.protocol) for c in (svc_chain, svl_chain, ext_chain, fw_chain))
+    names = _Names(svc, svl, ext, fw, svl if pv.internal_policy_local else svc, fw if pv.uses_firewall_chain else ext)
+    _frontends(pv, names, f, n)
     chains: dict[str, list[str]] = {}
-    cluster_eps, local_eps = pv.cluster_endpoints, pv.local_endpoints
-    uses_svc, uses_svl, uses_ext, uses_fw = (pv.uses_cluster_chain, pv.uses_local_chain,
-                                             pv.uses_external_chain, pv.uses_firewall_chain)
-    internal_chain = svl if pv.internal_policy_local else svc
-    external_chain = ext
-    lb_chain = fw if uses_fw else external_chain
+    if pv.uses_external_chain:
+        chains[ext] = _external_chain(pv, names, cluster_cidr)
+    if pv.uses_firewall_chain:
+        chains[fw] = _firewall_chain(pv, names, node_ip)
+    chains.update(_policy_chains(pv, names, cluster_cidr, large))
+    chains.update(_endpoint_chains(pv, large))
+    return chains
 
-    # The filter targets for traffic with nowhere to go (kube-proxy's "no endpoints" handling).
-    int_target, ext_target = pv.internal_filter, pv.external_filter
-    int_comment = ext_comment = f'"{name} has no {"local " if pv.has_endpoints else ""}endpoints"'
 
-    # The cluster IP.
+def _frontends(pv: PortView, names: _Names, f: dict, n: dict) -> None:
+    """The service port's rules in the top-level chains: nat jumps to its chains where it has
+    endpoints, filter REJECT/DROP (kube-proxy's "no endpoints" handling) where it has none."""
+    name = pv.name
+    comment = f'"{name} has no {"local " if pv.has_endpoints else ""}endpoints"'
     if pv.has_internal_endpoints:
         n["KUBE-SERVICES"].append(f'-A KUBE-SERVICES -m comment --comment "{name} cluster IP" '
-                                  f"{_match(pv, pv.cluster_ip)} -j {internal_chain}")
+                                  f"{_match(pv, pv.cluster_ip)} -j {names.internal}")
     else:
-        f["KUBE-SERVICES"].append(f"-A KUBE-SERVICES -m comment --comment {int_comment} "
-                                  f"{_match(pv, pv.cluster_ip)} -j {int_target}")
-    # External IPs.
+        f["KUBE-SERVICES"].append(f"-A KUBE-SERVICES -m comment --comment {comment} "
+                                  f"{_match(pv, pv.cluster_ip)} -j {pv.internal_filter}")
+    unserved = f["KUBE-EXTERNAL-SERVICES"] if not pv.has_external_endpoints else []
     for ip in pv.svc.external_ips:
         if pv.has_endpoints:
             n["KUBE-SERVICES"].append(f'-A KUBE-SERVICES -m comment --comment "{name} external IP" '
-                                      f"{_match(pv, ip)} -j {external_chain}")
-        if not pv.has_external_endpoints:
-            f["KUBE-EXTERNAL-SERVICES"].append(f"-A KUBE-EXTERNAL-SERVICES -m comment --comment {ext_comment} "
-                                               f"{_match(pv, ip)} -j {ext_target}")
-    # LoadBalancer ingress IPs.
+                                      f"{_match(pv, ip)} -j {names.ext}")
+        unserved.append(f"-A KUBE-EXTERNAL-SERVICES -m comment --comment {comment} "
+                        f"{_match(pv, ip)} -j {pv.external_filter}")
     for ip in pv.svc.load_balancer_ips:
         if pv.has_endpoints:
             n["KUBE-SERVICES"].append(f'-A KUBE-SERVICES -m comment --comment "{name} loadbalancer IP" '
-                                      f"{_match(pv, ip)} -j {lb_chain}")
-        if uses_fw:
+                                      f"{_match(pv, ip)} -j {names.lb}")
+        if pv.uses_firewall_chain:
             f["KUBE-PROXY-FIREWALL"].append(
-                f'-A KUBE-PROXY-FIREWALL -m comment --comment "{name} traffic not accepted by {fw}" '
+                f'-A KUBE-PROXY-FIREWALL -m comment --comment "{name} traffic not accepted by {names.fw}" '
                 f"{_match(pv, ip)} -j DROP")
-    if not pv.has_external_endpoints:
-        for ip in pv.svc.load_balancer_ips:
-            f["KUBE-EXTERNAL-SERVICES"].append(f"-A KUBE-EXTERNAL-SERVICES -m comment --comment {ext_comment} "
-                                               f"{_match(pv, ip)} -j {ext_target}")
-    # The node port.
+    for ip in pv.svc.load_balancer_ips:
+        unserved.append(f"-A KUBE-EXTERNAL-SERVICES -m comment --comment {comment} "
+                        f"{_match(pv, ip)} -j {pv.external_filter}")
     if pv.node_port:
         if pv.has_endpoints:
             n["KUBE-NODEPORTS"].append(f"-A KUBE-NODEPORTS -m comment --comment {q(name)} "
-                                       f"{_match(pv, None, pv.node_port)} -j {external_chain}")
-        if not pv.has_external_endpoints:
-            f["KUBE-EXTERNAL-SERVICES"].append(
-                f"-A KUBE-EXTERNAL-SERVICES -m comment --comment {ext_comment} -m addrtype --dst-type LOCAL "
-                f"{_match(pv, None, pv.node_port)} -j {ext_target}")
-    # The health-check node port.
+                                       f"{_match(pv, None, pv.node_port)} -j {names.ext}")
+        unserved.append(f"-A KUBE-EXTERNAL-SERVICES -m comment --comment {comment} -m addrtype --dst-type LOCAL "
+                        f"{_match(pv, None, pv.node_port)} -j {pv.external_filter}")
     if pv.svc.health_check_node_port:      # set only for LoadBalancer with eTP Local
         f["KUBE-NODEPORTS"].append(f'-A KUBE-NODEPORTS -m comment --comment "{name} health check node port" '
                                    f"-m tcp -p tcp --dport {pv.svc.health_check_node_port} -j ACCEPT")
 
-    # The external chain: masquerade what policy says, then to the cluster or local chain.
-    if uses_ext:
-        rules = chains[ext] = []
-        if not pv.external_policy_local:
-            rules.append(f'-A {ext} -m comment --comment "masquerade traffic for {name} external destinations" '
-                         f"-j KUBE-MARK-MASQ")
-        else:
-            # Pods reaching an external address skip the policy, as if out to a load balancer and
-            # back; the node itself is masqueraded (its source would be the frontend address).
-            rules.append(f'-A {ext} -m comment --comment "pod traffic for {name} external destinations" '
-                         f"-s {cluster_cidr} -j {svc}")
-            rules.append(f'-A {ext} -m comment --comment "masquerade LOCAL traffic for {name} external '
-                         f'destinations" -m addrtype --src-type LOCAL -j KUBE-MARK-MASQ')
-            rules.append(f'-A {ext} -m comment --comment "route LOCAL traffic for {name} external destinations" '
-                         f"-m addrtype --src-type LOCAL -j {svc}")
-        if pv.has_external_endpoints:
-            rules.append(f"-A {ext} -j {svl if pv.external_policy_local else svc}")
-    # The firewall chain: loadBalancerSourceRanges.
-    if uses_fw:
-        rules = chains[fw] = []
-        allow_node = False
-        for cidr in pv.source_ranges:
-            rules.append(f'-A {fw} -m comment --comment "{name} loadbalancer IP" -s {cidr} -j {external_chain}')
-            allow_node |= node_ip in cidr
-        if allow_node:   # the node reaching its own LB IP loops back with the LB IP as source
-            for ip in pv.svc.load_balancer_ips:
-                rules.append(f'-A {fw} -m comment --comment "{name} loadbalancer IP" -s {ip} -j {external_chain}')
-        rules.append(f'-A {fw} -m comment --comment "other traffic to {name} will be dropped by KUBE-PROXY-FIREWALL"')
 
-    # The cluster and local policy chains: the internal one first masquerades traffic from
-    # outside the cluster CIDR to the cluster IP, then the affinity checks and the random cascade.
-    if uses_svc:
-        chains[svc] = []
-    if uses_svl:
-        chains[svl] = []
+def _external_chain(pv: PortView, names: _Names, cluster_cidr: str) -> list[str]:
+    """Masquerade what policy says, then to the cluster or local chain."""
+    ext, svc, name = names.ext, names.svc, pv.name
+    if not pv.external_policy_local:
+        rules = [f'-A {ext} -m comment --comment "masquerade traffic for {name} external destinations" '
+                 f"-j KUBE-MARK-MASQ"]
+    else:
+        # Pods reaching an external address skip the policy, as if out to a load balancer and
+        # back; the node itself is masqueraded (its source would be the frontend address).
+        rules = [f'-A {ext} -m comment --comment "pod traffic for {name} external destinations" '
+                 f"-s {cluster_cidr} -j {svc}",
+                 f'-A {ext} -m comment --comment "masquerade LOCAL traffic for {name} external '
+                 f'destinations" -m addrtype --src-type LOCAL -j KUBE-MARK-MASQ',
+                 f'-A {ext} -m comment --comment "route LOCAL traffic for {name} external destinations" '
+                 f"-m addrtype --src-type LOCAL -j {svc}"]
+    if pv.has_external_endpoints:
+        rules.append(f"-A {ext} -j {names.svl if pv.external_policy_local else svc}")
+    return rules
+
+
+def _firewall_chain(pv: PortView, names: _Names, node_ip) -> list[str]:
+    """loadBalancerSourceRanges: allowed sources on to the external chain, the rest dropped."""
+    fw, name, to = names.fw, pv.name, names.ext
+    rules = []
+    allow_node = False
+    for cidr in pv.source_ranges:
+        rules.append(f'-A {fw} -m comment --comment "{name} loadbalancer IP" -s {cidr} -j {to}')
+        allow_node |= node_ip in cidr
+    if allow_node:   # the node reaching its own LB IP loops back with the LB IP as source
+        for ip in pv.svc.load_balancer_ips:
+            rules.append(f'-A {fw} -m comment --comment "{name} loadbalancer IP" -s {ip} -j {to}')
+    rules.append(f'-A {fw} -m comment --comment "other traffic to {name} will be dropped by KUBE-PROXY-FIREWALL"')
+    return rules
+
+
+def _policy_chains(pv: PortView, names: _Names, cluster_cidr: str, large: bool) -> dict[str, list[str]]:
+    """The cluster and local policy chains: the internal one first masquerades traffic from
+    outside the cluster CIDR to the cluster IP, then the affinity checks and the random cascade."""
+    chains: dict[str, list[str]] = {}
+    if pv.uses_cluster_chain:
+        chains[names.svc] = []
+    if pv.uses_local_chain:
+        chains[names.svl] = []
     if pv.has_internal_endpoints:
-        chains[internal_chain].append(f'-A {internal_chain} -m comment --comment "{name} cluster IP" '
+        chains[names.internal].append(f'-A {names.internal} -m comment --comment "{pv.name} cluster IP" '
                                       f"{_match(pv, pv.cluster_ip)} ! -s {cluster_cidr} -j KUBE-MARK-MASQ")
-    if uses_svc:
-        chains[svc] += _balance(pv, svc, cluster_eps, large)
-    if uses_svl:
-        chains[svl] += _balance(pv, svl, local_eps, large)
-    # One chain per endpoint: hairpin masquerade, affinity record, DNAT.
+    if pv.uses_cluster_chain:
+        chains[names.svc] += _balance(pv, names.svc, pv.cluster_endpoints, large)
+    if pv.uses_local_chain:
+        chains[names.svl] += _balance(pv, names.svl, pv.local_endpoints, large)
+    return chains
+
+
+def _endpoint_chains(pv: PortView, large: bool) -> dict[str, list[str]]:
+    """One chain per endpoint: hairpin masquerade, affinity record, DNAT."""
+    chains = {}
+    proto = pv.protocol
     for t in pv.all_reachable:
         ep = f"{t.address}:{t.port}"
-        sep = sep_chain(name, proto, ep)
-        comment = "" if large else f" -m comment --comment {q(name)}"
-        rules = chains[sep] = [f"-A {sep}{comment} -s {t.address} -j KUBE-MARK-MASQ"]
+        sep = sep_chain(pv.name, proto, ep)
+        comment = "" if large else f" -m comment --comment {q(pv.name)}"
         recent = f" -m recent --name {sep} --set" if pv.affinity is not None else ""
-        rules.append(f"-A {sep}{comment}{recent} -m {proto} -p {proto} -j DNAT --to-destination {ep}")
+        chains[sep] = [f"-A {sep}{comment} -s {t.address} -j KUBE-MARK-MASQ",
+                       f"-A {sep}{comment}{recent} -m {proto} -p {proto} -j DNAT --to-destination {ep}"]
     return chains
 
 

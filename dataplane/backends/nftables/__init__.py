@@ -9,6 +9,9 @@ before 6.2, which free a chain a little after the last map element pointing at i
 
 Egress masquerade is ip-masq-agent's, which writes iptables rules in every mode: they are applied
 with iptables-nft, beside the kube-proxy table.
+
+Owns: the nftables-mode table (render) and applying it.
+May import: spec, lab, errors, backends.kubeproxy.
 """
 from __future__ import annotations
 

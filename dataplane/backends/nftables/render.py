@@ -176,90 +176,112 @@ def render(table: ServiceTable, spec: TopologySpec, node: str) -> Ruleset:
     return rs
 
 
-def _service(pv: PortView, rs: Ruleset, cluster_cidr: str, node_ip):
-    svc, sp, proto = pv.svc, pv.sp, pv.protocol
-    base = nft_service_base(svc.namespace, svc.name, proto, sp.name)
-    cluster, local, external, firewall = (f"{p}-{base}" for p in ("service", "local", "external", "firewall"))
-    uses_cluster, uses_local, uses_external, uses_fw = (pv.uses_cluster_chain, pv.uses_local_chain,
-                                                         pv.uses_external_chain, pv.uses_firewall_chain)
-    internal_chain = local if pv.internal_policy_local else cluster
-    external_policy = local if pv.external_policy_local else cluster
-    verdicts = {"REJECT": "goto reject-chain", "DROP": "drop", None: ""}
-    int_verdict, ext_verdict = verdicts[pv.internal_filter], verdicts[pv.external_filter]
+@dataclass(frozen=True)
+class _Chains:
+    """A service port's chain names."""
+    cluster: str
+    local: str
+    external: str
+    firewall: str
 
-    el = rs.elements
+
+VERDICTS = {"REJECT": "goto reject-chain", "DROP": "drop", None: ""}
+
+
+def _service(pv: PortView, rs: Ruleset, cluster_cidr: str, node_ip):
+    """One service port: its elements in the shared maps and sets (into rs), and its own chains
+    and affinity sets."""
+    base = nft_service_base(pv.svc.namespace, pv.svc.name, pv.protocol, pv.sp.name)
+    names = _Chains(*(f"{p}-{base}" for p in ("service", "local", "external", "firewall")))
+    _frontends(pv, rs, names)
+    chains: dict[str, list[str]] = {}
+    if pv.uses_cluster_chain:
+        chains[names.cluster] = []
+    if pv.uses_local_chain:
+        chains[names.local] = []
+    if pv.has_internal_endpoints:
+        internal = names.local if pv.internal_policy_local else names.cluster
+        chains[internal].append(f"ip daddr {pv.cluster_ip} {pv.protocol} dport {pv.sp.port} "
+                                f"ip saddr != {cluster_cidr} jump mark-for-masquerade")
+    if pv.uses_external_chain:
+        chains[names.external] = _external_chain(pv, names, cluster_cidr)
+    if pv.uses_firewall_chain:
+        sources = [str(c) for c in pv.source_ranges]
+        if any(node_ip in c for c in pv.source_ranges):
+            sources += [str(ip) for ip in pv.svc.load_balancer_ips]
+        chains[names.firewall] = [f"ip saddr != {{ {' , '.join(sources)} }} drop"]
+    endpoints = {(t.address, t.port): nft_endpoint_base(pv.svc.namespace, pv.svc.name, pv.protocol, pv.sp.name,
+                                                        t.address, t.port) for t in pv.all_reachable}
+    _balance(pv, names, endpoints, chains)
+    sets = _endpoint_chains(pv, endpoints, chains)
+    return chains, sets
+
+
+def _frontends(pv: PortView, rs: Ruleset, names: _Chains) -> None:
+    """The service port's elements: cluster IP, external and LoadBalancer IPs and node port to its
+    chains where it has endpoints, to reject or drop where it has none."""
+    proto, port = pv.protocol, pv.sp.port
+    int_verdict, ext_verdict = VERDICTS[pv.internal_filter], VERDICTS[pv.external_filter]
+    internal = names.local if pv.internal_policy_local else names.cluster
 
     def add(container, key, value="", comment=None):
-        el[container][key] = value
+        rs.elements[container][key] = value
         if comment:
             rs.comments[(container, key)] = comment
 
-    def k(ip, port=None):
-        return f"{ip} . {proto} . {port if port is not None else sp.port}"
-
     add("cluster-ips", str(pv.cluster_ip))
     if pv.has_internal_endpoints:
-        add("service-ips", k(pv.cluster_ip), f"goto {internal_chain}")
+        add("service-ips", f"{pv.cluster_ip} . {proto} . {port}", f"goto {internal}")
     else:
-        add("no-endpoint-services", k(pv.cluster_ip), int_verdict, pv.name)
-    for ip in svc.external_ips:
+        add("no-endpoint-services", f"{pv.cluster_ip} . {proto} . {port}", int_verdict, pv.name)
+    frontends = [(ip, False) for ip in pv.svc.external_ips] + [(ip, True) for ip in pv.svc.load_balancer_ips]
+    for ip, balancer in frontends:
         if pv.has_endpoints:
-            add("service-ips", k(ip), f"goto {external}")
+            add("service-ips", f"{ip} . {proto} . {port}", f"goto {names.external}")
+        if balancer and pv.uses_firewall_chain:
+            add("firewall-ips", f"{ip} . {proto} . {port}", f"goto {names.firewall}")
         if not pv.has_external_endpoints:
-            add("no-endpoint-services", k(ip), ext_verdict, pv.name)
-    for ip in svc.load_balancer_ips:
+            add("no-endpoint-services", f"{ip} . {proto} . {port}", ext_verdict, pv.name)
+    if pv.sp.node_port:
         if pv.has_endpoints:
-            add("service-ips", k(ip), f"goto {external}")
-        if uses_fw:
-            add("firewall-ips", k(ip), f"goto {firewall}")
+            add("service-nodeports", f"{proto} . {pv.sp.node_port}", f"goto {names.external}")
         if not pv.has_external_endpoints:
-            add("no-endpoint-services", k(ip), ext_verdict, pv.name)
-    if sp.node_port:
-        if pv.has_endpoints:
-            add("service-nodeports", f"{proto} . {sp.node_port}", f"goto {external}")
-        if not pv.has_external_endpoints:
-            add("no-endpoint-nodeports", f"{proto} . {sp.node_port}", ext_verdict, pv.name)
+            add("no-endpoint-nodeports", f"{proto} . {pv.sp.node_port}", ext_verdict, pv.name)
 
-    chains: dict[str, list[str]] = {}
-    sets: dict[str, int] = {}
-    endpoints = {(t.address, t.port): f"{nft_endpoint_base(svc.namespace, svc.name, proto, sp.name, t.address, t.port)}"
-                 for t in pv.all_reachable}
-    if uses_cluster:
-        chains[cluster] = []
-    if uses_local:
-        chains[local] = []
-    if pv.has_internal_endpoints:
-        chains[internal_chain].append(f"ip daddr {pv.cluster_ip} {proto} dport {sp.port} "
-                                      f"ip saddr != {cluster_cidr} jump mark-for-masquerade")
-    if uses_external:
-        rules = chains[external] = []
-        if not pv.external_policy_local:
-            rules.append("jump mark-for-masquerade")
-        else:
-            rules += [f'ip saddr {cluster_cidr} goto {cluster} comment "short-circuit pod traffic"',
-                      'fib saddr type local jump mark-for-masquerade comment "masquerade local traffic"',
-                      f'fib saddr type local goto {cluster} comment "short-circuit local traffic"']
-        if pv.has_external_endpoints:
-            rules.append(f"goto {external_policy}")
-    if uses_fw:
-        sources = [str(c) for c in pv.source_ranges]
-        if any(node_ip in c for c in pv.source_ranges):
-            sources += [str(ip) for ip in svc.load_balancer_ips]
-        chains[firewall] = [f"ip saddr != {{ {' , '.join(sources)} }} drop"]
-    for chain, targets in ((cluster, pv.cluster_endpoints if uses_cluster else ()),
-                           (local, pv.local_endpoints if uses_local else ())):
+
+def _external_chain(pv: PortView, names: _Chains, cluster_cidr: str) -> list[str]:
+    if not pv.external_policy_local:
+        rules = ["jump mark-for-masquerade"]
+    else:
+        rules = [f'ip saddr {cluster_cidr} goto {names.cluster} comment "short-circuit pod traffic"',
+                 'fib saddr type local jump mark-for-masquerade comment "masquerade local traffic"',
+                 f'fib saddr type local goto {names.cluster} comment "short-circuit local traffic"']
+    if pv.has_external_endpoints:
+        rules.append(f"goto {names.local if pv.external_policy_local else names.cluster}")
+    return rules
+
+
+def _balance(pv: PortView, names: _Chains, endpoints: dict, chains: dict) -> None:
+    """Affinity checks first, then one random choice among the endpoints."""
+    for chain, targets in ((names.cluster, pv.cluster_endpoints if pv.uses_cluster_chain else ()),
+                           (names.local, pv.local_endpoints if pv.uses_local_chain else ())):
         if not targets:
             continue
-        names = [endpoints[(t.address, t.port)] for t in targets]
+        eps = [endpoints[(t.address, t.port)] for t in targets]
         if pv.affinity is not None:
-            chains[chain] += [f"ip saddr @affinity-{n} goto endpoint-{n}" for n in names]
-        vmap = " , ".join(f"{i} : goto endpoint-{n}" for i, n in enumerate(names))
-        chains[chain].append(f"numgen random mod {len(names)} vmap {{ {vmap} }}")
+            chains[chain] += [f"ip saddr @affinity-{n} goto endpoint-{n}" for n in eps]
+        vmap = " , ".join(f"{i} : goto endpoint-{n}" for i, n in enumerate(eps))
+        chains[chain].append(f"numgen random mod {len(eps)} vmap {{ {vmap} }}")
+
+
+def _endpoint_chains(pv: PortView, endpoints: dict, chains: dict) -> dict[str, int]:
+    """One chain per endpoint (hairpin masquerade, affinity record, DNAT); the affinity sets."""
+    sets: dict[str, int] = {}
     for t in pv.all_reachable:
         n = endpoints[(t.address, t.port)]
         rules = chains[f"endpoint-{n}"] = [f"ip saddr {t.address} jump mark-for-masquerade"]
         if pv.affinity is not None:
             sets[f"affinity-{n}"] = pv.affinity
             rules.append(f"update @affinity-{n} {{ ip saddr }}")
-        rules.append(f"meta l4proto {proto} dnat to {t.address}:{t.port}")
-    return chains, sets
+        rules.append(f"meta l4proto {pv.protocol} dnat to {t.address}:{t.port}")
+    return sets

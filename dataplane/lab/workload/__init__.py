@@ -1,2 +1,7 @@
-"""Programs that run inside lab namespaces: a test server (netexec) and a client. Standard library
-only, so they start fast and run with any Python."""
+"""The workload the lab runs inside its namespaces: a test server (netexec), a client, a sniffer,
+and the protocol they share. Standard library only (scapy for the sniffer), so they start fast;
+argv.py builds their command lines for a check.
+
+Owns: what test clients and servers say to each other, and how a check starts a client.
+May import: nothing of dataplane in the programs; spec in argv.py.
+"""
