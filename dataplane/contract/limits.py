@@ -1,6 +1,6 @@
 """The datapath's capacities and conntrack lifetimes, declared once: defaults come from
 bpf/include (maps.h's *_MAP_SIZE, consts.h's CT_DEFAULT_*), the CLI's --map-size and --ct-timeout
-override them, the eBPF loader compiles them in and the reference model runs with the same."""
+override them, the eBPF loader compiles them in and the oracle runs with the same."""
 from __future__ import annotations
 
 import os

@@ -1,7 +1,7 @@
 """The service table rendered into one node's BPF map contents, as plain Python values.
 
 The same rendering feeds the BPF maps (maps.py converts it to bcc's Key/Leaf types) and the
-reference model's state, so the two start every packet from identical tables. Ids are stable
+oracle's state, so the two start every packet from identical tables. Ids are stable
 across renders: a service port or backend keeps its id while it exists, and an id is never given
 to anything else afterwards (state keyed by an old id, such as an affinity, cannot be inherited).
 """

@@ -2,7 +2,7 @@
 
 Namespaces route as the kernel does for this lab (connected and planned routes, longest prefix,
 forwarding on or off, TTL, martian sources refused, ICMP network unreachable from routers), links
-carry Ethernet frames, and the reference model runs where the BPF programs sit: from_pod on the
+carry Ethernet frames, and the oracle runs where the BPF programs sit: from_pod on the
 ingress of each node-side pod veth, to_pod on its egress. Links have MTUs: a host fragments a
 datagram larger than its route's MTU, a router fragments what it must forward (or, with DF set,
 answers ICMP fragmentation needed), and the receiver reassembles. Servers answer like the netexec
@@ -132,7 +132,7 @@ class SimNet(Transport):
                 sim.listeners[(6 if p.protocol == "TCP" else 17, p.port)] = obj.name
 
     def program(self, table, update=None) -> None:
-        """Program every node's model datapath from the table (render, as the ebpf backend does);
+        """Program every node's oracle datapath from the table (render, as the ebpf backend does);
         `update(state, maps)` applies an update to a node already programmed."""
         from ..spec.policy import health_checks
         # every node rendered first, as the ebpf backend does: a table that cannot be written

@@ -15,7 +15,7 @@ FIN, SYN, RST, PSH, ACK = 0x01, 0x02, 0x04, 0x08, 0x10
 FLAGS = {"F": FIN, "S": SYN, "R": RST, "P": PSH, "A": ACK}
 
 
-checksum = csum     # the Internet checksum, as the reference model computes it
+checksum = csum     # the Internet checksum, as the oracle computes it
 
 
 def mac_bytes(mac: str) -> bytes:

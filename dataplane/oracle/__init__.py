@@ -2,6 +2,6 @@
 why out. It judges the BPF programs packet by packet (tests/bpf) and is the packet engine of the
 emulator.
 
-Owns: datapath.py, the reference model of every hook.
+Owns: datapath.py, the reference datapath of every hook.
 May import: spec, contract (for now: issue 11 makes it decide from the spec alone), errors.
 """

@@ -42,7 +42,7 @@ class CheckSpec:
     every_backend: bool = False               # every listed backend answered at least once
     min_backends: int | None = None           # at least this many backends answered
     max_share: float | None = None            # no backend answered more than this fraction
-    capture: bool = False                     # verify the translation on the wire (see capture.py)
+    capture: bool = False                     # verify the translation on the wire (judge/capture.py)
     http_get: str | None = None               # one GET of this path per request, instead of netexec's
     status: int | None = None                 # with http_get: the HTTP status every answer must have
     body_contains: str | None = None          # with http_get: text every answer's body must contain

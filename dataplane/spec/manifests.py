@@ -1,4 +1,4 @@
-"""Kubernetes manifests -> the service model.
+"""Kubernetes manifests -> the service table.
 
 Accepts what `kubectl get -o yaml` prints: `Service` (v1) and `EndpointSlice`
 (discovery.k8s.io/v1) objects, as separate YAML documents or inside a `List`. Metadata and status

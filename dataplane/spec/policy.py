@@ -80,7 +80,7 @@ def udp_serving(table):
 @dataclass(frozen=True)
 class FlowKeep:
     """Which flows to a frontend a sync lets live, decided from the new table for every backend
-    that keeps its own flow state (the ebpf backend, the reference model; kube-proxy's modes apply
+    that keeps its own flow state (the ebpf backend, the oracle; kube-proxy's modes apply
     the UDP half with conntrack -D):
       UDP  as kube-proxy's reconciliation (udp_serving): per (frontend, endpoint IP), so a flow of
            a service its endpoint left is flushed even while that pod still backs another one;

@@ -49,7 +49,7 @@ class Scenario:
 
 
 class _Cluster:
-    """The service model's view of the cluster as the scenario's steps change it."""
+    """The service table's view of the cluster as the scenario's steps change it."""
 
     def __init__(self, topology: TopologySpec, defaults: ServiceDefaults):
         self.pods = {p.name: p for p in topology.pods}

@@ -1,4 +1,4 @@
-"""Service specs -> the service model. One parser for both the scenario's `services:` list and
+"""Service specs -> the service table. One parser for both the scenario's `services:` list and
 Kubernetes `Service` manifests (whose `spec` has the same fields), and endpoint resolution:
 selectors to lab pods, as the EndpointSlice controller does.
 """

@@ -1,8 +1,8 @@
-"""The one service model every backend renders (kube-proxy's ServicePort/Endpoint, trimmed to a lab).
+"""The service table every backend renders (kube-proxy's ServicePort/Endpoint, trimmed to a lab).
 
-Scenario YAML and Kubernetes manifests both load into a ServiceTable; backends (none today; ebpf,
-iptables, nftables and the reference model later) only render it. Which endpoints are eligible for
-a packet is decided here, once, so backends cannot disagree.
+Scenario YAML and Kubernetes manifests both load into a ServiceTable; backends (ebpf, iptables,
+nftables, the emulator) only render it. Which endpoints are eligible for a packet is decided once,
+in policy.py, so backends cannot disagree.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The conformance matrix: every scenario on every backend: ebpf (real namespaces, TC, sockets),
 kube-proxy's iptables mode (iptables-nft and iptables-legacy) and nftables mode (real rules in
-the node namespaces) and the emulator with the reference model. Each must pass, every check with
+the node namespaces) and the emulator with the oracle at the hooks. Each must pass, every check with
 the same outcome on every backend, except where docs/differences.md documents otherwise."""
 from __future__ import annotations
 

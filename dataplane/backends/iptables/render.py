@@ -1,4 +1,4 @@
-"""The service model rendered as kube-proxy's iptables mode writes it (pkg/proxy/iptables/proxier.go
+"""The service table rendered as kube-proxy's iptables mode writes it (pkg/proxy/iptables/proxier.go
 syncProxyRules), for one node. Pure: text in, text out; nothing here touches the kernel.
 
 Chains and rules follow kube-proxy's output: the same chain names (hash of port name and

@@ -1,4 +1,4 @@
-"""The service model rendered as kube-proxy's nftables mode writes it (pkg/proxy/nftables/
+"""The service table rendered as kube-proxy's nftables mode writes it (pkg/proxy/nftables/
 proxier.go, Kubernetes 1.31: setupNFTables and syncProxyRules), for one node. Pure: text only.
 
 One table, `ip kube-proxy`. Base chains hook prerouting/input/forward/output (filter, at DNAT-10
