@@ -320,7 +320,7 @@ Examples:
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
 def bench_sync(counts, names, requests, as_json):
     """Time programming N services, changing one, and a connection through the last of them,
-    per backend, on a one-node lab (see dataplane/bench/sync.py for the method)."""
+    per backend, on a one-node lab (see dataplane/run/bench/sync.py for the method)."""
     from dataclasses import asdict
     from .run.bench.sync import machine, run_one
     for name in names:
@@ -340,6 +340,33 @@ def bench_sync(counts, names, requests, as_json):
     click.echo(f"apply all: sync from no services to N; change one: sync with one service changed; "
                f"conn: {requests} fresh TCP connections (connect, request, answer) to the last service, "
                "measured by the lab client inside a pod.")
+
+
+@cli.command(name="backends")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+def backends_cmd(as_json):
+    """List the backends and what each can do: live (a lab of namespaces) or simulated, the options
+    that apply to it, packet counters, kube-proxy's health-check node ports, what it needs.
+
+    \b
+    Example:
+      dataplane backends
+    """
+    rows = [{"name": cls.name, "description": cls.description, "simulated": cls.simulated,
+             "options": [backends.OPTION_FLAGS[o] for o in cls.options], "counters": cls.has_counters,
+             "health_checks": cls.serves_health_checks, "needs": list(cls.needs),
+             "conformance": cls.name in backends.CONFORMANCE} for cls in backends.BACKENDS.values()]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        traits = ["simulated" if r["simulated"] else "live"] + (["counters"] if r["counters"] else []) \
+            + (["health checks"] if r["health_checks"] else []) + (["in --backend all"] if r["conformance"] else [])
+        click.echo(f"{r['name']:<16} {r['description']}")
+        click.echo(f"{'':<16} {', '.join(traits)}; options: {' '.join(r['options']) or 'none'}; "
+                   f"needs: {', '.join(r['needs']) or 'nothing'}")
+    aliases = ", ".join(f"{a} = {n}" for a, n in backends.ALIASES.items())
+    click.echo(f"aliases: {aliases}")
 
 
 @cli.command(name="doctor")

@@ -1,7 +1,7 @@
 """The backends, by name: each renders the shared service table into a lab (see base.Backend).
 
 Owns: the registry, the conformance order, which options apply to which backend.
-May import: spec, contract, lab, emulator, oracle (through the emulator), errors.
+May import: spec, lab, contract, errors.
 """
 from __future__ import annotations
 

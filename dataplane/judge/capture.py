@@ -10,7 +10,6 @@ from scapy.layers.l2 import Ether
 L4 = {"TCP": TCP, "UDP": UDP}
 
 
-L4 = {"TCP": TCP, "UDP": UDP}
 
 
 def judge(spec, client_ip, backend_ips: dict, frames: dict) -> tuple[list, str]:

@@ -62,6 +62,8 @@ def load(name: str) -> LabRecord | None:
     except (OSError, ValueError):
         return LabRecord(name=name)  # a torn record: teardown still works from the names
     known = LabRecord.__dataclass_fields__
+    if "model" in data and "network" not in data:    # written before the field was renamed
+        data["network"] = data["model"]
     return LabRecord(**{k: v for k, v in data.items() if k in known})
 
 

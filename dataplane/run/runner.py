@@ -50,9 +50,9 @@ def _on_sigterm(signum, frame):
 
 def run_check(lab: Lab, spec: CheckSpec) -> CheckResult:
     if spec.capture:
-        from ..lab import capture
+        from ..lab import sniffers
         from ..judge.checks import capture_targets, with_capture
-        with capture.live(lab, [spec.client, *capture_targets(spec, lab.spec)]) as frames:
+        with sniffers.live(lab, [spec.client, *capture_targets(spec, lab.spec)]) as frames:
             result = _run_client(lab, spec)
         return with_capture(result, spec, lab.spec, frames)
     return _run_client(lab, spec)
@@ -186,9 +186,10 @@ def _steps(scenario: Scenario, progress):
         yield step
 
 
-def bring_up(scenario: Scenario, backend, lab_name: str, progress=lambda m: None) -> Lab:
-    """Build the scenario's lab and program the backend on it; on any failure (Ctrl-C included)
-    nothing is left behind."""
+def bring_up(scenario: Scenario, backend, lab_name: str, progress=lambda m: None, keep: bool = False) -> Lab:
+    """Build the scenario's lab and program the backend on it. If programming fails (Ctrl-C
+    included), nothing is left behind, unless `keep`: then the lab stays for a look at what the
+    backend did install. (A lab whose build fails is always removed: Lab.create.)"""
     progress(f"building lab {lab_name} from {scenario.file}")
     lab = Lab.create(scenario.topology, lab_name, scenario.file, progress, backend.name,
                      scenario.frontend_routes)
@@ -196,7 +197,10 @@ def bring_up(scenario: Scenario, backend, lab_name: str, progress=lambda m: None
         progress(f"programming backend {backend.name}")
         backend.setup(lab, scenario.services)
     except BaseException:
-        tear_down(lab, backend)
+        if keep:
+            progress(f"kept lab {lab_name} after the failure: `dataplane down {lab_name}` removes it")
+        else:
+            tear_down(lab, backend)
         raise
     return lab
 
@@ -218,7 +222,7 @@ def run_live(scenario: Scenario, backend, lab_name: str, keep: bool = False,
     old = {sig: signal.signal(sig, _on_sigterm) for sig in (signal.SIGTERM, signal.SIGHUP)}
     lab = None
     try:
-        lab = bring_up(scenario, backend, lab_name, progress)
+        lab = bring_up(scenario, backend, lab_name, progress, keep)
         table = scenario.services
         for step in _steps(scenario, progress):
             if isinstance(step, Sleep):

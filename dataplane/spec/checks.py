@@ -107,9 +107,12 @@ def parse_check(item: Doc, topology: TopologySpec, services: ServiceTable, names
     target = item.value.get("to")
     ip, port, protocol = _destination(item, topology, services)
     expect = item.take_str("expect", "reachable", choices=OUTCOMES)
-    fields = dict(expect=expect, backends=_backends(item, topology),
-                  **_source(item, cobj, cname, topology, services), **_answers(item), **_requests(item, protocol))
+    # read in this order, so that a check's first error is the one it always was
+    fields = dict(expect=expect, backends=_backends(item, topology), **_source(item, cobj, cname, topology, services),
+                  **_pacing(item))
+    fields.update(_answers(item))
     _check_applies(item, fields)
+    fields.update(_shape(item, protocol, fields["timeout"]))
     hold = _hold(item.sub("holdConnection"), topology, services) if item.has("holdConnection") else None
     name = item.take_str("name", f"{ckind}/{cname} -> {target}:{port}/{protocol} {expect}")
     if name in names:
@@ -174,12 +177,12 @@ def _source(item: Doc, client, client_name: str, topology: TopologySpec, service
 
 def _answers(item: Doc) -> dict:
     """What the answers must show: which backends, how spread, what HTTP."""
+    out = dict(same_backend=item.take_bool("sameBackend", False), every_backend=item.take_bool("everyBackend", False),
+               min_backends=item.take_int("minBackends", None, lo=1, hi=1000))
     share = item.take("maxShare", (int, float), None, "a fraction such as 0.45")
     if share is not None and not 0 < share <= 1:
         item.fail("maxShare", f"expected a fraction from 0 to 1, got {share}")
-    return dict(same_backend=item.take_bool("sameBackend", False), every_backend=item.take_bool("everyBackend", False),
-                min_backends=item.take_int("minBackends", None, lo=1, hi=1000), max_share=share,
-                capture=item.take_bool("capture", False),
+    return dict(out, max_share=share, capture=item.take_bool("capture", False),
                 http_get=item.take_str("httpGet", None, expect="a path such as /healthz"),
                 status=item.take_int("status", None, lo=100, hi=599, expect="an HTTP status such as 200"),
                 body_contains=item.take_str("bodyContains", None))
@@ -192,20 +195,28 @@ def _seconds(item: Doc, key: str, default, hi: float, expect: str, lo_open: bool
     return float(value)
 
 
-def _requests(item: Doc, protocol: str) -> dict:
-    """How the client sends: how many requests, how fast, from which port, shaped how."""
-    timeout = _seconds(item, "timeout", 2.0, 60, "seconds, such as 2 or 0.5", lo_open=True)
+def _pacing(item: Doc) -> dict:
+    """How the client sends: how many requests, how fast, from which port."""
+    return dict(requests=item.take_int("requests", 1, lo=1, hi=100000),
+                timeout=_seconds(item, "timeout", 2.0, 60, "seconds, such as 2 or 0.5", lo_open=True),
+                interval=_seconds(item, "interval", 0, 600, "seconds between requests, such as 1.5"),
+                source_port=item.take_int("sourcePort", None, lo=1024, hi=65535, expect="a port from 1024 to 65535"))
+
+
+def _shape(item: Doc, protocol: str, timeout: float) -> dict:
+    """What each exchange looks like: half-closed, answered late, padded."""
+    half_close = item.take_bool("halfClose", False)
     delay = _seconds(item, "delay", 0, 600, "seconds the server waits before answering, such as 12")
     if delay and delay >= timeout:
         item.fail("delay", f"the server answers after {delay:g} s, so `timeout` ({timeout:g} s) must be longer")
-    half_close = item.take_bool("halfClose", False)
+    size = item.take_int("size", 0, lo=0, hi=60000, expect="bytes from 0 to 60000")
     if half_close and protocol != "TCP":
         item.fail("halfClose", "only applies to TCP")
-    return dict(requests=item.take_int("requests", 1, lo=1, hi=100000), timeout=timeout,
-                interval=_seconds(item, "interval", 0, 600, "seconds between requests, such as 1.5"),
-                source_port=item.take_int("sourcePort", None, lo=1024, hi=65535, expect="a port from 1024 to 65535"),
-                half_close=half_close, delay=delay,
-                size=item.take_int("size", 0, lo=0, hi=60000, expect="bytes from 0 to 60000"))
+    if item.has("httpGet"):
+        for key in ("halfClose", "delay", "size"):
+            if item.has(key):
+                item.fail(key, "does not apply with httpGet (one plain GET)")
+    return dict(half_close=half_close, delay=delay, size=size)
 
 
 def _check_applies(item: Doc, f: dict) -> None:
@@ -220,10 +231,6 @@ def _check_applies(item: Doc, f: dict) -> None:
                 item.fail(key, f"{key} only applies when expect is reachable (not {f['expect']})")
     if f["every_backend"] and f["backends"] is None:
         item.fail("everyBackend", "everyBackend needs the list of backends")
-    if f["http_get"] is not None:
-        for key in ("halfClose", "delay", "size"):
-            if item.has(key):
-                item.fail(key, "does not apply with httpGet (one plain GET)")
 
 
 def _hold(doc: Doc, topology: TopologySpec, services: ServiceTable) -> HoldSpec:

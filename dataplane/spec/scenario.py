@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field, replace
-from ipaddress import IPv4Address, IPv4Network
 
 from .checks import CheckSpec, parse_check
 from ..errors import ScenarioError
 from .topology import TopologySpec
 from .topology_section import parse_topology
 from .manifests import ManifestSet, load as load_manifest, resolve
-from .table import PROTOCOLS, ServiceTable
+from .table import ServiceTable
 from .services import DNS_LABEL, Ignored, ServiceDefaults, endpoints_from_pods, parse_service, with_endpoints
 from .yamldoc import Doc, Problems, Scalar, load_all
 
@@ -135,7 +134,7 @@ def load(path) -> Scenario:
     with root.recover():
         topology, node_port_range = parse_topology(root.sub("topology"))
     root.taken.update(("services", "manifests", "checks"))
-    if topology is not None and not problems.errors:
+    if topology is not None:
         scenario = _cluster_and_steps(root, path, topology, node_port_range)
     with root.recover():
         root.done()
@@ -159,6 +158,7 @@ def _cluster_and_steps(root: Doc, path: str, topology: TopologySpec, node_port_r
     the root's Problems; an invalid service is left out, and the steps are not read then (their
     references to it would only repeat the error)."""
     problems = root.problems
+    before = len(problems.errors) if problems is not None else 0
     defaults = ServiceDefaults(topology.service_cidr, node_port_range)
     cluster = _Cluster(topology, defaults)
     ignored = []
@@ -171,7 +171,7 @@ def _cluster_and_steps(root: Doc, path: str, topology: TopologySpec, node_port_r
     routes, steps = (), []
     with root.recover():
         routes = frontend_routes(initial, topology)
-    if not problems.errors:
+    if problems is None or len(problems.errors) == before:
         steps = _steps(root, topology, cluster, initial, ignored)
     return Scenario(name="", file=path, topology=topology, services=initial, steps=steps,
                     ignored=ignored, frontend_routes=routes)
@@ -205,9 +205,12 @@ def _add_manifests(root: Doc, path: str, topology: TopologySpec, defaults, clust
 
 
 def _steps(root: Doc, topology: TopologySpec, cluster: "_Cluster", table: ServiceTable, ignored: list) -> list:
-    """Checks, sleeps and updates in order; each check is resolved against the table of its time."""
+    """Checks, sleeps and updates in order; each check is resolved against the table of its time.
+    After an invalid update the later steps are not read (their table is unknown)."""
     steps, names = [], set()
     for item in root.items("checks"):
+        if isinstance(item, Doc) and item.has("update") and _update_failed(item, cluster, ignored, steps):
+            break
         with item.recover():
             if not isinstance(item, Doc):
                 item.fail("expected a check (a mapping with from, to, port), {sleep: SECONDS} or {update: ...}")
@@ -218,10 +221,7 @@ def _steps(root: Doc, topology: TopologySpec, cluster: "_Cluster", table: Servic
                 item.done()
                 steps.append(Sleep(float(seconds), item.where()))
             elif item.has("update"):
-                what = cluster.update(item.sub("update"), ignored)
-                item.done()
-                table = cluster.table()
-                steps.append(Update(what, table, item.where()))
+                table = steps[-1].table
             else:
                 steps.append(parse_check(item, topology, table, names))
     return steps
@@ -253,3 +253,14 @@ def _fail(item, message):
     if isinstance(item, Scalar):
         item.fail(message)
     item.fail(None, message)
+
+
+def _update_failed(item: Doc, cluster: "_Cluster", ignored: list, steps: list) -> bool:
+    """Apply an update step (appended to steps); True if it was invalid (its error recorded)."""
+    problems = item.problems
+    before = len(problems.errors) if problems is not None else 0
+    with item.recover():
+        what = cluster.update(item.sub("update"), ignored)
+        item.done()
+        steps.append(Update(what, cluster.table(), item.where()))
+    return problems is not None and len(problems.errors) != before

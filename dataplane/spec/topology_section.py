@@ -14,6 +14,11 @@ from .topology import (DEFAULT_PORTS, IFNAMSIZ, IFNAME_PREFIX, MAX_NAME, NETWORK
                        gateway_of)
 from .yamldoc import Doc, Scalar
 
+# The fields of the address plan: with one invalid, no object can be placed (nor judged).
+ADDRESSING = {"network", "cluster", "mask", "services", "node_net", "outside_net", "networks"}
+# In the set of invalid nodes: there is no valid node at all.
+ANY_NODE = object()
+
 # Addresses the lab itself uses and a scenario may not claim.
 RESERVED_NETS = {"loopback": IPv4Network("127.0.0.0/8"), "link-local": IPv4Network("169.254.0.0/16")}
 
@@ -40,17 +45,18 @@ def parse_topology(doc: Doc) -> tuple[TopologySpec | None, tuple[int, int]]:
     """(the topology, the node port range). With Problems on the doc, errors are recorded and
     the topology is None if there were any."""
     before = _errors(doc)
-    nets = parse_networks(doc)
+    nets, invalid = parse_networks(doc)
     nodes, pods, hosts, masq, service_route = [], [], [], None, None
-    if _errors(doc) == before:
+    if not invalid & ADDRESSING:     # objects are placed in the address plan: only in a valid one
         names_seen: dict[str, str] = {}
         nodes, failed = parse_nodes(doc, nets, names_seen)
         pods = parse_pods(doc, nodes, failed, names_seen)
         hosts = parse_hosts(doc, nets.outside_net, names_seen)
+        if "node_port_range" not in invalid:
+            with doc.recover():
+                masq = parse_masquerade(doc.sub("masquerade", {}), nets)
         with doc.recover():
-            masq = parse_masquerade(doc.sub("masquerade", {}), nets)
-        with doc.recover():
-            service_route = parse_service_route(doc, nets.network, nodes)
+            service_route = parse_service_route(doc, nets.network, nodes, failed)
     doc.taken.update(("nodes", "pods", "outside", "masquerade", "serviceRoute"))
     with doc.recover():
         doc.done()
@@ -63,9 +69,9 @@ def parse_topology(doc: Doc) -> tuple[TopologySpec | None, tuple[int, int]]:
     return spec, nets.node_port_range
 
 
-def parse_networks(doc: Doc) -> Networks:
+def parse_networks(doc: Doc) -> tuple[Networks, set[str]]:
     """Each field checked on its own (an invalid one keeps its default, its error recorded), then
-    the networks against each other."""
+    the networks against each other; the names of the invalid fields."""
     n = Networks()
     fields = (("network", lambda: doc.take_str("model", "flat", choices=NETWORK_MODELS)),
               ("cluster", lambda: doc.take_cidr("clusterCIDR", Networks.cluster)),
@@ -76,12 +82,20 @@ def parse_networks(doc: Doc) -> Networks:
               ("mtu", lambda: doc.take_int("mtu", 1500, lo=576, hi=9000)),
               ("outside_link_mtu", lambda: _outside_link_mtu(doc, n.mtu)),
               ("node_port_range", lambda: _node_port_range(doc)))
+    invalid = set()
     for attr, read in fields:
+        before = _errors(doc)
         with doc.recover():
             setattr(n, attr, read())
-    with doc.recover():
-        _check_networks(doc, n)
-    return n
+        if _errors(doc) != before:
+            invalid.add(attr)
+    if not invalid & ADDRESSING:     # never judged against a default standing in for an invalid field
+        before = _errors(doc)
+        with doc.recover():
+            _check_networks(doc, n)
+        if _errors(doc) != before:
+            invalid.add("networks")
+    return n, invalid
 
 
 def _outside_link_mtu(doc: Doc, mtu: int) -> int | None:
@@ -161,7 +175,7 @@ def parse_nodes(doc: Doc, nets: Networks, names_seen: dict) -> tuple[list[NodeSp
     subnets = nets.cluster.subnets(new_prefix=nets.mask)
     next(subnets, None)  # 10.0.0.0/24 stays unused: node N gets 10.0.N.0/24
     items = doc.items("nodes")
-    if not items:
+    if not items and isinstance(doc.value.get("nodes", []), list):
         with doc.recover():
             doc.fail("nodes", "a lab needs at least one node")
     nodes: list[NodeSpec] = []
@@ -170,13 +184,15 @@ def parse_nodes(doc: Doc, nets: Networks, names_seen: dict) -> tuple[list[NodeSp
     for i, item in enumerate(items):
         default_cidr = next(subnets, None)
         name = item.value.get("name") if isinstance(item, Doc) else item.value
-        if isinstance(name, str):
+        if isinstance(name, str) and all(n.name != name for n in nodes):
             failed.add(name)
         with item.recover():
             node = _node(item.as_doc("name") if isinstance(item, Scalar) else item, i, default_cidr, nets,
                          nodes, used_ips, names_seen)
             nodes.append(node)
             failed.discard(node.name)
+    if not nodes:                   # no node at all: no reference to one can be judged
+        failed.add(ANY_NODE)
     return nodes, failed
 
 
@@ -213,7 +229,7 @@ def parse_pods(doc: Doc, nodes: list[NodeSpec], failed_nodes: set, names_seen: d
         with item.recover():
             if isinstance(item, Scalar):
                 item.fail("expected a mapping with at least name and node")
-            if str(item.value.get("node")) in failed_nodes:
+            if str(item.value.get("node")) in failed_nodes or ANY_NODE in failed_nodes:
                 continue            # its node's error says it all
             pods.append(_pod(item, node_by_name, pod_ips, explicit_ips, names_seen))
     return pods
@@ -272,11 +288,12 @@ def parse_hosts(doc: Doc, outside_net: IPv4Network, names_seen: dict) -> list[Ho
     return hosts
 
 
-def parse_service_route(doc: Doc, model: str, nodes: list[NodeSpec]) -> str | None:
+def parse_service_route(doc: Doc, model: str, nodes: list[NodeSpec], failed_nodes: set) -> str | None:
     route = doc.take_str("serviceRoute", None, expect="the name of the node the underlay routes the service CIDR to")
     if route is not None:
         names = [n.name for n in nodes]
-        if route not in names:
+        judged = route not in failed_nodes and ANY_NODE not in failed_nodes   # else its node's error stands
+        if judged and route not in names:
             doc.fail("serviceRoute", f"no node named {route!r} (nodes: {', '.join(names)})")
         if model == "air-gapped":
             doc.fail("serviceRoute", "the air-gapped model routes nothing between the cluster and the outside")

@@ -110,6 +110,7 @@ class Doc:
             self.value = {}
             self.fail(None, f"expected a mapping, got {_kind(value)}")
         self.value, self.taken = value, set()
+        self.misspelt: set = set()
 
     # -- errors ----------------------------------------------------------------------------------
 
@@ -145,7 +146,7 @@ class Doc:
         self.taken.add(key)
         if key not in self.value:
             if default is MISSING:
-                self.fail(None, f"missing required field {key!r}" + (f" ({expect})" if expect else ""))
+                self._missing(key, expect)
             return default
         value = self.value[key]
         if types is not None:
@@ -153,6 +154,15 @@ class Doc:
             if not ok:
                 self.fail(key, f"expected {expect or _names(types)}, got {_kind(value)} {value!r}")
         return value
+
+    def _missing(self, key, expect):
+        """A required field is absent: if an unknown field looks like it, that is the error."""
+        unknown = [str(k) for k in self.value if k not in self.taken]
+        typo = difflib.get_close_matches(str(key), unknown, n=1)
+        if typo:
+            self.misspelt.add(typo[0])      # reported here, not again by done()
+            self.fail(typo[0], f"unknown field {typo[0]!r}; did you mean {key!r}? ({key!r} is required)")
+        self.fail(None, f"missing required field {key!r}" + (f" ({expect})" if expect else ""))
 
     def take_str(self, key, default=MISSING, choices=None, expect=None) -> str:
         value = self.take(key, str, default, expect or (f"one of {', '.join(choices)}" if choices else None))
@@ -204,7 +214,10 @@ class Doc:
     def items(self, key) -> list:
         """(Doc-or-scalar, field, where) for each item of the list at `key` (absent: empty)."""
         out = []
-        for i, item in enumerate(self.take_list(key, [])):
+        values = []
+        with self.recover():      # a wrong type is recorded (with Problems) and read as no items
+            values = self.take_list(key, [])
+        for i, item in enumerate(values):
             path = f"{self.field(key)}[{i}]"
             if isinstance(item, dict):
                 out.append(Doc(self.file, item, path, problems=self.problems))
@@ -213,13 +226,14 @@ class Doc:
         return out
 
     def done(self) -> None:
-        unknown = [k for k in self.value if k not in self.taken]
-        if unknown:
-            key = unknown[0]
-            known = sorted(str(k) for k in self.taken)
+        """Every field not taken is an error: each one recorded (with Problems), else the first
+        raised."""
+        known = sorted(str(k) for k in self.taken)
+        for key in [k for k in self.value if k not in self.taken and k not in self.misspelt]:
             close = difflib.get_close_matches(str(key), known, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            self.fail(key, f"unknown field {key!r}{hint} (expected one of: {', '.join(known)})")
+            with self.recover():
+                self.fail(key, f"unknown field {key!r}{hint} (expected one of: {', '.join(known)})")
 
 
 class Scalar:

@@ -9,7 +9,7 @@ from ipaddress import IPv4Address
 
 import pytest
 
-from dataplane.lab import capture
+from dataplane.lab import sniffers
 from dataplane.backends import get
 from dataplane.judge.checks import evaluate
 from dataplane.lab.workload.argv import client_argv, parse_client_output
@@ -52,7 +52,7 @@ def lab(tmp_path_factory):
 
 def capture_during(lab, pods, action) -> dict:
     """Frames seen on each pod's eth0 while `action()` runs."""
-    with capture.live(lab, pods) as frames:
+    with sniffers.live(lab, pods) as frames:
         action()
     return {pod: [Ether(f) for f in got] for pod, got in frames.items()}
 

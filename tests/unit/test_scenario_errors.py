@@ -219,3 +219,42 @@ def test_several_errors_print_one_line_each(tmp_path):
     assert lines[0] == "2 errors:"
     assert lines[1] == f"  {path}:3: topology.model: expected one of flat, island, air-gapped, got 'mesh'"
     assert lines[2].startswith(f"  {path}:4: topology.mtu: expected a number from 576 to 9000, got 12")
+
+
+def test_a_misspelt_required_field_is_named_once(tmp_path):
+    errors = _errors(tmp_path, "name: t\ntopolgy:\n  nodes: [node1]\nservics: []\n")
+    assert errors == ["2 topolgy: unknown field 'topolgy'; did you mean 'topology'? ('topology' is required)",
+                      "4 servics: unknown field 'servics'; did you mean 'services'? (expected one of: checks, "
+                      "description, manifests, name, services, topology)"]
+
+
+def test_a_misspelt_required_field_of_an_item(tmp_path):
+    errors = _errors(tmp_path, BASE.replace("{name: client, node: node1}", "{name: client, nod: node1}"))
+    assert errors == ["6 topology.pods[0].nod: unknown field 'nod'; did you mean 'node'? ('node' is required)"]
+
+
+def test_a_list_of_the_wrong_type_does_not_hide_the_rest(tmp_path):
+    errors = _errors(tmp_path, BASE + "services: 5\nchekcs: []\n")
+    assert [e.split(":")[0] for e in errors] == ["11 services", "12 chekcs"], errors
+    errors = _errors(tmp_path, BASE.replace("[node1, node2]", "node1").replace("{name: ext}", "{name: ext, ip: 1.2.3.4}"))
+    assert [e.split(":")[0] for e in errors] == ["4 topology.nodes", "10 topology.outside[0].ip"], errors
+
+
+def test_an_invalid_name_does_not_hide_the_services(tmp_path):
+    errors = _errors(tmp_path, BASE.replace("name: t", "name: Bad_Name")
+                     + "services:\n  - {name: web, selector: {app: web}, ports: [{port: 80, protocl: TCP}]}\n")
+    assert [e.split(":")[0] for e in errors] == ["1 name", "12 services[0].ports[0].protocl"], errors
+
+
+def test_an_invalid_update_stops_the_steps_after_it(tmp_path):
+    text = BASE + ("services:\n  - {name: web, selector: {app: web}, ports: [{port: 80}]}\n"
+                   "checks:\n  - update: {services: [{name: web2, selector: {app: web}, ports: [{port: 80, protocl: TCP}]}]}\n"
+                   "  - {from: pod/client, to: service/web2}\n")
+    errors = _errors(tmp_path, text)
+    assert len(errors) == 1 and "protocl" in errors[0], errors
+
+
+def test_an_invalid_network_field_is_not_compared_as_its_default(tmp_path):
+    errors = _errors(tmp_path, BASE.replace("model: flat", "model: flat\n  nodeNetwork: 10.240.0.0/33\n"
+                                                             "  outsideNetwork: 10.240.0.0/16"))
+    assert len(errors) == 1 and "nodeNetwork" in errors[0], errors

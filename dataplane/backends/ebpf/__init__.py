@@ -33,7 +33,7 @@ from ...contract.consts import CT_F_EGRESS, CT_F_HAIRPIN, CT_REPLY, CT_SERVICE, 
 @dataclass
 class EbpfBackend(HealthCheckServing, Backend):
     name = "ebpf"
-    description = "BPF programs on TC hooks: ClusterIP DNAT, conntrack, reverse NAT"
+    description = "BPF programs on TC and cgroup hooks: service DNAT with conntrack, node ports, masquerade"
     needs = ("root", "netns", "headers", "bcc", "bcc-compile", "bpf")
     options = ("seed", "sizes", "timeouts")
     has_counters = True
