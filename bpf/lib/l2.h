@@ -6,7 +6,6 @@
 
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/if_ether.h>
-
 #include <uapi/linux/pkt_cls.h>
 
 #include "verdict.h"
