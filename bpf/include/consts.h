@@ -1,5 +1,5 @@
 /* Constants: drop/reject reasons (one counter each), flags, timeouts. Mirrored by name in
- * dataplane/backends/ebpf/consts.py, which a test checks against this file. */
+ * dataplane/contract/consts.py (the metrics map's size, M_MAX, is checked against it). */
 #ifndef DP_CONSTS_H
 #define DP_CONSTS_H
 
@@ -30,7 +30,9 @@ enum metric {
 	                        * DROP_CT_LOST and M_CT_RESTORED) */
 	DROP_NO_BACKEND,       /* slot or backend entry missing (table mid-update) */
 	DROP_NO_LOCAL_ENDPOINT,/* internalTrafficPolicy Local, no endpoint on this node (kube-proxy drops) */
-	DROP_REJECT_FAILED,    /* could not build the ICMP rejection */
+	DROP_REJECT_FAILED,    /* could not build or send back the ICMP rejection */
+	DROP_NAT_FAILED,       /* could not rewrite a translated packet (addresses, ports, checksums, an
+	                        * ICMP error's quote) or send a hairpin packet back to its pod */
 	M_SNAT_NEW,            /* new masqueraded flow: source port mapped on the node IP */
 	M_SNAT,                /* packet of a masqueraded flow */
 	M_UNSNAT,              /* reply to a masqueraded flow, back to its pod */

@@ -6,7 +6,13 @@
 #ifndef DP_CONNTRACK_H
 #define DP_CONNTRACK_H
 
-static __always_inline void ct_key_of(struct ct_key *k, const struct pkt *p, __u8 dir)
+#include <uapi/linux/in.h>
+
+#include "maps.h"
+#include "metrics.h"
+#include "parse.h"
+
+static __always_inline void ct4_key_of(struct ct_key *k, const struct pkt *p, __u8 dir)
 {
 	k->saddr = p->saddr;
 	k->daddr = p->daddr;
@@ -18,7 +24,7 @@ static __always_inline void ct_key_of(struct ct_key *k, const struct pkt *p, __u
 }
 
 /* The other direction's key, from an entry and its own key. */
-static __always_inline void ct_peer_key(struct ct_key *peer, const struct ct_key *k, const struct ct_entry *e)
+static __always_inline void ct4_peer_key(struct ct_key *peer, const struct ct_key *k, const struct ct_entry *e)
 {
 	peer->proto = k->proto;
 	peer->pad0 = 0;
@@ -64,34 +70,24 @@ static __always_inline void ct_peer_key(struct ct_key *peer, const struct ct_key
 	}
 }
 
-static __always_inline int is_bare_syn(const struct pkt *p)
-{
-	return p->proto == IPPROTO_TCP && (p->tcp_flags & TCP_FLAG_SYN) && !(p->tcp_flags & TCP_FLAG_ACK);
-}
-
-static __always_inline int is_syn_ack(const struct pkt *p)
-{
-	return p->proto == IPPROTO_TCP && (p->tcp_flags & TCP_FLAG_SYN) && (p->tcp_flags & TCP_FLAG_ACK);
-}
-
 /* CT_REPLY and CT_SNAT_IN entries are keyed by what the far end of a flow sends back. */
-static __always_inline int ct_is_reply_dir(__u8 dir)
+static __always_inline int __ct4_is_reply_dir(__u8 dir)
 {
 	return dir == CT_REPLY || dir == CT_SNAT_IN;
 }
 
 /* A TCP flow is over once both directions sent their FIN, or either sent a RST. */
-static __always_inline int ct_closed(__u16 flags)
+static __always_inline int ct4_closed(__u16 flags)
 {
 	return (flags & CT_F_RST) || (flags & CT_F_CLOSED_BOTH) == CT_F_CLOSED_BOTH;
 }
 
 /* The flow's state after this packet, travelling in direction `dir`. */
-static __always_inline __u16 ct_next_flags(__u16 flags, const struct pkt *p, __u8 dir)
+static __always_inline __u16 __ct4_next_flags(__u16 flags, const struct pkt *p, __u8 dir)
 {
 	if (p->proto != IPPROTO_TCP)
 		return flags;
-	int reply = ct_is_reply_dir(dir);
+	int reply = __ct4_is_reply_dir(dir);
 	if (p->tcp_flags & TCP_FLAG_RST)
 		return flags | CT_F_RST;
 	if (reply)
@@ -103,12 +99,12 @@ static __always_inline __u16 ct_next_flags(__u16 flags, const struct pkt *p, __u
 
 /* Closed: the close lifetime. Never answered: the SYN lifetime. Half-closed (one FIN): the
  * close-wait lifetime, as long as the other side may still be sending. Else established. */
-static __always_inline __u64 ct_lifetime(const struct dp_config *cfg, __u8 proto, __u16 flags)
+static __always_inline __u64 ct4_lifetime(const struct dp_config *cfg, __u8 proto, __u16 flags)
 {
 	__u32 s;
 	if (proto != IPPROTO_TCP)
 		s = cfg->ct_udp;
-	else if (ct_closed(flags))
+	else if (ct4_closed(flags))
 		s = cfg->ct_close;
 	else if (!(flags & CT_F_SEEN_REPLY))
 		s = cfg->ct_syn;
@@ -120,7 +116,7 @@ static __always_inline __u64 ct_lifetime(const struct dp_config *cfg, __u8 proto
 }
 
 /* The live entry for a key, or NULL; an expired entry is removed and not returned. */
-static __always_inline struct ct_entry *ct_lookup(struct ct_key *k, __u64 now)
+static __always_inline struct ct_entry *ct4_lookup(struct ct_key *k, __u64 now)
 {
 	struct ct_entry *e = conntrack.lookup(k);
 	if (!e)
@@ -134,7 +130,7 @@ static __always_inline struct ct_entry *ct_lookup(struct ct_key *k, __u64 now)
 
 /* The other direction's entry, rebuilt from an entry and its own key: every field of a pair is
  * known to either half (see struct ct_entry). */
-static __always_inline void ct_peer_entry(struct ct_entry *pe, const struct ct_key *k, const struct ct_entry *e)
+static __always_inline void __ct4_peer_entry(struct ct_entry *pe, const struct ct_key *k, const struct ct_entry *e)
 {
 	pe->expires = e->expires;
 	pe->flags = e->flags;
@@ -164,11 +160,11 @@ static __always_inline void ct_peer_entry(struct ct_entry *pe, const struct ct_k
 /* Is the entry found at the peer key really this flow's other half: does its own peer key lead
  * back here? (Not when the key was reused: an old flow's leftover half, or a tuple a newer flow
  * took after this one's half was evicted.) */
-static __always_inline int ct_peer_is_ours(const struct ct_key *k, const struct ct_key *pk,
-					   const struct ct_entry *peer)
+static __always_inline int ct4_peer_is_ours(const struct ct_key *k, const struct ct_key *pk,
+					    const struct ct_entry *peer)
 {
 	struct ct_key back = {};
-	ct_peer_key(&back, pk, peer);
+	ct4_peer_key(&back, pk, peer);
 	return back.saddr == k->saddr && back.daddr == k->daddr && back.sport == k->sport &&
 	       back.dport == k->dport && back.dir == k->dir;
 }
@@ -177,37 +173,37 @@ static __always_inline int ct_peer_is_ours(const struct ct_key *k, const struct 
  * other half (the LRU table evicted it under pressure) is written again, so that a flow a full
  * table split in two heals on its next packet instead of leaking untranslated packets; only if
  * its key is still free, so that a healed half never takes a tuple another flow holds now. */
-static __always_inline void ct_update(struct ct_key *k, struct ct_entry *e, const struct pkt *p,
-				      const struct dp_config *cfg, __u64 now)
+static __always_inline void ct4_update(struct ct_key *k, struct ct_entry *e, const struct pkt *p,
+				       const struct dp_config *cfg, __u64 now)
 {
 	struct ct_key pk = {};
-	__u16 flags = ct_next_flags(e->flags, p, k->dir);
-	__u64 expires = now + ct_lifetime(cfg, p->proto, flags);
+	__u16 flags = __ct4_next_flags(e->flags, p, k->dir);
+	__u64 expires = now + ct4_lifetime(cfg, p->proto, flags);
 
 	e->flags = flags;
 	e->expires = expires;
-	ct_peer_key(&pk, k, e);
+	ct4_peer_key(&pk, k, e);
 	struct ct_entry *peer = conntrack.lookup(&pk);
 	if (peer) {
-		if (ct_peer_is_ours(k, &pk, peer)) {
+		if (ct4_peer_is_ours(k, &pk, peer)) {
 			peer->flags = flags;
 			peer->expires = expires;
 		}
 		return;
 	}
 	struct ct_entry pe = {};
-	ct_peer_entry(&pe, k, e);
+	__ct4_peer_entry(&pe, k, e);
 	if (conntrack.insert(&pk, &pe) == 0)
-		count(M_CT_RESTORED);
+		metrics_count(M_CT_RESTORED);
 }
 
 /* Forget a flow: this entry and its other half (if it is this flow's). */
-static __always_inline void ct_delete(struct ct_key *k, struct ct_entry *e)
+static __always_inline void ct4_delete(struct ct_key *k, struct ct_entry *e)
 {
 	struct ct_key pk = {};
-	ct_peer_key(&pk, k, e);
+	ct4_peer_key(&pk, k, e);
 	struct ct_entry *peer = conntrack.lookup(&pk);
-	if (peer && ct_peer_is_ours(k, &pk, peer))
+	if (peer && ct4_peer_is_ours(k, &pk, peer))
 		conntrack.delete(&pk);
 	conntrack.delete(k);
 }
@@ -216,12 +212,13 @@ static __always_inline void ct_delete(struct ct_key *k, struct ct_entry *e)
  * original direction: CT_SERVICE or CT_SNAT_OUT), or NULL. A bare SYN on the tuple of a closed
  * flow ends that flow: a new connection gets a fresh backend or mapping (netfilter reopens a
  * connection in TIME_WAIT or CLOSE the same way). */
-static __always_inline struct ct_entry *ct_flow(struct ct_key *k, const struct pkt *p, __u8 dir, __u64 now)
+static __always_inline struct ct_entry *ct4_lookup_flow(struct ct_key *k, const struct pkt *p, __u8 dir,
+							__u64 now)
 {
-	ct_key_of(k, p, dir);
-	struct ct_entry *e = ct_lookup(k, now);
-	if (e && ct_closed(e->flags) && is_bare_syn(p)) {
-		ct_delete(k, e);
+	ct4_key_of(k, p, dir);
+	struct ct_entry *e = ct4_lookup(k, now);
+	if (e && ct4_closed(e->flags) && pkt4_bare_syn(p)) {
+		ct4_delete(k, e);
 		return NULL;
 	}
 	return e;
@@ -232,14 +229,15 @@ static __always_inline struct ct_entry *ct_flow(struct ct_key *k, const struct p
  * and a SYN-ACK on the tuple of a closed flow answers a new connection that reuses the tuple
  * (the same client port, now straight to the backend): the old flow is forgotten, and the new
  * connection is not translated by another flow's entry. */
-static __always_inline struct ct_entry *ct_reply(struct ct_key *k, const struct pkt *p, __u8 dir, __u64 now)
+static __always_inline struct ct_entry *ct4_lookup_reply(struct ct_key *k, const struct pkt *p, __u8 dir,
+							 __u64 now)
 {
-	ct_key_of(k, p, dir);
-	if (is_bare_syn(p))
+	ct4_key_of(k, p, dir);
+	if (pkt4_bare_syn(p))
 		return NULL;
-	struct ct_entry *e = ct_lookup(k, now);
-	if (e && ct_closed(e->flags) && is_syn_ack(p)) {
-		ct_delete(k, e);
+	struct ct_entry *e = ct4_lookup(k, now);
+	if (e && ct4_closed(e->flags) && pkt4_syn_ack(p)) {
+		ct4_delete(k, e);
 		return NULL;
 	}
 	return e;
@@ -249,9 +247,9 @@ static __always_inline struct ct_entry *ct_reply(struct ct_key *k, const struct 
  * tuple is still held by the CT_REPLY entry of a closed flow (the client reuses a port it last
  * used toward a frontend): forget that flow, so that its entry cannot rewrite the new
  * connection's answers. */
-static __always_inline void ct_release_reused(const struct pkt *p, __u64 now)
+static __always_inline void ct4_release_reused(const struct pkt *p, __u64 now)
 {
-	if (!is_bare_syn(p))
+	if (!pkt4_bare_syn(p))
 		return;
 	struct ct_key k = {};
 	k.saddr = p->daddr;
@@ -260,9 +258,9 @@ static __always_inline void ct_release_reused(const struct pkt *p, __u64 now)
 	k.dport = p->sport;
 	k.proto = p->proto;
 	k.dir = CT_REPLY;
-	struct ct_entry *e = ct_lookup(&k, now);
-	if (e && ct_closed(e->flags))
-		ct_delete(&k, e);
+	struct ct_entry *e = ct4_lookup(&k, now);
+	if (e && ct4_closed(e->flags))
+		ct4_delete(&k, e);
 }
 
 #endif

@@ -1,71 +1,78 @@
-/* A new flow to a service frontend (cluster IP, node port, LoadBalancer or external IP): the
- * rules before a backend is chosen, the choice, and the flow's conntrack pair. */
+/* A packet of a known flow, at any hook: the one sequence every translated packet goes through,
+ * whichever entry found it. Check the packet can be translated, update the flow's conntrack
+ * state (both entries), rewrite it, count the outcome, forward it (a hairpin flow's packets
+ * straight back to the pod they came from). The hooks differ only in which entry they look up
+ * and what it rewrites (XLATE_*); see pod.c and node.c. */
 #ifndef DP_FLOW_H
 #define DP_FLOW_H
 
-/* The verdict that ends a new flow here, or -1 with *id and *be set to its backend. */
-static __always_inline int flow_backend(struct __sk_buff *skb, struct pkt *p, struct svc_value *svc,
-					struct dp_config *cfg, __u64 now, __u32 *id, struct backend **be)
+#include <uapi/linux/bpf.h>
+#include <uapi/linux/pkt_cls.h>
+
+#include "consts.h"
+#include "metrics.h"
+#include "verdict.h"
+#include "parse.h"
+#include "conntrack.h"
+#include "nat.h"
+#include "snat.h"
+#include "l2.h"
+
+/* What a known flow's packet gets, by the entry that found it. */
+#define XLATE_DNAT    0   /* CT_SERVICE: to the backend (hairpin: from the node IP:port too) */
+#define XLATE_REVNAT  1   /* CT_REPLY, hairpin CT_SNAT_IN: from the frontend (hairpin: to the client) */
+#define XLATE_SNAT    2   /* CT_SNAT_OUT: from the node IP:port of its mapping */
+#define XLATE_UNSNAT  3   /* CT_SNAT_IN: to the pod or client behind the mapping */
+
+/* Where a hook is: only a pod veth can send a hairpin packet back to its pod. */
+#define AT_UPLINK     0
+#define AT_POD        1
+
+static __always_inline int __lb4_xlate(struct __sk_buff *skb, const struct pkt *p, const struct ct_entry *e,
+				       int xlate)
 {
-	if (p->proto == IPPROTO_TCP && !is_bare_syn(p))
-		return drop(DROP_CT_LOST);
-	if (svc->flags & SVC_F_SRC_RANGES) {
-		struct lb_source_key sk = {};
-		sk.prefixlen = 64;
-		sk.svc_id = svc->svc_id;
-		sk.addr = p->saddr;
-		if (!lb_sources.lookup(&sk))
-			return drop(DROP_SOURCE_RANGE);
-	}
-	if (svc->count == 0) {
-		if (svc->flags & SVC_F_LOCAL_ONLY)
-			return drop(DROP_NO_LOCAL_ENDPOINT);
-		return reject(skb, p, REJECT_NO_ENDPOINTS);
-	}
-	*id = select_backend(p, svc, cfg->seed, now);
-	*be = *id ? backends.lookup(id) : NULL;
-	if (!*be)
-		return drop(DROP_NO_BACKEND);
-	return -1;
+	if (xlate == XLATE_DNAT)
+		return nat4_dnat(skb, p, e);
+	if (xlate == XLATE_REVNAT)
+		return nat4_rev_nat(skb, p, e);
+	if (xlate == XLATE_SNAT)
+		return nat4_set_src(skb, p, e->nat_addr, e->nat_port);
+	return nat4_set_dst(skb, p, e->nat_addr, e->nat_port);
 }
 
-/* The entries of a new flow, filled with what they share: `fwd` (SERVICE) translates to the
- * backend, `rev` (the reply's) back to the frontend. */
-static __always_inline void flow_entries(const struct pkt *p, const struct svc_value *svc,
-					 const struct dp_config *cfg, __u64 now, __u32 id,
-					 const struct backend *be, struct ct_entry *fwd, struct ct_entry *rev)
+static __always_inline __u32 __lb4_xlate_metric(int xlate)
 {
-	fwd->expires = rev->expires = now + ct_lifetime(cfg, p->proto, 0);
-	fwd->nat_addr = be->addr;
-	fwd->nat_port = be->port;
-	fwd->backend_id = rev->backend_id = id;
-	fwd->svc_id = rev->svc_id = svc->svc_id;
-	rev->nat_addr = p->daddr;
-	rev->nat_port = p->dport;
+	if (xlate == XLATE_DNAT)
+		return M_DNAT;
+	if (xlate == XLATE_REVNAT)
+		return M_REVNAT;
+	return xlate == XLATE_SNAT ? M_SNAT : M_UNSNAT;
 }
 
-/* Store a new flow: `fwd` keyed by the packet as sent, and (rev not NULL) `rev` keyed by the
- * backend's reply to the client. 0, or -1 if the table refused them. */
-static __always_inline int flow_store(const struct pkt *p, const struct backend *be, struct ct_entry *fwd,
-				      struct ct_entry *rev)
+/* After a translation: at a pod veth, hairpin packets go straight back to the pod; all others
+ * to routing. */
+static __always_inline int lb4_forward(struct __sk_buff *skb, const struct ct_entry *e, int where)
 {
-	struct ct_key fk = {}, rk = {};
-	ct_key_of(&fk, p, CT_SERVICE);
-	if (conntrack.update(&fk, fwd) < 0)
-		return -1;
-	if (!rev)
-		return 0;
-	rk.saddr = be->addr;
-	rk.sport = be->port;
-	rk.daddr = p->saddr;
-	rk.dport = p->sport;
-	rk.proto = p->proto;
-	rk.dir = CT_REPLY;
-	if (conntrack.update(&rk, rev) < 0) {
-		conntrack.delete(&fk);
-		return -1;
-	}
-	return 0;
+	if (where == AT_POD && (e->flags & CT_F_HAIRPIN))
+		return l2_bounce(skb, DROP_NAT_FAILED);
+	return TC_ACT_OK;
+}
+
+/* The known-flow sequence (above), for the entry `e` found at key `k`. A stage's end. */
+static __always_inline int lb4_known_flow(struct __sk_buff *skb, struct pkt *p, const struct dp_config *cfg,
+					  __u64 now, struct ct_key *k, struct ct_entry *e, int xlate, int where)
+{
+	int ret = pkt4_check_options(p);
+	if (IS_DROP(ret))
+		return ret;
+	ct4_update(k, e, p, cfg, now);
+	if (xlate == XLATE_DNAT)
+		snat4_heal(p, e);       /* a masqueraded flow's mapping, should the table have lost it */
+	ret = __lb4_xlate(skb, p, e, xlate);
+	if (IS_DROP(ret))
+		return ret;
+	metrics_count(__lb4_xlate_metric(xlate));
+	return lb4_forward(skb, e, where);
 }
 
 #endif

@@ -4,8 +4,15 @@
 #ifndef DP_LB_H
 #define DP_LB_H
 
-static __always_inline struct svc_value *svc_lookup_in(__u8 scope, __be32 vip, __be16 port, __u8 proto,
-						       __u16 slot)
+#include "maps.h"
+#include "metrics.h"
+#include "parse.h"
+#include "hash.h"
+
+#define LB_SOURCE_KEY_BITS 64   /* lb_sources: the 32 bits of svc_id, then a full IPv4 address */
+
+static __always_inline struct svc_value *lb4_lookup_service_scope(__u8 scope, __be32 vip, __be16 port,
+								  __u8 proto, __u16 slot)
 {
 	struct svc_key k = {};
 	k.vip = vip;
@@ -16,38 +23,39 @@ static __always_inline struct svc_value *svc_lookup_in(__u8 scope, __be32 vip, _
 	return services.lookup(&k);
 }
 
-static __always_inline struct svc_value *svc_lookup(__be32 vip, __be16 port, __u8 proto, __u16 slot)
+static __always_inline struct svc_value *lb4_lookup_service(__be32 vip, __be16 port, __u8 proto, __u16 slot)
 {
-	return svc_lookup_in(SCOPE_EXTERNAL, vip, port, proto, slot);
+	return lb4_lookup_service_scope(SCOPE_EXTERNAL, vip, port, proto, slot);
 }
 
-static __always_inline int is_vip(__be32 addr)
+/* The entry a pod (or a node process) uses for a frontend: its own for an external frontend with
+ * externalTrafficPolicy Local (every endpoint, kube-proxy's short-circuit), else everybody's. */
+static __always_inline struct svc_value *lb4_lookup_service_for_pod(__be32 vip, __be16 port, __u8 proto)
 {
-	return svc_lookup(addr, 0, 0, 0) != NULL;
+	struct svc_value *svc = lb4_lookup_service_scope(SCOPE_POD, vip, port, proto, 0);
+	return svc ? svc : lb4_lookup_service(vip, port, proto, 0);
 }
 
-/* murmur3's finalizer: every input bit moves every output bit. */
-static __always_inline __u32 mix32(__u32 h)
+/* Is the address a service frontend at all (its VIP marker)? */
+static __always_inline int lb4_is_vip(__be32 addr)
 {
-	h ^= h >> 16;
-	h *= 0x85ebca6b;
-	h ^= h >> 13;
-	h *= 0xc2b2ae35;
-	h ^= h >> 16;
-	return h;
+	return lb4_lookup_service(addr, 0, 0, 0) != NULL;
 }
 
-/* Hash of the flow's tuple as its bytes sit in the packet (read as little-endian words). */
-static __always_inline __u32 flow_hash(const struct pkt *p, __u32 seed)
+/* Does a LoadBalancer frontend with source ranges admit this client? (1 for every other.) */
+static __always_inline int lb4_source_allowed(const struct svc_value *svc, __be32 client)
 {
-	__u32 h = mix32(seed ^ p->saddr);
-	h = mix32(h ^ p->daddr);
-	h = mix32(h ^ ((__u32)p->sport | ((__u32)p->dport << 16)));
-	return mix32(h ^ p->proto);
+	if (!(svc->flags & SVC_F_SRC_RANGES))
+		return 1;
+	struct lb_source_key sk = {};
+	sk.prefixlen = LB_SOURCE_KEY_BITS;
+	sk.svc_id = svc->svc_id;
+	sk.addr = client;
+	return lb_sources.lookup(&sk) != NULL;
 }
 
 /* Is this backend one of the service port's eligible backends now? */
-static __always_inline int affinity_eligible(__u32 svc_id, __u32 backend_id)
+static __always_inline int __lb4_affinity_eligible(__u32 svc_id, __u32 backend_id)
 {
 	struct affinity_match_key mk = {};
 	mk.svc_id = svc_id;
@@ -58,9 +66,9 @@ static __always_inline int affinity_eligible(__u32 svc_id, __u32 backend_id)
 /* Choose a backend for a service port: with affinity, the client's remembered backend if it was
  * used within the timeout and is still eligible here, else (and always without affinity) the
  * slot `hash` picks; with affinity the choice is remembered. Returns the backend id, 0 if none.
- * For packets (select_backend) and sockets (socklb.h) alike. */
-static __always_inline __u32 lb_choose(const struct svc_value *svc, __be32 client, __u32 hash, __be32 vip,
-					__be16 port, __u8 proto, __u64 now)
+ * For packets (lb4_select_backend) and sockets (socklb.h) alike. */
+static __always_inline __u32 lb4_choose_backend(const struct svc_value *svc, __be32 client, __u32 hash,
+						__be32 vip, __be16 port, __u8 proto, __u64 now)
 {
 	__u32 id = 0;
 	struct affinity_key ak = {};
@@ -71,15 +79,15 @@ static __always_inline __u32 lb_choose(const struct svc_value *svc, __be32 clien
 		ak.svc_id = svc->svc_id;
 		av = affinity.lookup(&ak);
 		if (av && now - av->last_used <= (__u64)svc->affinity_timeout * NS_PER_SEC &&
-		    affinity_eligible(svc->svc_id, av->backend_id)) {
+		    __lb4_affinity_eligible(svc->svc_id, av->backend_id)) {
 			id = av->backend_id;
-			count(M_AFFINITY_HIT);
+			metrics_count(M_AFFINITY_HIT);
 		}
 	}
 	if (!id) {
 		__u16 slot = (hash % svc->count) + 1;
 		__u8 scope = (svc->flags & SVC_F_POD_SCOPE) ? SCOPE_POD : SCOPE_EXTERNAL;
-		struct svc_value *s = svc_lookup_in(scope, vip, port, proto, slot);
+		struct svc_value *s = lb4_lookup_service_scope(scope, vip, port, proto, slot);
 		if (!s)
 			return 0;
 		id = s->backend_id;
@@ -94,10 +102,10 @@ static __always_inline __u32 lb_choose(const struct svc_value *svc, __be32 clien
 }
 
 /* A new flow's backend: the flow hash of its packet chooses, the client's address is remembered. */
-static __always_inline __u32 select_backend(const struct pkt *p, const struct svc_value *svc,
-					    __u32 seed, __u64 now)
+static __always_inline __u32 lb4_select_backend(const struct pkt *p, const struct svc_value *svc,
+						__u32 seed, __u64 now)
 {
-	return lb_choose(svc, p->saddr, flow_hash(p, seed), p->daddr, p->dport, p->proto, now);
+	return lb4_choose_backend(svc, p->saddr, hash_flow4(p, seed), p->daddr, p->dport, p->proto, now);
 }
 
 #endif

@@ -1,24 +1,14 @@
-/* Counting outcomes and drop reasons. */
+/* Counting outcomes and drop reasons: one per-CPU counter each, indexed by enum metric. */
 #ifndef DP_METRICS_H
 #define DP_METRICS_H
 
-static __always_inline void count(__u32 reason)
+#include "maps.h"
+
+static __always_inline void metrics_count(__u32 reason)
 {
 	__u64 *v = metrics.lookup(&reason);
 	if (v)
 		*v += 1;   /* per-CPU: no atomics needed */
-}
-
-static __always_inline int drop(__u32 reason)
-{
-	count(reason);
-	return TC_ACT_SHOT;
-}
-
-static __always_inline int pass(void)
-{
-	count(M_PASS);
-	return TC_ACT_OK;
 }
 
 #endif

@@ -3,19 +3,40 @@
 #ifndef DP_PARSE_H
 #define DP_PARSE_H
 
+#include <uapi/linux/bpf.h>
+#include <uapi/linux/if_ether.h>
+#include <uapi/linux/in.h>
+#include <uapi/linux/ip.h>
+#include <uapi/linux/tcp.h>
+#include <uapi/linux/udp.h>
+#include <linux/stddef.h>
+
+#include "maps.h"
+#include "verdict.h"
+
 #define IP_OFF        ETH_HLEN
+#define IPV4_HLEN     sizeof(struct iphdr)              /* without options */
 #define IP_CSUM_OFF   (IP_OFF + offsetof(struct iphdr, check))
 #define IP_SRC_OFF    (IP_OFF + offsetof(struct iphdr, saddr))
 #define IP_DST_OFF    (IP_OFF + offsetof(struct iphdr, daddr))
-#define L4_OFF        (IP_OFF + sizeof(struct iphdr))   /* only packets without options are translated */
+#define L4_OFF        (IP_OFF + IPV4_HLEN)   /* only packets without options are translated */
 #define IP_MF         0x2000
 #define IP_OFFMASK    0x1fff
+#define ICMP_HLEN     8                      /* type, code, checksum, 4 bytes of the rest */
+#define TCP_FLAGS_OFF 13                     /* the byte of FIN, SYN, RST, ACK in a TCP header */
 
-enum parse_result {
-	PARSE_OK = 0,
-	PARSE_NOT_IPV4,      /* pass: not ours */
-	PARSE_MALFORMED,     /* drop with pkt.reason */
-};
+#define TCP_FLAG_FIN 0x01
+#define TCP_FLAG_SYN 0x02
+#define TCP_FLAG_RST 0x04
+#define TCP_FLAG_ACK 0x10
+
+/* Which way a hook sees its packets go (the `egress` argument of the helpers that care). */
+#define HOOK_INGRESS  0
+#define HOOK_EGRESS   1
+
+/* What pkt4_parse found that is not a malformed packet (those are -DROP_* reasons). */
+#define PKT4_IPV4      0
+#define PKT4_NOT_IPV4  1   /* passed: not ours */
 
 struct pkt {
 	__be32 saddr;
@@ -23,51 +44,77 @@ struct pkt {
 	__be16 sport;        /* ICMP echo: the id; ICMP error: 0 */
 	__be16 dport;
 	__u8   proto;
-	__u8   tcp_flags;    /* byte 13 of the TCP header */
+	__u8   tcp_flags;    /* byte TCP_FLAGS_OFF of the TCP header */
 	__u8   has_l4;       /* ports known: parsed, or (a later fragment) its first fragment's */
 	__u8   options;      /* IHL > 5 */
 	__u8   fragment;     /* MF set or offset != 0 */
 	__u8   icmp_type;
 	__u8   icmp_code;
 	__u8   later;        /* a later fragment (offset != 0): no L4 header in this packet */
-	__u32  reason;       /* with PARSE_MALFORMED */
 	__u32  l4_off;
 	__be16 ip_id;        /* the IPv4 identification: ties fragments together */
 	__u16  pad;
 };
 
-#define TCP_FLAG_FIN 0x01
-#define TCP_FLAG_SYN 0x02
-#define TCP_FLAG_RST 0x04
-#define TCP_FLAG_ACK 0x10
+/* A TCP segment that opens a connection: SYN without ACK. */
+static __always_inline int pkt4_bare_syn(const struct pkt *p)
+{
+	return p->proto == IPPROTO_TCP && (p->tcp_flags & TCP_FLAG_SYN) && !(p->tcp_flags & TCP_FLAG_ACK);
+}
 
-static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
+/* The answer to one: SYN and ACK. */
+static __always_inline int pkt4_syn_ack(const struct pkt *p)
+{
+	return p->proto == IPPROTO_TCP && (p->tcp_flags & TCP_FLAG_SYN) && (p->tcp_flags & TCP_FLAG_ACK);
+}
+
+/* The first bytes of a first fragment's (or whole packet's) L4 header: ports, TCP flags, ICMP
+ * type. 0, or -DROP_TRUNCATED_L4. */
+static __always_inline int __pkt4_parse_l4(struct __sk_buff *skb, struct pkt *p, __u32 l4len)
+{
+	if (p->proto == IPPROTO_TCP) {
+		__u8 tcp[TCP_FLAGS_OFF + 1];
+		if (l4len < sizeof(struct tcphdr) || bpf_skb_load_bytes(skb, p->l4_off, tcp, sizeof(tcp)) < 0)
+			return -DROP_TRUNCATED_L4;
+		__builtin_memcpy(&p->sport, &tcp[0], 2);
+		__builtin_memcpy(&p->dport, &tcp[2], 2);
+		p->tcp_flags = tcp[TCP_FLAGS_OFF];
+		p->has_l4 = 1;
+	} else if (p->proto == IPPROTO_UDP) {
+		__u8 udp[4];
+		if (l4len < sizeof(struct udphdr) || bpf_skb_load_bytes(skb, p->l4_off, udp, sizeof(udp)) < 0)
+			return -DROP_TRUNCATED_L4;
+		__builtin_memcpy(&p->sport, &udp[0], 2);
+		__builtin_memcpy(&p->dport, &udp[2], 2);
+		p->has_l4 = 1;
+	} else if (p->proto == IPPROTO_ICMP) {
+		__u8 icmp[ICMP_HLEN];
+		if (l4len < ICMP_HLEN || bpf_skb_load_bytes(skb, p->l4_off, icmp, sizeof(icmp)) < 0)
+			return -DROP_TRUNCATED_L4;
+		p->icmp_type = icmp[0];
+		p->icmp_code = icmp[1];
+	}
+	return 0;
+}
+
+/* PKT4_IPV4 with p filled, PKT4_NOT_IPV4, or the reason a malformed packet is dropped. */
+static __always_inline int pkt4_parse(struct __sk_buff *skb, struct pkt *p)
 {
 	struct ethhdr eth;
 	struct iphdr ip;
 
-	if (bpf_skb_load_bytes(skb, 0, &eth, sizeof(eth)) < 0)
-		return PARSE_NOT_IPV4;
-	if (eth.h_proto != bpf_htons(ETH_P_IP))
-		return PARSE_NOT_IPV4;
-	if (bpf_skb_load_bytes(skb, IP_OFF, &ip, sizeof(ip)) < 0) {
-		p->reason = DROP_BAD_IHL;
-		return PARSE_MALFORMED;
-	}
-	if (ip.version != 4 || ip.ihl < 5) {
-		p->reason = DROP_BAD_IHL;
-		return PARSE_MALFORMED;
-	}
+	if (bpf_skb_load_bytes(skb, 0, &eth, sizeof(eth)) < 0 || eth.h_proto != bpf_htons(ETH_P_IP))
+		return PKT4_NOT_IPV4;
+	if (bpf_skb_load_bytes(skb, IP_OFF, &ip, sizeof(ip)) < 0 || ip.version != 4 || ip.ihl < 5)
+		return -DROP_BAD_IHL;
 	__u32 hlen = ip.ihl * 4;
 	__u32 tot = bpf_ntohs(ip.tot_len);
-	if (tot < hlen || IP_OFF + tot > skb->len) {
-		p->reason = hlen + IP_OFF > skb->len ? DROP_BAD_IHL : DROP_BAD_LEN;
-		return PARSE_MALFORMED;
-	}
+	if (tot < hlen || IP_OFF + tot > skb->len)
+		return hlen + IP_OFF > skb->len ? -DROP_BAD_IHL : -DROP_BAD_LEN;
 	p->saddr = ip.saddr;
 	p->daddr = ip.daddr;
 	p->proto = ip.protocol;
-	p->options = hlen > sizeof(struct iphdr);
+	p->options = hlen > IPV4_HLEN;
 	p->fragment = (bpf_ntohs(ip.frag_off) & (IP_MF | IP_OFFMASK)) != 0;
 	p->later = (bpf_ntohs(ip.frag_off) & IP_OFFMASK) != 0;
 	p->ip_id = ip.id;
@@ -76,38 +123,9 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 	p->sport = p->dport = 0;
 	p->tcp_flags = 0;
 	if (p->later)
-		return PARSE_OK;   /* later fragments carry no L4 header (frag.h finds their ports) */
-
-	__u32 l4len = tot - hlen;
-	if (ip.protocol == IPPROTO_TCP) {
-		__u8 tcp[14];
-		if (l4len < sizeof(struct tcphdr) || bpf_skb_load_bytes(skb, p->l4_off, tcp, sizeof(tcp)) < 0) {
-			p->reason = DROP_TRUNCATED_L4;
-			return PARSE_MALFORMED;
-		}
-		__builtin_memcpy(&p->sport, &tcp[0], 2);
-		__builtin_memcpy(&p->dport, &tcp[2], 2);
-		p->tcp_flags = tcp[13];
-		p->has_l4 = 1;
-	} else if (ip.protocol == IPPROTO_UDP) {
-		__u8 udp[4];
-		if (l4len < sizeof(struct udphdr) || bpf_skb_load_bytes(skb, p->l4_off, udp, sizeof(udp)) < 0) {
-			p->reason = DROP_TRUNCATED_L4;
-			return PARSE_MALFORMED;
-		}
-		__builtin_memcpy(&p->sport, &udp[0], 2);
-		__builtin_memcpy(&p->dport, &udp[2], 2);
-		p->has_l4 = 1;
-	} else if (ip.protocol == IPPROTO_ICMP) {
-		__u8 icmp[8];
-		if (l4len < 8 || bpf_skb_load_bytes(skb, p->l4_off, icmp, sizeof(icmp)) < 0) {
-			p->reason = DROP_TRUNCATED_L4;
-			return PARSE_MALFORMED;
-		}
-		p->icmp_type = icmp[0];
-		p->icmp_code = icmp[1];
-	}
-	return PARSE_OK;
+		return PKT4_IPV4;   /* later fragments carry no L4 header (pkt4_frag_ports finds their ports) */
+	int ret = __pkt4_parse_l4(skb, p, tot - hlen);
+	return IS_DROP(ret) ? ret : PKT4_IPV4;
 }
 
 /* Fragments of TCP/UDP datagrams, as Cilium's fragment map: the first fragment carries the
@@ -115,7 +133,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
  * the later fragments, which carry no L4 header, find their flow and get the same address
  * translation (the first fragment's rewrite already fixed the L4 checksum, which covers the whole
  * datagram). A later fragment whose first was not seen here keeps has_l4 0. */
-static __always_inline void frag_ports(struct pkt *p)
+static __always_inline void pkt4_frag_ports(struct pkt *p)
 {
 	if (!p->fragment || (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP))
 		return;
@@ -139,30 +157,29 @@ static __always_inline void frag_ports(struct pkt *p)
 	p->has_l4 = 1;
 }
 
-/* Every entry point starts here: parse, then the config and the dataplane clock. -1 to go on
- * (with *cfg and *now set), or the verdict: pass for what is not IPv4, drop for the malformed. */
-static __always_inline int begin(struct __sk_buff *skb, struct pkt *p, struct dp_config **cfg, __u64 *now)
+/* Every entry point starts here: parse, then the config and the dataplane clock. A stage:
+ * DP_CONTINUE (with *cfg and *now set), a pass for what is not IPv4, a drop for the malformed. */
+static __always_inline int pkt4_begin(struct __sk_buff *skb, struct pkt *p, struct dp_config **cfg, __u64 *now)
 {
 	__u32 zero = 0;
-	int r = parse(skb, p);
-	if (r == PARSE_NOT_IPV4)
-		return pass();
-	if (r == PARSE_MALFORMED)
-		return drop(p->reason);
+	int ret = pkt4_parse(skb, p);
+	if (IS_DROP(ret))
+		return ret;
+	if (ret == PKT4_NOT_IPV4)
+		return dp_pass();
 	*cfg = config.lookup(&zero);
 	if (!*cfg)
-		return pass();
+		return dp_pass();
 	*now = bpf_ktime_get_ns() + (*cfg)->clock_offset;
-	frag_ports(p);
-	return -1;
+	pkt4_frag_ports(p);
+	return DP_CONTINUE;
 }
 
-/* IPv4 options on a packet that needs translation: not supported; the drop reason. */
-static __always_inline int unsupported(const struct pkt *p)
+/* A packet that needs translation: 0, or -DROP_IP_OPTIONS (IPv4 options are not supported, as
+ * in Katran: the L4 header would not be at L4_OFF). */
+static __always_inline int pkt4_check_options(const struct pkt *p)
 {
-	if (p->options)
-		return DROP_IP_OPTIONS;
-	return 0;
+	return p->options ? -DROP_IP_OPTIONS : 0;
 }
 
 #endif

@@ -14,6 +14,14 @@
 #ifndef DP_SOCKLB_H
 #define DP_SOCKLB_H
 
+#include <uapi/linux/bpf.h>
+#include <uapi/linux/in.h>
+
+#include "maps.h"
+#include "metrics.h"
+#include "hash.h"
+#include "lb.h"
+
 #ifndef ECONNREFUSED
 #define ECONNREFUSED 111
 #endif
@@ -21,20 +29,21 @@
 /* bcc declares the cookie helper 32 bits wide: the cookie is 64. */
 static __u64 (*dp_socket_cookie)(void *ctx) = (void *)BPF_FUNC_get_socket_cookie;
 
-static __always_inline int sock4_refuse(__u32 reason)
+/* Refuse the call with ECONNREFUSED, counted under `reason`. */
+static __always_inline int __sock4_refuse(__u32 reason)
 {
-	count(reason);
+	metrics_count(reason);
 	bpf_set_retval(-ECONNREFUSED);
 	return 0;
 }
 
 /* A new socket's hash: the seed, its cookie and the frontend (there is no source port yet). */
-static __always_inline __u32 sock4_hash(__u32 seed, __u64 cookie, __be32 daddr, __be16 dport, __u8 proto)
+static __always_inline __u32 __sock4_hash(__u32 seed, __u64 cookie, __be32 daddr, __be16 dport, __u8 proto)
 {
-	__u32 h = mix32(seed ^ (__u32)cookie);
-	h = mix32(h ^ (__u32)(cookie >> 32));
-	h = mix32(h ^ daddr);
-	return mix32(h ^ ((__u32)dport | ((__u32)proto << 16)));
+	__u32 h = hash_mix32(seed ^ (__u32)cookie);
+	h = hash_mix32(h ^ (__u32)(cookie >> 32));
+	h = hash_mix32(h ^ daddr);
+	return hash_mix32(h ^ ((__u32)dport | ((__u32)proto << 16)));
 }
 
 /* connect() / sendmsg() to a frontend: the socket goes to a backend. 1 to let the call go on, 0
@@ -47,28 +56,20 @@ static __always_inline int sock4_translate(struct bpf_sock_addr *ctx)
 	__u8 proto = ctx->protocol;
 	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
 		return 1;
-	struct svc_value *svc = svc_lookup_in(SCOPE_POD, daddr, dport, proto, 0);
+	struct svc_value *svc = lb4_lookup_service_for_pod(daddr, dport, proto);
 	if (!svc)
-		svc = svc_lookup(daddr, dport, proto, 0);
-	if (!svc)
-		return is_vip(daddr) ? sock4_refuse(REJECT_PORT_UNSERVED) : 1;
+		return lb4_is_vip(daddr) ? __sock4_refuse(REJECT_PORT_UNSERVED) : 1;
 	struct dp_config *cfg = config.lookup(&zero);
 	if (!cfg)
 		return 1;
-	if (svc->flags & SVC_F_SRC_RANGES) {
-		struct lb_source_key sk = {};
-		sk.prefixlen = 64;
-		sk.svc_id = svc->svc_id;
-		sk.addr = cfg->node_ip;
-		if (!lb_sources.lookup(&sk))
-			return 1;
-	}
+	if (!lb4_source_allowed(svc, cfg->node_ip))
+		return 1;
 	if (svc->count == 0)
-		return (svc->flags & SVC_F_LOCAL_ONLY) ? 1 : sock4_refuse(REJECT_NO_ENDPOINTS);
+		return (svc->flags & SVC_F_LOCAL_ONLY) ? 1 : __sock4_refuse(REJECT_NO_ENDPOINTS);
 	__u64 now = bpf_ktime_get_ns() + cfg->clock_offset;
 	__u64 cookie = dp_socket_cookie(ctx);
-	__u32 id = lb_choose(svc, cfg->node_ip, sock4_hash(cfg->seed, cookie, daddr, dport, proto), daddr, dport,
-			     proto, now);
+	__u32 hash = __sock4_hash(cfg->seed, cookie, daddr, dport, proto);
+	__u32 id = lb4_choose_backend(svc, cfg->node_ip, hash, daddr, dport, proto, now);
 	struct backend *be = id ? backends.lookup(&id) : NULL;
 	if (!be)
 		return 1;
@@ -83,7 +84,7 @@ static __always_inline int sock4_translate(struct bpf_sock_addr *ctx)
 	sock_revnat.update(&rk, &rv);
 	ctx->user_ip4 = be->addr;
 	ctx->user_port = (__u32)be->port;
-	count(M_SOCK_LB);
+	metrics_count(M_SOCK_LB);
 	return 1;
 }
 
@@ -99,7 +100,7 @@ static __always_inline int sock4_restore(struct bpf_sock_addr *ctx)
 	if (rv) {
 		ctx->user_ip4 = rv->addr;
 		ctx->user_port = (__u32)rv->port;
-		count(M_SOCK_REVNAT);
+		metrics_count(M_SOCK_REVNAT);
 	}
 	return 1;
 }

@@ -21,7 +21,8 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
 from ..contract.render import Ids, render_config, render_node
 from ..lab.plan import LabPlan, mac_for
-from ..oracle.datapath import Datapath, NodeState, Timeouts
+from ..contract.limits import CtTimeouts
+from ..oracle.datapath import Datapath, NodeState
 from .packets import ETH_P_IP, ICMP, Ip, ether, icmp, mac_str
 from .transport import Transport
 
@@ -74,7 +75,7 @@ class SimNS:
 class SimNet(Transport):
     def __init__(self, plan: LabPlan, table, seed: int, timeouts=None):
         self.plan, self.seed = plan, seed
-        self.timeouts = Timeouts(**(vars(timeouts) if timeouts else {}))
+        self.timeouts = timeouts or CtTimeouts()
         self.seen: dict = {}                       # what servers saw of the current request
         self.ids: dict = {}                        # node -> Ids, stable across updates
         self.flushed: dict = {}                    # node -> entries the last update forgot

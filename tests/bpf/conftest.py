@@ -1,4 +1,4 @@
-"""BPF fixtures: one program instance (compiled once per session), the reference model beside it,
+"""BPF fixtures: one program instance (compiled once per session), the oracle beside it,
 both programmed from the same rendering before each test. Needs root (it loads BPF).
 
 Packets run (BPF_PROG_TEST_RUN) from inside a network namespace of the fixtures' own, a node's

@@ -1,5 +1,5 @@
-"""Setup and comparison for BPF fixtures: the BPF program (BPF_PROG_TEST_RUN) and the reference
-model run the same frame from the same state; every result must agree byte for byte."""
+"""Setup and comparison for BPF fixtures: the BPF program (BPF_PROG_TEST_RUN) and the oracle
+run the same frame from the same state; every result must agree byte for byte."""
 from __future__ import annotations
 
 import time
@@ -24,7 +24,6 @@ class Pair:
     def __init__(self, prog: NodeProgram, table, node: str = "node1", seed: int = 7, timeouts=None,
                  config=None, netns: str | None = None):
         from dataplane.contract.limits import CtTimeouts
-        from dataplane.oracle.datapath import Timeouts
         self.prog = prog
         self.netns = netns
         t = timeouts or {}
@@ -38,18 +37,18 @@ class Pair:
         rendered = render_node(table, node, self.ids, NODE_IP)
         apply(prog, NodeMaps(), rendered)
         self.offset = 0
-        self.sockets: list = []          # what open_socket opened, as the model sees it
+        self.sockets: list = []          # what open_socket opened, as the oracle sees it
         self._held: list = []
         self.config = config or NodeConfig(NODE_IP, IPv4Network("10.0.0.0/16"), masquerade=True,
                                            non_masquerade=(IPv4Network("10.0.0.0/16"),))
         prog.set_config(seed=seed, clock_offset=0)
         prog.set_node_config(self.config)
-        self.model = Datapath(NodeState(maps=rendered, node_ip=NODE_IP, seed=seed,
-                                        timeouts=Timeouts(**vars(prog.timeouts)),
+        self.oracle = Datapath(NodeState(maps=rendered, node_ip=NODE_IP, seed=seed,
+                                        timeouts=CtTimeouts(**vars(prog.timeouts)),
                                         config=self.config, node_sockets=self._socket_holds))
 
     def _socket_holds(self, proto: int, remote, rport: int, port: int) -> bool:
-        """What the BPF side's socket lookup finds in the fixture namespace, for the model: the
+        """What the BPF side's socket lookup finds in the fixture namespace, for the oracle: the
         sockets the test opened there (`open_socket`)."""
         return any(s["proto"] == proto and s["port"] == port and s["remote"] in ((IPv4Address(remote), rport), None)
                    for s in self.sockets)
@@ -59,15 +58,15 @@ class Pair:
         of table `direction` whose key fields equal `match` (addresses and ports as text/ints)."""
         def hit(key) -> bool:
             return key.dir == direction and all(str(getattr(key, f)) == str(v) for f, v in match.items())
-        model = [k for k in self.model.s.conntrack if hit(k)]
-        for k in model:
-            del self.model.s.conntrack[k]
+        theirs = [k for k in self.oracle.s.conntrack if hit(k)]
+        for k in theirs:
+            del self.oracle.s.conntrack[k]
         ct = self.prog.table("conntrack")
         for k in list(ct.keys()):
             key = CtKey(from_be32(k.saddr), from_be32(k.daddr), be16(k.sport), be16(k.dport), k.proto, k.dir)
             if hit(key):
                 del ct[k]
-        return len(model)
+        return len(theirs)
 
     def open_socket(self, proto: int, port: int, remote: tuple | None = None):
         """A socket of the node's own in the fixture namespace, on node IP:port: connected to
@@ -108,8 +107,8 @@ class Pair:
         self.sockets.clear()
 
     def collect(self) -> tuple:
-        """Garbage collection on both sides: (bpf removed, model removed)."""
-        return self.prog.collect(), self.model.s.collect(self.now())
+        """Garbage collection on both sides: (bpf removed, oracle removed)."""
+        return self.prog.collect(), self.oracle.s.collect(self.now())
 
     def now(self) -> int:
         return time.monotonic_ns() + self.offset
@@ -127,10 +126,10 @@ class Pair:
                 got = run(self.prog.fns[hook].fd, data)
         else:
             got = run(self.prog.fns[hook].fd, data)
-        want = getattr(self.model, hook)(data, self.now())
-        assert got.verdict == want.verdict, f"verdict: bpf {got.verdict}, model {want.verdict} ({want.why})"
+        want = getattr(self.oracle, hook)(data, self.now())
+        assert got.verdict == want.verdict, f"verdict: bpf {got.verdict}, oracle {want.verdict} ({want.why})"
         assert got.data == want.data, (f"bytes differ at {_first_diff(got.data, want.data)}:\n"
-                                       f" bpf   {got.data.hex()}\n model {want.data.hex()}\n {want.why}")
+                                       f" bpf    {got.data.hex()}\n oracle {want.data.hex()}\n {want.why}")
         return got, want
 
     def bpf_conntrack(self) -> dict:
@@ -145,7 +144,7 @@ class Pair:
     def model_conntrack(self) -> dict:
         return {k: (e.nat_addr, e.nat_port, e.hairpin, e.snat_addr, e.snat_port, e.backend_id, e.svc_id,
                     e.seen_reply, (e.fin_orig, e.fin_reply, e.rst), e.egress)
-                for k, e in self.model.s.conntrack.items()}
+                for k, e in self.oracle.s.conntrack.items()}
 
     def assert_same_state(self) -> None:
         assert self.bpf_conntrack() == self.model_conntrack()
@@ -153,10 +152,10 @@ class Pair:
         bpf = {}
         for k, v in self.prog.table("conntrack").items():
             bpf[CtKey(from_be32(k.saddr), from_be32(k.daddr), be16(k.sport), be16(k.dport), k.proto, k.dir)] = v.expires
-        for key, e in self.model.s.conntrack.items():
-            assert abs(bpf[key] - e.expires) < 1_000_000_000, f"{key}: expiry bpf {bpf[key]} model {e.expires}"
+        for key, e in self.oracle.s.conntrack.items():
+            assert abs(bpf[key] - e.expires) < 1_000_000_000, f"{key}: expiry bpf {bpf[key]} oracle {e.expires}"
         bpf_metrics = {k: v for k, v in self.prog.metrics().items() if v}
-        assert bpf_metrics == {k: v for k, v in self.model.s.metrics.items() if v}
+        assert bpf_metrics == {k: v for k, v in self.oracle.s.metrics.items() if v}
 
 
 def _closing(flags: int) -> tuple:
@@ -173,10 +172,10 @@ def _first_diff(a: bytes, b: bytes) -> str:
 
 def sync(pair: "Pair", old_table, new_table, node: str = "node1") -> tuple:
     """Apply a service update to both sides as the backends do (the ebpf backend's sync_node, the
-    model's NodeState.sync): (entries the BPF side forgot, entries the model forgot)."""
+    oracle's NodeState.sync): (entries the BPF side forgot, entries the oracle forgot)."""
     from dataplane.backends.ebpf import sync_node
     from dataplane.spec.policy import flow_keep
     rendered = render_node(new_table, node, pair.ids, NODE_IP)
     keep = flow_keep(new_table)
-    _, flushed = sync_node(pair.prog, pair.model.s.maps, rendered, keep)
-    return flushed, pair.model.s.sync(rendered, keep)
+    _, flushed = sync_node(pair.prog, pair.oracle.s.maps, rendered, keep)
+    return flushed, pair.oracle.s.sync(rendered, keep)

@@ -1,5 +1,5 @@
-"""ClusterIP fixtures: each frame runs on the BPF program (BPF_PROG_TEST_RUN) and on the reference
-model from the same state; Pair.send asserts they agree byte for byte, and each test asserts what
+"""ClusterIP fixtures: each frame runs on the BPF program (BPF_PROG_TEST_RUN) and on the oracle
+from the same state; Pair.send asserts they agree byte for byte, and each test asserts what
 the specification says the result must be."""
 from __future__ import annotations
 
@@ -342,7 +342,7 @@ def test_udp_flow_expires_and_is_chosen_anew(pair):
 
 
 def test_backend_choice_follows_the_seed(pair):
-    """Same seed, same choices (replay); the model predicts each one."""
+    """Same seed, same choices (replay); the oracle predicts each one."""
     choices = []
     for seed in (1, 1, 2):
         p = pair(table(), seed=seed)

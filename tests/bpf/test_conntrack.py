@@ -2,7 +2,7 @@
 (half-closed: close-wait) and closed (both FINs or a RST), UDP times out, every packet renews both
 entries of its flow, a new SYN on a closed tuple gets a fresh mapping, a new connection that
 reuses a closed flow's tuple is never translated by it, and garbage collection frees what expired.
-BPF and model agree on each step, state and expiry included (Pair.assert_same_state)."""
+BPF and oracle agree on each step, state and expiry included (Pair.assert_same_state)."""
 from __future__ import annotations
 
 from tests.bpf.packets import (CLIENT, IP, TCP, UDP, VIP, WEB1, WEB_ONLY_LOCAL, ack, from_pod, parsed, syn,

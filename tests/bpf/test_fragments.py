@@ -1,4 +1,4 @@
-"""Fragments of service traffic (issue 9, defect 10), BPF and model side by side: the first
+"""Fragments of service traffic (issue 9, defect 10), BPF and oracle side by side: the first
 fragment of a datagram carries its ports and is translated like any packet of its flow; the later
 ones, which carry no L4 header, are tied to it by (source, destination, IP id, protocol) and get
 the same address translation. Reassembled, every datagram is what the flow's translation says,

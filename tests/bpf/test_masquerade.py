@@ -1,4 +1,4 @@
-"""Egress masquerade on the node uplink (issue 4), BPF and model side by side: ip-masq-agent's
+"""Egress masquerade on the node uplink (issue 4), BPF and oracle side by side: ip-masq-agent's
 choice of what to masquerade, the port allocation (keep the pod's port when free, else a seeded
 random one, bounded tries, exhaustion dropped and counted), replies and ICMP errors back to the
 pod."""

@@ -1,4 +1,4 @@
-"""NodePort, LoadBalancer IPs (issue 4), BPF and model side by side: a client outside the cluster
+"""NodePort, LoadBalancer IPs (issue 4), BPF and oracle side by side: a client outside the cluster
 reaches node IP:nodePort; destinations are rewritten on ingress, sources on egress. With
 externalTrafficPolicy Cluster the backend sees the node's IP; with Local it sees the client's."""
 from __future__ import annotations

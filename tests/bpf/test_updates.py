@@ -1,4 +1,4 @@
-"""Updates under traffic, on the BPF program and the model alike: what happens to existing flows
+"""Updates under traffic, on the BPF program and the oracle alike: what happens to existing flows
 when endpoints become terminating or leave, and to node-local policy."""
 from __future__ import annotations
 
@@ -96,7 +96,7 @@ def test_affinity_to_a_removed_endpoint_is_forgotten(pair):
     gone = "app1" if backend == WEB1 else "app2"
     after = table(STICKY, topology(**{gone: "gone"}))         # the chosen endpoint leaves
     assert sync(p, before, after) == (3, 3)                   # its flow (2 entries) and the affinity
-    assert len(p.prog.table("affinity")) == 0 and p.model.s.affinity == {}
+    assert len(p.prog.table("affinity")) == 0 and p.oracle.s.affinity == {}
     for sport in range(42000, 42010):
         got, _ = p.send("from_pod", from_pod(CLIENT, VIP, syn(sport=sport)))
         assert parsed(got.data)[IP].dst != backend
@@ -149,9 +149,9 @@ def test_remembered_backend_no_longer_eligible_is_not_chosen(pair):
     assert parsed(got.data)[IP].dst == WEB1
     after = table(TWO_SERVICES, _shared(topology(web1=", terminating: true")))
     rendered = render_node(after, "node1", p.ids, NODE_IP)      # the maps only: no flush
-    apply(p.prog, p.model.s.maps, rendered)
-    p.model.s.maps = rendered
-    assert len(p.prog.table("affinity")) == 1 and len(p.model.s.affinity) == 1
+    apply(p.prog, p.oracle.s.maps, rendered)
+    p.oracle.s.maps = rendered
+    assert len(p.prog.table("affinity")) == 1 and len(p.oracle.s.affinity) == 1
     got, want = p.send("from_pod", from_pod(CLIENT, VIP, syn(sport=41000)))
     assert parsed(got.data)[IP].dst == WEB2 and p.prog.metrics()["M_AFFINITY_HIT"] == 0
     got, want = p.send("from_pod", from_pod(CLIENT, VIP, syn(sport=41001)))

@@ -1,4 +1,4 @@
-"""Kubernetes Service and EndpointSlice manifests load into the same model as scenario services."""
+"""Kubernetes Service and EndpointSlice manifests load into the same service table as scenario services."""
 from __future__ import annotations
 
 from ipaddress import IPv4Address
