@@ -30,7 +30,7 @@ test-unit: $(VENV)/.installed
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
 test-lab: $(VENV)/.installed
-	$(PY) -m pytest tests/lab $(PYTEST_ARGS)
+	$(PY) -m pytest tests/bpf tests/lab $(PYTEST_ARGS)
 
 clean:
 	-[ -x $(DATAPLANE) ] && $(DATAPLANE) down --all
