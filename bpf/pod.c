@@ -9,7 +9,8 @@
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/in.h>
 
-#include "maps.h"
+#include "types.h"
+#include "consts.h"
 #include "verdict.h"
 #include "parse.h"
 #include "conntrack.h"

@@ -9,7 +9,8 @@
 #include <uapi/linux/in.h>
 #include <linux/stddef.h>
 
-#include "maps.h"
+#include "types.h"
+#include "consts.h"
 #include "metrics.h"
 #include "parse.h"
 #include "lb.h"

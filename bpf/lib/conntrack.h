@@ -8,9 +8,14 @@
 
 #include <uapi/linux/in.h>
 
-#include "maps.h"
+#include "types.h"
+#include "consts.h"
+#include "map_sizes.h"
 #include "metrics.h"
 #include "parse.h"
+
+/* flows: (5-tuple, direction) -> translation; LRU so a full table evicts the oldest */
+BPF_TABLE("lru_hash", struct ct_key, struct ct_entry, conntrack, CT_MAP_SIZE);
 
 static __always_inline void ct4_key_of(struct ct_key *k, const struct pkt *p, __u8 dir)
 {

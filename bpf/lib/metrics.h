@@ -2,7 +2,11 @@
 #ifndef DP_METRICS_H
 #define DP_METRICS_H
 
-#include "maps.h"
+#include "types.h"
+#include "consts.h"
+
+/* per-CPU packet counters, indexed by enum metric */
+BPF_TABLE("percpu_array", __u32, __u64, metrics, M_MAX);
 
 static __always_inline void metrics_count(__u32 reason)
 {

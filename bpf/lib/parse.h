@@ -11,8 +11,15 @@
 #include <uapi/linux/udp.h>
 #include <linux/stddef.h>
 
-#include "maps.h"
+#include "types.h"
+#include "consts.h"
+#include "map_sizes.h"
+#include "config.h"
 #include "verdict.h"
+
+/* fragmented datagrams in flight: (source, destination, IP id, proto) -> ports of the first
+ * fragment */
+BPF_TABLE("lru_hash", struct frag_key, struct frag_ports, frags, FRAG_MAP_SIZE);
 
 #define IP_OFF        ETH_HLEN
 #define IPV4_HLEN     sizeof(struct iphdr)              /* without options */

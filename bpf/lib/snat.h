@@ -21,13 +21,22 @@
 #include <uapi/linux/in.h>
 #include <uapi/linux/pkt_cls.h>
 
-#include "maps.h"
+#include "types.h"
+#include "consts.h"
+#include "map_sizes.h"
 #include "metrics.h"
 #include "verdict.h"
 #include "parse.h"
 #include "hash.h"
 #include "conntrack.h"
 #include "nat.h"
+
+/* UDP answers a pod owes to remotes that reached it: never masqueraded (no entry in conntrack).
+ * */
+BPF_TABLE("lru_hash", struct ct_key, struct nosnat_value, nosnat, NOSNAT_MAP_SIZE);
+
+/* destinations pods reach without masquerade (ip-masq-agent's nonMasqueradeCIDRs) */
+BPF_F_TABLE("lpm_trie", struct lpm_v4_key, __u8, nonmasq, 64, BPF_F_NO_PREALLOC);
 
 #define LPM_V4_HOST_BITS 32          /* an lpm_v4_key that matches one address */
 

@@ -17,10 +17,17 @@
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/in.h>
 
-#include "maps.h"
+#include "types.h"
+#include "consts.h"
+#include "map_sizes.h"
+#include "config.h"
 #include "metrics.h"
 #include "hash.h"
 #include "lb.h"
+
+/* the frontends node processes asked for, by socket and backend (socket-level load balancing).
+ * */
+BPF_TABLE("lru_hash", struct sock_revnat_key, struct sock_revnat_value, sock_revnat, SOCK_REVNAT_MAP_SIZE);
 
 #ifndef ECONNREFUSED
 #define ECONNREFUSED 111

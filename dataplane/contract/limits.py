@@ -1,5 +1,5 @@
 """The datapath's capacities and conntrack lifetimes, declared once: defaults come from
-bpf/include (maps.h's *_MAP_SIZE, consts.h's CT_DEFAULT_*), the CLI's --map-size and --ct-timeout
+bpf/include (map_sizes.h's *_MAP_SIZE, consts.h's CT_DEFAULT_*), the CLI's --map-size and --ct-timeout
 override them, the eBPF loader compiles them in and the oracle runs with the same."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from ..errors import DataplaneError
 from .headers import numeric_defines
 
-_MAPS = numeric_defines("maps.h")
+_MAPS = numeric_defines("map_sizes.h")
 _CONSTS = numeric_defines("consts.h")
 
 
@@ -33,10 +33,10 @@ def conntrack_entries(cpus: int | None = None) -> int:
 
 @dataclass
 class MapSizes:
-    """Capacities (entries); see bpf/include/maps.h and docs/ebpf.md ("Sizing")."""
+    """Capacities (entries); see bpf/include/map_sizes.h and docs/ebpf.md ("Sizing")."""
     services: int = _MAPS["SVC_MAP_SIZE"]
     backends: int = _MAPS["BACKEND_MAP_SIZE"]
-    conntrack: int = 0         # 0: conntrack_entries() for this machine (maps.h's is for bare loads)
+    conntrack: int = 0         # 0: conntrack_entries() for this machine (map_sizes.h's is for bare loads)
     affinity: int = _MAPS["AFFINITY_MAP_SIZE"]
     nosnat: int = _MAPS["NOSNAT_MAP_SIZE"]
 

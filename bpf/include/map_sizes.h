@@ -1,0 +1,32 @@
+/* Map capacities, set at load (dataplane --map-size NAME=ENTRIES, -D here); each map is declared
+ * by the header that owns it (reads and writes it; others go through its functions).
+ * The defaults hold 64k services of up to 6 ports*backends each (marker + head + slots per port),
+ * and (the loader's default, CT_MAP_SIZE) kube-proxy's conntrack capacity at two entries a flow.
+ * services and backends allocate entries on demand (no prealloc): a lab with three services costs
+ * what three services cost. LRU maps are always preallocated. */
+#ifndef DP_MAP_SIZES_H
+#define DP_MAP_SIZES_H
+
+#ifndef SVC_MAP_SIZE
+#define SVC_MAP_SIZE      524288
+#endif
+#ifndef BACKEND_MAP_SIZE
+#define BACKEND_MAP_SIZE  262144
+#endif
+#ifndef CT_MAP_SIZE
+#define CT_MAP_SIZE       262144
+#endif
+#ifndef AFFINITY_MAP_SIZE
+#define AFFINITY_MAP_SIZE 65536
+#endif
+#ifndef NOSNAT_MAP_SIZE
+#define NOSNAT_MAP_SIZE   65536
+#endif
+#ifndef SOCK_REVNAT_MAP_SIZE
+#define SOCK_REVNAT_MAP_SIZE 65536
+#endif
+#ifndef FRAG_MAP_SIZE
+#define FRAG_MAP_SIZE     8192
+#endif
+
+#endif

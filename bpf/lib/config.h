@@ -1,0 +1,11 @@
+/* The node's configuration (struct dp_config at index 0): clock offset, seed, node IP, conntrack
+ * lifetimes, masquerade settings. Written by the loader, read by every hook. */
+#ifndef DP_CONFIG_H
+#define DP_CONFIG_H
+
+#include "types.h"
+
+/* index 0: struct dp_config. Read by parse.h (pkt4_begin) and socklb.h */
+BPF_TABLE("array", __u32, struct dp_config, config, 1);
+
+#endif
