@@ -8,4 +8,11 @@
 /* index 0: struct dp_config. Read by parse.h (pkt4_begin) and socklb.h */
 BPF_TABLE("array", __u32, struct dp_config, config, 1);
 
+/* The node's configuration, or NULL before the loader wrote it. */
+static __always_inline struct dp_config *config_get(void)
+{
+	__u32 zero = 0;
+	return config.lookup(&zero);
+}
+
 #endif

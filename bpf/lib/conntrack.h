@@ -17,6 +17,29 @@
 /* flows: (5-tuple, direction) -> translation; LRU so a full table evicts the oldest */
 BPF_TABLE("lru_hash", struct ct_key, struct ct_entry, conntrack, CT_MAP_SIZE);
 
+/* The map's operations, for the headers that store flows (newflow.h) and node-IP mappings
+ * (snat.h): an entry or NULL; 0 or the map's negative error (ct4_claim: only if the key is free,
+ * BPF_NOEXIST). */
+static __always_inline struct ct_entry *ct4_get(struct ct_key *k)
+{
+	return conntrack.lookup(k);
+}
+
+static __always_inline int ct4_store(struct ct_key *k, struct ct_entry *e)
+{
+	return conntrack.update(k, e);
+}
+
+static __always_inline int ct4_claim(struct ct_key *k, struct ct_entry *e)
+{
+	return conntrack.insert(k, e);
+}
+
+static __always_inline void ct4_remove(struct ct_key *k)
+{
+	conntrack.delete(k);
+}
+
 static __always_inline void ct4_key_of(struct ct_key *k, const struct pkt *p, __u8 dir)
 {
 	k->saddr = p->saddr;
@@ -82,7 +105,7 @@ static __always_inline int __ct4_is_reply_dir(__u8 dir)
 }
 
 /* A TCP flow is over once both directions sent their FIN, or either sent a RST. */
-static __always_inline int ct4_closed(__u16 flags)
+static __always_inline int __ct4_closed(__u16 flags)
 {
 	return (flags & CT_F_RST) || (flags & CT_F_CLOSED_BOTH) == CT_F_CLOSED_BOTH;
 }
@@ -109,7 +132,7 @@ static __always_inline __u64 ct4_lifetime(const struct dp_config *cfg, __u8 prot
 	__u32 s;
 	if (proto != IPPROTO_TCP)
 		s = cfg->ct_udp;
-	else if (ct4_closed(flags))
+	else if (__ct4_closed(flags))
 		s = cfg->ct_close;
 	else if (!(flags & CT_F_SEEN_REPLY))
 		s = cfg->ct_syn;
@@ -222,7 +245,7 @@ static __always_inline struct ct_entry *ct4_lookup_flow(struct ct_key *k, const 
 {
 	ct4_key_of(k, p, dir);
 	struct ct_entry *e = ct4_lookup(k, now);
-	if (e && ct4_closed(e->flags) && pkt4_bare_syn(p)) {
+	if (e && __ct4_closed(e->flags) && pkt4_bare_syn(p)) {
 		ct4_delete(k, e);
 		return NULL;
 	}
@@ -241,7 +264,7 @@ static __always_inline struct ct_entry *ct4_lookup_reply(struct ct_key *k, const
 	if (pkt4_bare_syn(p))
 		return NULL;
 	struct ct_entry *e = ct4_lookup(k, now);
-	if (e && ct4_closed(e->flags) && pkt4_syn_ack(p)) {
+	if (e && __ct4_closed(e->flags) && pkt4_syn_ack(p)) {
 		ct4_delete(k, e);
 		return NULL;
 	}
@@ -264,7 +287,7 @@ static __always_inline void ct4_release_reused(const struct pkt *p, __u64 now)
 	k.proto = p->proto;
 	k.dir = CT_REPLY;
 	struct ct_entry *e = ct4_lookup(&k, now);
-	if (e && ct4_closed(e->flags))
+	if (e && __ct4_closed(e->flags))
 		ct4_delete(&k, e);
 }
 

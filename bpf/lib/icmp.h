@@ -19,7 +19,7 @@
  * destination follows the quote at any hook, so the error is routed to its real recipient. The
  * outer source becomes the frontend when the error came from the backend itself; when that
  * source is the node's own address (node ports, masquerade: a martian on ingress) it is written
- * on egress, by icmp4_error_source. An error that quotes nothing of ours passes untouched. */
+ * on egress, by __icmp4_error_source. An error that quotes nothing of ours passes untouched. */
 #ifndef DP_ICMP_H
 #define DP_ICMP_H
 
@@ -47,7 +47,7 @@
 #define QUOTE_DPORT_OFF     (IPV4_HLEN + 2)
 #define QUOTE_UDP_CSUM_OFF  (IPV4_HLEN + offsetof(struct udphdr, check))
 
-/* What an ICMP error is to us (icmp4_error_translate, icmp4_error). */
+/* What an ICMP error is to us (__icmp4_error_translate, __icmp4_error). */
 #define ICMP4_NOT_OURS    0   /* about nothing of ours: passed untouched */
 #define ICMP4_TRANSLATED  1
 #define ICMP4_BOUNCE      2   /* translated, and to go back out the veth it came in by (a hairpin
@@ -98,14 +98,14 @@ static __always_inline int __icmp4_quote_commit(struct __sk_buff *skb, __u32 *qu
 
 /* Read the quote of an ICMP error: 1 with q filled and the raw words, 0 if it is not one we can
  * translate (options outside or inside, not TCP/UDP, shorter than header + 8). */
-static __always_inline int icmp4_quote_read(struct __sk_buff *skb, const struct pkt *p, __u32 *words,
+static __always_inline int __icmp4_quote_read(struct __sk_buff *skb, const struct pkt *p, __u32 *words,
 					    struct quote *q)
 {
 	__u8 *b = (__u8 *)words;
 	struct iphdr *inner = (struct iphdr *)b;
 	if (p->options || bpf_skb_load_bytes(skb, INNER_IP_OFF, words, QUOTE_LEN) < 0)
 		return 0;
-	if (inner->version != 4 || inner->ihl != 5 ||
+	if (inner->version != 4 || inner->ihl != IPV4_IHL_MIN ||
 	    (inner->protocol != IPPROTO_TCP && inner->protocol != IPPROTO_UDP))
 		return 0;
 	if (bpf_ntohs(inner->frag_off) & IP_OFFMASK)
@@ -120,7 +120,7 @@ static __always_inline int icmp4_quote_read(struct __sk_buff *skb, const struct 
 
 /* The live entry keyed by the quote's own tuple (reversed 0) or by its reply's (reversed 1), in
  * table `dir`. */
-static __always_inline struct ct_entry *icmp4_lookup(const struct quote *q, int reversed, __u8 dir, __u64 now)
+static __always_inline struct ct_entry *__icmp4_lookup(const struct quote *q, int reversed, __u8 dir, __u64 now)
 {
 	struct ct_key k = {};
 	k.saddr = reversed ? q->daddr : q->saddr;
@@ -138,8 +138,8 @@ static __always_inline int __icmp4_set_outer(struct __sk_buff *skb, __u32 off, _
 {
 	if (old == new)
 		return 0;
-	if (bpf_l3_csum_replace(skb, IP_CSUM_OFF, old, new, 4) < 0 ||
-	    bpf_skb_store_bytes(skb, off, &new, 4, 0) < 0)
+	if (bpf_l3_csum_replace(skb, IP_CSUM_OFF, old, new, sizeof(new)) < 0 ||
+	    bpf_skb_store_bytes(skb, off, &new, sizeof(new), 0) < 0)
 		return -DROP_NAT_FAILED;
 	return 0;
 }
@@ -151,7 +151,7 @@ static __always_inline int __icmp4_set_outer(struct __sk_buff *skb, __u32 off, _
 static __always_inline int __icmp4_forward(struct quote *n, __be32 *osrc, __be32 *odst, __u64 now)
 {
 	int found = ICMP4_NOT_OURS;
-	struct ct_entry *e = icmp4_lookup(n, 1, CT_SNAT_IN, now);
+	struct ct_entry *e = __icmp4_lookup(n, 1, CT_SNAT_IN, now);
 	if (e && (e->flags & CT_F_HAIRPIN)) {
 		/* node IP:port -> the client pod itself: the client -> VIP:port it sent */
 		if (*osrc == n->daddr)
@@ -169,7 +169,7 @@ static __always_inline int __icmp4_forward(struct quote *n, __be32 *osrc, __be32
 		*odst = e->nat_addr;
 		found = ICMP4_TRANSLATED;
 	}
-	e = icmp4_lookup(n, 1, CT_REPLY, now);
+	e = __icmp4_lookup(n, 1, CT_REPLY, now);
 	if (e) {
 		if (*osrc == n->daddr && !(e->flags & CT_F_EGRESS))
 			*osrc = e->nat_addr;        /* from the backend itself: from the frontend */
@@ -186,7 +186,7 @@ static __always_inline int __icmp4_forward(struct quote *n, __be32 *osrc, __be32
  * back to node IP:port). ICMP4_NOT_OURS or ICMP4_TRANSLATED. */
 static __always_inline int __icmp4_reverse(struct quote *n, __be32 *odst, __u64 now)
 {
-	struct ct_entry *e = icmp4_lookup(n, 1, CT_SERVICE, now);
+	struct ct_entry *e = __icmp4_lookup(n, 1, CT_SERVICE, now);
 	if (e && !(e->flags & CT_F_HAIRPIN)) {
 		struct quote m = {};
 		m.saddr = n->daddr;                 /* the flow's masquerade: client -> backend */
@@ -197,14 +197,14 @@ static __always_inline int __icmp4_reverse(struct quote *n, __be32 *odst, __u64 
 		n->saddr = e->nat_addr;
 		n->sport = e->nat_port;
 		*odst = e->nat_addr;
-		struct ct_entry *o = icmp4_lookup(&m, 0, CT_SNAT_OUT, now);
+		struct ct_entry *o = __icmp4_lookup(&m, 0, CT_SNAT_OUT, now);
 		if (o) {
 			n->daddr = o->nat_addr;
 			n->dport = o->nat_port;
 		}
 		return ICMP4_TRANSLATED;
 	}
-	e = icmp4_lookup(n, 1, CT_SNAT_OUT, now);
+	e = __icmp4_lookup(n, 1, CT_SNAT_OUT, now);
 	if (!e)
 		return ICMP4_NOT_OURS;
 	n->daddr = e->nat_addr;
@@ -237,13 +237,13 @@ static __always_inline int __icmp4_rewrite(struct __sk_buff *skb, const struct p
 
 /* Translate an ICMP error about one of our flows (see above): ICMP4_NOT_OURS, ICMP4_TRANSLATED,
  * ICMP4_BOUNCE, or -DROP_NAT_FAILED. */
-static __always_inline int icmp4_error_translate(struct __sk_buff *skb, const struct pkt *p, __u64 now)
+static __always_inline int __icmp4_error_translate(struct __sk_buff *skb, const struct pkt *p, __u64 now)
 {
 	__u32 quote_words[QUOTE_LEN / 4];
 	struct quote q = {}, n = {};
 	__be32 osrc = p->saddr, odst = p->daddr;
 
-	if (!icmp4_quote_read(skb, p, quote_words, &q))
+	if (!__icmp4_quote_read(skb, p, quote_words, &q))
 		return ICMP4_NOT_OURS;
 	n = q;
 	int found = __icmp4_forward(&n, &osrc, &odst, now);
@@ -255,24 +255,24 @@ static __always_inline int icmp4_error_translate(struct __sk_buff *skb, const st
 	return IS_DROP(ret) ? ret : found;
 }
 
-/* On egress hooks, after icmp4_error_translate: the outer source of an error about a flow whose
+/* On egress hooks, after __icmp4_error_translate: the outer source of an error about a flow whose
  * frontend (or masquerade address) is the node's own address, when the error came from the
  * translated end itself — written here, where the node's address is no martian. The quote is
  * as the error's recipient sent it: client -> frontend (the error came from the backend), or
  * remote -> node IP:port (it came from the pod or client behind the mapping). ICMP4_TRANSLATED
  * if rewritten, ICMP4_NOT_OURS if not, or -DROP_NAT_FAILED. */
-static __always_inline int icmp4_error_source(struct __sk_buff *skb, const struct pkt *p, __u64 now)
+static __always_inline int __icmp4_error_source(struct __sk_buff *skb, const struct pkt *p, __u64 now)
 {
 	__u32 quote_words[QUOTE_LEN / 4];
 	struct quote q = {};
-	if (!icmp4_quote_read(skb, p, quote_words, &q))
+	if (!__icmp4_quote_read(skb, p, quote_words, &q))
 		return ICMP4_NOT_OURS;
 	__be32 osrc;
-	if (bpf_skb_load_bytes(skb, IP_SRC_OFF, &osrc, 4) < 0)
+	if (bpf_skb_load_bytes(skb, IP_SRC_OFF, &osrc, sizeof(osrc)) < 0)
 		return ICMP4_NOT_OURS;
-	struct ct_entry *e = icmp4_lookup(&q, 0, CT_SERVICE, now);
+	struct ct_entry *e = __icmp4_lookup(&q, 0, CT_SERVICE, now);
 	if (!e || (e->flags & CT_F_HAIRPIN)) {
-		e = icmp4_lookup(&q, 0, CT_SNAT_IN, now);
+		e = __icmp4_lookup(&q, 0, CT_SNAT_IN, now);
 		if (e && (e->flags & CT_F_HAIRPIN))
 			e = NULL;
 	}
@@ -284,12 +284,12 @@ static __always_inline int icmp4_error_source(struct __sk_buff *skb, const struc
 
 /* An ICMP error at a hook: translated if it is about one of our flows (and, on egress hooks, its
  * source). ICMP4_NOT_OURS, ICMP4_TRANSLATED, ICMP4_BOUNCE, or -DROP_NAT_FAILED. */
-static __always_inline int icmp4_error(struct __sk_buff *skb, const struct pkt *p, __u64 now, int egress)
+static __always_inline int __icmp4_error(struct __sk_buff *skb, const struct pkt *p, __u64 now, int egress)
 {
-	int t = icmp4_error_translate(skb, p, now);
+	int t = __icmp4_error_translate(skb, p, now);
 	if (IS_DROP(t) || t == ICMP4_BOUNCE || !egress)
 		return t;
-	int s = icmp4_error_source(skb, p, now);
+	int s = __icmp4_error_source(skb, p, now);
 	if (IS_DROP(s))
 		return s;
 	return (t || s) ? ICMP4_TRANSLATED : ICMP4_NOT_OURS;
@@ -300,7 +300,7 @@ static __always_inline int icmp4_error(struct __sk_buff *skb, const struct pkt *
  * way to the pod already. */
 static __always_inline int icmp4_error_at_pod(struct __sk_buff *skb, const struct pkt *p, __u64 now, int egress)
 {
-	int ret = icmp4_error(skb, p, now, egress);
+	int ret = __icmp4_error(skb, p, now, egress);
 	if (IS_DROP(ret))
 		return ret;
 	if (ret == ICMP4_NOT_OURS)
@@ -312,7 +312,7 @@ static __always_inline int icmp4_error_at_pod(struct __sk_buff *skb, const struc
 /* The verdict for an ICMP error on the node uplink: translated, or passed as not ours. */
 static __always_inline int icmp4_error_at_uplink(struct __sk_buff *skb, const struct pkt *p, __u64 now, int egress)
 {
-	int ret = icmp4_error(skb, p, now, egress);
+	int ret = __icmp4_error(skb, p, now, egress);
 	if (IS_DROP(ret))
 		return ret;
 	if (ret == ICMP4_NOT_OURS)

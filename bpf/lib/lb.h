@@ -24,11 +24,11 @@ BPF_TABLE("lru_hash", struct affinity_key, struct affinity_value, affinity, AFFI
 BPF_F_TABLE("hash", struct affinity_match_key, __u8, affinity_match, SVC_MAP_SIZE, BPF_F_NO_PREALLOC);
 
 /* loadBalancerSourceRanges: which clients each LoadBalancer frontend admits */
-BPF_F_TABLE("lpm_trie", struct lb_source_key, __u8, lb_sources, 16384, BPF_F_NO_PREALLOC);
+BPF_F_TABLE("lpm_trie", struct lb_source_key, __u8, lb_sources, LB_SOURCES_MAP_SIZE, BPF_F_NO_PREALLOC);
 
 #define LB_SOURCE_KEY_BITS 64   /* lb_sources: the 32 bits of svc_id, then a full IPv4 address */
 
-static __always_inline struct svc_value *lb4_lookup_service_scope(__u8 scope, __be32 vip, __be16 port,
+static __always_inline struct svc_value *__lb4_lookup_service_scope(__u8 scope, __be32 vip, __be16 port,
 								  __u8 proto, __u16 slot)
 {
 	struct svc_key k = {};
@@ -40,16 +40,22 @@ static __always_inline struct svc_value *lb4_lookup_service_scope(__u8 scope, __
 	return services.lookup(&k);
 }
 
+/* A backend's address and port by id, or NULL (mid-update). */
+static __always_inline struct backend *lb4_lookup_backend(__u32 id)
+{
+	return id ? backends.lookup(&id) : NULL;
+}
+
 static __always_inline struct svc_value *lb4_lookup_service(__be32 vip, __be16 port, __u8 proto, __u16 slot)
 {
-	return lb4_lookup_service_scope(SCOPE_EXTERNAL, vip, port, proto, slot);
+	return __lb4_lookup_service_scope(SCOPE_EXTERNAL, vip, port, proto, slot);
 }
 
 /* The entry a pod (or a node process) uses for a frontend: its own for an external frontend with
  * externalTrafficPolicy Local (every endpoint, kube-proxy's short-circuit), else everybody's. */
 static __always_inline struct svc_value *lb4_lookup_service_for_pod(__be32 vip, __be16 port, __u8 proto)
 {
-	struct svc_value *svc = lb4_lookup_service_scope(SCOPE_POD, vip, port, proto, 0);
+	struct svc_value *svc = __lb4_lookup_service_scope(SCOPE_POD, vip, port, proto, 0);
 	return svc ? svc : lb4_lookup_service(vip, port, proto, 0);
 }
 
@@ -104,7 +110,7 @@ static __always_inline __u32 lb4_choose_backend(const struct svc_value *svc, __b
 	if (!id) {
 		__u16 slot = (hash % svc->count) + 1;
 		__u8 scope = (svc->flags & SVC_F_POD_SCOPE) ? SCOPE_POD : SCOPE_EXTERNAL;
-		struct svc_value *s = lb4_lookup_service_scope(scope, vip, port, proto, slot);
+		struct svc_value *s = __lb4_lookup_service_scope(scope, vip, port, proto, slot);
 		if (!s)
 			return 0;
 		id = s->backend_id;

@@ -15,6 +15,7 @@
 
 #include "types.h"
 #include "consts.h"
+#include "verdict.h"
 #include "parse.h"
 
 #define SPORT_OFF (L4_OFF + offsetof(struct tcphdr, source))   /* the same in a UDP header */

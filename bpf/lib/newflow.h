@@ -46,7 +46,7 @@ static __always_inline int __lb4_new_flow_backend(struct __sk_buff *skb, struct 
 		return lb4_reject(skb, p, REJECT_NO_ENDPOINTS);
 	}
 	*id = lb4_select_backend(p, svc, cfg->seed, now);
-	*be = *id ? backends.lookup(id) : NULL;
+	*be = lb4_lookup_backend(*id);
 	if (!*be)
 		return -DROP_NO_BACKEND;
 	return DP_CONTINUE;
@@ -69,12 +69,12 @@ static __always_inline void __lb4_new_flow_entries(const struct pkt *p, const st
 
 /* Store a new flow: `fwd` keyed by the packet as sent, and (rev not NULL) `rev` keyed by the
  * backend's reply to the client. 0, or -DROP_CT_FULL if the table refused them. */
-static __always_inline int lb4_flow_store(const struct pkt *p, const struct backend *be, struct ct_entry *fwd,
+static __always_inline int __lb4_flow_store(const struct pkt *p, const struct backend *be, struct ct_entry *fwd,
 					  struct ct_entry *rev)
 {
 	struct ct_key fk = {}, rk = {};
 	ct4_key_of(&fk, p, CT_SERVICE);
-	if (conntrack.update(&fk, fwd) < 0)
+	if (ct4_store(&fk, fwd) < 0)
 		return -DROP_CT_FULL;
 	if (!rev)
 		return 0;
@@ -84,8 +84,8 @@ static __always_inline int lb4_flow_store(const struct pkt *p, const struct back
 	rk.dport = p->sport;
 	rk.proto = p->proto;
 	rk.dir = CT_REPLY;
-	if (conntrack.update(&rk, rev) < 0) {
-		conntrack.delete(&fk);
+	if (ct4_store(&rk, rev) < 0) {
+		ct4_remove(&fk);
 		return -DROP_CT_FULL;
 	}
 	return 0;
@@ -109,12 +109,12 @@ static __always_inline int __lb4_new_hairpin(struct __sk_buff *skb, const struct
 		return ret;
 	fwd->snat_addr = cfg->node_ip;
 	fwd->snat_port = port;
-	ret = lb4_flow_store(p, be, fwd, NULL);
+	ret = __lb4_flow_store(p, be, fwd, NULL);
 	if (IS_DROP(ret)) {
 		struct ct_key fk = {}, pk = {};
 		ct4_key_of(&fk, p, CT_SERVICE);
 		ct4_peer_key(&pk, &fk, fwd);
-		conntrack.delete(&pk);             /* the mapping claimed above goes with it */
+		ct4_remove(&pk);             /* the mapping claimed above goes with it */
 		return ret;
 	}
 	metrics_count(M_HAIRPIN);
@@ -147,7 +147,7 @@ static __always_inline int __lb4_new_nat(struct __sk_buff *skb, const struct pkt
 		fwd->snat_addr = cfg->node_ip;   /* the mapping, to heal it should the table lose it */
 		fwd->snat_port = port;
 	}
-	int ret = lb4_flow_store(p, be, fwd, rev);
+	int ret = __lb4_flow_store(p, be, fwd, rev);
 	if (IS_DROP(ret) && masq)
 		snat4_unmap_after_dnat(p, be);
 	return ret;

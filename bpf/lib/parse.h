@@ -23,6 +23,8 @@ BPF_TABLE("lru_hash", struct frag_key, struct frag_ports, frags, FRAG_MAP_SIZE);
 
 #define IP_OFF        ETH_HLEN
 #define IPV4_HLEN     sizeof(struct iphdr)              /* without options */
+#define IPV4_IHL_MIN  (IPV4_HLEN / 4)                   /* ihl counts 32-bit words */
+#define IPV4_IHL_UNIT 4
 #define IP_CSUM_OFF   (IP_OFF + offsetof(struct iphdr, check))
 #define IP_SRC_OFF    (IP_OFF + offsetof(struct iphdr, saddr))
 #define IP_DST_OFF    (IP_OFF + offsetof(struct iphdr, daddr))
@@ -41,7 +43,7 @@ BPF_TABLE("lru_hash", struct frag_key, struct frag_ports, frags, FRAG_MAP_SIZE);
 #define HOOK_INGRESS  0
 #define HOOK_EGRESS   1
 
-/* What pkt4_parse found that is not a malformed packet (those are -DROP_* reasons). */
+/* What __pkt4_parse found that is not a malformed packet (those are -DROP_* reasons). */
 #define PKT4_IPV4      0
 #define PKT4_NOT_IPV4  1   /* passed: not ours */
 
@@ -83,16 +85,16 @@ static __always_inline int __pkt4_parse_l4(struct __sk_buff *skb, struct pkt *p,
 		__u8 tcp[TCP_FLAGS_OFF + 1];
 		if (l4len < sizeof(struct tcphdr) || bpf_skb_load_bytes(skb, p->l4_off, tcp, sizeof(tcp)) < 0)
 			return -DROP_TRUNCATED_L4;
-		__builtin_memcpy(&p->sport, &tcp[0], 2);
-		__builtin_memcpy(&p->dport, &tcp[2], 2);
+		__builtin_memcpy(&p->sport, &tcp[offsetof(struct tcphdr, source)], sizeof(p->sport));
+		__builtin_memcpy(&p->dport, &tcp[offsetof(struct tcphdr, dest)], sizeof(p->dport));
 		p->tcp_flags = tcp[TCP_FLAGS_OFF];
 		p->has_l4 = 1;
 	} else if (p->proto == IPPROTO_UDP) {
-		__u8 udp[4];
+		__u8 udp[offsetof(struct udphdr, len)];        /* the ports */
 		if (l4len < sizeof(struct udphdr) || bpf_skb_load_bytes(skb, p->l4_off, udp, sizeof(udp)) < 0)
 			return -DROP_TRUNCATED_L4;
-		__builtin_memcpy(&p->sport, &udp[0], 2);
-		__builtin_memcpy(&p->dport, &udp[2], 2);
+		__builtin_memcpy(&p->sport, &udp[offsetof(struct udphdr, source)], sizeof(p->sport));
+		__builtin_memcpy(&p->dport, &udp[offsetof(struct udphdr, dest)], sizeof(p->dport));
 		p->has_l4 = 1;
 	} else if (p->proto == IPPROTO_ICMP) {
 		__u8 icmp[ICMP_HLEN];
@@ -105,16 +107,16 @@ static __always_inline int __pkt4_parse_l4(struct __sk_buff *skb, struct pkt *p,
 }
 
 /* PKT4_IPV4 with p filled, PKT4_NOT_IPV4, or the reason a malformed packet is dropped. */
-static __always_inline int pkt4_parse(struct __sk_buff *skb, struct pkt *p)
+static __always_inline int __pkt4_parse(struct __sk_buff *skb, struct pkt *p)
 {
 	struct ethhdr eth;
 	struct iphdr ip;
 
 	if (bpf_skb_load_bytes(skb, 0, &eth, sizeof(eth)) < 0 || eth.h_proto != bpf_htons(ETH_P_IP))
 		return PKT4_NOT_IPV4;
-	if (bpf_skb_load_bytes(skb, IP_OFF, &ip, sizeof(ip)) < 0 || ip.version != 4 || ip.ihl < 5)
+	if (bpf_skb_load_bytes(skb, IP_OFF, &ip, sizeof(ip)) < 0 || ip.version != 4 || ip.ihl < IPV4_IHL_MIN)
 		return -DROP_BAD_IHL;
-	__u32 hlen = ip.ihl * 4;
+	__u32 hlen = ip.ihl * IPV4_IHL_UNIT;
 	__u32 tot = bpf_ntohs(ip.tot_len);
 	if (tot < hlen || IP_OFF + tot > skb->len)
 		return hlen + IP_OFF > skb->len ? -DROP_BAD_IHL : -DROP_BAD_LEN;
@@ -130,7 +132,7 @@ static __always_inline int pkt4_parse(struct __sk_buff *skb, struct pkt *p)
 	p->sport = p->dport = 0;
 	p->tcp_flags = 0;
 	if (p->later)
-		return PKT4_IPV4;   /* later fragments carry no L4 header (pkt4_frag_ports finds their ports) */
+		return PKT4_IPV4;   /* later fragments carry no L4 header (__pkt4_frag_ports finds their ports) */
 	int ret = __pkt4_parse_l4(skb, p, tot - hlen);
 	return IS_DROP(ret) ? ret : PKT4_IPV4;
 }
@@ -140,7 +142,7 @@ static __always_inline int pkt4_parse(struct __sk_buff *skb, struct pkt *p)
  * the later fragments, which carry no L4 header, find their flow and get the same address
  * translation (the first fragment's rewrite already fixed the L4 checksum, which covers the whole
  * datagram). A later fragment whose first was not seen here keeps has_l4 0. */
-static __always_inline void pkt4_frag_ports(struct pkt *p)
+static __always_inline void __pkt4_frag_ports(struct pkt *p)
 {
 	if (!p->fragment || (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP))
 		return;
@@ -168,17 +170,16 @@ static __always_inline void pkt4_frag_ports(struct pkt *p)
  * DP_CONTINUE (with *cfg and *now set), a pass for what is not IPv4, a drop for the malformed. */
 static __always_inline int pkt4_begin(struct __sk_buff *skb, struct pkt *p, struct dp_config **cfg, __u64 *now)
 {
-	__u32 zero = 0;
-	int ret = pkt4_parse(skb, p);
+	int ret = __pkt4_parse(skb, p);
 	if (IS_DROP(ret))
 		return ret;
 	if (ret == PKT4_NOT_IPV4)
 		return dp_pass();
-	*cfg = config.lookup(&zero);
+	*cfg = config_get();
 	if (!*cfg)
 		return dp_pass();
 	*now = bpf_ktime_get_ns() + (*cfg)->clock_offset;
-	pkt4_frag_ports(p);
+	__pkt4_frag_ports(p);
 	return DP_CONTINUE;
 }
 

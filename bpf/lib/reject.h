@@ -9,6 +9,7 @@
 #include <uapi/linux/in.h>
 #include <uapi/linux/ip.h>
 #include <uapi/linux/icmp.h>
+#include <linux/stddef.h>
 
 #include "metrics.h"
 #include "verdict.h"

@@ -36,7 +36,7 @@
 BPF_TABLE("lru_hash", struct ct_key, struct nosnat_value, nosnat, NOSNAT_MAP_SIZE);
 
 /* destinations pods reach without masquerade (ip-masq-agent's nonMasqueradeCIDRs) */
-BPF_F_TABLE("lpm_trie", struct lpm_v4_key, __u8, nonmasq, 64, BPF_F_NO_PREALLOC);
+BPF_F_TABLE("lpm_trie", struct lpm_v4_key, __u8, nonmasq, NONMASQ_MAP_SIZE, BPF_F_NO_PREALLOC);
 
 #define LPM_V4_HOST_BITS 32          /* an lpm_v4_key that matches one address */
 
@@ -160,14 +160,14 @@ static __always_inline int snat4_claim(struct __sk_buff *skb, const struct pkt *
 		if (!port)
 			continue;
 		__snat4_in_key(&ki, p, cfg->node_ip, port);
-		struct ct_entry *held = conntrack.lookup(&ki);
+		struct ct_entry *held = ct4_get(&ki);
 		if (held && held->expires <= now)
-			conntrack.delete(&ki);       /* a dead flow's mapping is free again */
+			ct4_remove(&ki);       /* a dead flow's mapping is free again */
 		else if (held)
 			continue;
 		if (__snat4_socket_holds(skb, p->proto, p->daddr, p->dport, cfg->node_ip, port))
 			continue;
-		if (conntrack.insert(&ki, in) == 0) {
+		if (ct4_claim(&ki, in) == 0) {
 			if (attempt && __snat4_candidate(p, cfg, 0, keep))
 				/* the flow's own port was in range, but taken */
 				metrics_count(M_SNAT_PORT_MOVED);
@@ -181,7 +181,7 @@ static __always_inline int snat4_claim(struct __sk_buff *skb, const struct pkt *
 /* A masquerade mapping for flow p (source -> remote as it leaves): its SNAT_IN entry, claimed,
  * and its SNAT_OUT entry (source -> remote -> node IP:port). 0 and *port_out, or
  * -DROP_SNAT_EXHAUSTED: no port free, or (counted the same) the SNAT_OUT entry refused. */
-static __always_inline int snat4_map(struct __sk_buff *skb, const struct pkt *p, const struct dp_config *cfg,
+static __always_inline int __snat4_map(struct __sk_buff *skb, const struct pkt *p, const struct dp_config *cfg,
 				     __u64 now, __be16 *port_out)
 {
 	struct ct_entry out = {}, in = {};
@@ -193,7 +193,7 @@ static __always_inline int snat4_map(struct __sk_buff *skb, const struct pkt *p,
 	 * first, with its own SNAT_IN: never two mappings for one flow, never a leftover that
 	 * answers for the new one */
 	ct4_key_of(&ko, p, CT_SNAT_OUT);
-	struct ct_entry *old = conntrack.lookup(&ko);
+	struct ct_entry *old = ct4_get(&ko);
 	if (old)
 		ct4_delete(&ko, old);
 	out.expires = in.expires = now + ct4_lifetime(cfg, p->proto, 0);
@@ -205,10 +205,10 @@ static __always_inline int snat4_map(struct __sk_buff *skb, const struct pkt *p,
 	out.nat_addr = cfg->node_ip;
 	out.nat_port = port;
 	ct4_key_of(&ko, p, CT_SNAT_OUT);
-	if (conntrack.update(&ko, &out) < 0) {
+	if (ct4_store(&ko, &out) < 0) {
 		struct ct_key ki = {};
 		__snat4_in_key(&ki, p, cfg->node_ip, port);
-		conntrack.delete(&ki);
+		ct4_remove(&ki);
 		return -DROP_SNAT_EXHAUSTED;
 	}
 	*port_out = port;
@@ -234,7 +234,7 @@ static __always_inline int snat4_map_after_dnat(struct __sk_buff *skb, const str
 {
 	struct pkt after;
 	snat4_after_dnat(&after, p, be);
-	return snat4_map(skb, &after, cfg, now, port_out);
+	return __snat4_map(skb, &after, cfg, now, port_out);
 }
 
 /* Undo snat4_map_after_dnat (the flow could not be stored after all). */
@@ -244,7 +244,7 @@ static __always_inline void snat4_unmap_after_dnat(const struct pkt *p, const st
 	struct ct_key ko = {};
 	snat4_after_dnat(&after, p, be);
 	ct4_key_of(&ko, &after, CT_SNAT_OUT);
-	struct ct_entry *out = conntrack.lookup(&ko);
+	struct ct_entry *out = ct4_get(&ko);
 	if (out)
 		ct4_delete(&ko, out);
 }
@@ -262,7 +262,7 @@ static __always_inline void snat4_heal(const struct pkt *p, const struct ct_entr
 	after.daddr = e->nat_addr;
 	after.dport = e->nat_port;
 	ct4_key_of(&ko, &after, CT_SNAT_OUT);
-	if (conntrack.lookup(&ko))
+	if (ct4_get(&ko))
 		return;
 	struct ct_entry out = {}, in = {};
 	out.expires = in.expires = e->expires;
@@ -272,14 +272,14 @@ static __always_inline void snat4_heal(const struct pkt *p, const struct ct_entr
 	in.nat_addr = p->saddr;
 	in.nat_port = p->sport;
 	__snat4_in_key(&ki, &after, e->snat_addr, e->snat_port);
-	struct ct_entry *held = conntrack.lookup(&ki);
+	struct ct_entry *held = ct4_get(&ki);
 	if (held) {
 		if (!ct4_peer_is_ours(&ko, &ki, held))
 			return;                      /* the port went to another flow meanwhile */
-	} else if (conntrack.insert(&ki, &in) != 0) {
+	} else if (ct4_claim(&ki, &in) != 0) {
 		return;
 	}
-	if (conntrack.update(&ko, &out) == 0)
+	if (ct4_store(&ko, &out) == 0)
 		metrics_count(M_CT_RESTORED);
 }
 
@@ -301,7 +301,7 @@ static __always_inline int snat4_new_flow(struct __sk_buff *skb, struct pkt *p, 
 					  __u64 now)
 {
 	__be16 port;
-	int ret = snat4_map(skb, p, cfg, now, &port);
+	int ret = __snat4_map(skb, p, cfg, now, &port);
 	if (IS_DROP(ret))
 		return ret;
 	ret = nat4_set_src(skb, p, cfg->node_ip, port);

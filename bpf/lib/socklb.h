@@ -57,7 +57,6 @@ static __always_inline __u32 __sock4_hash(__u32 seed, __u64 cookie, __be32 daddr
  * to refuse it. */
 static __always_inline int sock4_translate(struct bpf_sock_addr *ctx)
 {
-	__u32 zero = 0;
 	__be32 daddr = ctx->user_ip4;
 	__be16 dport = (__be16)ctx->user_port;
 	__u8 proto = ctx->protocol;
@@ -66,7 +65,7 @@ static __always_inline int sock4_translate(struct bpf_sock_addr *ctx)
 	struct svc_value *svc = lb4_lookup_service_for_pod(daddr, dport, proto);
 	if (!svc)
 		return lb4_is_vip(daddr) ? __sock4_refuse(REJECT_PORT_UNSERVED) : 1;
-	struct dp_config *cfg = config.lookup(&zero);
+	struct dp_config *cfg = config_get();
 	if (!cfg)
 		return 1;
 	if (!lb4_source_allowed(svc, cfg->node_ip))
@@ -77,7 +76,7 @@ static __always_inline int sock4_translate(struct bpf_sock_addr *ctx)
 	__u64 cookie = dp_socket_cookie(ctx);
 	__u32 hash = __sock4_hash(cfg->seed, cookie, daddr, dport, proto);
 	__u32 id = lb4_choose_backend(svc, cfg->node_ip, hash, daddr, dport, proto, now);
-	struct backend *be = id ? backends.lookup(&id) : NULL;
+	struct backend *be = lb4_lookup_backend(id);
 	if (!be)
 		return 1;
 	struct sock_revnat_key rk = {};

@@ -10,7 +10,9 @@
  *     0              done
  *     < 0            failed: the negated drop reason that says what failed
  *     checked with   if (IS_DROP(ret)) return ret;
- *   predicates (is_..., ..._holds, ...): 1 or 0, never a reason.
+ *   classifiers (what kind of packet is this: __pkt4_parse, the icmp4_error* family)
+ *     >= 0           a code of their own (PKT4_*, ICMP4_*), < 0 a drop reason as above
+ *   predicates (is_..., ..._holds, __icmp4_quote_read, ...): 1 or 0, never a reason.
  *
  * A drop reason is its counter's index (enum metric), so that a drop is counted once, by the
  * entry point that returns it (dp_verdict), wherever it was decided. */
@@ -39,6 +41,8 @@ static __always_inline int dp_verdict(int ret)
 		metrics_count(-ret);
 		return TC_ACT_SHOT;
 	}
+	if (ret == DP_CONTINUE)     /* no stage decided: never leaves as a verdict of its own */
+		return dp_pass();
 	return ret;
 }
 

@@ -5,6 +5,13 @@ function of bpf/, of the same name: docs/ebpf.md, "Conventions") but not its ari
 with `struct`, recomputes checksums in full (the C updates them incrementally), and keeps its
 state in plain dicts. It is the oracle the BPF programs are checked against (tests/bpf), and the packet engine of
 the emulator (`--backend emulator`). Every result says why, step by step.
+
+C functions without a twin of their own: the rewrites nat4_set_src/nat4_set_dst and
+__lb4_xlate/__lb4_xlate_metric are inlined in _lb4_known_flow (XLATE_METRIC), the scope argument
+of lb4_lookup_service_scope is a keyword of _lb4_lookup_service, dp_verdict is _dp_drop plus
+Result, the maps' own operations (ct4_get/ct4_store/ct4_claim/ct4_remove, lb4_lookup_backend,
+config_get) are dict operations, and the socket hooks (sock.c) are the emulator's (sock_connect),
+not this module's.
 """
 from __future__ import annotations
 
@@ -731,7 +738,8 @@ class PodHooks:
                                  why + [f"no free port on {node_ip} for {p.daddr}:{p.dport}"])
         why.append(f"masquerade {p.saddr}:{p.sport} as {node_ip}:{port}")
         p.saddr, p.sport = node_ip, port
-        return self._lb4_forward(p, False, "M_SNAT_NEW", why)
+        self._metrics_count("M_SNAT_NEW")
+        return Result("pass", _finish(p), "M_SNAT_NEW", why)
 
     # -- icmp.h ------------------------------------------------------------------------------------
 
@@ -895,13 +903,14 @@ class PodHooks:
     # -- flow.h: the known-flow sequence -----------------------------------------------------------
 
     def _lb4_forward(self, p: Packet, bounce: bool, reason: str, why: list) -> Result:
-        """The rewritten packet, counted, to routing or (a hairpin's) straight back to its pod."""
+        """The rewritten packet (counted by the caller, under `reason`) to routing or (a hairpin's)
+        straight back to its pod."""
         data = bytearray(_finish(p))
         if bounce:
             _swap_macs(data)
             why.append("sent straight back to the pod it came from")
-            return self._result("redirect", data, reason, why)
-        return self._result("pass", data, reason, why)
+            return Result("redirect", bytes(data), reason, why)
+        return Result("pass", bytes(data), reason, why)
 
     def _lb4_known_flow(self, p: Packet, now: int, key: CtKey, e: CtEntry, xlate: int, where: int,
                         why: list) -> Result:
@@ -920,6 +929,7 @@ class PodHooks:
         else:
             p.daddr, p.dport = e.nat_addr, e.nat_port
         why.append(f"known flow ({CT_DIRS[key.dir]}): now {p.saddr}:{p.sport} -> {p.daddr}:{p.dport}")
+        self._metrics_count(XLATE_METRIC[xlate])
         return self._lb4_forward(p, where == AT_POD and e.hairpin, XLATE_METRIC[xlate], why)
 
     # -- newflow.h: a new flow to a frontend -------------------------------------------------------
@@ -1010,7 +1020,9 @@ class PodHooks:
         if r is not None:
             return r
         why.append(f"DNAT {p.daddr}:{p.dport} -> {be.addr}:{be.port}")
-        return self._lb4_forward(self._nat4_dnat(p, fwd), where == AT_POD and fwd.hairpin, "M_DNAT_NEW", why)
+        p = self._nat4_dnat(p, fwd)
+        self._metrics_count("M_DNAT_NEW")
+        return self._lb4_forward(p, where == AT_POD and fwd.hairpin, "M_DNAT_NEW", why)
 
     # -- pod.c -------------------------------------------------------------------------------------
 
