@@ -39,6 +39,13 @@ QUOTE_LEN = IPV4_HLEN + 8      # what an ICMP error quotes: the header + the 8 b
 ICMP_DEST_UNREACH, ICMP_PORT_UNREACH = 3, 3
 REJECT_TTL = 64
 L4_CSUM_OFF = {TCP: 16, UDP: 6}                   # the checksum's offset in a TCP / UDP header
+L4_HLEN = {TCP: 20, UDP: 8, ICMP: ICMP_HLEN}       # what a packet must carry of its L4 header
+# offsets in the IPv4 header (RFC 791), as the C's offsetof(struct iphdr, ...)
+IP_TOT_LEN, IP_ID, IP_FRAG, IP_PROTO, IP_CSUM, IP_SRC, IP_DST = 2, 4, 6, 9, 10, 12, 16
+IP_MF_OFFSET = 0x3FFF            # more-fragments flag and fragment offset: any fragment
+IP_OFFMASK = 0x1FFF              # the fragment offset: a later fragment
+IPV4_NO_OPTIONS = 0x45           # version 4, header of 5 words
+TCP_FLAGS_OFF = 13               # the byte of FIN, SYN, RST, ACK in a TCP header
 QUOTE_UDP_CSUM_OFF = IPV4_HLEN + L4_CSUM_OFF[UDP]  # in a quote: the quoted UDP header's checksum
 SNAT_RETRIES = 32
 LINK_LOCAL = IPv4Network("169.254.0.0/16")
@@ -235,39 +242,40 @@ class Packet:
 
     @property
     def options(self) -> bool:
-        return self.ihl > 20
+        return self.ihl > IPV4_HLEN
 
 
 def parse(frame: bytes):
     """(Packet, None), (None, None) for a frame that is not IPv4, or (None, reason) if malformed."""
     if len(frame) < ETH_HLEN or struct.unpack("!H", frame[12:14])[0] != ETH_P_IP:
         return None, None
-    if len(frame) < ETH_HLEN + 20:
+    if len(frame) < ETH_HLEN + IPV4_HLEN:
         return None, "DROP_BAD_IHL"
     vihl = frame[ETH_HLEN]
     ihl = (vihl & 0x0F) * 4
-    if vihl >> 4 != 4 or ihl < 20:
+    if vihl >> 4 != 4 or ihl < IPV4_HLEN:
         return None, "DROP_BAD_IHL"
-    total = struct.unpack("!H", frame[ETH_HLEN + 2:ETH_HLEN + 4])[0]
+    ip = ETH_HLEN
+    total = struct.unpack("!H", frame[ip + IP_TOT_LEN:ip + IP_TOT_LEN + 2])[0]
     if total < ihl or ETH_HLEN + total > len(frame):
         return None, "DROP_BAD_IHL" if ETH_HLEN + ihl > len(frame) else "DROP_BAD_LEN"
-    frag = struct.unpack("!H", frame[ETH_HLEN + 6:ETH_HLEN + 8])[0]
-    p = Packet(bytearray(frame), ihl, total, frame[ETH_HLEN + 9],
-               IPv4Address(frame[ETH_HLEN + 12:ETH_HLEN + 16]), IPv4Address(frame[ETH_HLEN + 16:ETH_HLEN + 20]),
-               fragment=bool(frag & 0x3FFF), later_fragment=bool(frag & 0x1FFF),
-               ident=struct.unpack("!H", frame[ETH_HLEN + 4:ETH_HLEN + 6])[0])
+    frag = struct.unpack("!H", frame[ip + IP_FRAG:ip + IP_FRAG + 2])[0]
+    p = Packet(bytearray(frame), ihl, total, frame[ip + IP_PROTO],
+               IPv4Address(frame[ip + IP_SRC:ip + IP_SRC + 4]), IPv4Address(frame[ip + IP_DST:ip + IP_DST + 4]),
+               fragment=bool(frag & IP_MF_OFFSET), later_fragment=bool(frag & IP_OFFMASK),
+               ident=struct.unpack("!H", frame[ip + IP_ID:ip + IP_ID + 2])[0])
     p.orig = (p.saddr, p.daddr, 0, 0)
     if p.later_fragment:
         return p, None
     l4len, o = total - ihl, p.l4
-    need = {TCP: 20, UDP: 8, ICMP: 8}.get(p.proto, 0)
+    need = L4_HLEN.get(p.proto, 0)
     if l4len < need:
         return None, "DROP_TRUNCATED_L4"
     if p.proto in (TCP, UDP):
         p.sport, p.dport = struct.unpack("!HH", frame[o:o + 4])
         p.has_ports, p.orig = True, (p.saddr, p.daddr, p.sport, p.dport)
         if p.proto == TCP:
-            p.tcp_flags = frame[o + 13]
+            p.tcp_flags = frame[o + TCP_FLAGS_OFF]
     elif p.proto == ICMP:
         p.icmp_type = frame[o]
     return p, None
@@ -278,10 +286,10 @@ def parse(frame: bytes):
 def _finish(p: Packet) -> bytes:
     f = p.frame
     ip = ETH_HLEN
-    f[ip + 12:ip + 16] = p.saddr.packed
-    f[ip + 16:ip + 20] = p.daddr.packed
-    f[ip + 10:ip + 12] = b"\0\0"
-    f[ip + 10:ip + 12] = struct.pack("!H", csum(bytes(f[ip:ip + p.ihl])))
+    f[ip + IP_SRC:ip + IP_SRC + 4] = p.saddr.packed
+    f[ip + IP_DST:ip + IP_DST + 4] = p.daddr.packed
+    f[ip + IP_CSUM:ip + IP_CSUM + 2] = b"\0\0"
+    f[ip + IP_CSUM:ip + IP_CSUM + 2] = struct.pack("!H", csum(bytes(f[ip:ip + p.ihl])))
     if p.later_fragment:
         return bytes(f)                # no L4 header here: its first fragment carried the rest
     if p.fragment and p.proto in (TCP, UDP):
@@ -323,9 +331,9 @@ def _swap_macs(frame: bytearray) -> None:
 def _set_outer(p: Packet) -> None:
     """An ICMP error's outer addresses as p says, with the IP checksum (ICMP has no pseudo-header)."""
     f, ip = p.frame, ETH_HLEN
-    f[ip + 12:ip + 16], f[ip + 16:ip + 20] = p.saddr.packed, p.daddr.packed
-    f[ip + 10:ip + 12] = b"\0\0"
-    f[ip + 10:ip + 12] = struct.pack("!H", csum(bytes(f[ip:ip + p.ihl])))
+    f[ip + IP_SRC:ip + IP_SRC + 4], f[ip + IP_DST:ip + IP_DST + 4] = p.saddr.packed, p.daddr.packed
+    f[ip + IP_CSUM:ip + IP_CSUM + 2] = b"\0\0"
+    f[ip + IP_CSUM:ip + IP_CSUM + 2] = struct.pack("!H", csum(bytes(f[ip:ip + p.ihl])))
 
 
 # -- the datapath ----------------------------------------------------------------------------------
@@ -583,7 +591,8 @@ class PodHooks:
 
     def _lb4_select_backend(self, p: Packet, svc, now: int, why: list) -> int:
         f, ip, o = p.frame, ETH_HLEN, p.l4
-        h = hash_flow4(f[ip + 12:ip + 16], f[ip + 16:ip + 20], f[o:o + 2], f[o + 2:o + 4], p.proto, self.s.seed)
+        h = hash_flow4(f[ip + IP_SRC:ip + IP_SRC + 4], f[ip + IP_DST:ip + IP_DST + 4], f[o:o + 2], f[o + 2:o + 4],
+                       p.proto, self.s.seed)
         return self._lb4_choose_backend(svc, p.saddr, h, p.daddr, p.dport, p.proto, now, why)
 
     # -- nat.h -------------------------------------------------------------------------------------
@@ -643,7 +652,8 @@ class PodHooks:
         if attempt == 0:
             return keep if lo <= keep <= hi else None
         f, ip, o = p.frame, ETH_HLEN, p.l4
-        h = hash_flow4(f[ip + 12:ip + 16], f[ip + 16:ip + 20], f[o:o + 2], f[o + 2:o + 4], p.proto, self.s.seed)
+        h = hash_flow4(f[ip + IP_SRC:ip + IP_SRC + 4], f[ip + IP_DST:ip + IP_DST + 4], f[o:o + 2], f[o + 2:o + 4],
+                       p.proto, self.s.seed)
         return lo + hash_mix32(h ^ attempt) % (hi - lo + 1)
 
     def _snat4_claim(self, p: Packet, now: int, why: list, keep: int, entry: CtEntry):
@@ -697,7 +707,7 @@ class PodHooks:
                        p.sport, be.port, p.tcp_flags)
         # the hash reads the frame: show it the flow as it will be after DNAT
         f = bytearray(p.frame)
-        f[ETH_HLEN + 16:ETH_HLEN + 20] = be.addr.packed
+        f[ETH_HLEN + IP_DST:ETH_HLEN + IP_DST + 4] = be.addr.packed
         f[p.l4 + 2:p.l4 + 4] = struct.pack("!H", be.port)
         after.frame = f
         return after
@@ -751,11 +761,11 @@ class PodHooks:
         if p.options or ETH_HLEN + p.total < at + QUOTE_LEN:
             return None
         inner = bytes(p.frame[at:at + QUOTE_LEN])
-        if inner[0] != 0x45 or inner[9] not in (TCP, UDP):
+        if inner[0] != IPV4_NO_OPTIONS or inner[IP_PROTO] not in (TCP, UDP):
             return None
-        if struct.unpack("!H", inner[6:8])[0] & 0x1FFF:
+        if struct.unpack("!H", inner[IP_FRAG:IP_FRAG + 2])[0] & IP_OFFMASK:
             return None                 # a later fragment quoted: no ports in its first 8 bytes
-        return inner, Quote(IPv4Address(inner[12:16]), IPv4Address(inner[16:20]),
+        return inner, Quote(IPv4Address(inner[IP_SRC:IP_SRC + 4]), IPv4Address(inner[IP_DST:IP_DST + 4]),
                             *struct.unpack("!HH", inner[IPV4_HLEN:IPV4_HLEN + 4]), inner[9])
 
     def _icmp4_lookup(self, q: Quote, reversed_: bool, direction: int, now: int):
@@ -816,11 +826,12 @@ class PodHooks:
         new[IPV4_HLEN:IPV4_HLEN + 4] = struct.pack("!HH", n.sport, n.dport)
         p.saddr, p.daddr = osrc, odst
         f, o = p.frame, p.l4
-        new[10:12] = b"\0\0"
-        new[10:12] = struct.pack("!H", csum(bytes(new[:IPV4_HLEN])))
+        new[IP_CSUM:IP_CSUM + 2] = b"\0\0"
+        new[IP_CSUM:IP_CSUM + 2] = struct.pack("!H", csum(bytes(new[:IPV4_HLEN])))
         uc = slice(QUOTE_UDP_CSUM_OFF, QUOTE_UDP_CSUM_OFF + 2)
-        if inner[9] == UDP and inner[uc] != b"\0\0":
-            c = csum_update(struct.unpack("!H", inner[uc])[0], inner[12:24], bytes(new[12:24])) or 0xFFFF
+        tuple_ = slice(IP_SRC, IPV4_HLEN + 4)      # addresses and ports: what the pseudo-header and ports cover
+        if inner[IP_PROTO] == UDP and inner[uc] != b"\0\0":
+            c = csum_update(struct.unpack("!H", inner[uc])[0], inner[tuple_], bytes(new[tuple_])) or 0xFFFF
             new[uc] = struct.pack("!H", c)
         f[o + ICMP_HLEN:o + ICMP_HLEN + QUOTE_LEN] = new
         f[o + 2:o + 4] = b"\0\0"
@@ -892,7 +903,7 @@ class PodHooks:
         quote = bytes(p.frame[ETH_HLEN:ETH_HLEN + QUOTE_LEN])
         icmp = bytearray(struct.pack("!BBHI", ICMP_DEST_UNREACH, ICMP_PORT_UNREACH, 0, 0) + quote)
         icmp[2:4] = struct.pack("!H", csum(bytes(icmp)))
-        ip = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, IPV4_HLEN + len(icmp), 0, 0, REJECT_TTL, ICMP, 0,
+        ip = bytearray(struct.pack("!BBHHHBBH4s4s", IPV4_NO_OPTIONS, 0, IPV4_HLEN + len(icmp), 0, 0, REJECT_TTL, ICMP, 0,
                                    p.daddr.packed, p.saddr.packed))
         ip[10:12] = struct.pack("!H", csum(bytes(ip)))
         frame = bytearray(p.frame[:ETH_HLEN]) + ip + icmp
