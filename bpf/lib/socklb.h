@@ -3,8 +3,8 @@
  * backend before any packet exists, so the kernel sends straight to it, from the node's address;
  * the frontend is remembered per socket (cookie) and given back where the process looks:
  * recvmsg() source addresses of UDP answers and getpeername(). Attached only to the cgroups the
- * lab made for its nodes. A socket whose backend leaves its service is closed by the agent at
- * the next sync (as Cilium terminates them): it cannot be moved, its peer was fixed at connect().
+ * lab made for its nodes. A socket whose backend leaves its service is closed by the ebpf
+ * backend at the next sync (as Cilium terminates them): it cannot be moved, its peer was fixed at connect().
  *
  * The same service entries as for pods (the POD scope first, as pods reach external frontends),
  * the same affinity (the client is the node's address). A frontend without endpoints, or a

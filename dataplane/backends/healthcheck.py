@@ -1,6 +1,6 @@
-"""Health-check node ports in a live lab: one agent per node (dataplane.backends.healthcheck_server) serving
-every healthCheckNodePort that node has, from a state file that each sync rewrites. Agents run in
-the node namespaces, so lab teardown removes them with everything else."""
+"""Health-check node ports in a live lab: one server per node (dataplane.backends.healthcheck_server)
+serving every healthCheckNodePort that node has, from a state file that each sync rewrites. The
+servers run in the node namespaces, so lab teardown removes them with everything else."""
 from __future__ import annotations
 
 import json

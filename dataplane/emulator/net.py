@@ -5,9 +5,9 @@ forwarding on or off, TTL, martian sources refused, ICMP network unreachable fro
 carry Ethernet frames, and the oracle runs where the BPF programs sit: from_pod on the
 ingress of each node-side pod veth, to_pod on its egress. Links have MTUs: a host fragments a
 datagram larger than its route's MTU, a router fragments what it must forward (or, with DF set,
-answers ICMP fragmentation needed), and the receiver reassembles. Servers answer like the netexec
-agent and clients ask like the client agent (transport.py), so `checks.evaluate` judges both labs
-alike.
+answers ICMP fragmentation needed), and the receiver reassembles. Servers answer like the lab's netexec
+server and clients ask like its client (lab/workload; here transport.py), so `judge.checks.evaluate`
+judges both labs alike.
 """
 from __future__ import annotations
 

@@ -33,7 +33,7 @@ class Socket:
     peer_fin: bool = False
     seq: int = 1000       # next sequence number to send
     ack: int = 0          # next sequence number expected
-    bound: bool = False   # bound to a fixed port (the client agent's --source-port)
+    bound: bool = False   # bound to a fixed port (the lab client's --source-port)
 
 
 @dataclass
@@ -292,10 +292,10 @@ class Transport:
             return True
         return (proto, port) in sim.listeners or (proto == TCP and port in sim.health)
 
-    # -- the client agent, emulated ----------------------------------------------------------------
+    # -- the lab client, emulated ------------------------------------------------------------------
 
     def _open(self, sim, proto: int, dst: IPv4Address, port: int, source_port):
-        """A client socket bound as the client agent binds it, or an error result."""
+        """A client socket bound as the lab client binds it, or an error result."""
         sport = source_port or self.rng.randint(*EPHEMERAL)
         while (proto, sport) in sim.sockets:
             sport = self.rng.randint(*EPHEMERAL)
@@ -404,7 +404,7 @@ class Transport:
             del sim.sockets[(proto, sock.local[1])]
 
     def _finish(self, sim, sock: Socket, source_port, half_closed: bool, deadline: int) -> None:
-        """Close as the client agent does: with a RST when it bound a fixed port (SO_LINGER 0, so
+        """Close as the lab client does: with a RST when it bound a fixed port (SO_LINGER 0, so
         that the next request can reuse the tuple at once), else with a FIN."""
         if source_port:
             self._segment(sim, sock.local[0], sock.remote[0], sock.local[1], sock.remote[1], "R", sock.seq, 0)

@@ -105,7 +105,7 @@ class NodeState:
     node_sockets: object = None
 
     def collect(self, now: int) -> int:
-        """Forget expired flows (what the agent's garbage collection does to the BPF map)."""
+        """Forget expired flows (what the ebpf backend's collect() does to the BPF map)."""
         dead = [k for k, e in self.conntrack.items() if e.expires <= now]
         for k in dead:
             del self.conntrack[k]
