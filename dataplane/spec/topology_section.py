@@ -170,6 +170,18 @@ def _check_object_name(doc, key, name, names_seen, kind):
     names_seen[name] = kind
 
 
+def _segment_ip(doc: Doc, net: IPv4Network, field: str, default, used_ips: set, kind: str) -> IPv4Address:
+    """An object's address on one of the underlay's segments (nodeNetwork, outsideNetwork): a host
+    address of it, neither the gateway's nor another object's."""
+    ip = doc.take_ip("ip", default)
+    if ip not in net or ip in (net.network_address, net.broadcast_address):
+        doc.fail("ip", f"{ip} is not a host address of {field} {net}")
+    if ip in used_ips:
+        doc.fail("ip", f"{ip} is already used " + ("by the underlay gateway" if ip == gateway_of(net) else f"by another {kind}"))
+    used_ips.add(ip)
+    return ip
+
+
 def parse_nodes(doc: Doc, nets: Networks, names_seen: dict) -> tuple[list[NodeSpec], set]:
     """The valid nodes, and the names of the invalid ones (their pods are not checked again)."""
     subnets = nets.cluster.subnets(new_prefix=nets.mask)
@@ -200,13 +212,7 @@ def _node(doc: Doc, i: int, default_cidr, nets: Networks, nodes: list, used_ips:
     node_net = nets.node_net
     name = doc.take("name", str, expect="the node's name")
     _check_object_name(doc, "name", name, names_seen, "node")
-    ip = doc.take_ip("ip", node_net.network_address + i + 1)
-    if ip not in node_net or ip in (node_net.network_address, node_net.broadcast_address):
-        doc.fail("ip", f"{ip} is not a host address of nodeNetwork {node_net}")
-    if ip in used_ips:
-        doc.fail("ip", f"{ip} is already used " +
-                 ("by the underlay gateway" if ip == gateway_of(node_net) else "by another node"))
-    used_ips.add(ip)
+    ip = _segment_ip(doc, node_net, "nodeNetwork", node_net.network_address + i + 1, used_ips, "node")
     pod_cidr = doc.take_cidr("podCIDR", default_cidr)
     if pod_cidr is None:
         doc.fail("podCIDR", f"clusterCIDR {nets.cluster} has no /{nets.mask} left for this node")
@@ -275,13 +281,8 @@ def parse_hosts(doc: Doc, outside_net: IPv4Network, names_seen: dict) -> list[Ho
                 item.fail("expected a mapping with name and ip")
             name = item.take("name", str, expect="the host's name")
             _check_object_name(item, "name", name, names_seen, "outside host")
-            ip = item.take_ip("ip", outside_net.network_address + i + 1)
-            if ip not in outside_net or ip in (outside_net.network_address, outside_net.broadcast_address):
-                item.fail("ip", f"{ip} is not a host address of outsideNetwork {outside_net}")
-            if ip in used_ips:
-                item.fail("ip", f"{ip} is already used " + ("by the underlay gateway" if ip == gateway_of(outside_net)
-                                                           else "by another outside host"))
-            used_ips.add(ip)
+            ip = _segment_ip(item, outside_net, "outsideNetwork", outside_net.network_address + i + 1, used_ips,
+                             "outside host")
             ports = parse_ports(item)
             item.done()
             hosts.append(HostSpec(name, ip, ports))
