@@ -9,9 +9,9 @@ from ipaddress import IPv4Address, IPv4Network
 
 from .services import DNS_LABEL
 from .table import PROTOCOLS
-from .topology import (DEFAULT_PORTS, IFNAMSIZ, IFNAME_PREFIX, MAX_NAME, NETWORK_MODELS, NAT_PORT_RANGE, NODE_LOCAL_PORTS,
-                       RESERVED_NAMES, HostSpec, MasqueradeSpec, NodeSpec, PodSpec, PortSpec, TopologySpec,
-                       gateway_of)
+from .topology import (DEFAULT_PORTS, IFNAMSIZ, IFNAME_PREFIX, MAX_NAME, NETWORK_MODELS, NAT_PORT_RANGE,
+                       NODE_LOCAL_PORTS, RESERVED_NAMES, HostSpec, MasqueradeSpec, NodeSpec, PodSpec,
+                       PortSpec, TopologySpec, gateway_of)
 from .yamldoc import Doc, Scalar
 
 # The fields of the address plan: with one invalid, no object can be placed (nor judged).
@@ -177,7 +177,8 @@ def _segment_ip(doc: Doc, net: IPv4Network, field: str, default, used_ips: set, 
     if ip not in net or ip in (net.network_address, net.broadcast_address):
         doc.fail("ip", f"{ip} is not a host address of {field} {net}")
     if ip in used_ips:
-        doc.fail("ip", f"{ip} is already used " + ("by the underlay gateway" if ip == gateway_of(net) else f"by another {kind}"))
+        doc.fail("ip", f"{ip} is already used "
+                 + ("by the underlay gateway" if ip == gateway_of(net) else f"by another {kind}"))
     used_ips.add(ip)
     return ip
 
