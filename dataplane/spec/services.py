@@ -8,7 +8,6 @@ import re
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Network
 
-from .topology import PodSpec, TopologySpec
 from .table import DEFAULT_AFFINITY_TIMEOUT, PROTOCOLS, SERVICE_TYPES, Endpoint, EndpointPort, Service, ServicePort
 from .yamldoc import Doc
 
@@ -222,7 +221,3 @@ def endpoints_from_pods(svc: Service, pods) -> tuple:
 
 def with_endpoints(svc: Service, endpoints) -> Service:
     return replace(svc, endpoints=tuple(endpoints))
-
-
-def pod_by_ip(topology: TopologySpec, ip) -> PodSpec | None:
-    return next((p for p in topology.pods if p.ip == ip), None)
