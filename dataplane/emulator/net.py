@@ -23,6 +23,7 @@ from ..contract.render import Ids, render_config, render_node
 from ..lab.plan import LabPlan, mac_for
 from ..contract.limits import CtTimeouts
 from ..oracle.datapath import Datapath, NodeState
+from ..oracle.frontends import frontends
 from .packets import ETH_P_IP, ICMP, Ip, ether, icmp, mac_str
 from .transport import Transport
 
@@ -133,29 +134,31 @@ class SimNet(Transport):
                 sim.listeners[(6 if p.protocol == "TCP" else 17, p.port)] = obj.name
 
     def program(self, table, update=None) -> None:
-        """Program every node's oracle datapath from the table (render, as the ebpf backend does);
-        `update(state, maps)` applies an update to a node already programmed."""
+        """Program every node's oracle datapath from the table (its frontends); `update(state,
+        frontends)` applies an update to a node already programmed. The table is rendered for the
+        maps first, only to refuse what the eBPF maps cannot hold as the ebpf backend does."""
         from ..spec.policy import health_checks
         # every node rendered first, as the ebpf backend does: a table that cannot be written
         # changes nothing
         ids = {node.name: copy.deepcopy(self.ids.get(node.name, Ids())) for node in self.plan.spec.nodes}
-        rendered = {node.name: render_node(table, node.name, ids[node.name], node.ip) for node in self.plan.spec.nodes}
+        for node in self.plan.spec.nodes:
+            render_node(table, node.name, ids[node.name], node.ip)
         self.ids.update(ids)
         self.table = table
         for node in self.plan.spec.nodes:
             self.ns[self.plan.netns_of(node.name)].health = health_checks(table, node.name)
         for node in self.plan.spec.nodes:
             sim = self.ns[self.plan.netns_of(node.name)]
-            maps = rendered[node.name]
+            wanted = frontends(table, node.name, node.ip)
             if sim.datapath is None:
-                sim.datapath = Datapath(NodeState(maps=maps, node_ip=node.ip, seed=self.seed,
+                sim.datapath = Datapath(NodeState(frontends=wanted, node_ip=node.ip, seed=self.seed,
                                                   timeouts=self.timeouts,
                                                   config=render_config(self.plan.spec, node.name),
                                                   node_sockets=lambda *t, sim=sim: self.socket_holds(sim, *t)))
             elif update is not None:
-                self.flushed[node.name] = update(sim.datapath.s, maps)
+                self.flushed[node.name] = update(sim.datapath.s, wanted)
             else:
-                sim.datapath.s.maps = maps
+                sim.datapath.s.frontends = wanted
 
     def advance(self, seconds: float) -> None:
         self.now += int(seconds * 1e9)
@@ -168,7 +171,7 @@ class SimNet(Transport):
         """An update: reprogram every node and flush the flows of endpoints that left."""
         from ..spec.policy import flow_keep
         keep = flow_keep(table)
-        self.program(table, update=lambda state, maps: state.sync(maps, keep))
+        self.program(table, update=lambda state, wanted: state.sync(wanted, keep))
         out = []
         for node in self.plan.spec.nodes:
             flushed = self.flushed.pop(node.name, 0)

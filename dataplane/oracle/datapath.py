@@ -1,17 +1,22 @@
 """The oracle: the reference datapath of every hook, frame bytes in, verdict and frame bytes out.
 
-Written from the specification in docs/datapath.md, with the C's structure (one method per C
-function of bpf/, of the same name: docs/ebpf.md, "Conventions") but not its arithmetic: it parses
-with `struct`, recomputes checksums in full (the C updates them incrementally), and keeps its
-state in plain dicts. It is the oracle the BPF programs are checked against (tests/bpf), and the packet engine of
-the emulator (`--backend emulator`). Every result says why, step by step.
+Written from the specification in docs/datapath.md. It decides from the service table in
+Kubernetes' terms (frontends.py: which endpoints are eligible for this node and client, affinity,
+traffic policies, masquerade), never from the BPF map encoding: it imports nothing of contract/
+or of any backend, so a wrong rendering of the maps shows up as a disagreement. It follows the
+C's structure (one method per C function of bpf/, of the same name: docs/ebpf.md, "Conventions")
+but not its arithmetic: it parses with `struct`, recomputes checksums in full (the C updates them
+incrementally), and keeps its state in plain dicts keyed by what things are (addresses, ports,
+frontends), not by ids. It is the oracle the BPF programs are checked against (tests/bpf, `dataplane
+fuzz packets`), and the packet engine of the emulator (`--backend emulator`). Every result says
+why, step by step.
 
 C functions without a twin of their own: the rewrites nat4_set_src/nat4_set_dst and
 __lb4_xlate/__lb4_xlate_metric are inlined in _lb4_known_flow (XLATE_METRIC), the scope argument
-of lb4_lookup_service_scope is a keyword of _lb4_lookup_service, dp_verdict is _dp_drop plus
-Result, the maps' own operations (ct4_get/ct4_store/ct4_claim/ct4_remove, lb4_lookup_backend,
-config_get) are dict operations, and the socket hooks (sock.c) are the emulator's (sock_connect),
-not this module's.
+of lb4_lookup_service_scope is Frontends.for_pod, lb4_lookup_backend is a Frontend's targets,
+dp_verdict is _dp_drop plus Result, the maps' own operations (ct4_get/ct4_store/ct4_claim/
+ct4_remove, config_get) are dict operations, and the socket hooks (sock.c) are the emulator's
+(sock_connect), not this module's.
 """
 from __future__ import annotations
 
@@ -20,10 +25,7 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Network
 
-from ..contract.consts import (SCOPE_EXTERNAL, SCOPE_POD, SVC_F_AFFINITY, SVC_F_LOCAL_ONLY, SVC_F_MASQ,
-                               SVC_F_POD_SCOPE, SVC_F_SRC_RANGES)
-from ..contract.limits import CtTimeouts
-from ..contract.render import NodeMaps, SvcKey
+from .frontends import Backend, Frontend, Frontends
 
 ETH_HLEN = 14
 ETH_P_IP = 0x0800
@@ -69,8 +71,8 @@ class CtEntry:
     hairpin: bool = False
     snat_addr: IPv4Address = IPv4Address(0)
     snat_port: int = 0
-    backend_id: int = 0
-    svc_id: int = 0
+    backend: Backend | None = None   # the backend chosen (a service flow)
+    frontend: tuple = ()             # the Frontend.key it was chosen for (a service flow)
     seen_reply: bool = False     # TCP: a packet in the reply direction was seen
     fin_orig: bool = False       # TCP: the original direction (client, masqueraded pod) sent FIN
     fin_reply: bool = False      # TCP: the reply direction (backend, remote) sent FIN
@@ -89,14 +91,16 @@ class CtEntry:
 
 @dataclass
 class NodeState:
-    """One node's tables, as the BPF maps of that node hold them."""
-    maps: NodeMaps
+    """One node's state: what it intercepts (its frontends, from the service table), and what
+    its packets leave behind (flows, affinities, counters). `timeouts`: the conntrack lifetimes in
+    seconds (syn, tcp, close_wait, close, udp)."""
+    frontends: Frontends
     node_ip: IPv4Address
     seed: int
+    timeouts: object
     conntrack: dict = field(default_factory=dict)   # CtKey -> CtEntry
-    affinity: dict = field(default_factory=dict)    # (client, svc_id) -> (last_used, backend_id)
+    affinity: dict = field(default_factory=dict)    # (client, Frontend.key) -> (last_used, Backend)
     metrics: Counter = field(default_factory=Counter)
-    timeouts: CtTimeouts = field(default_factory=CtTimeouts)
     config: object = None                           # render.NodeConfig: masquerade settings
     nosnat: dict = field(default_factory=dict)      # reply tuple (CtKey, dir NO_SNAT) -> expires
     frags: dict = field(default_factory=dict)       # (saddr, daddr, IP id, proto) -> first fragment's ports
@@ -112,11 +116,10 @@ class NodeState:
         return len(dead)
 
 
-    def sync(self, maps, keep) -> int:
-        """An update, as the ebpf backend's sync_node: the new tables, then the flows the new
-        table no longer lets live (policy.FlowKeep) and the affinities no longer eligible
-        forgotten. Entries forgotten."""
-        self.maps = maps
+    def sync(self, frontends: Frontends, keep) -> int:
+        """An update: the new frontends, then the flows the new table no longer lets live
+        (policy.FlowKeep) and the affinities no longer eligible forgotten. Entries forgotten."""
+        self.frontends = frontends
         return self.flush(keep) + self.forget_affinities()
 
     def flush(self, keep) -> int:
@@ -147,21 +150,12 @@ class NodeState:
                     doomed |= {out_key, CtKey(backend[0], out.nat_addr, backend[1], out.nat_port, k.proto, SNAT_IN)}
         return sum(self.conntrack.pop(k, None) is not None for k in doomed)
 
-    def eligible(self, svc_key) -> set:
-        """The backend ids in the slots of a service port (its slot-0 key): those eligible now."""
-        head = self.maps.services.get(svc_key)
-        if head is None:
-            return set()
-        slots = (self.maps.services.get(SvcKey(svc_key.vip, svc_key.port, svc_key.proto, i, svc_key.scope))
-                 for i in range(1, head.count + 1))
-        return {v.backend_id for v in slots if v is not None}
-
     def forget_affinities(self) -> int:
         """Forget remembered backends no longer eligible for their service port (or of service
         ports gone, or without affinity now)."""
-        heads = {v.svc_id: k for k, v in self.maps.services.items() if k.slot == 0 and v.flags & SVC_F_AFFINITY}
-        gone = [k for k, (_, bid) in self.affinity.items()
-                if k[1] not in heads or bid not in self.eligible(heads[k[1]])]
+        by_key = self.frontends.by_key
+        gone = [k for k, (_, backend) in self.affinity.items()
+                if k[1] not in by_key or by_key[k[1]].affinity is None or backend not in by_key[k[1]].targets]
         for k in gone:
             del self.affinity[k]
         return len(gone)
@@ -550,50 +544,48 @@ class PodHooks:
 
     # -- lb.h --------------------------------------------------------------------------------------
 
-    def _lb4_lookup_service(self, vip, port, proto, slot=0, scope=SCOPE_EXTERNAL):
-        return self.s.maps.services.get(SvcKey(vip, port, proto, slot, scope))
+    def _lb4_lookup_service(self, addr, port, proto) -> Frontend | None:
+        return self.s.frontends.find(addr, port, proto)
 
-    def _lb4_lookup_service_for_pod(self, vip, port, proto):
-        """A pod's own entry for an external frontend first (externalTrafficPolicy Local: every
+    def _lb4_lookup_service_for_pod(self, addr, port, proto) -> Frontend | None:
+        """A pod's own frontend of an externalTrafficPolicy Local external address first (every
         endpoint, kube-proxy's short-circuit), then the one everybody uses."""
-        return self._lb4_lookup_service(vip, port, proto, scope=SCOPE_POD) or self._lb4_lookup_service(vip, port, proto)
+        return self.s.frontends.for_pod(addr, port, proto)
 
     def _lb4_is_vip(self, addr) -> bool:
-        return self._lb4_lookup_service(addr, 0, 0) is not None
+        return self.s.frontends.is_cluster_ip(addr)
 
-    def _lb4_source_allowed(self, svc, client) -> bool:
-        return not svc.flags & SVC_F_SRC_RANGES or any(
-            sid == svc.svc_id and client in net for sid, net in self.s.maps.lb_sources)
+    @staticmethod
+    def _lb4_source_allowed(svc: Frontend, client) -> bool:
+        return svc.admits(client)
 
-    def _lb4_choose_backend(self, svc, client, h: int, vip, port: int, proto: int, now: int, why: list) -> int:
-        """A backend for a service port: with affinity, the client's remembered backend if used
-        within the timeout and still eligible here, else the slot hash h picks; with affinity the
-        choice is remembered. For packets and sockets alike. The backend id, 0 if none."""
-        bid = 0
-        scope = SCOPE_POD if svc.flags & SVC_F_POD_SCOPE else SCOPE_EXTERNAL
-        if svc.flags & SVC_F_AFFINITY:
-            hit = self.s.affinity.get((client, svc.svc_id))
-            if hit and now - hit[0] <= svc.affinity_timeout * NS and \
-                    hit[1] in self.s.eligible(SvcKey(vip, port, proto, 0, scope)):
-                bid = hit[1]
+    def _lb4_choose_backend(self, svc: Frontend, client, h: int, now: int, why: list) -> Backend:
+        """A backend for a frontend with eligible endpoints: with affinity, the client's
+        remembered backend if used within the timeout and still eligible for this frontend, else
+        the eligible endpoint the hash h indexes (docs/datapath.md, "Frontends"); with affinity
+        the choice is remembered. For packets and sockets alike."""
+        chosen = None
+        if svc.affinity is not None:
+            hit = self.s.affinity.get((client, svc.key))
+            if hit and now - hit[0] <= svc.affinity * NS and hit[1] in svc.targets:
+                chosen = hit[1]
                 self._metrics_count("M_AFFINITY_HIT")
-                why.append(f"session affinity: client {client} keeps backend {bid}")
+                why.append(f"session affinity: client {client} keeps backend {chosen.addr}:{chosen.port}")
             elif hit:
-                why.append(f"session affinity: backend {hit[1]} expired or no longer eligible here")
-        if not bid:
-            slot = h % svc.count + 1
-            sv = self._lb4_lookup_service(vip, port, proto, slot, scope)
-            bid = sv.backend_id if sv else 0
-            why.append(f"hash {h:#010x} picks slot {slot} of {svc.count}: backend {bid}")
-        if svc.flags & SVC_F_AFFINITY:
-            self.s.affinity[(client, svc.svc_id)] = (now, bid)
-        return bid
+                why.append(f"session affinity: backend {hit[1].addr}:{hit[1].port} expired or no longer eligible here")
+        if chosen is None:
+            n = len(svc.targets)
+            chosen = svc.targets[h % n]
+            why.append(f"hash {h:#010x} picks endpoint {h % n + 1} of {n}: {chosen.addr}:{chosen.port}")
+        if svc.affinity is not None:
+            self.s.affinity[(client, svc.key)] = (now, chosen)
+        return chosen
 
-    def _lb4_select_backend(self, p: Packet, svc, now: int, why: list) -> int:
+    def _lb4_select_backend(self, p: Packet, svc: Frontend, now: int, why: list) -> Backend:
         f, ip, o = p.frame, ETH_HLEN, p.l4
         h = hash_flow4(f[ip + IP_SRC:ip + IP_SRC + 4], f[ip + IP_DST:ip + IP_DST + 4], f[o:o + 2], f[o + 2:o + 4],
                        p.proto, self.s.seed)
-        return self._lb4_choose_backend(svc, p.saddr, h, p.daddr, p.dport, p.proto, now, why)
+        return self._lb4_choose_backend(svc, p.saddr, h, now, why)
 
     # -- nat.h -------------------------------------------------------------------------------------
 
@@ -945,28 +937,24 @@ class PodHooks:
 
     # -- newflow.h: a new flow to a frontend -------------------------------------------------------
 
-    def _lb4_new_flow_backend(self, p: Packet, svc, now: int, why: list):
-        """A new flow to a frontend: (backend id, backend), or the Result that ends it here."""
+    def _lb4_new_flow_backend(self, p: Packet, svc: Frontend, now: int, why: list):
+        """A new flow to a frontend: its Backend, or the Result that ends it here."""
         if p.proto == TCP and not self._pkt4_bare_syn(p):
             return self._dp_drop(p.frame, "DROP_CT_LOST",
                                  ["TCP to a frontend, not a SYN, and no flow: a lost flow (expired, evicted or flushed)"])
         if not self._lb4_source_allowed(svc, p.saddr):
             return self._dp_drop(p.frame, "DROP_SOURCE_RANGE", [f"{p.saddr} is outside the LoadBalancer's source ranges"])
-        if svc.count == 0:
-            if svc.flags & SVC_F_LOCAL_ONLY:
+        if not svc.targets:
+            if svc.local_only:
                 return self._dp_drop(p.frame, "DROP_NO_LOCAL_ENDPOINT", ["traffic policy Local: no endpoint on this node"])
             return self._lb4_reject(p, "REJECT_NO_ENDPOINTS", ["service has no eligible endpoint"])
-        bid = self._lb4_select_backend(p, svc, now, why)
-        be = self.s.maps.backends.get(bid)
-        if be is None:
-            return self._dp_drop(p.frame, "DROP_NO_BACKEND", why + ["no such backend"])
-        return bid, be
+        return self._lb4_select_backend(p, svc, now, why)
 
-    def _lb4_new_flow_entries(self, p: Packet, svc, now: int, bid: int, be):
+    def _lb4_new_flow_entries(self, p: Packet, svc: Frontend, now: int, be: Backend):
         """(fwd, rev): SERVICE to the backend, the reply's back to the frontend."""
         life = now + self._ct4_lifetime(p.proto, CtEntry(0, be.addr, be.port))
-        return (CtEntry(life, be.addr, be.port, backend_id=bid, svc_id=svc.svc_id),
-                CtEntry(life, p.daddr, p.dport, backend_id=bid, svc_id=svc.svc_id))
+        return (CtEntry(life, be.addr, be.port, backend=be, frontend=svc.key),
+                CtEntry(life, p.daddr, p.dport, backend=be, frontend=svc.key))
 
     def _lb4_flow_store(self, p: Packet, be, fwd: CtEntry, rev: CtEntry | None) -> None:
         self.s.conntrack[CtKey(p.saddr, p.daddr, p.sport, p.dport, p.proto, SERVICE)] = fwd
@@ -990,7 +978,7 @@ class PodHooks:
     def _lb4_new_flow_masq(self, p: Packet, svc, where: int) -> bool:
         """externalTrafficPolicy Cluster; on the uplink, a client outside the cluster reaching a
         cluster IP too."""
-        return bool(svc.flags & SVC_F_MASQ) or (where == AT_UPLINK and self._lb4_is_vip(p.daddr)
+        return svc.masquerade or (where == AT_UPLINK and self._lb4_is_vip(p.daddr)
                                                 and p.saddr not in self.s.config.cluster_cidr)
 
     def _lb4_new_nat(self, p: Packet, svc, now: int, be, fwd: CtEntry, rev: CtEntry, where: int, why: list):
@@ -1019,11 +1007,10 @@ class PodHooks:
             return self._dp_drop(p.frame, "DROP_FRAGMENT", why + ["a later fragment never starts a flow"])
         if svc is None:
             return self._lb4_reject(p, "REJECT_PORT_UNSERVED", [f"VIP {p.daddr} serves no {p.dport}/{p.proto}"])
-        chosen = self._lb4_new_flow_backend(p, svc, now, why)
-        if isinstance(chosen, Result):
-            return chosen
-        bid, be = chosen
-        fwd, rev = self._lb4_new_flow_entries(p, svc, now, bid, be)
+        be = self._lb4_new_flow_backend(p, svc, now, why)
+        if isinstance(be, Result):
+            return be
+        fwd, rev = self._lb4_new_flow_entries(p, svc, now, be)
         if where == AT_POD and be.addr == p.saddr:
             r = self._lb4_new_hairpin(p, now, be, fwd, rev, why)
         else:
@@ -1118,7 +1105,7 @@ class Datapath(PodHooks):
         if p.saddr != self.s.config.node_ip or not self._lb4_is_vip(p.daddr):
             return False
         svc = self._lb4_lookup_service(p.daddr, p.dport, p.proto)
-        return svc is not None and svc.count == 0 and bool(svc.flags & SVC_F_LOCAL_ONLY)
+        return svc is not None and not svc.targets and svc.local_only
 
     def to_netdev(self, frame: bytes, now: int) -> Result:
         why = []
@@ -1180,16 +1167,12 @@ class Datapath(PodHooks):
         node_ip = self.s.config.node_ip
         if not self._lb4_source_allowed(svc, node_ip):
             return daddr, dport
-        if svc.count == 0:
-            if svc.flags & SVC_F_LOCAL_ONLY:
+        if not svc.targets:
+            if svc.local_only:
                 return daddr, dport
             self._metrics_count("REJECT_NO_ENDPOINTS")
             return "refused"
-        bid = self._lb4_choose_backend(svc, node_ip, self._sock4_hash(cookie, daddr, dport, proto), daddr, dport,
-                                       proto, now, [])
-        be = self.s.maps.backends.get(bid)
-        if be is None:
-            return daddr, dport
+        be = self._lb4_choose_backend(svc, node_ip, self._sock4_hash(cookie, daddr, dport, proto), now, [])
         self._metrics_count("M_SOCK_LB")
         return be.addr, be.port
 

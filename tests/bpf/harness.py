@@ -5,12 +5,14 @@ from __future__ import annotations
 import time
 from ipaddress import IPv4Address, IPv4Network
 
-from dataplane.contract.consts import CT_F_EGRESS, CT_F_FIN_ORIG, CT_F_FIN_REPLY, CT_F_HAIRPIN, CT_F_RST, CT_F_SEEN_REPLY
+from dataplane.contract.consts import (CT_F_EGRESS, CT_F_FIN_ORIG, CT_F_FIN_REPLY, CT_F_HAIRPIN, CT_F_RST,
+                                       CT_F_SEEN_REPLY, SCOPE_POD)
 from dataplane.backends.ebpf.maps import apply
 from dataplane.backends.ebpf.program import NodeProgram, be16, from_be32
 from dataplane.contract.render import Ids, NodeConfig, NodeMaps, render_node
 from dataplane.backends.ebpf.testrun import run
 from dataplane.oracle.datapath import CtKey, Datapath, NodeState
+from dataplane.oracle.frontends import EVERYONE, PODS, Backend, frontends
 
 NODE_IP = IPv4Address("10.240.0.1")
 
@@ -34,8 +36,10 @@ class Pair:
         for k in list(metrics.keys()):
             metrics[k] = metrics.Leaf(*([0] * len(metrics[k])))
         self.ids = Ids()
-        rendered = render_node(table, node, self.ids, NODE_IP)
-        apply(prog, NodeMaps(), rendered)
+        self.node = node
+        self.rendered = NodeMaps()
+        self.meaning = {"svc": {}, "backend": {0: None}}   # ids -> what they stand for (never reused)
+        self.program(table)
         self.offset = 0
         self.sockets: list = []          # what open_socket opened, as the oracle sees it
         self._held: list = []
@@ -43,9 +47,26 @@ class Pair:
                                            non_masquerade=(IPv4Network("10.0.0.0/16"),))
         prog.set_config(seed=seed, clock_offset=0)
         prog.set_node_config(self.config)
-        self.oracle = Datapath(NodeState(maps=rendered, node_ip=NODE_IP, seed=seed,
+        self.oracle = Datapath(NodeState(frontends=frontends(table, node, NODE_IP), node_ip=NODE_IP, seed=seed,
                                         timeouts=CtTimeouts(**vars(prog.timeouts)),
                                         config=self.config, node_sockets=self._socket_holds))
+
+    def program(self, table) -> NodeMaps:
+        """Write `table` into the BPF maps (the oracle is told separately, from the table); the
+        ids it uses are remembered, to read the BPF state back in the oracle's terms."""
+        rendered = render_node(table, self.node, self.ids, NODE_IP)
+        apply(self.prog, self.rendered, rendered)
+        self.learn(rendered)
+        return rendered
+
+    def learn(self, rendered: NodeMaps) -> None:
+        """The maps now hold `rendered`: what its ids stand for."""
+        self.rendered = rendered
+        for k, v in rendered.services.items():
+            if k.slot == 0 and v.svc_id:
+                self.meaning["svc"][v.svc_id] = (k.vip, k.port, k.proto, PODS if k.scope == SCOPE_POD else EVERYONE)
+        for bid, b in rendered.backends.items():
+            self.meaning["backend"][bid] = Backend(b.addr, b.port)
 
     def _socket_holds(self, proto: int, remote, rport: int, port: int) -> bool:
         """What the BPF side's socket lookup finds in the fixture namespace, for the oracle: the
@@ -137,12 +158,13 @@ class Pair:
         for k, v in self.prog.table("conntrack").items():
             key = CtKey(from_be32(k.saddr), from_be32(k.daddr), be16(k.sport), be16(k.dport), k.proto, k.dir)
             out[key] = (from_be32(v.nat_addr), be16(v.nat_port), bool(v.flags & CT_F_HAIRPIN),
-                        from_be32(v.snat_addr), be16(v.snat_port), v.backend_id, v.svc_id,
+                        from_be32(v.snat_addr), be16(v.snat_port), self.meaning["backend"][v.backend_id],
+                        self.meaning["svc"].get(v.svc_id, ()),
                         bool(v.flags & CT_F_SEEN_REPLY), _closing(v.flags), bool(v.flags & CT_F_EGRESS))
         return out
 
     def model_conntrack(self) -> dict:
-        return {k: (e.nat_addr, e.nat_port, e.hairpin, e.snat_addr, e.snat_port, e.backend_id, e.svc_id,
+        return {k: (e.nat_addr, e.nat_port, e.hairpin, e.snat_addr, e.snat_port, e.backend, e.frontend,
                     e.seen_reply, (e.fin_orig, e.fin_reply, e.rst), e.egress)
                 for k, e in self.oracle.s.conntrack.items()}
 
@@ -177,5 +199,6 @@ def sync(pair: "Pair", old_table, new_table, node: str = "node1") -> tuple:
     from dataplane.spec.policy import flow_keep
     rendered = render_node(new_table, node, pair.ids, NODE_IP)
     keep = flow_keep(new_table)
-    _, flushed = sync_node(pair.prog, pair.oracle.s.maps, rendered, keep)
-    return flushed, pair.oracle.s.sync(rendered, keep)
+    _, flushed = sync_node(pair.prog, pair.rendered, rendered, keep)
+    pair.learn(rendered)
+    return flushed, pair.oracle.s.sync(frontends(new_table, node, NODE_IP), keep)

@@ -60,7 +60,7 @@ def test_a_service_port_beyond_65535_backends_is_refused_and_nothing_written(pro
     pair = Pair(program, small)
     backend = EbpfBackend(seed=1)
     backend.nodes["node1"] = program
-    backend.current["node1"] = pair.oracle.s.maps
+    backend.current["node1"] = pair.rendered
     backend.ids["node1"] = pair.ids
     backend.table = small
     before = read_services(program)

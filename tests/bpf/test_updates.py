@@ -140,17 +140,15 @@ def test_remembered_backend_no_longer_eligible_is_not_chosen(pair):
     """The data path's own rule, with the affinity entry still in the map: web-1, terminating now
     and so not eligible while web-2 is ready, but still the only endpoint of another service, is
     not chosen again; the entry is overwritten with the fresh choice."""
-    from dataplane.backends.ebpf.maps import apply
-    from dataplane.contract.render import render_node
+    from dataplane.oracle.frontends import frontends
     from tests.bpf.harness import NODE_IP
     before = table(TWO_SERVICES, _shared(topology(web2=", ready: false")))
     p = pair(before)
     got, _ = p.send("from_pod", from_pod(CLIENT, VIP, syn()))
     assert parsed(got.data)[IP].dst == WEB1
     after = table(TWO_SERVICES, _shared(topology(web1=", terminating: true")))
-    rendered = render_node(after, "node1", p.ids, NODE_IP)      # the maps only: no flush
-    apply(p.prog, p.oracle.s.maps, rendered)
-    p.oracle.s.maps = rendered
+    p.program(after)                                             # the maps only: no flush
+    p.oracle.s.frontends = frontends(after, "node1", NODE_IP)
     assert len(p.prog.table("affinity")) == 1 and len(p.oracle.s.affinity) == 1
     got, want = p.send("from_pod", from_pod(CLIENT, VIP, syn(sport=41000)))
     assert parsed(got.data)[IP].dst == WEB2 and p.prog.metrics()["M_AFFINITY_HIT"] == 0

@@ -15,7 +15,7 @@ ALLOWED = {
     "spec": set(),
     "lab": {"spec"},
     "contract": {"spec"},
-    "oracle": {"spec", "contract"},     # issue 11 removes `contract`: a model independent of the encoding
+    "oracle": {"spec"},                 # never contract or a backend: it must be able to disagree with them
     "judge": {"spec"},
     "emulator": {"spec", "lab", "contract", "oracle"},
     "backends": {"spec", "lab", "contract"},
