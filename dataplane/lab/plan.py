@@ -188,6 +188,12 @@ class _Builder:
                 plan.routes.append(Route(ns, str(other.pod_cidr), "eth0", gateway=str(other.ip)))
         if spec.network != "air-gapped":
             plan.routes.append(Route(ns, "default", "eth0", gateway=str(spec.node_gateway)))
+        else:
+            # Without a default route a node must still route the service CIDR (Kubernetes asks
+            # it of nodes without one): kube-proxy's rules run after routing, and a cluster IP
+            # nothing routes is a network unreachable before any rule sees it. The underlay
+            # forwards nothing here, so the route leads nowhere out.
+            plan.routes.append(Route(ns, str(spec.service_cidr), "eth0", gateway=str(spec.node_gateway)))
         return up
 
     def pod(self, pod) -> None:

@@ -5,9 +5,9 @@ Kubernetes' terms (frontends.py: which endpoints are eligible for this node and 
 traffic policies, masquerade), never from the BPF map encoding: it imports nothing of contract/
 or of any backend, so a wrong rendering of the maps shows up as a disagreement. It follows the
 C's structure (one method per C function of bpf/, of the same name: docs/ebpf.md, "Conventions")
-but not its arithmetic: it parses with `struct`, recomputes checksums in full (the C updates them
-incrementally), and keeps its state in plain dicts keyed by what things are (addresses, ports,
-frontends), not by ids. It is the oracle the BPF programs are checked against (tests/bpf, `dataplane
+but not its arithmetic: it parses and sums with `struct` (checksums updated for what changed,
+RFC 1624, so a wrong one stays wrong, as under netfilter's NAT), and keeps its state in plain
+dicts keyed by what things are (addresses, ports, frontends), not by ids. It is the oracle the BPF programs are checked against (tests/bpf, `dataplane
 fuzz packets`), and the packet engine of the emulator (`--backend emulator`). Every result says
 why, step by step.
 
@@ -275,45 +275,34 @@ def parse(frame: bytes):
     return p, None
 
 
-# -- rewriting (full checksum recomputation) -------------------------------------------------------
+# -- rewriting (checksums updated for what changed, RFC 1624) ------------------------------------
 
 def _finish(p: Packet) -> bytes:
+    """The packet with its new addresses and ports, checksums updated for what changed (RFC 1624),
+    as a NAT must: a correct checksum stays correct, a wrong one stays wrong (netfilter's NAT
+    updates them alike; a NAT that recomputed them would make corrupted packets look good)."""
     f = p.frame
     ip = ETH_HLEN
+    osa, oda, osp, odp = p.orig
+    old_addrs, new_addrs = osa.packed + oda.packed, p.saddr.packed + p.daddr.packed
     f[ip + IP_SRC:ip + IP_SRC + 4] = p.saddr.packed
     f[ip + IP_DST:ip + IP_DST + 4] = p.daddr.packed
-    f[ip + IP_CSUM:ip + IP_CSUM + 2] = b"\0\0"
-    f[ip + IP_CSUM:ip + IP_CSUM + 2] = struct.pack("!H", csum(bytes(f[ip:ip + p.ihl])))
-    if p.later_fragment:
+    check = struct.unpack("!H", f[ip + IP_CSUM:ip + IP_CSUM + 2])[0]
+    f[ip + IP_CSUM:ip + IP_CSUM + 2] = struct.pack("!H", csum_update(check, old_addrs, new_addrs))
+    if p.later_fragment or p.proto not in (TCP, UDP):
         return bytes(f)                # no L4 header here: its first fragment carried the rest
-    if p.fragment and p.proto in (TCP, UDP):
-        # the L4 checksum covers the whole datagram, which no single fragment holds: updated for
-        # the changed addresses and ports (RFC 1624), not recomputed
-        o = p.l4
-        f[o:o + 4] = struct.pack("!HH", p.sport, p.dport)
-        off = o + L4_CSUM_OFF[p.proto]
-        old = struct.unpack("!H", f[off:off + 2])[0]
-        if p.proto == UDP and old == 0:
-            return bytes(f)
-        osa, oda, osp, odp = p.orig
-        c = csum_update(old, osa.packed + oda.packed + struct.pack("!HH", osp, odp),
-                        p.saddr.packed + p.daddr.packed + struct.pack("!HH", p.sport, p.dport))
-        if p.proto == UDP and c == 0:
-            c = 0xFFFF
-        f[off:off + 2] = struct.pack("!H", c)
-        return bytes(f)
-    if p.proto in (TCP, UDP):
-        o, end = p.l4, ETH_HLEN + p.total
-        f[o:o + 4] = struct.pack("!HH", p.sport, p.dport)
-        off = o + L4_CSUM_OFF[p.proto]
-        if p.proto == UDP and f[off:off + 2] == b"\0\0":
-            return bytes(f)            # UDP without checksum stays without
-        f[off:off + 2] = b"\0\0"
-        pseudo = p.saddr.packed + p.daddr.packed + struct.pack("!BBH", 0, p.proto, end - o)
-        c = csum(pseudo + bytes(f[o:end]))
-        if p.proto == UDP and c == 0:
-            c = 0xFFFF
-        f[off:off + 2] = struct.pack("!H", c)
+    # the L4 checksum covers the pseudo-header's addresses and the ports (and, for a fragment,
+    # a whole datagram no single fragment holds)
+    o = p.l4
+    f[o:o + 4] = struct.pack("!HH", p.sport, p.dport)
+    off = o + L4_CSUM_OFF[p.proto]
+    old = struct.unpack("!H", f[off:off + 2])[0]
+    if p.proto == UDP and old == 0:
+        return bytes(f)                # UDP without checksum stays without
+    c = csum_update(old, old_addrs + struct.pack("!HH", osp, odp), new_addrs + struct.pack("!HH", p.sport, p.dport))
+    if p.proto == UDP and c == 0:
+        c = 0xFFFF
+    f[off:off + 2] = struct.pack("!H", c)
     return bytes(f)
 
 
@@ -323,11 +312,13 @@ def _swap_macs(frame: bytearray) -> None:
 
 
 def _set_outer(p: Packet) -> None:
-    """An ICMP error's outer addresses as p says, with the IP checksum (ICMP has no pseudo-header)."""
+    """An ICMP error's outer addresses as p says, the IP checksum updated for them (ICMP has no
+    pseudo-header)."""
     f, ip = p.frame, ETH_HLEN
+    old = bytes(f[ip + IP_SRC:ip + IP_DST + 4])
     f[ip + IP_SRC:ip + IP_SRC + 4], f[ip + IP_DST:ip + IP_DST + 4] = p.saddr.packed, p.daddr.packed
-    f[ip + IP_CSUM:ip + IP_CSUM + 2] = b"\0\0"
-    f[ip + IP_CSUM:ip + IP_CSUM + 2] = struct.pack("!H", csum(bytes(f[ip:ip + p.ihl])))
+    check = struct.unpack("!H", f[ip + IP_CSUM:ip + IP_CSUM + 2])[0]
+    f[ip + IP_CSUM:ip + IP_CSUM + 2] = struct.pack("!H", csum_update(check, old, bytes(f[ip + IP_SRC:ip + IP_DST + 4])))
 
 
 # -- the datapath ----------------------------------------------------------------------------------
@@ -810,9 +801,10 @@ class PodHooks:
 
     @staticmethod
     def _icmp4_rewrite(p: Packet, inner: bytes, n: Quote, osrc, odst) -> None:
-        """Write the quote as it becomes, then the outer addresses: inner IP checksum in full,
-        inner UDP checksum per RFC 1624 (the quote is truncated; 0 stays 0), the ICMP checksum in
-        full, the outer IP checksum."""
+        """Write the quote as it becomes, then the outer addresses: the quoted IP header's checksum
+        in full, the quoted UDP checksum per RFC 1624 (the quote is truncated; 0 stays 0), the
+        ICMP checksum and the outer IP checksum updated for what changed (a wrong one stays
+        wrong)."""
         new = bytearray(inner)
         new[12:16], new[16:20] = n.saddr.packed, n.daddr.packed
         new[IPV4_HLEN:IPV4_HLEN + 4] = struct.pack("!HH", n.sport, n.dport)
@@ -826,8 +818,8 @@ class PodHooks:
             c = csum_update(struct.unpack("!H", inner[uc])[0], inner[tuple_], bytes(new[tuple_])) or 0xFFFF
             new[uc] = struct.pack("!H", c)
         f[o + ICMP_HLEN:o + ICMP_HLEN + QUOTE_LEN] = new
-        f[o + 2:o + 4] = b"\0\0"
-        f[o + 2:o + 4] = struct.pack("!H", csum(bytes(f[o:ETH_HLEN + p.total])))
+        check = struct.unpack("!H", f[o + 2:o + 4])[0]
+        f[o + 2:o + 4] = struct.pack("!H", csum_update(check, inner, bytes(new)))
         _set_outer(p)
 
     def _icmp4_error_translate(self, p: Packet, now: int, why: list) -> int:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from ipaddress import IPv4Address
 
-from tests.bpf.harness import sync
 from tests.bpf.packets import CLIENT, IP, TCP, VIP, WEB1, WEB2, ack, from_pod, parsed, syn, table, udp
 
 ONE = """\
@@ -36,7 +35,7 @@ def test_flow_to_a_terminating_endpoint_keeps_going(pair):
     backend = parsed(got.data)[IP].dst
     name = {WEB1: "web-1", WEB2: "web-2"}[backend]
     after = table(ONE, topology(**{name.replace("-", ""): ", terminating: true"}))
-    sync(p, before, after)
+    p.sync(after)
     again, want = p.send("from_pod", from_pod(CLIENT, VIP, ack()))
     assert want.reason == "M_DNAT" and parsed(again.data)[IP].dst == backend   # the flow continues
     other, want = p.send("from_pod", from_pod(CLIENT, VIP, syn(sport=40001)))
@@ -51,7 +50,7 @@ def test_removed_endpoint_udp_flow_moves_and_tcp_flow_is_dropped(pair):
     dgram, _ = p.send("from_pod", from_pod(CLIENT, VIP, udp()))
     assert parsed(tcp.data)[IP].dst == WEB1 and parsed(dgram.data)[IP].dst == WEB1
     after = table(ONE, topology(app1="gone"))                  # web-1 leaves, web-2 is ready
-    sync(p, before, after)
+    p.sync(after)
     assert all(k.saddr != WEB1 and v[0] != WEB1 for k, v in p.model_conntrack().items())
     # UDP: the stale entry is gone, the same tuple goes to the remaining endpoint
     moved, want = p.send("from_pod", from_pod(CLIENT, VIP, udp()))
@@ -95,7 +94,7 @@ def test_affinity_to_a_removed_endpoint_is_forgotten(pair):
     backend = parsed(got.data)[IP].dst
     gone = "app1" if backend == WEB1 else "app2"
     after = table(STICKY, topology(**{gone: "gone"}))         # the chosen endpoint leaves
-    assert sync(p, before, after) == (3, 3)                   # its flow (2 entries) and the affinity
+    assert p.sync(after) == (3, 3)                   # its flow (2 entries) and the affinity
     assert len(p.prog.table("affinity")) == 0 and p.oracle.s.affinity == {}
     for sport in range(42000, 42010):
         got, _ = p.send("from_pod", from_pod(CLIENT, VIP, syn(sport=sport)))
@@ -129,7 +128,7 @@ def test_affinity_to_an_endpoint_that_left_but_backs_another_service(pair):
     assert p.collect() == (2, 2)                               # the flow is gone, the affinity stays
     assert len(p.prog.table("affinity")) == 1
     after = table(TWO_SERVICES, _shared(topology(app1="gone")))
-    assert sync(p, before, after) == (1, 1)                    # the affinity is forgotten
+    assert p.sync(after) == (1, 1)                    # the affinity is forgotten
     for sport in range(42000, 42005):
         got, want = p.send("from_pod", from_pod(CLIENT, VIP, syn(sport=sport)))
         assert parsed(got.data)[IP].dst == WEB2
@@ -165,10 +164,10 @@ def test_ids_are_never_reused(pair):
     old_backends = dict(p.ids.backend)
     old_services = dict(p.ids.svc)
     after = table(STICKY.replace("10.96.0.10", "10.96.0.20"), topology(app1="gone"))
-    sync(p, before, after)                                  # web-1 and the service at .10 go ...
+    p.sync(after)                                  # web-1 and the service at .10 go ...
     interim = set(p.ids.backend.values()) | set(p.ids.svc.values())
     again = table(STICKY, topology())
-    sync(p, after, again)                                   # ... and come back
+    p.sync(again)                                   # ... and come back
     returned = [k for k in p.ids.backend if k[0] == IPv4Address(WEB1)]
     assert returned and all(p.ids.backend[k] not in set(old_backends.values()) | interim for k in returned)
     assert all(p.ids.svc[k] not in set(old_services.values()) | interim for k in p.ids.svc)
@@ -202,8 +201,8 @@ def test_switching_affinity_off_and_on(pair):
     on, off = table(sticky, topology()), table(ONE, topology())
     p = pair(on)
     assert len(_backends_for(p, base=44000)) == 1
-    sync(p, on, off)
+    p.sync(off)
     assert _backends_for(p, base=45000) == {WEB1, WEB2}
-    sync(p, off, on)
+    p.sync(on)
     assert len(_backends_for(p, base=46000)) == 1
     p.assert_same_state()

@@ -49,6 +49,9 @@ def test_air_gapped_has_no_way_out(tmp_path):
     assert routes(plan, "underlay") == set()
     assert all(dst != "default" for dst, _ in routes(plan, "node1") | routes(plan, "node2"))
     assert (plan.netns_of("underlay"), "net.ipv4.ip_forward", "0") in plan.sysctls
+    # ... but the service CIDR is routed, toward an underlay that forwards nothing (kube-proxy's
+    # rules run after routing: an unrouted cluster IP would never reach them)
+    assert ("10.96.0.0/12", "10.240.0.254") in routes(plan, "node1")
 
 
 def test_names_are_lab_scoped_and_fit_ifnamsiz(tmp_path):
