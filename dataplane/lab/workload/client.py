@@ -3,8 +3,10 @@
 Each request uses a fresh connection (TCP) or socket (UDP), so each is a new flow. Per request it
 reports one outcome:
   reachable   a server answered; "hostname" and "clientip" say which one and what source it saw
-  refused     TCP RST or ICMP port unreachable (connection refused)
-  dropped     no answer within the timeout, or an ICMP network/host unreachable from a router
+  refused     TCP RST or ICMP port unreachable (connection refused), also when a rule of the
+              node's own rejected a UDP send (EPERM, then the REJECT's ICMP error)
+  dropped     no answer within the timeout, an ICMP network/host unreachable from a router, or
+              a send a rule of the node's own dropped (EPERM)
 
 Prints one JSON document: {"results": [{"outcome", "hostname", "clientip", "error", "ms"}...]}
 
@@ -162,13 +164,34 @@ def udp_request(ip: str, port: int, timeout: float, source_port: int | None = No
         sock.connect((ip, port))  # connected: an ICMP port unreachable surfaces as ECONNREFUSED
         answers = []
         for i, req in enumerate(("hostname", "clientip")):
-            sock.send(udp_datagram(req, delay if i == 0 else 0.0, size))
+            try:
+                sock.send(udp_datagram(req, delay if i == 0 else 0.0, size))
+            except PermissionError:
+                return _locally_stopped(sock, timeout, start)
             answers.append(first_line(sock.recv(65535).decode(errors="replace")))
         return _result("reachable", answers[0], answers[1], start=start)
     except OSError as exc:
         return _failure(exc, start)
     finally:
         sock.close()
+
+
+LOCAL_ICMP_WAIT = 0.5     # seconds for a local REJECT's ICMP error to reach the socket
+
+
+def _locally_stopped(sock: socket.socket, timeout: float, start: float) -> dict:
+    """A send the node's own firewall stopped (EPERM: a rule in its OUTPUT path dropped the
+    datagram, as kube-proxy's REJECT of a service without endpoints does for the node's own
+    processes). A REJECT also sends the socket an ICMP port unreachable, which the next receive
+    reports as ECONNREFUSED: refused. Without one, dropped."""
+    sock.settimeout(min(timeout, LOCAL_ICMP_WAIT))
+    try:
+        sock.recv(65535)
+    except ConnectionRefusedError:
+        return _result("refused", error="EPERM, then ECONNREFUSED (rejected by a local rule)", start=start)
+    except OSError:
+        pass
+    return _result("dropped", error="EPERM (dropped by a local rule)", start=start)
 
 
 def hold(ip: str, port: int, timeout: float, source_port: int | None) -> int:
