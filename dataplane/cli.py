@@ -438,9 +438,14 @@ def fuzz_packets(count, seed, save_dir, replay_file):
         outcome = fuzz_mod.replay(Path(replay_file))
         click.echo(fuzz_mod.summary(outcome, None))
         sys.exit(1 if outcome.mismatch else 0)
+    from .run.runner import Terminated
     seed = _random.SystemRandom().randrange(2**32) if seed is None else seed
     click.echo(f"fuzz packets: seed {seed}, at least {count:,} frames", err=True)
-    outcome = fuzz_mod.fuzz(count, seed, Path(save_dir), progress=lambda m: click.echo(m, err=True))
+    try:
+        outcome = fuzz_mod.fuzz(count, seed, Path(save_dir), progress=lambda m: click.echo(m, err=True))
+    except (KeyboardInterrupt, Terminated):
+        click.echo(f"fuzz packets: interrupted (seed {seed}); its namespace and programs are removed", err=True)
+        sys.exit(130)
     click.echo(fuzz_mod.summary(outcome, seed))
     sys.exit(1 if outcome.mismatch else 0)
 

@@ -48,6 +48,11 @@ def _on_sigterm(signum, frame):
     raise Terminated()
 
 
+def on_terminate() -> dict:
+    """SIGTERM and SIGHUP raise Terminated from now on; the handlers they had, to restore."""
+    return {sig: signal.signal(sig, _on_sigterm) for sig in (signal.SIGTERM, signal.SIGHUP)}
+
+
 def run_check(lab: Lab, spec: CheckSpec) -> CheckResult:
     if spec.capture:
         from ..lab import sniffers
@@ -219,7 +224,7 @@ def run_live(scenario: Scenario, backend, lab_name: str, keep: bool = False,
     if backend.simulated:
         return run_simulated(scenario, backend, progress)
     report = Report(scenario.name, backend.name, lab_name, ignored=list(scenario.ignored), seed=backend.seed)
-    old = {sig: signal.signal(sig, _on_sigterm) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    old = on_terminate()
     lab = None
     try:
         lab = bring_up(scenario, backend, lab_name, progress, keep)

@@ -50,3 +50,27 @@ def test_a_planted_bug_is_found_shrunk_saved_and_replayed(tmp_path, node_netns, 
     assert packets.replay(out.saved).mismatch is not None
     monkeypatch.setattr(PodHooks, "_lb4_choose_backend", choose)
     assert packets.replay(out.saved).mismatch is None
+
+
+def test_sigterm_removes_the_fuzzers_namespace(node_netns):
+    """Interrupted (SIGTERM) while it runs: exits non-zero, its namespace is gone."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-c", "from dataplane.cli import main; main()", "fuzz", "packets",
+                             "--count", "10000000", "--seed", "3"], stderr=subprocess.PIPE, text=True)
+    ns = f"dp-fuzz{proc.pid}.node1"
+    try:
+        deadline = time.monotonic() + 120
+        line = ""
+        while "frames/s" not in line and time.monotonic() < deadline:      # running: cases under way
+            line = proc.stderr.readline()
+        assert "frames/s" in line, "the fuzzer never got going"
+        assert ns in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) != 0
+    finally:
+        proc.kill()
+    assert ns not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout

@@ -287,8 +287,10 @@ class _fuzz_node:
     def __enter__(self):
         from ...backends.ebpf.program import NodeProgram
         from ...lab import netns
+        from ..runner import on_terminate
         if os.geteuid() != 0:
             raise DataplaneError("fuzz packets loads BPF programs and creates a network namespace: run it as root")
+        self.old_handlers = on_terminate()       # SIGTERM, SIGHUP: an exception, so __exit__ cleans up
         self.ns = f"dp-fuzz{os.getpid()}.node1"
         netns.remove(self.ns)
         netns.create(self.ns)
@@ -306,10 +308,15 @@ class _fuzz_node:
         return self.prog, self.ns
 
     def __exit__(self, *exc):
+        import signal
         from ...lab import netns
-        if self.prog is not None:
-            self.prog.close()
-        netns.remove(self.ns)
+        try:
+            if self.prog is not None:
+                self.prog.close()
+            netns.remove(self.ns)
+        finally:
+            for sig, handler in self.old_handlers.items():
+                signal.signal(sig, handler)
         return False
 
 
