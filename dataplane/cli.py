@@ -398,8 +398,13 @@ def fuzz_scenarios(count, seed, start, names, save_dir):
         raise click.UsageError("give at least two backends to compare (or none: all of them)")
     for name in names:
         doctor.require(*backends.get(name).needs)
+    from .run.runner import Terminated
     seed = fresh_seed() if seed is None else seed
-    runs = run_fuzz(count, seed, names, save_dir, progress=click.echo, start=start)
+    try:
+        runs = run_fuzz(count, seed, names, save_dir, progress=click.echo, start=start)
+    except (KeyboardInterrupt, Terminated):
+        click.echo(f"fuzz scenarios: interrupted (seed {seed}); every lab it built is removed", err=True)
+        sys.exit(130)
     sys.exit(0 if all(r.agree for r in runs) else 1)
 
 

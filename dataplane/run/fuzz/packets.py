@@ -46,6 +46,7 @@ class Stats:
     verdicts: dict = field(default_factory=dict)     # verdict -> frames
     refused: int = 0                                 # frames BPF_PROG_TEST_RUN would not run
     counters: Counter = field(default_factory=Counter)   # what the frames reached (the oracle's counters)
+    first_found: tuple | None = None                 # (frames, cases) run when the first mismatch showed
 
     def count(self, verdict: str) -> None:
         self.frames += 1
@@ -67,6 +68,8 @@ class Replayer:
         self.sent: list = []          # (hook, frame out) of frames that passed: what answers answer
 
     def fail(self, message: str) -> None:
+        if self.stats.first_found is None:
+            self.stats.first_found = (self.stats.frames, self.stats.examples)
         raise Mismatch(message, self.case)
 
     def frame(self, hook: str, data: bytes) -> None:
@@ -335,6 +338,9 @@ def summary(outcome: Outcome, seed: int | None) -> str:
         lines.append("mismatches: 0")
         return "\n".join(lines)
     case = outcome.mismatch.case
+    if st.first_found:
+        lines.append(f"found after {st.first_found[0]:,} frames ({st.first_found[1]:,} cases); "
+                     f"shrunk to {len(case['events'])} events")
     lines += ["MISMATCH: " + str(outcome.mismatch), "",
               f"minimal case: hash seed {case['seed']}, settings {json.dumps(case['config'])}",
               "services: " + json.dumps(case["services"])]

@@ -199,13 +199,25 @@ class Fuzzer:
         self.tag = f"fz{os.getpid() % 1000}"
 
     def __enter__(self):
+        from ..runner import on_terminate
         self.workdir = tempfile.TemporaryDirectory(prefix="dataplane-fuzz-")
+        self.old_handlers = on_terminate()      # SIGTERM, SIGHUP: an exception, so __exit__ cleans up
         return self
 
-    def __exit__(self, *exc):
-        if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)
-        self.workdir.cleanup()
+    def __exit__(self, exc_type, *exc):
+        import signal
+        try:
+            if self.pool is not None:
+                if exc_type is not None:
+                    # interrupted: each worker's run_live turns SIGTERM into its lab's teardown
+                    for proc in list(getattr(self.pool, "_processes", {}).values()):
+                        if proc.is_alive():
+                            proc.terminate()
+                self.pool.shutdown(wait=True, cancel_futures=True)
+            self.workdir.cleanup()
+        finally:
+            for sig, handler in self.old_handlers.items():
+                signal.signal(sig, handler)
 
     def _pool(self):
         if self.pool is None and self.live:
