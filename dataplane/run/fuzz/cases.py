@@ -30,7 +30,7 @@ EXTERNAL_IPS = ["10.128.3.10", "10.128.3.11", "10.128.3.12", "10.128.3.13"]
 SOURCE_RANGES = ["10.128.1.0/31", "10.128.1.2/32", "10.0.0.0/16", "0.0.0.0/0"]
 SERVICE_PORTS = [(80, "TCP"), (53, "UDP"), (53, "TCP"), (8080, "TCP")]
 TARGET_PORTS = [8080, 5353, 80, 9000]
-NODE_PORTS = [30000, 30001, 30002, 30003]
+NODE_PORTS = [30000 + i for i in range(8)]   # two per service: the API server never gives one port twice
 CLIENT_PORTS = [40000, 40001, 33000, 61000, 61001, 61002, 65535, 1024]
 SNAT_RANGES = [(61000, 65535), (61000, 61003), (61000, 61000)]
 TIMEOUTS = {"syn": 6, "tcp": 40, "close_wait": 20, "close": 3, "udp": 8}   # seconds: jumps cross them
@@ -56,7 +56,7 @@ def service(rng, index: int) -> dict:
     for n, i in enumerate(rng.sample(range(len(SERVICE_PORTS)), rng.randint(1, 2))):
         port, proto = SERVICE_PORTS[i]
         ports.append({"name": f"p{n}", "port": port, "protocol": proto, "target": rng.choice(TARGET_PORTS),
-                      "nodePort": NODE_PORTS[(index * 2 + n) % len(NODE_PORTS)] if kind != "ClusterIP" else None})
+                      "nodePort": NODE_PORTS[index * 2 + n] if kind != "ClusterIP" else None})
     eps = {}
     for _ in range(rng.randint(0, 4)):
         e = endpoint(rng, [p["name"] for p in ports])
