@@ -118,17 +118,19 @@ def sync_node(prog: NodeProgram, current: NodeMaps, desired: NodeMaps, keep: Flo
     no longer lets live and the affinities no longer eligible. (maps.Change, entries flushed)."""
     change = apply(prog, current, desired)
     flushed = flush_flows(prog, keep)
-    flushed += forget_affinities(prog, change.unmatched) if change.unmatched else 0
+    flushed += forget_affinities(prog, desired.affinity_match)
     return change, flushed
 
 
-def forget_affinities(prog: NodeProgram, unmatched: set) -> int:
-    """Delete the affinity entries pointing at backends no longer eligible for their service port
-    (or of service ports gone or without affinity now). The programs already ignore them; this
-    frees their room and makes a later return of the backend start afresh, as kube-proxy's
-    per-endpoint recent lists do."""
+def forget_affinities(prog: NodeProgram, eligible: set) -> int:
+    """Delete the affinity entries whose (service port, backend) is not `eligible` now: backends
+    no longer eligible, service ports gone or without affinity now. Reconciled against the whole
+    desired set, not this sync's difference, so an entry an earlier, interrupted sync left behind
+    goes too (the packet fuzzer found one: maps written, the agent gone before its flush). The
+    programs already ignore them; this frees their room and makes a later return of the backend
+    start afresh, as kube-proxy's per-endpoint recent lists do."""
     aff = prog.table("affinity")
-    doomed = [k for k, v in aff.items() if (k.svc_id, v.backend_id) in unmatched]
+    doomed = [k for k, v in aff.items() if (k.svc_id, v.backend_id) not in eligible]
     for k in doomed:
         aff.pop(k, None)
     return len(doomed)

@@ -68,7 +68,6 @@ class Change:
     upserted: int = 0
     deleted: int = 0
     removed_backends: set = field(default_factory=set)   # BackendValue no longer in any slot
-    unmatched: set = field(default_factory=set)          # (svc_id, backend id) no longer eligible
 
     def __bool__(self):
         return bool(self.upserted or self.deleted)
@@ -103,7 +102,6 @@ def apply(prog: NodeProgram, current: NodeMaps, desired: NodeMaps) -> Change:
         src_t.pop(_source_key(src_t, sid, net), None)
     ch.upserted = len(new_be) + len(slots) + len(heads) + len(added) + len(matched)
     ch.deleted = len(gone_svc) + len(gone_be) + len(unmatched)
-    ch.unmatched = unmatched
     live = set(desired.backends.values())
     ch.removed_backends = {v for v in current.backends.values() if v not in live}
     return ch

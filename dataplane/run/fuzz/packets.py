@@ -23,6 +23,7 @@ from pathlib import Path
 from ...contract.limits import CtTimeouts, MapSizes
 from ...errors import DataplaneError
 from . import cases
+from ...oracle.frontends import frontends
 from .twin import Twin, first_difference
 
 BATCH_EXAMPLES = 100
@@ -115,10 +116,18 @@ class Replayer:
     def _evict(self, k) -> None:
         self.twin.evict(k.dir, saddr=k.saddr, daddr=k.daddr, sport=k.sport, dport=k.dport, proto=k.proto)
 
-    def update(self, services: list) -> None:
-        self.case["events"].append({"update": services})
+    def update(self, services: list, flush: bool = True) -> None:
+        """A service update: the new table and the flush of what it no longer lets live, or
+        (flush False) the new table only, as packets find it between the map writes and the flush
+        (or after an agent died in between): the datapath must be right there too."""
+        self.case["events"].append({"update": services, "flush": flush})
         self.services = services
-        self.twin.sync(cases.build_table(services))
+        table = cases.build_table(services)
+        if flush:
+            self.twin.sync(table)
+        else:
+            self.twin.program(table)
+            self.twin.oracle.s.frontends = frontends(table, cases.NODE, cases.NODE_IP)
         self.check_state("after the update")
 
     def check_state(self, when: str) -> None:
@@ -143,7 +152,7 @@ class Replayer:
                 self.case["events"].append(e)
                 self._evict(CtKey(IPv4Address(s), IPv4Address(d), sp, dp, proto, dir_))
             elif "update" in e:
-                self.update(e["update"])
+                self.update(e["update"], e.get("flush", True))
         self.check_state("at the end")
 
 
@@ -173,7 +182,7 @@ def run_case(r: Replayer, case_seed: int, events: list) -> None:
         elif kind == "evict":
             r.evict(seed)
         else:
-            r.update(cases.table_change(rng, r.services))
+            r.update(cases.table_change(rng, r.services), flush=rng.random() < 0.7)
     r.check_state("at the end")
     r.stats.counters.update(r.twin.oracle.s.metrics)
 
