@@ -389,7 +389,7 @@ def fuzz_scenarios(count, seed, start, names, save_dir):
     docs/differences.md documents the difference.
 
     Prints one line per scenario and a summary. A disagreement (or a backend that crashes) is saved
-    under --save as a scenario with the emulator's outcomes as expectations, which `dataplane run`
+    under --save as a scenario with what most backends saw as expectations, which `dataplane run`
     replays; the command then exits 1.
     """
     from .run.fuzz.scenarios import fresh_seed, fuzz as run_fuzz

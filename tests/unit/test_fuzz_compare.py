@@ -114,6 +114,20 @@ def test_a_saved_disagreement_replays_with_the_references_expectations(generated
         assert [check.expect] == list(result.outcomes) or check.expect in result.outcomes
     replay = run_live(saved, get("emulator", seed=fz.backend_seed(SEED, 0)), "unused")
     assert replay.passed, [r.detail for r in replay.results if not r.passed]
+    # ... and the backend that went its own way does not meet the saved expectation
+    assert saved.checks[1].expect not in reports["ebpf"].results[1].outcomes
+
+
+def test_the_majority_sets_the_expectation_even_against_the_emulator(generated, tmp_path):
+    """The emulator alone disagreeing: the saved file expects what the other four saw."""
+    scenario, reference = generated
+    reports = _same(reference)
+    _flip(reports["emulator"], 1)
+    run = fz.ScenarioRun(SEED, 0, scenario_doc(SEED, 0), CONFORMANCE, reports=reports, scenario=scenario)
+    run.disagreements = fz.compare(scenario, reports)
+    saved = load(fz.save(run, str(tmp_path / "saved")))
+    assert saved.checks[1].expect in reference.results[1].outcomes
+    assert saved.checks[1].expect not in reports["emulator"].results[1].outcomes
 
 
 def test_the_command_saves_a_disagreement_and_exits_1(tmp_path, monkeypatch):
@@ -125,7 +139,7 @@ def test_the_command_saves_a_disagreement_and_exits_1(tmp_path, monkeypatch):
         return replace(report, backend=backend)
 
     monkeypatch.setattr(fz, "_run", fake_run)
-    monkeypatch.setattr(fz, "ProcessPoolExecutor", lambda n, mp_context=None: ThreadPoolExecutor(n))
+    monkeypatch.setattr(fz, "ProcessPoolExecutor", lambda n, mp_context=None, initializer=None: ThreadPoolExecutor(n))
     monkeypatch.setattr(cli_module.doctor, "require", lambda *needs: None)
     save = tmp_path / "failures"
     result = CliRunner().invoke(cli_module.cli, ["fuzz", "scenarios", "--count", "2", "--seed", "11",
@@ -139,7 +153,7 @@ def test_the_command_saves_a_disagreement_and_exits_1(tmp_path, monkeypatch):
 def test_agreement_exits_0_and_prints_a_fresh_seed(tmp_path, monkeypatch):
     monkeypatch.setattr(fz, "_run", lambda path, backend, seed, lab: replace(
         run_live(load(path), get("emulator", seed=seed), "unused"), backend=backend))
-    monkeypatch.setattr(fz, "ProcessPoolExecutor", lambda n, mp_context=None: ThreadPoolExecutor(n))
+    monkeypatch.setattr(fz, "ProcessPoolExecutor", lambda n, mp_context=None, initializer=None: ThreadPoolExecutor(n))
     monkeypatch.setattr(cli_module.doctor, "require", lambda *needs: None)
     result = CliRunner().invoke(cli_module.cli, ["fuzz", "scenarios", "--count", "1", "-b", "nftables",
                                                  "-b", "emulator", "--save", str(tmp_path / "f")])

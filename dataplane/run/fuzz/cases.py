@@ -190,6 +190,19 @@ def service_frame(rng, services: list):
                   "payload": rng.randbytes(rng.randint(0, 16)), "ident": rng.randint(0, 3)}
 
 
+def fragments(frame: bytes) -> list[bytes]:
+    """A frame without options cut in two IPv4 fragments (the first carries 24 bytes: a TCP or
+    UDP header and more; the second the rest at offset 24), or the frame alone if too short."""
+    ip = Ip.parse(frame[14:])
+    if ip is None or len(ip.payload) <= 32 or frame[14] != 0x45:
+        return [frame]
+    ip.ident = ip.ident or 0x4242
+    head, rest = ip.payload[:24], ip.payload[24:]
+    first = Ip(ip.src, ip.dst, ip.proto, head, ident=ip.ident, mf=True).build()
+    later = Ip(ip.src, ip.dst, ip.proto, rest, ident=ip.ident, offset=24).build()
+    return [frame[:14] + first, frame[:14] + later]
+
+
 def _l4(f: dict, src: IPv4Address, dst: IPv4Address) -> bytes:
     if f["proto"] == TCP:
         return Tcp(f["sport"], f["dport"], 1000, 2000 if f["flags"] & 0x10 else 0, f["flags"], f["payload"]).build(src, dst)
@@ -225,6 +238,19 @@ def parse_flow(frame: bytes):
     return str(IPv4Address(ip[12:16])), str(IPv4Address(ip[16:20])), proto, sport, dport, ip
 
 
+def forward(rng, sent: list):
+    """A frame that passed an ingress hook, at the egress hook its way leads to next (to a pod
+    of this node: to_pod; elsewhere: the uplink's to_netdev): (hook, frame), or None."""
+    onward = [(h, f) for h, f, verdict in sent if verdict == "pass" and h in ("from_pod", "from_netdev")]
+    if not onward:
+        return None
+    _, frame = rng.choice(onward)
+    flow = parse_flow(frame)
+    if flow is None or flow[1] == str(NODE_IP):
+        return None                     # for the node itself: delivered, no further hook
+    return ("to_pod" if flow[1] in LOCAL_PODS else "to_netdev"), frame
+
+
 REPLY_HOOKS = {"from_pod": ["from_netdev", "from_pod", "to_pod"], "to_pod": ["from_pod"],
                "from_netdev": ["from_pod", "to_netdev"], "to_netdev": ["from_netdev"]}
 
@@ -232,7 +258,7 @@ REPLY_HOOKS = {"from_pod": ["from_netdev", "from_pod", "to_pod"], "to_pod": ["fr
 def answer(rng, sent: list):
     """A packet answering (or an ICMP error about) one that passed earlier, at a hook where the
     answer can meet it: (hook, description), or None."""
-    hook, frame = rng.choice(sent)
+    hook, frame, _ = rng.choice(sent)
     flow = parse_flow(frame)
     if flow is None:
         return None
@@ -305,7 +331,8 @@ def _ip_checksum(f: bytearray) -> None:
 
 # -- events ----------------------------------------------------------------------------------------
 
-EVENT_KINDS = ["service"] * 5 + ["frame"] * 3 + ["answer"] * 4 + ["advance", "collect", "evict", "update"]
+EVENT_KINDS = (["service"] * 4 + ["frame"] * 2 + ["forward"] * 3 + ["answer"] * 3
+               + ["advance", "collect", "evict", "update"])
 
 
 # A case is drawn by hypothesis as a seed (its table, settings and hash seed) and a list of

@@ -66,7 +66,7 @@ class Replayer:
         self.services = services
         self.twin = Twin(self.prog, cases.build_table(services), cases.build_config(config), seed=seed,
                          timeouts=CtTimeouts(**cases.TIMEOUTS), netns=self.netns)
-        self.sent: list = []          # (hook, frame out) of frames that passed: what answers answer
+        self.sent: list = []          # (hook, frame out, verdict) of frames that passed or came back
 
     def fail(self, message: str) -> None:
         if self.stats.first_found is None:
@@ -93,17 +93,25 @@ class Replayer:
                     else f"bytes differ at {first_difference(got.data, want.data)}")
             self.fail(f"{hook}: {what}\n  in     {data.hex()}\n  bpf    {got.data.hex()}\n"
                       f"  oracle {want.data.hex()}\n  oracle's reasons: {'; '.join(want.why)}")
-        if got.verdict == "pass":
-            self.sent.append((hook, got.data))
+        if got.verdict in ("pass", "redirect"):
+            self.sent.append((hook, got.data, got.verdict))
 
     def advance(self, seconds: int) -> None:
+        self.check_state("before the clock jump")   # after it, a difference may have expired away
         self.case["events"].append({"advance": seconds})
         self.twin.advance(seconds)
 
     def collect(self) -> None:
         self.case["events"].append({"collect": True})
-        self.twin.collect()
+        self._control("garbage collection", self.twin.collect)
         self.check_state("after garbage collection")
+
+    def _control(self, what: str, action, *args) -> None:
+        """A control-plane step on both sides; a crash of either is a finding too."""
+        try:
+            action(*args)
+        except Exception as exc:
+            self.fail(f"{what}: {type(exc).__name__}: {exc}")
 
     def evict(self, index: int) -> None:
         keys = sorted(self.twin.oracle.s.conntrack, key=str)
@@ -124,9 +132,9 @@ class Replayer:
         self.services = services
         table = cases.build_table(services)
         if flush:
-            self.twin.sync(table)
+            self._control("the update", self.twin.sync, table)
         else:
-            self.twin.program(table)
+            self._control("the update's map writes", self.twin.program, table)
             self.twin.oracle.s.frontends = frontends(table, cases.NODE, cases.NODE_IP)
         self.check_state("after the update")
 
@@ -164,14 +172,25 @@ def run_case(r: Replayer, case_seed: int, events: list) -> None:
         kind, seed = cases.event(value)
         rng = random.Random(seed)
         drawn = None
+        if kind == "forward" and r.sent:
+            onward = cases.forward(rng, r.sent)
+            if onward is not None:
+                r.frame(*onward)
+                continue
         if kind == "answer" and r.sent:
             drawn = cases.answer(rng, r.sent)
         elif kind == "service":
             drawn = cases.service_frame(rng, r.services)
+            if drawn is not None and rng.random() < 0.15:      # a datagram in two fragments
+                hook, desc = drawn
+                desc["payload"] = rng.randbytes(rng.randint(20, 60))
+                for piece in cases.fragments(cases.build_frame(desc, hook)):
+                    r.frame(hook, piece)
+                continue
         if drawn is not None:
             hook, desc = drawn
             r.frame(hook, cases.apply_damage(cases.build_frame(desc, hook), cases.damage(rng)))
-        elif kind in ("frame", "answer", "service"):
+        elif kind in ("frame", "forward", "answer", "service"):
             hook = rng.choice(cases.HOOKS)
             desc = cases.new_frame(rng, hook)
             r.frame(hook, cases.apply_damage(cases.build_frame(desc, hook), cases.damage(rng)))
@@ -253,10 +272,14 @@ def minimize(r: Replayer, m: Mismatch) -> Mismatch:
         trial = dict(case, events=case["events"][:i] + case["events"][i + 1:])
         if fails(trial):
             case = trial
-    for smaller in _smaller_tables(case["services"]):
-        trial = dict(case, services=smaller)
-        if fails(trial):
-            case = trial
+    shrunk = True
+    while shrunk:                       # until no table one step simpler still fails
+        shrunk = False
+        for smaller in _smaller_tables(case["services"]):
+            trial = dict(case, services=smaller)
+            if fails(trial):
+                case, shrunk = trial, True
+                break
     return best[0]
 
 
@@ -302,12 +325,12 @@ class _fuzz_node:
         from ..runner import on_terminate
         if os.geteuid() != 0:
             raise DataplaneError("fuzz packets loads BPF programs and creates a network namespace: run it as root")
-        self.old_handlers = on_terminate()       # SIGTERM, SIGHUP: an exception, so __exit__ cleans up
         self.ns = f"dp-fuzz{os.getpid()}.node1"
-        netns.remove(self.ns)
-        netns.create(self.ns)
         self.prog = None
+        self.old_handlers = on_terminate()       # SIGTERM, SIGHUP: an exception, so __exit__ cleans up
         try:
+            netns.remove(self.ns)
+            netns.create(self.ns)
             with netns.ipr(self.ns) as ipr:
                 lo = ipr.link_lookup(ifname="lo")[0]
                 ipr.link("set", index=lo, state="up")

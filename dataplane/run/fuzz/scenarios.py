@@ -29,6 +29,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 
 from ... import backends as registry
+from ...errors import DataplaneError
 from ...judge.differences import BY_KEY, REFERENCE
 from ...spec import generate
 from ...spec.scenario import load
@@ -44,6 +45,13 @@ def fresh_seed() -> int:
 def backend_seed(seed: int, index: int) -> int:
     """The seed of the backends' own choices (ebpf, emulator) for one scenario: `--seed` replays it."""
     return (seed * 7919 + index) % (1 << 32)
+
+
+def _ignore_sigint() -> None:
+    """Workers leave Ctrl-C to the fuzzer, which ends each of them with one SIGTERM (their run's
+    teardown); a Ctrl-C reaching the whole process group would interrupt teardowns under way."""
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _run(path: str, backend: str, seed: int, lab: str) -> Report:
@@ -80,6 +88,7 @@ def observed(spec, result) -> dict:
     servers saw is compared unless it depends on a random choice: a pod that is one of several
     eligible endpoints of its own service sees the node's address when it is chosen (hairpin)."""
     out = {"outcomes": tuple(sorted(result.outcomes)),
+           "counts": tuple(sorted(result.outcomes.items())),     # how many requests met each outcome
            "stray": spec.backends is not None and any(b not in spec.backends for b in result.answered),
            "split": bool(spec.same_backend) and len(result.answered) > 1}
     if spec.backends is not None and (len(spec.backends) <= 1 or spec.client not in spec.backends):
@@ -126,7 +135,7 @@ def compare(scenario, reports: dict, crashed: dict | None = None) -> list[str]:
 def _documented(seen: dict, results: dict) -> bool:
     """Outcomes that differ only as one documented difference says, backend by backend, the rest
     of the observation alike."""
-    rest = {tuple((k, v) for k, v in sorted(s.items()) if k != "outcomes") for s in seen.values()}
+    rest = {tuple((k, v) for k, v in sorted(s.items()) if k not in ("outcomes", "counts")) for s in seen.values()}
     keys = {r.difference for r in results.values() if r.difference}
     if len(rest) != 1 or len(keys) != 1:
         return False
@@ -139,28 +148,35 @@ def _documented(seen: dict, results: dict) -> bool:
 
 # -- saving a disagreement -------------------------------------------------------------------
 
-def with_expectations(doc: dict, scenario, reference: Report | None) -> dict:
-    """The scenario's data with each check's expectation taken from the reference's outcome: the
-    most frequent outcome; the fields that only apply to reachable dropped otherwise, and a
-    `backends` or `sameBackend` the reference itself broke dropped too."""
+def with_expectations(doc: dict, scenario, reports: dict) -> dict:
+    """The scenario's data with each check's expectation taken from the majority of the backends
+    (backend -> Report): the outcome most of them met most often, and the source address the
+    servers saw where sources were compared and the majority saw one; the fields that only apply
+    to reachable dropped otherwise, and a `backends` or `sameBackend` the majority broke dropped
+    too. So the saved file fails on the backend that went its own way, whichever it is."""
     import copy
     doc = copy.deepcopy(doc)
-    if reference is None or len(reference.results) != len(scenario.checks):
+    complete = [r for r in reports.values() if len(r.results) == len(scenario.checks)]
+    if not complete:
         return doc
-    for item, spec, result in zip(generate.checks_of(doc), scenario.checks, reference.results):
-        if not result.outcomes:
+    for i, (item, spec) in enumerate(zip(generate.checks_of(doc), scenario.checks)):
+        results = [r.results[i] for r in complete if r.results[i].outcomes]
+        if not results:
             continue
-        outcome = Counter(result.outcomes).most_common(1)[0][0]
+        outcome = Counter(Counter(r.outcomes).most_common(1)[0][0] for r in results).most_common(1)[0][0]
         item["expect"] = outcome
         if outcome != "reachable":
             for key in REACHABLE_ONLY:
                 item.pop(key, None)
             continue
-        seen = observed(spec, result)
-        if seen["stray"]:
+        seen = [observed(spec, r) for r in results]
+        if Counter(x["stray"] for x in seen).most_common(1)[0][0]:
             item.pop("backends", None)
-        if seen["split"]:
+        if Counter(x["split"] for x in seen).most_common(1)[0][0]:
             item.pop("sameBackend", None)
+        sources = Counter(x.get("sources") for x in seen).most_common(1)[0][0]
+        if sources and len(sources) == 1:
+            item["source"] = sources[0]
     return doc
 
 
@@ -168,18 +184,16 @@ def save(run: ScenarioRun, directory: str) -> str:
     """Write the scenario of a disagreement, replayable, with a header saying what happened."""
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, f"fuzz-{run.seed}-{run.index}.yaml")
-    reference = run.reports.get(REFERENCE)
     bseed = backend_seed(run.seed, run.index)
     header = [f"dataplane fuzz scenarios: seed {run.seed}, index {run.index} "
               f"(regenerate: dataplane fuzz scenarios --seed {run.seed} --start {run.index} --count 1)",
               f"backends: {', '.join(run.backends)}; their choice seed (ebpf, emulator): {bseed}",
-              "expectations: " + (f"the {REFERENCE}'s outcomes" if reference is not None else
-                                  "none written (the reference did not run)"),
+              "expectations: what most backends saw (outcome, and source where compared)",
               f"replay: sudo dataplane run {path} --backend B --seed {bseed}   (or --backend all)",
               "", "what the backends saw:"]
     for text in run.disagreements:
         header.extend("  " + line for line in text.splitlines())
-    body = generate.dump(with_expectations(run.doc, run.scenario, reference))
+    body = generate.dump(with_expectations(run.doc, run.scenario, run.reports))
     with open(path, "w") as f:
         f.write("".join(f"# {line}".rstrip() + "\n" for line in header) + body)
     return path
@@ -221,7 +235,8 @@ class Fuzzer:
 
     def _pool(self):
         if self.pool is None and self.live:
-            self.pool = ProcessPoolExecutor(len(self.live), mp_context=multiprocessing.get_context("spawn"))
+            self.pool = ProcessPoolExecutor(len(self.live), mp_context=multiprocessing.get_context("spawn"),
+                                            initializer=_ignore_sigint)
         return self.pool
 
     def _submit(self, path: str, bseed: int, index: int) -> dict:
@@ -244,7 +259,18 @@ class Fuzzer:
         path = os.path.join(self.workdir.name, f"fuzz-{seed}-{index}.yaml")
         with open(path, "w") as f:
             f.write(generate.dump(doc))
-        run.scenario = load(path)
+        try:
+            run.scenario = load(path)
+        except DataplaneError as exc:           # the generator wrote what the format refuses: a finding
+            run.disagreements = [f"the generated scenario does not load: {exc}"]
+            run.seconds = time.monotonic() - start
+            if self.save_dir:
+                os.makedirs(self.save_dir, exist_ok=True)
+                run.saved = os.path.join(self.save_dir, f"fuzz-{seed}-{index}.yaml")
+                header = [f"dataplane fuzz scenarios: seed {seed}, index {index}: does not load"] + str(exc).splitlines()
+                with open(run.saved, "w") as f:
+                    f.write("".join(f"# {line}\n" for line in header) + generate.dump(doc))
+            return run
         bseed = backend_seed(seed, index)
         futures = self._submit(path, bseed, index)
         for b in self.backends:

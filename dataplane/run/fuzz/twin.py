@@ -171,6 +171,7 @@ class Twin:
                 elif abs(bpf_exp[k] - model_exp[k]) >= EXPIRY_SLACK_NS:
                     out.append(f"conntrack {k}: expiry bpf {bpf_exp[k]}, oracle {model_exp[k]}")
         out += self._affinity_differences()
+        out += self._nosnat_differences(now, expired)
         bpf_metrics = {k: v for k, v in self.prog.metrics().items() if v}
         model_metrics = {k: v for k, v in self.oracle.s.metrics.items() if v}
         if bpf_metrics != model_metrics:
@@ -188,6 +189,21 @@ class Twin:
             b, m = bpf.get(k), model.get(k)
             if b is None or m is None or b[1] != m[1] or abs(b[0] - m[0]) >= EXPIRY_SLACK_NS:
                 out.append(f"affinity {k}: bpf {b}, oracle {m}")
+        return out
+
+
+    def _nosnat_differences(self, now: int, expired: bool) -> list[str]:
+        """The answer markers of UDP datagrams that came in from outside (live ones, unless
+        `expired`)."""
+        bpf = {_ct_key(k): v.expires for k, v in self.prog.table("nosnat").items()}
+        model = dict(self.oracle.s.nosnat)
+        out = []
+        for k in sorted(set(bpf) | set(model), key=str):
+            b, m = bpf.get(k), model.get(k)
+            if b is not None and m is not None and abs(b - m) < EXPIRY_SLACK_NS:
+                continue
+            if expired or max(b or 0, m or 0) > now:
+                out.append(f"no-SNAT marker {k}: bpf expires {b}, oracle {m}")
         return out
 
 
