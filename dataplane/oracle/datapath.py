@@ -6,7 +6,7 @@ traffic policies, masquerade), never from the BPF map encoding: it imports nothi
 or of any backend, so a wrong rendering of the maps shows up as a disagreement. It follows the
 C's structure (one method per C function of bpf/, of the same name: docs/ebpf.md, "Conventions")
 but not its arithmetic: it parses and sums with `struct` (checksums updated for what changed,
-RFC 1624, so a wrong one stays wrong, as under netfilter's NAT), and keeps its state in plain
+RFC 1624, so a wrong one stays wrong; docs/datapath.md), and keeps its state in plain
 dicts keyed by what things are (addresses, ports, frontends), not by ids. It is the oracle the BPF programs are checked against (tests/bpf, `dataplane
 fuzz packets`), and the packet engine of the emulator (`--backend emulator`). Every result says
 why, step by step.
@@ -278,9 +278,9 @@ def parse(frame: bytes):
 # -- rewriting (checksums updated for what changed, RFC 1624) ------------------------------------
 
 def _finish(p: Packet) -> bytes:
-    """The packet with its new addresses and ports, checksums updated for what changed (RFC 1624),
-    as a NAT must: a correct checksum stays correct, a wrong one stays wrong (netfilter's NAT
-    updates them alike; a NAT that recomputed them would make corrupted packets look good)."""
+    """The packet with its new addresses and ports, checksums updated for what changed (RFC 1624):
+    a correct checksum stays correct, a wrong one stays exactly as wrong, so a corrupted packet
+    is never made to look good (netfilter would not translate it at all: docs/differences.md)."""
     f = p.frame
     ip = ETH_HLEN
     osa, oda, osp, odp = p.orig
