@@ -67,6 +67,7 @@ class Replayer:
         self.twin = Twin(self.prog, cases.build_table(services), cases.build_config(config), seed=seed,
                          timeouts=CtTimeouts(**cases.TIMEOUTS), netns=self.netns)
         self.sent: list = []          # (hook, frame out, verdict) of frames that passed or came back
+        self.pending = False          # the last update wrote the maps, its flush still to come
 
     def fail(self, message: str) -> None:
         if self.stats.first_found is None:
@@ -127,9 +128,10 @@ class Replayer:
     def update(self, services: list, flush: bool = True) -> None:
         """A service update: the new table and the flush of what it no longer lets live, or
         (flush False) the new table only, as packets find it between the map writes and the flush
-        (or after an agent died in between): the datapath must be right there too."""
+        (or while an agent that died in between is restarting): the datapath must be right there
+        too. The next update finishes it first, as a restarted agent would."""
         self.case["events"].append({"update": services, "flush": flush})
-        self.services = services
+        self.services, self.pending = services, not flush
         table = cases.build_table(services)
         if flush:
             self._control("the update", self.twin.sync, table)
@@ -201,6 +203,8 @@ def run_case(r: Replayer, case_seed: int, events: list) -> None:
         elif kind == "evict":
             r.evict(seed)
         else:
+            if r.pending:            # an agent restarted: it first finishes the sync it was in
+                r.update(r.services)
             r.update(cases.table_change(rng, r.services), flush=rng.random() < 0.7)
     r.check_state("at the end")
     r.stats.counters.update(r.twin.oracle.s.metrics)
