@@ -98,13 +98,19 @@ def test_random_choices_are_not_compared(tmp_path):
     assert len(fz.compare(scenario, reports)) == 1
 
 
-def test_a_saved_disagreement_replays_with_the_references_expectations(generated, tmp_path):
+def _saved_with(generated, tmp_path, odd_one: str):
+    """Reports alike but for `odd_one`'s check 1, saved: (path, reports)."""
     scenario, reference = generated
     reports = _same(reference)
-    _flip(reports["ebpf"], 1)
+    _flip(reports[odd_one], 1)
     run = fz.ScenarioRun(SEED, 0, scenario_doc(SEED, 0), CONFORMANCE, reports=reports, scenario=scenario)
     run.disagreements = fz.compare(scenario, reports)
-    path = fz.save(run, str(tmp_path / "saved"))
+    return fz.save(run, str(tmp_path / "saved")), reports
+
+
+def test_a_saved_disagreement_replays_with_the_references_expectations(generated, tmp_path):
+    reference = generated[1]
+    path, reports = _saved_with(generated, tmp_path, "ebpf")
     text = open(path).read()
     assert f"seed {SEED}, index 0" in text and "ebpf: " in text and "--seed" in text
     saved = load(path)
@@ -120,12 +126,9 @@ def test_a_saved_disagreement_replays_with_the_references_expectations(generated
 
 def test_the_majority_sets_the_expectation_even_against_the_emulator(generated, tmp_path):
     """The emulator alone disagreeing: the saved file expects what the other four saw."""
-    scenario, reference = generated
-    reports = _same(reference)
-    _flip(reports["emulator"], 1)
-    run = fz.ScenarioRun(SEED, 0, scenario_doc(SEED, 0), CONFORMANCE, reports=reports, scenario=scenario)
-    run.disagreements = fz.compare(scenario, reports)
-    saved = load(fz.save(run, str(tmp_path / "saved")))
+    reference = generated[1]
+    path, reports = _saved_with(generated, tmp_path, "emulator")
+    saved = load(path)
     assert saved.checks[1].expect in reference.results[1].outcomes
     assert saved.checks[1].expect not in reports["emulator"].results[1].outcomes
 
