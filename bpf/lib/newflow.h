@@ -38,13 +38,14 @@ static __always_inline int __lb4_new_flow_backend(struct __sk_buff *skb, struct 
 {
 	if (p->proto == IPPROTO_TCP && !pkt4_bare_syn(p))
 		return -DROP_CT_LOST;
+	/* No endpoint anywhere: every client is rejected, source ranges or not (kube-proxy writes
+	 * the loadBalancerSourceRanges firewall only for a service with endpoints). */
+	if (svc->count == 0 && !(svc->flags & SVC_F_LOCAL_ONLY))
+		return lb4_reject(skb, p, REJECT_NO_ENDPOINTS);
 	if (!lb4_source_allowed(svc, p->saddr))
 		return -DROP_SOURCE_RANGE;
-	if (svc->count == 0) {
-		if (svc->flags & SVC_F_LOCAL_ONLY)
-			return -DROP_NO_LOCAL_ENDPOINT;
-		return lb4_reject(skb, p, REJECT_NO_ENDPOINTS);
-	}
+	if (svc->count == 0)
+		return -DROP_NO_LOCAL_ENDPOINT;
 	*id = lb4_select_backend(p, svc, cfg->seed, now);
 	*be = lb4_lookup_backend(*id);
 	if (!*be)

@@ -68,10 +68,10 @@ static __always_inline int sock4_translate(struct bpf_sock_addr *ctx)
 	struct dp_config *cfg = config_get();
 	if (!cfg)
 		return 1;
-	if (!lb4_source_allowed(svc, cfg->node_ip))
+	if (svc->count == 0 && !(svc->flags & SVC_F_LOCAL_ONLY))
+		return __sock4_refuse(REJECT_NO_ENDPOINTS);     /* before source ranges, as in newflow.h */
+	if (!lb4_source_allowed(svc, cfg->node_ip) || svc->count == 0)
 		return 1;
-	if (svc->count == 0)
-		return (svc->flags & SVC_F_LOCAL_ONLY) ? 1 : __sock4_refuse(REJECT_NO_ENDPOINTS);
 	__u64 now = bpf_ktime_get_ns() + cfg->clock_offset;
 	__u64 cookie = dp_socket_cookie(ctx);
 	__u32 hash = __sock4_hash(cfg->seed, cookie, daddr, dport, proto);

@@ -934,12 +934,14 @@ class PodHooks:
         if p.proto == TCP and not self._pkt4_bare_syn(p):
             return self._dp_drop(p.frame, "DROP_CT_LOST",
                                  ["TCP to a frontend, not a SYN, and no flow: a lost flow (expired, evicted or flushed)"])
+        if not svc.targets and not svc.local_only:
+            # every client, source ranges or not: kube-proxy's firewall chain exists only while
+            # the service has endpoints
+            return self._lb4_reject(p, "REJECT_NO_ENDPOINTS", ["service has no eligible endpoint"])
         if not self._lb4_source_allowed(svc, p.saddr):
             return self._dp_drop(p.frame, "DROP_SOURCE_RANGE", [f"{p.saddr} is outside the LoadBalancer's source ranges"])
         if not svc.targets:
-            if svc.local_only:
-                return self._dp_drop(p.frame, "DROP_NO_LOCAL_ENDPOINT", ["traffic policy Local: no endpoint on this node"])
-            return self._lb4_reject(p, "REJECT_NO_ENDPOINTS", ["service has no eligible endpoint"])
+            return self._dp_drop(p.frame, "DROP_NO_LOCAL_ENDPOINT", ["traffic policy Local: no endpoint on this node"])
         return self._lb4_select_backend(p, svc, now, why)
 
     def _lb4_new_flow_entries(self, p: Packet, svc: Frontend, now: int, be: Backend):
@@ -1157,13 +1159,11 @@ class Datapath(PodHooks):
                 return "refused"
             return daddr, dport
         node_ip = self.s.config.node_ip
-        if not self._lb4_source_allowed(svc, node_ip):
-            return daddr, dport
-        if not svc.targets:
-            if svc.local_only:
-                return daddr, dport
+        if not svc.targets and not svc.local_only:
             self._metrics_count("REJECT_NO_ENDPOINTS")
             return "refused"
+        if not self._lb4_source_allowed(svc, node_ip) or not svc.targets:
+            return daddr, dport
         be = self._lb4_choose_backend(svc, node_ip, self._sock4_hash(cookie, daddr, dport, proto), now, [])
         self._metrics_count("M_SOCK_LB")
         return be.addr, be.port

@@ -150,6 +150,16 @@ def test_load_balancer_source_ranges(pair):
     assert want.reason == "M_DNAT_NEW"
 
 
+def test_a_service_without_endpoints_rejects_every_client_source_ranges_or_not(pair):
+    """kube-proxy writes the source-range firewall only for a service with endpoints
+    (usesFWChain := hasEndpoints && ...): without any, a client outside the ranges is rejected
+    like any other (found by fuzz scenarios, seed 2000, index 44)."""
+    p = pair(table(RANGED, topology(app1="none", app2="none")))
+    for client in ("10.128.1.77", "10.128.1.1"):                                       # outside, inside
+        got, want = p.send("from_netdev", to_pod(client, LB, syn(dport=80)))
+        assert got.verdict == "redirect" and want.reason == "REJECT_NO_ENDPOINTS"
+
+
 def test_pod_to_its_own_nodes_node_port(pair):
     """externalTrafficPolicy Cluster: a pod's flow is masqueraded to the node as kube-proxy's
     KUBE-EXT chain marks it (on the backend's veth egress), and the reply's new source, this
