@@ -34,3 +34,38 @@ def test_generated_scenarios_agree_on_every_backend(tmp_path, capsys):
     bad = [f"seed {r.seed} index {r.index} (fresh seed {seed}; saved {r.saved}):\n" + "\n".join(r.disagreements)
            for r in runs if not r.agree]
     assert not bad, "\n".join(bad)
+
+
+def test_sigterm_tears_down_every_lab_of_the_fuzzer(tmp_path):
+    """Interrupted while its labs are up: exits 130, no lab, namespace or worker of it left."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from dataplane.lab.lab import all_labs
+
+    proc = subprocess.Popen([sys.executable, "-c", "from dataplane.cli import main; main()", "fuzz", "scenarios",
+                             "--count", "5", "--seed", "77", "--save", str(tmp_path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    tag = f"fz{proc.pid % 1000}-"
+    try:
+        deadline = time.monotonic() + 180
+        while not any(n.startswith(tag) for n in all_labs()) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert any(n.startswith(tag) for n in all_labs()), "the fuzzer never built a lab"
+        time.sleep(3)                                   # mid-build or mid-check
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 130
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert not [n for n in all_labs() if n.startswith(tag)]
+    deadline = time.monotonic() + 15              # multiprocessing's resource tracker ends just after
+    while True:
+        leftovers = subprocess.run(["pgrep", "-g", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        if not leftovers or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert not leftovers, f"processes of the fuzzer left: {leftovers}"

@@ -221,17 +221,33 @@ class Fuzzer:
     def __exit__(self, exc_type, *exc):
         import signal
         try:
-            if self.pool is not None:
-                if exc_type is not None:
-                    # interrupted: each worker's run_live turns SIGTERM into its lab's teardown
-                    for proc in list(getattr(self.pool, "_processes", {}).values()):
-                        if proc.is_alive():
-                            proc.terminate()
+            if self.pool is not None and exc_type is not None:
+                self._stop_workers()
+            elif self.pool is not None:
                 self.pool.shutdown(wait=True, cancel_futures=True)
             self.workdir.cleanup()
         finally:
             for sig, handler in self.old_handlers.items():
                 signal.signal(sig, handler)
+
+    def _stop_workers(self, grace: float = 60.0) -> None:
+        """Interrupted: each worker's run_live turns one SIGTERM into its lab's teardown; a worker
+        still there after `grace` seconds is killed, and any lab of this fuzzer's left behind is
+        removed here."""
+        from ...lab.lab import all_labs, teardown
+        procs = [p for p in getattr(self.pool, "_processes", {}).values() if p.is_alive()]
+        for proc in procs:
+            proc.terminate()
+        deadline = time.monotonic() + grace
+        for proc in procs:
+            proc.join(max(0.0, deadline - time.monotonic()))
+            if proc.is_alive():
+                proc.kill()
+                proc.join(5)
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        for name in all_labs():
+            if name.startswith(self.tag + "-"):
+                teardown(name)
 
     def _pool(self):
         if self.pool is None and self.live:
