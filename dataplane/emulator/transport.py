@@ -299,13 +299,15 @@ class Transport:
         sport = source_port or self.rng.randint(*EPHEMERAL)
         while (proto, sport) in sim.sockets:
             sport = self.rng.randint(*EPHEMERAL)
+        # the cgroup connect hook runs before the kernel routes the socket (as connect4 in
+        # inet_stream_connect / udp connect): a translated socket is routed to its backend
+        dst, port = self.socket_destination(sim, proto, dst, port)
+        if dst is None:
+            return None, _result("refused", error="ECONNREFUSED")
         route = sim.route(dst)
         if route is None and dst not in sim.local_ips():
             return None, _result("dropped", error="ENETUNREACH")
         src = dst if dst in sim.local_ips() else self.source_for(sim, route)
-        dst, port = self.socket_destination(sim, proto, dst, port)
-        if dst is None:
-            return None, _result("refused", error="ECONNREFUSED")
         sock = Socket(proto, (src, sport), (dst, port), bound=bool(source_port))
         sim.sockets[(proto, sport)] = sock
         return sock, None
