@@ -346,7 +346,11 @@ class _Generator:
             if protocol == "UDP" and r.random() < 0.3:
                 check["sourcePort"] = self._source_port(check["from"])
                 check["requests"] = 2
-                check["sameBackend"] = True          # one flow: one backend
+                if not check["from"].startswith("node/"):
+                    # one flow: one backend. Not for a node's own process: the eBPF dataplane
+                    # chooses per socket at connect() (socket-level load balancing), kube-proxy
+                    # per conntrack entry (docs/differences.md)
+                    check["sameBackend"] = True
             elif protocol == "TCP" and r.random() < 0.15:
                 check["sourcePort"] = self._source_port(check["from"])
             if r.random() < 0.15:
