@@ -135,7 +135,7 @@ def make_plan(spec: TopologySpec, lab: str, frontends=()) -> LabPlan:
     # The underlay forwards between its segments, except in the air-gapped model where it is the
     # only thing between the cluster and the outside, and forwards nothing.
     b.plan.sysctls.append((underlay, "net.ipv4.ip_forward", "0" if spec.network == "air-gapped" else "1"))
-    node_ports = [b.node(node, underlay) for node in spec.nodes]
+    node_ports = [b.node(node, underlay, frontends) for node in spec.nodes]
     for pod in spec.pods:
         b.pod(pod)
     outside_ports = [b.host(host, underlay) for host in spec.hosts]
@@ -166,7 +166,7 @@ class _Builder:
         self.plan.veths.append(v)
         return v
 
-    def node(self, node, underlay: str) -> str:
+    def node(self, node, underlay: str, frontends=()) -> str:
         """A node namespace on the underlay's node segment; the underlay port's name."""
         spec, plan = self.spec, self.plan
         ns = self.namespace("node", node.name)
@@ -190,10 +190,14 @@ class _Builder:
             plan.routes.append(Route(ns, "default", "eth0", gateway=str(spec.node_gateway)))
         else:
             # Without a default route a node must still route the service CIDR (Kubernetes asks
-            # it of nodes without one): kube-proxy's rules run after routing, and a cluster IP
-            # nothing routes is a network unreachable before any rule sees it. The underlay
-            # forwards nothing here, so the route leads nowhere out.
+            # it of nodes without one), and the services' load-balancer and external IPs, which
+            # any other node reaches by its default route: kube-proxy's filter rules (a service
+            # without endpoints rejected) and its rules for the node's own connections run after
+            # routing, so an address nothing routes is a network unreachable before they see it.
+            # The underlay forwards nothing here, so these routes lead nowhere out.
             plan.routes.append(Route(ns, str(spec.service_cidr), "eth0", gateway=str(spec.node_gateway)))
+            for addr in sorted({str(a) for a, _ in frontends}):
+                plan.routes.append(Route(ns, f"{addr}/32", "eth0", gateway=str(spec.node_gateway)))
         return up
 
     def pod(self, pod) -> None:

@@ -52,6 +52,12 @@ def test_air_gapped_has_no_way_out(tmp_path):
     # ... but the service CIDR is routed, toward an underlay that forwards nothing (kube-proxy's
     # rules run after routing: an unrouted cluster IP would never reach them)
     assert ("10.96.0.0/12", "10.240.0.254") in routes(plan, "node1")
+    # ... and the services' load-balancer and external IPs, which other nodes reach by default
+    from ipaddress import IPv4Address
+    topology = load(write(tmp_path, BASE.replace("model: flat", "model: air-gapped"))).topology
+    plan = make_plan(topology, "t1", ((IPv4Address("10.201.0.1"), "node1"),))
+    assert ("10.201.0.1/32", "10.240.0.254") in routes(plan, "node2")
+    assert routes(plan, "underlay") == set()
 
 
 def test_names_are_lab_scoped_and_fit_ifnamsiz(tmp_path):
