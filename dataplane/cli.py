@@ -49,11 +49,20 @@ def backend_options(command):
     return command
 
 
+def _agent_periods(command):
+    for option in reversed((
+        click.option("--reconcile-period", default=2.0, show_default=True, type=click.FloatRange(0.2, 3600),
+                     help="Seconds between the agent's checks for rules or map entries changed behind its back."),
+        click.option("--collect-period", default=10.0, show_default=True, type=click.FloatRange(0.2, 3600),
+                     help="Seconds between garbage collections of expired conntrack and affinity entries (eBPF)."),
+    )):
+        command = option(command)
+    return command
+
+
 def _backend_settings(seed, map_sizes, ct_timeouts) -> dict:
     """The options given on the command line (None: not given)."""
-    from .contract.limits import CtTimeouts, MapSizes
-    return {"seed": seed, "sizes": MapSizes.parse(map_sizes) if map_sizes else None,
-            "timeouts": CtTimeouts.parse(ct_timeouts) if ct_timeouts else None}
+    return backends.settings(seed, map_sizes, ct_timeouts)
 
 
 def _load(path):
@@ -128,14 +137,17 @@ Examples:
               type=click.Choice(sorted(backends.BACKENDS) + sorted(backends.ALIASES)))
 @click.option("--dry-run", is_flag=True, help="Print every namespace, link, address and route; create nothing.")
 @backend_options
-def up(scenario, lab_name, backend, dry_run, seed, map_sizes, ct_timeouts):
+@_agent_periods
+def up(scenario, lab_name, backend, dry_run, seed, map_sizes, ct_timeouts, reconcile_period, collect_period):
     """Build the lab of SCENARIO and leave it running (its test servers too).
 
     Look inside with `dataplane exec LAB NAME -- CMD`, list labs with `dataplane status`,
     remove with `dataplane down LAB`.
     """
     from .lab.plan import make_plan
-    from .run.runner import bring_up
+    from .lab.lab import Lab
+    from .run import agent
+    from .run.agent.desired import scenario_digest
     sc = _load(scenario)
     name = lab_name or sc.name
     if dry_run:
@@ -145,26 +157,151 @@ def up(scenario, lab_name, backend, dry_run, seed, map_sizes, ct_timeouts):
     if be.simulated:
         raise click.UsageError(f"backend {backend} is simulated: there is no lab to bring up (use `run`)")
     doctor.require(*be.needs)
-    lab = bring_up(sc, be, name, _progress(True))
+    say = _progress(True)
+    say(f"building lab {name} from {sc.file}")
+    lab = Lab.create(sc.topology, name, sc.file, say, be.name, sc.frontend_routes)
+    try:
+        rec = lab.record
+        rec.scenario = os.path.abspath(sc.file)
+        rec.scenario_sha256 = scenario_digest(sc.file)
+        rec.agent = {"options": {"seed": be.seed, "map_size": list(map_sizes), "ct_timeout": list(ct_timeouts)},
+                     "reconcile_period": reconcile_period, "collect_period": collect_period}
+        rec.save()
+        for line in agent.start(name, progress=say):
+            say(line)
+    except BaseException:
+        lab.teardown()
+        raise
     topo = sc.topology
     click.echo(f"lab {name} is up: {topo.network} model, {len(topo.nodes)} nodes, {len(topo.pods)} pods, "
-               f"{len(topo.hosts)} outside hosts")
+               f"{len(topo.hosts)} outside hosts; backend {be.name}, served by agent {agent.running(name)[0]}")
     for obj in (*topo.nodes, *topo.pods, *topo.hosts):
         click.echo(f"  {obj.name:<14} {str(obj.ip):<15} netns {lab.record.objects[obj.name]}")
-    click.echo(f"remove it with: dataplane down {name}")
+    click.echo(f"change it with: dataplane apply {name} FILE...; remove it with: dataplane down {name}")
 
 
-@cli.command()
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
-def status(as_json):
-    """List labs on this machine: namespaces present, servers alive, and whether it is complete.
+@cli.command(epilog="""\b
+Examples:
+  sudo dataplane up scenarios/clusterip.yaml --name demo
+  sudo dataplane apply demo scenarios/changes/new-service.yaml     # an update document
+  sudo dataplane apply demo scenarios/changes/web-nodeport.yaml    # a Kubernetes manifest
+  kubectl get svc,endpointslices -A -o yaml > dump.yaml && sudo dataplane apply demo dump.yaml
+""")
+@click.argument("lab")
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, exists=True))
+def apply(lab, files):
+    """Apply FILES to the running LAB: Kubernetes manifests (Service, EndpointSlice, or a List of
+    them; a Service replaces the one of its name, as `kubectl apply`), or update documents (the
+    body of a scenario `update:` step: services:, deleteServices:, pods:).
 
-    \b
-    Example:
-      dataplane status --json | jq '.[].name'
+    Every file is validated first, with the same errors as `run` (file, line, field); if one is
+    invalid, or the backend refuses the result (a full map), nothing changes. Prints what changed
+    in the services and in the backend.
     """
+    from .run import agent
+    doctor.require("root")
+    answer = agent.request(lab, "apply", files=[os.path.abspath(f) for f in files])
+    for line in answer["lines"]:
+        click.echo(line)
+
+
+@cli.command(epilog="""\b
+Examples:
+  sudo dataplane delete demo service/default/web
+  sudo dataplane delete demo service/web            # namespace default
+""")
+@click.argument("lab")
+@click.argument("what", metavar="service/[NAMESPACE/]NAME")
+def delete(lab, what):
+    """Delete a service from the running LAB (its rules or map entries go; clients are refused)."""
+    from .run import agent
+    kind, _, key = what.partition("/")
+    if kind not in ("service", "svc") or not key:
+        raise click.UsageError(f"expected service/NAMESPACE/NAME or service/NAME, got {what!r}")
+    doctor.require("root")
+    answer = agent.request(lab, "delete", service=key)
+    for line in answer["lines"]:
+        click.echo(line)
+
+
+@cli.command(epilog="""\b
+Examples:
+  sudo dataplane reload demo                        # new agent, programs replaced, maps kept
+  sudo dataplane reload demo --ct-timeout udp=30    # the same, with another UDP lifetime
+  sudo dataplane reload demo --seed 7               # new flows hash with another seed
+""")
+@click.argument("lab")
+@backend_options
+def reload(lab, seed, map_sizes, ct_timeouts):
+    """Restart LAB's agent (or start one after it was killed); the new one adopts the dataplane.
+
+    On the eBPF backend the programs are rebuilt from bpf/ and swapped into the same TC filters
+    and cgroup hooks while the pinned maps are kept: established connections, UDP flows,
+    masquerade mappings, affinities and counters carry on. Maps of another layout (a changed
+    struct, map declaration or --map-size) are refused before anything changes. kube-proxy's modes
+    re-render and re-apply their rules; the kernel's conntrack keeps their flows. Options given
+    here replace the lab's; options not given stay as they were.
+    """
+    from .lab import state
+    from .errors import LabError
+    from .run import agent
+    doctor.require("root")
+    rec = state.load(lab)
+    if rec is None or not rec.ready:
+        raise LabError(f"no complete lab named {lab!r} (see `dataplane status`)")
+    be = backends.get(rec.backend, **_backend_settings(seed, map_sizes, ct_timeouts))
+    doctor.require(*be.needs)
+    old = dict(rec.agent.get("options", {}))
+    new = dict(old)
+    if seed is not None:
+        new["seed"] = seed
+    if map_sizes:
+        new["map_size"] = list(map_sizes)
+    if ct_timeouts:
+        new["ct_timeout"] = list(ct_timeouts)
+    say = _progress(True)
+    stopped = agent.stop(lab)
+    if stopped:
+        say(f"stopped agent {', '.join(map(str, stopped))}; the dataplane keeps serving")
+    rec = state.load(lab)
+    rec.agent["options"] = new
+    rec.save()
+    try:
+        lines = agent.start(lab, adopt=True, progress=say)
+    except BaseException as exc:
+        rec = state.load(lab)
+        if rec is not None and new != old:
+            rec.agent["options"] = old
+            rec.save()
+        if not isinstance(exc, LabError) and not isinstance(exc, DataplaneError):
+            raise
+        say(f"reload refused: {exc}")
+        say("starting an agent with the lab's previous settings")
+        agent.start(lab, adopt=True, progress=say)
+        raise
+    for line in lines:
+        click.echo(line)
+    click.echo(f"lab {lab} reloaded: agent {agent.running(lab)[0]}")
+
+
+@cli.command(epilog="""\b
+Examples:
+  dataplane status                 # every lab
+  sudo dataplane status demo       # one lab's agent: last sync, drift repaired, garbage collected
+  dataplane status --json | jq '.[].name'
+""")
+@click.argument("lab", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def status(lab, as_json):
+    """List labs on this machine: namespaces present, servers alive, agent, and whether each is
+    complete. With LAB: that lab's agent in detail (its last sync and how long it took, drift it
+    found and repaired, expired state it collected)."""
     from .lab import netns, state
     from .lab.lab import all_labs, namespaces_of
+    from .run import agent
+    if lab:
+        _lab_status(lab, as_json)
+        return
     out = []
     for name in all_labs():
         rec = state.load(name)
@@ -179,9 +316,10 @@ def status(as_json):
             health = f"damaged ({len(rec.namespaces) - len(present)} namespaces missing)"
         else:
             health = "up"
+        agents = agent.running(name)
         out.append({"name": name, "status": health, "scenario": rec.scenario if rec else "",
                     "network": rec.network if rec else "", "backend": rec.backend if rec else "",
-                    "namespaces": len(present), "servers": len(servers),
+                    "namespaces": len(present), "servers": len(servers), "agent": agents[0] if agents else None,
                     "age_s": round(time.time() - rec.created) if rec and rec.created else None})
     if as_json:
         click.echo(json.dumps(out, indent=2))
@@ -189,10 +327,45 @@ def status(as_json):
     if not out:
         click.echo("no labs")
         return
-    click.echo(f"{'LAB':<20} {'NETWORK':<11} {'BACKEND':<8} {'NETNS':>5} {'SERVERS':>7}  STATUS")
+    click.echo(f"{'LAB':<20} {'NETWORK':<11} {'BACKEND':<15} {'NETNS':>5} {'SERVERS':>7} {'AGENT':>7}  STATUS")
     for o in out:
-        click.echo(f"{o['name']:<20} {o['network']:<11} {o['backend']:<8} {o['namespaces']:>5} "
-                   f"{o['servers']:>7}  {o['status']}")
+        click.echo(f"{o['name']:<20} {o['network']:<11} {o['backend']:<15} {o['namespaces']:>5} "
+                   f"{o['servers']:>7} {o['agent'] or '-':>7}  {o['status']}")
+
+
+def _lab_status(name: str, as_json: bool) -> None:
+    from .errors import LabError
+    from .lab import state
+    from .run import agent
+    if state.load(name) is None:
+        raise LabError(f"no lab named {name!r} (see `dataplane status`)")
+    live = bool(agent.running(name))
+    st = agent.request(name, "status")["status"] if live else agent.last_status(name)
+    if as_json:
+        click.echo(json.dumps({"lab": name, "agent_running": live, "agent": st}, indent=2))
+        return
+    if not live:
+        click.echo(f"lab {name}: no agent running; the dataplane serves what it last programmed "
+                   f"(`dataplane reload {name}` starts one)")
+        if st is None:
+            return
+        click.echo("the last agent's state:")
+    ago = lambda t: f"{time.time() - t:.0f}s ago" if t else "never"  # noqa: E731
+    last = st.get("last_sync") or {}
+    click.echo(f"agent {st['pid']} ({st['backend']}), started {ago(st['started'])}"
+               f"{' by adopting the running dataplane' if st.get('adopted') else ''}")
+    click.echo(f"services: {st['services']}; syncs: {st['syncs']}; last sync ({last.get('what', '-')}): "
+               f"{ago(last.get('at'))}, took {last.get('duration_ms', 0):.1f} ms")
+    for line in last.get("lines") or []:
+        click.echo(f"  {line}")
+    click.echo(f"reconciles: {st['reconciles']}; drift found and repaired {st['repairs']} times")
+    for d in st.get("drift", [])[-5:]:
+        click.echo(f"  {ago(d['at'])}: " + "; ".join(d["repaired"]))
+    lc = st.get("last_collect") or {}
+    click.echo(f"garbage collected: {st['collected']} expired entries (last: {ago(lc.get('at'))}, "
+               f"{lc.get('removed', 0)} removed)")
+    for e in st.get("errors", [])[-5:]:
+        click.echo(f"  error {ago(e['at'])}: {e['error']}")
 
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},

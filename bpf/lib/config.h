@@ -4,9 +4,10 @@
 #define DP_CONFIG_H
 
 #include "types.h"
+#include "pinning.h"
 
 /* index 0: struct dp_config. Read by parse.h (pkt4_begin) and socklb.h */
-BPF_TABLE("array", __u32, struct dp_config, config, 1);
+DP_TABLE("array", __u32, struct dp_config, config, 1, 0);
 
 /* The node's configuration, or NULL before the loader wrote it. */
 static __always_inline struct dp_config *config_get(void)

@@ -9,13 +9,14 @@
 #include <uapi/linux/in.h>
 
 #include "types.h"
+#include "pinning.h"
 #include "consts.h"
 #include "map_sizes.h"
 #include "metrics.h"
 #include "parse.h"
 
 /* flows: (5-tuple, direction) -> translation; LRU so a full table evicts the oldest */
-BPF_TABLE("lru_hash", struct ct_key, struct ct_entry, conntrack, CT_MAP_SIZE);
+DP_TABLE("lru_hash", struct ct_key, struct ct_entry, conntrack, CT_MAP_SIZE, 0);
 
 /* The map's operations, for the headers that store flows (newflow.h) and node-IP mappings
  * (snat.h): an entry or NULL; 0 or the map's negative error (ct4_claim: only if the key is free,

@@ -5,6 +5,7 @@
 #define DP_LB_H
 
 #include "types.h"
+#include "pinning.h"
 #include "consts.h"
 #include "map_sizes.h"
 #include "metrics.h"
@@ -12,19 +13,19 @@
 #include "hash.h"
 
 /* (VIP, port, proto, slot) -> service port or backend slot */
-BPF_F_TABLE("hash", struct svc_key, struct svc_value, services, SVC_MAP_SIZE, BPF_F_NO_PREALLOC);
+DP_TABLE("hash", struct svc_key, struct svc_value, services, SVC_MAP_SIZE, BPF_F_NO_PREALLOC);
 
 /* backend id -> address and port */
-BPF_F_TABLE("hash", __u32, struct backend, backends, BACKEND_MAP_SIZE, BPF_F_NO_PREALLOC);
+DP_TABLE("hash", __u32, struct backend, backends, BACKEND_MAP_SIZE, BPF_F_NO_PREALLOC);
 
 /* (client, service port) -> backend, for sessionAffinity: ClientIP */
-BPF_TABLE("lru_hash", struct affinity_key, struct affinity_value, affinity, AFFINITY_MAP_SIZE);
+DP_TABLE("lru_hash", struct affinity_key, struct affinity_value, affinity, AFFINITY_MAP_SIZE, 0);
 
 /* (service port, backend) -> 1 for every eligible backend of a service port with affinity */
-BPF_F_TABLE("hash", struct affinity_match_key, __u8, affinity_match, SVC_MAP_SIZE, BPF_F_NO_PREALLOC);
+DP_TABLE("hash", struct affinity_match_key, __u8, affinity_match, SVC_MAP_SIZE, BPF_F_NO_PREALLOC);
 
 /* loadBalancerSourceRanges: which clients each LoadBalancer frontend admits */
-BPF_F_TABLE("lpm_trie", struct lb_source_key, __u8, lb_sources, LB_SOURCES_MAP_SIZE, BPF_F_NO_PREALLOC);
+DP_TABLE("lpm_trie", struct lb_source_key, __u8, lb_sources, LB_SOURCES_MAP_SIZE, BPF_F_NO_PREALLOC);
 
 #define LB_SOURCE_KEY_BITS 64   /* lb_sources: the 32 bits of svc_id, then a full IPv4 address */
 

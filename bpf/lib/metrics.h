@@ -3,10 +3,11 @@
 #define DP_METRICS_H
 
 #include "types.h"
+#include "pinning.h"
 #include "consts.h"
 
 /* per-CPU packet counters, indexed by enum metric */
-BPF_TABLE("percpu_array", __u32, __u64, metrics, M_MAX);
+DP_TABLE("percpu_array", __u32, __u64, metrics, M_MAX, 0);
 
 static __always_inline void metrics_count(__u32 reason)
 {

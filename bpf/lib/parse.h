@@ -12,6 +12,7 @@
 #include <linux/stddef.h>
 
 #include "types.h"
+#include "pinning.h"
 #include "consts.h"
 #include "map_sizes.h"
 #include "config.h"
@@ -19,7 +20,7 @@
 
 /* fragmented datagrams in flight: (source, destination, IP id, proto) -> ports of the first
  * fragment */
-BPF_TABLE("lru_hash", struct frag_key, struct frag_ports, frags, FRAG_MAP_SIZE);
+DP_TABLE("lru_hash", struct frag_key, struct frag_ports, frags, FRAG_MAP_SIZE, 0);
 
 #define IP_OFF        ETH_HLEN
 #define IPV4_HLEN     sizeof(struct iphdr)              /* without options */

@@ -22,6 +22,7 @@
 #include <uapi/linux/pkt_cls.h>
 
 #include "types.h"
+#include "pinning.h"
 #include "consts.h"
 #include "map_sizes.h"
 #include "metrics.h"
@@ -33,10 +34,10 @@
 
 /* UDP answers a pod owes to remotes that reached it: never masqueraded (no entry in conntrack).
  * */
-BPF_TABLE("lru_hash", struct ct_key, struct nosnat_value, nosnat, NOSNAT_MAP_SIZE);
+DP_TABLE("lru_hash", struct ct_key, struct nosnat_value, nosnat, NOSNAT_MAP_SIZE, 0);
 
 /* destinations pods reach without masquerade (ip-masq-agent's nonMasqueradeCIDRs) */
-BPF_F_TABLE("lpm_trie", struct lpm_v4_key, __u8, nonmasq, NONMASQ_MAP_SIZE, BPF_F_NO_PREALLOC);
+DP_TABLE("lpm_trie", struct lpm_v4_key, __u8, nonmasq, NONMASQ_MAP_SIZE, BPF_F_NO_PREALLOC);
 
 #define LPM_V4_HOST_BITS 32          /* an lpm_v4_key that matches one address */
 

@@ -18,6 +18,7 @@
 #include <uapi/linux/in.h>
 
 #include "types.h"
+#include "pinning.h"
 #include "consts.h"
 #include "map_sizes.h"
 #include "config.h"
@@ -27,7 +28,7 @@
 
 /* the frontends node processes asked for, by socket and backend (socket-level load balancing).
  * */
-BPF_TABLE("lru_hash", struct sock_revnat_key, struct sock_revnat_value, sock_revnat, SOCK_REVNAT_MAP_SIZE);
+DP_TABLE("lru_hash", struct sock_revnat_key, struct sock_revnat_value, sock_revnat, SOCK_REVNAT_MAP_SIZE, 0);
 
 #ifndef ECONNREFUSED
 #define ECONNREFUSED 111

@@ -36,6 +36,14 @@ def takers(option: str) -> list[str]:
     return [n for n, cls in BACKENDS.items() if option in cls.options]
 
 
+def settings(seed=None, map_sizes=(), ct_timeouts=()) -> dict:
+    """Backend options from their command-line form (--seed, --map-size NAME=ENTRIES,
+    --ct-timeout NAME=SECONDS; None or empty: not given), as get() takes them."""
+    from ..contract.limits import CtTimeouts, MapSizes
+    return {"seed": seed, "sizes": MapSizes.parse(map_sizes) if map_sizes else None,
+            "timeouts": CtTimeouts.parse(ct_timeouts) if ct_timeouts else None}
+
+
 def get(name: str, strict: bool = True, **options) -> Backend:
     """A backend instance. Options (seed, sizes, timeouts; None: not given) go to the backends
     they apply to; with `strict`, giving one to a backend it does not apply to is an error (a

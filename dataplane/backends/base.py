@@ -42,6 +42,22 @@ class Backend:
     def teardown(self, lab) -> None:
         """Remove what setup installed (namespace removal is the lab's job)."""
 
+    def adopt(self, lab, table) -> list[str]:
+        """Take over what an earlier process of this backend installed in the lab (an agent
+        restarting: `dataplane reload`, or after it was killed) and sync it to `table`, without
+        interrupting traffic. What was done, for the report."""
+        raise NotImplementedError
+
+    def reconcile(self, lab) -> list[str]:
+        """Find what changed behind the backend's back since its last sync (rules flushed, map
+        entries deleted, hooks removed) and restore it; one line per repair (empty: no drift).
+        Right after a sync, it also takes the reference later calls compare with."""
+        return []
+
+    def release(self) -> None:
+        """Let go of the lab without changing it (the agent stopping for a reload): what serves
+        traffic stays installed."""
+
     def collect(self) -> int:
         """Collect expired state (conntrack, affinity) where the backend, not the kernel, must;
         the number of entries removed."""

@@ -15,3 +15,6 @@ class NoneBackend(Backend):
 
     def sync(self, lab, table) -> list[str]:
         return []
+
+    def adopt(self, lab, table) -> list[str]:
+        return []

@@ -81,6 +81,24 @@ class Ids:
     def backend_id(self, key) -> int:
         return self._get("backend", key)
 
+    @classmethod
+    def recovered(cls, maps: NodeMaps, referenced=()) -> "Ids":
+        """The ids an earlier loader gave, read back from the maps it wrote (an agent restarting
+        over pinned maps). The next ids start after every id the maps still hold or reference
+        (`referenced`: the (service id, backend id) pairs of affinity entries), so an id that state
+        is still keyed by is never handed to something else; ids nothing mentions any more are
+        free to reuse."""
+        ids = cls()
+        for k, v in maps.services.items():
+            if k.slot == 0 and v.svc_id:          # a frontend (the VIP marker has no id)
+                ids.svc[_id_key(k.vip, k.port, k.proto, k.scope)] = v.svc_id
+        for i, b in maps.backends.items():
+            ids.backend[(b.addr, b.port)] = i
+        pairs = list(referenced) + list(maps.affinity_match) + [(sid, 0) for sid, _ in maps.lb_sources]
+        ids._next["svc"] = max([0, *ids.svc.values(), *(s for s, _ in pairs)]) + 1
+        ids._next["backend"] = max([0, *ids.backend.values(), *(b for _, b in pairs)]) + 1
+        return ids
+
     def forget_unused(self, maps: NodeMaps) -> None:
         live_b = {(b.addr, b.port) for b in maps.backends.values()}
         live_s = {_id_key(k.vip, k.port, k.proto, k.scope) for k in maps.services if k.slot == 0}

@@ -20,7 +20,7 @@ from ..errors import LabError
 from . import cgroups, netns, state
 from .plan import LabPlan, make_plan
 from ..spec.topology import TopologySpec
-from .names import lab_of_netns
+from .names import lab_of_netns, pin_dir, pinned_labs
 
 NUD_PERMANENT = 0x80
 SCOPE_LINK = 253
@@ -148,7 +148,7 @@ class Lab:
         if not objs:
             return
         self.progress(f"starting test servers in {len(objs)} namespaces")
-        logdir = os.path.join(state.STATE_DIR, self.name + ".logs")
+        logdir = state.lab_files(self.name, create=False)
         os.makedirs(logdir, exist_ok=True)
         started = {}
         for obj in objs:
@@ -211,7 +211,7 @@ def namespaces_of(name: str) -> list[str]:
 
 
 def check_free(name: str) -> None:
-    if state.load(name) is not None or namespaces_of(name):
+    if state.load(name) is not None or namespaces_of(name) or os.path.isdir(pin_dir(name)):
         raise LabError(f"a lab named {name!r} already exists; remove it with "
                        f"`dataplane down {name}` or choose another name with --name")
 
@@ -220,6 +220,8 @@ def all_labs() -> list[str]:
     names = set(state.all_names())
     names.update(filter(None, (lab_of_netns(ns) for ns in netns.list_all())))
     names.update(cgroups.labs_in(cgroups.mounted_root()))
+    names.update(state.agents().values())
+    names.update(pinned_labs())
     return sorted(names)
 
 
@@ -232,13 +234,16 @@ def teardown(name: str, progress=_quiet) -> list[str]:
     old = signal.signal(signal.SIGINT, signal.SIG_IGN) if _main_thread() else None
     try:
         rec = state.load(name)
+        # the agent first: it would otherwise repair what is being removed
+        for pid in netns.stop(state.agent_pids(name), grace=30.0):
+            removed.append(f"agent {pid}")
         nss = namespaces_of(name)
         if nss:
             progress(f"tearing down lab {name}: {len(nss)} namespaces")
         for ns in nss:
             for pid in netns.kill_all_in(ns):
                 removed.append(f"process {pid} in {ns}")
-        for pin in (rec.pinned if rec else ()):
+        for pin in sorted({*(rec.pinned if rec else ()), *([pin_dir(name)] if os.path.isdir(pin_dir(name)) else [])}):
             if os.path.lexists(pin):
                 _unpin(pin)
                 removed.append(f"pinned {pin}")
@@ -257,7 +262,7 @@ def teardown(name: str, progress=_quiet) -> list[str]:
         if rec is not None:
             rec.delete()
             removed.append(f"record {rec.path}")
-        logdir = os.path.join(state.STATE_DIR, name + ".logs")
+        logdir = state.lab_files(name, create=False)
         if os.path.isdir(logdir):
             shutil.rmtree(logdir, ignore_errors=True)
     finally:

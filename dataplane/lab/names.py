@@ -32,3 +32,21 @@ def lab_of_netns(netns: str, prefix: str = "dp-") -> str | None:
     if not netns.startswith(prefix) or "." not in netns:
         return None
     return netns[len(prefix):].split(".", 1)[0]
+
+
+# Where a lab's pinned BPF objects live: one bpffs directory per lab, dp-<lab>.
+PIN_ROOT = "/sys/fs/bpf"
+
+
+def pin_dir(lab: str, prefix: str = "dp-") -> str:
+    return f"{PIN_ROOT}/{prefix}{lab}"
+
+
+def pinned_labs(prefix: str = "dp-") -> list[str]:
+    """Labs with a pin directory (left behind, say, by a teardown that was killed)."""
+    import os
+    try:
+        return sorted(d[len(prefix):] for d in os.listdir(PIN_ROOT)
+                      if d.startswith(prefix) and "." not in d and os.path.isdir(f"{PIN_ROOT}/{d}"))
+    except OSError:
+        return []

@@ -177,7 +177,11 @@ def pids_in(name: str) -> list[int]:
 
 def kill_all_in(name: str, grace: float = 2.0) -> list[int]:
     """SIGTERM every process in the namespace, then SIGKILL what is left after `grace` seconds."""
-    pids = pids_in(name)
+    return stop(pids_in(name), grace)
+
+
+def stop(pids: list[int], grace: float = 2.0) -> list[int]:
+    """SIGTERM the processes, then SIGKILL what is left after `grace` seconds."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):

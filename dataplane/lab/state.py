@@ -12,6 +12,9 @@ import os
 from dataclasses import asdict, dataclass, field
 
 STATE_DIR = os.environ.get("DATAPLANE_STATE_DIR", "/run/dataplane/labs")
+# The module of a lab's agent: its command line carries `--lab NAME`, so that teardown finds an
+# agent even when the record lost its pid (a SIGKILL between starting it and saving the record).
+AGENT_MODULE = "dataplane.run.agent"
 
 
 @dataclass
@@ -31,6 +34,9 @@ class LabRecord:
     cgroups: dict[str, str] = field(default_factory=dict)  # node -> its cgroup v2 (lab-made)
     cgroup_dir: str = ""                                   # the lab's directory holding them
     ready: bool = False                                    # fully built
+    scenario_sha256: str = ""                              # of the scenario file it was built from
+    agent_pid: int = 0                                     # the lab's agent (dataplane.run.agent)
+    agent: dict = field(default_factory=dict)              # the agent's settings: backend options, periods
 
     @property
     def path(self) -> str:
@@ -47,6 +53,15 @@ class LabRecord:
         for p in (self.path, self.path + ".tmp"):
             if os.path.exists(p):
                 os.unlink(p)
+
+
+def lab_files(name: str, create: bool = True) -> str:
+    """The directory of a lab's other files (server logs, health-check state, the agent's journal,
+    map layouts), removed with the lab."""
+    d = os.path.join(STATE_DIR, name + ".logs")
+    if create:
+        os.makedirs(d, exist_ok=True)
+    return d
 
 
 def record_path(name: str) -> str:
@@ -72,3 +87,23 @@ def all_names() -> list[str]:
         return sorted(f[:-5] for f in os.listdir(STATE_DIR) if f.endswith(".json"))
     except FileNotFoundError:
         return []
+
+
+def agents() -> dict[int, str]:
+    """Every running lab agent: pid -> lab, found by command line (the record may not know them)."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv = [a.decode(errors="replace") for a in f.read().split(b"\0")]
+        except OSError:
+            continue
+        if AGENT_MODULE in argv and "--lab" in argv[:-1]:
+            found[int(entry)] = argv[argv.index("--lab") + 1]
+    return found
+
+
+def agent_pids(name: str) -> list[int]:
+    return sorted(pid for pid, lab in agents().items() if lab == name)

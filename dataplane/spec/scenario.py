@@ -5,6 +5,7 @@ for the format with a commented example of every field.
 """
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import dataclass, field, replace
 
@@ -41,6 +42,7 @@ class Scenario:
     description: str = ""
     ignored: list[str] = field(default_factory=list)
     frontend_routes: tuple = ()            # (LB or external IP, node) the underlay routes
+    cluster: object = field(default=None, repr=False, compare=False)  # _Cluster at the start (agent's base)
 
     @property
     def checks(self) -> list[CheckSpec]:
@@ -168,13 +170,14 @@ def _cluster_and_steps(root: Doc, path: str, topology: TopologySpec, node_port_r
     with root.recover():
         _add_manifests(root, path, topology, defaults, cluster, ignored)
     initial = cluster.table()
+    start = copy.deepcopy(cluster)          # the steps below change `cluster`
     routes, steps = (), []
     with root.recover():
         routes = frontend_routes(initial, topology)
     if problems is None or len(problems.errors) == before:
         steps = _steps(root, topology, cluster, initial, ignored)
     return Scenario(name="", file=path, topology=topology, services=initial, steps=steps,
-                    ignored=ignored, frontend_routes=routes)
+                    ignored=ignored, frontend_routes=routes, cluster=start)
 
 
 def _add_manifests(root: Doc, path: str, topology: TopologySpec, defaults, cluster: "_Cluster", ignored: list):

@@ -36,6 +36,7 @@ def leftovers() -> list[str]:
     if os.path.isdir("/sys/fs/bpf"):
         found += [f"pin {p}" for p in os.listdir("/sys/fs/bpf") if p.startswith("dp-")]
     found += [f"cgroup dp-{n}" for n in cgroups.labs_in(cgroups.mounted_root())]
+    found += [f"agent {pid} of lab {lab}" for pid, lab in state.agents().items()]
     if os.path.ismount(cgroups.LAB_MOUNT):
         found.append(f"mount {cgroups.LAB_MOUNT}")
     return found

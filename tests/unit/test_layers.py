@@ -23,7 +23,7 @@ ALLOWED = {
 }
 # stdlib-only programs the lab runs inside its namespaces (no package import at all)
 WORKLOAD = {"lab/workload/client.py", "lab/workload/netexec.py", "lab/workload/protocol.py",
-            "lab/workload/sniffer.py", "backends/healthcheck_server.py"}
+            "lab/workload/sniffer.py", "lab/workload/flows.py", "backends/healthcheck_server.py"}
 
 
 def _imports(path) -> set[str]:

@@ -18,16 +18,22 @@ import copy
 import os
 import random
 import re
+import shutil
 from dataclasses import dataclass, field
 
-from ...lab import netns
+from ...lab import netns, state
+from ...lab.names import pin_dir
 from ..base import Backend, HealthCheckServing
 from ...spec.policy import FlowKeep, flow_keep
-from .maps import apply
+from .maps import apply, read_node_maps
 from ...contract.limits import CtTimeouts, MapSizes
-from .program import PIN_ROOT, NodeProgram, be16, from_be32
-from ...contract.render import Ids, NodeMaps, render_config, render_node
+from .program import NodeProgram, be16, from_be32
+from ...contract.headers import numeric_defines
+from ...contract.render import Ids, NodeMaps, RenderError, render_config, render_node
 from ...contract.consts import CT_F_EGRESS, CT_F_HAIRPIN, CT_REPLY, CT_SERVICE, CT_SNAT_IN, CT_SNAT_OUT
+
+
+LB_SOURCES_MAP_SIZE = numeric_defines("map_sizes.h")["LB_SOURCES_MAP_SIZE"]
 
 
 @dataclass
@@ -51,15 +57,45 @@ class EbpfBackend(HealthCheckServing, Backend):
             self.seed = random.SystemRandom().randrange(1 << 32)
 
     def setup(self, lab, table) -> None:
-        pin_root = os.path.join(PIN_ROOT, f"dp-{lab.name}")
-        lab.record.pinned.append(pin_root)   # recorded first: teardown unpins even after SIGKILL
-        lab.record.save()
+        self._program(lab, table, adopt=False)
+
+    def adopt(self, lab, table) -> list[str]:
+        """Take over the dataplane an earlier process programmed (`dataplane reload`, or an agent
+        starting after one was killed): programs rebuilt over the pinned maps (their layout
+        checked first), swapped into the same hooks, the maps' contents read back as the state the
+        next diff starts from, then one sync to the desired table. Flows, affinities, SNAT
+        mappings and counters carry on."""
+        return self._program(lab, table, adopt=True)
+
+    def _program(self, lab, table, adopt: bool) -> list[str]:
+        pin_root = pin_dir(lab.name)
+        if not adopt and os.path.isdir(pin_root):
+            # a fresh lab starts from empty maps, never from what an earlier one left behind
+            shutil.rmtree(pin_root)
+        if pin_root not in lab.record.pinned:
+            lab.record.pinned.append(pin_root)   # recorded first: teardown unpins even after SIGKILL
+            lab.record.save()
+        report = []
+        progs = {}
+        try:
+            # every node built (and its pins checked) before any hook changes: a refused reload
+            # leaves every node on its old programs
+            for node in lab.spec.nodes:
+                prog = NodeProgram(node.name, lab.record.objects[node.name], node.ip, self.sizes, self.timeouts)
+                progs[node.name] = prog
+                reused = prog.load(self.seed, pin_dir=os.path.join(pin_root, node.name), configure=False,
+                                   layout_file=os.path.join(state.lab_files(lab.name), f"layout-{node.name}.json"))
+                if adopt and not reused:
+                    report.append(f"{node.name}: no pinned maps to adopt; started from empty maps")
+        except BaseException:
+            for prog in progs.values():
+                prog.release()
+            raise
         for node in lab.spec.nodes:
-            prog = NodeProgram(node.name, lab.record.objects[node.name], node.ip, self.sizes, self.timeouts)
+            prog = progs[node.name]
             self.nodes[node.name] = prog
-            prog.load(self.seed)
+            prog.set_config(seed=self.seed, clock_offset=0)     # only now: every node's build passed
             prog.set_node_config(render_config(lab.spec, node.name))
-            prog.pin(os.path.join(pin_root, node.name))
             for pod in lab.spec.pods:
                 if pod.node == node.name:
                     prog.attach(f"v-{pod.name}")
@@ -67,9 +103,45 @@ class EbpfBackend(HealthCheckServing, Backend):
             cgroup = lab.cgroup_of(node.name)
             if cgroup:
                 prog.attach_cgroup(cgroup)
-            self.current[node.name] = NodeMaps()
-            self.ids[node.name] = Ids()
-        self.sync(lab, table)
+            current = read_node_maps(prog)
+            self.current[node.name] = current
+            self.ids[node.name] = Ids.recovered(current, ((k.svc_id, v.backend_id)
+                                                          for k, v in prog.table("affinity").items()))
+        report += self.sync(lab, table)
+        return report
+
+    def reconcile(self, lab) -> list[str]:
+        """Repair what changed behind our back: map entries deleted or rewritten (`bpftool map
+        delete`), TC filters or cgroup hooks removed. The maps are read back and the difference to
+        the last sync's rendering written again; a missing hook is attached again."""
+        repaired = []
+        for node, prog in self.nodes.items():
+            missing = prog.filters_present()
+            if missing:
+                for ifname in missing:
+                    prog.attached.remove(ifname)
+                    try:
+                        if ifname == "eth0":
+                            prog.attach("eth0", ingress="from_netdev", egress="to_netdev")
+                        else:
+                            prog.attach(ifname)
+                    finally:
+                        if ifname not in prog.attached:     # failed: checked again next time
+                            prog.attached.append(ifname)
+                repaired.append(f"{node}: TC programs attached again on {', '.join(missing)}")
+            if prog.cgroup_fd is not None and not prog.cgroup_hooks_present():
+                prog.attach_cgroup(None)
+                repaired.append(f"{node}: socket hooks attached again on its cgroup")
+            actual = read_node_maps(prog)
+            desired = self.current[node]
+            change = apply(prog, actual, desired)
+            if change:
+                repaired.append(f"{node}: {change.upserted} map entries restored, {change.deleted} foreign ones removed")
+            cfg = render_config(lab.spec, node)
+            if prog.config_drift(cfg):
+                prog.set_node_config(cfg)
+                repaired.append(f"{node}: configuration restored")
+        return repaired
 
     def sync(self, lab, table) -> list[str]:
         report = []
@@ -78,6 +150,8 @@ class EbpfBackend(HealthCheckServing, Backend):
         # table that cannot be written (a RenderError) changes nothing anywhere
         ids = {node: copy.deepcopy(self.ids[node]) for node in self.nodes}
         rendered = {node: render_node(table, node, ids[node], prog.node_ip) for node, prog in self.nodes.items()}
+        for node in self.nodes:
+            check_room(node, self.current[node], rendered[node], self.sizes)
         self.ids.update(ids)
         for node, prog in self.nodes.items():
             desired = rendered[node]
@@ -92,11 +166,18 @@ class EbpfBackend(HealthCheckServing, Backend):
         self.sync_health_checks(lab, table)
         return report
 
+    def release(self) -> None:
+        """Let go of the programs and maps without touching the dataplane: the hooks keep the
+        programs, the pins keep the maps, the next agent adopts them."""
+        for prog in self.nodes.values():
+            prog.release()
+        self.nodes.clear()
+
     def teardown(self, lab) -> None:
         for prog in self.nodes.values():
             prog.close()
         self.nodes.clear()
-        pin_root = os.path.join(PIN_ROOT, f"dp-{lab.name}")
+        pin_root = pin_dir(lab.name)
         if os.path.isdir(pin_root) and not os.listdir(pin_root):
             os.rmdir(pin_root)
 
@@ -104,13 +185,46 @@ class EbpfBackend(HealthCheckServing, Backend):
         return {node: prog.metrics() for node, prog in self.nodes.items()}
 
     def collect(self) -> int:
-        """Garbage-collect expired conntrack entries on every node."""
-        return sum(prog.collect() for prog in self.nodes.values())
+        """Garbage-collect expired conntrack and affinity entries on every node."""
+        return sum(prog.collect() + collect_affinities(prog, self.current.get(node, NodeMaps()))
+                   for node, prog in self.nodes.items())
 
     def dump(self, record, node: str) -> str:
         """The pinned maps in service terms (frontend -> endpoints, flags), read with bpftool."""
         from .dump import ebpf_maps
         return ebpf_maps(record.name, node)
+
+
+class MapFull(RenderError):
+    """A sync that does not fit a map: refused before anything is written."""
+
+
+def check_room(node: str, current: NodeMaps, desired: NodeMaps, sizes: MapSizes) -> None:
+    """Refuse a sync whose entries do not fit, before anything is written. What counts is the
+    peak, not the end: a sync adds new entries before it removes old ones (so that no packet
+    meets a half-written service), so a map holds both at once for a moment."""
+    room = (("services", set(current.services), set(desired.services), sizes.services, "services"),
+            ("backends", set(current.backends), set(desired.backends), sizes.backends, "backends"),
+            ("affinity_match", current.affinity_match, desired.affinity_match, sizes.services, "services"),
+            ("lb_sources", current.lb_sources, desired.lb_sources, LB_SOURCES_MAP_SIZE, None))
+    for name, before, after, size, option in room:
+        peak = len(before | after)
+        if peak <= size:
+            continue
+        fix = (f"bring the lab up with --map-size {option}={_room_for(peak)} (a running lab keeps the size its "
+               f"maps were pinned with)" if option else
+               f"LB_SOURCES_MAP_SIZE in bpf/include/map_sizes.h fixes it at {size:,}")
+        raise MapFull(f"{node}: the {name} map holds {size:,} entries; this sync needs {peak:,} at its peak "
+                      f"({len(after):,} when done): nothing was written, the dataplane keeps its previous "
+                      f"state; {fix}")
+
+
+def _room_for(n: int) -> int:
+    """A round size with headroom: the next power of two at or above 1.25 n."""
+    size = 1
+    while size < n * 5 // 4:
+        size *= 2
+    return size
 
 
 def sync_node(prog: NodeProgram, current: NodeMaps, desired: NodeMaps, keep: FlowKeep):
@@ -120,6 +234,29 @@ def sync_node(prog: NodeProgram, current: NodeMaps, desired: NodeMaps, keep: Flo
     flushed = flush_flows(prog, keep)
     flushed += forget_affinities(prog, desired.affinity_match)
     return change, flushed
+
+
+def collect_affinities(prog: NodeProgram, current: NodeMaps) -> int:
+    """Delete affinity entries older than their service port's timeout (the programs already
+    ignore them), or whose service port has no affinity now. Each is read again just before its
+    deletion: a client may have used it since the listing."""
+    timeout = {v.svc_id: v.affinity_timeout for k, v in current.services.items() if k.slot == 0 and v.svc_id}
+    aff = prog.table("affinity")
+    now = prog.now()
+
+    def expired(v, k) -> bool:
+        return now - v.last_used > timeout.get(k.svc_id, 0) * 1_000_000_000
+
+    removed = 0
+    for k in [k for k, v in aff.items() if expired(v, k)]:
+        try:
+            if not expired(aff[k], k):
+                continue
+            del aff[k]
+            removed += 1
+        except KeyError:
+            pass
+    return removed
 
 
 def forget_affinities(prog: NodeProgram, eligible: set) -> int:

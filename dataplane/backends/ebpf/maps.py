@@ -98,17 +98,29 @@ def apply(prog: NodeProgram, current: NodeMaps, desired: NodeMaps) -> Change:
     added = desired.lb_sources - current.lb_sources
     for sid, net in added:
         src_t[_source_key(src_t, sid, net)] = src_t.Leaf(1)
-    for sid, net in current.lb_sources - desired.lb_sources:
+    removed = current.lb_sources - desired.lb_sources
+    for sid, net in removed:
         src_t.pop(_source_key(src_t, sid, net), None)
     ch.upserted = len(new_be) + len(slots) + len(heads) + len(added) + len(matched)
-    ch.deleted = len(gone_svc) + len(gone_be) + len(unmatched)
+    ch.deleted = len(gone_svc) + len(gone_be) + len(unmatched) + len(removed)
     live = set(desired.backends.values())
     ch.removed_backends = {v for v in current.backends.values() if v not in live}
     return ch
 
 
+def read_node_maps(prog: NodeProgram) -> NodeMaps:
+    """What the maps hold, in rendered form: the state an adopting agent starts its diffs from,
+    and what reconcile compares with the desired rendering."""
+    from ipaddress import IPv4Network
+    out = read_services(prog)
+    out.affinity_match = {(k.svc_id, k.backend_id) for k in prog.table("affinity_match").keys()}
+    out.lb_sources = {(k.svc_id, IPv4Network(f"{from_be32(k.addr)}/{k.prefixlen - 32}"))
+                      for k in prog.table("lb_sources").keys()}
+    return out
+
+
 def read_services(prog: NodeProgram) -> NodeMaps:
-    """The maps' contents read back in rendered form (for tests and `dataplane maps`)."""
+    """The services and backends maps read back in rendered form (for tests and `dataplane maps`)."""
     out = NodeMaps()
     for k, v in prog.table("services").items():
         out.services[SvcKey(from_be32(k.vip), be16(k.port), k.proto, k.slot, k.scope)] = SvcValue(

@@ -12,12 +12,12 @@ May import: spec, lab, errors, backends.kubeproxy.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from ...lab import netns
-from ..kubeproxy.backend import KubeProxyBackend, run_tool
-from ..kubeproxy.masq_agent import masq_agent_text
-from .render import jump_text, render
+from ..kubeproxy.backend import KubeProxyBackend, ensure_masq_agent, rule_present, run_tool, without_counters
+from .render import JUMPS, jump_text, render
 
 
 @dataclass
@@ -27,6 +27,7 @@ class IptablesBackend(KubeProxyBackend):
     needs = ("root", "netns", "iptables", "conntrack")
     restore = "iptables-restore"
     save = "iptables-save"
+    tool = "iptables"
 
     def _restore(self, ns: str, text: str, what: str) -> None:
         run_tool(ns, [self.restore, "-w", "5", "--noflush"], input=text, what=what)
@@ -34,17 +35,31 @@ class IptablesBackend(KubeProxyBackend):
     def install(self, ns, spec, node) -> None:
         # localhostNodePorts (kube-proxy's default in iptables mode): node ports on 127.0.0.1.
         netns.sysctl(ns, "net.ipv4.conf.all.route_localnet", "1")
-        self._restore(ns, jump_text(), "jumps from the built-in chains")
-        masq = masq_agent_text(spec)
-        if masq:
-            self._restore(ns, masq, "ip-masq-agent rules")
+        # idempotent, as kube-proxy's EnsureRule: a jump already there is not added again
+        missing = [j for j in JUMPS if not rule_present(ns, self.tool, j[0], j[1], f"{j[3]} -j {j[2]}")]
+        text = jump_text(missing)
+        if text:
+            self._restore(ns, text, "jumps from the built-in chains")
+        ensure_masq_agent(ns, spec, self.tool, self._restore)
+
+    def _service_chains_present(self, ns: str) -> list[str]:
+        saved = run_tool(ns, [self.save, "-t", "nat"])
+        return sorted(set(re.findall(r"^:(KUBE-(?:SVC|SVL|EXT|FW|SEP)-[A-Z0-9]+) ", saved, re.M)))
+
+    def rules_for_fingerprint(self, ns: str) -> str:
+        return without_counters(run_tool(ns, [self.save]))
 
     def apply(self, ns, spec, node, table, changed) -> str:
         desired = render(table, spec, node)
         old = self.applied.get(node)
         if old is None or changed is None:
             active = desired.service_chains()
-            deleted = tuple(c for c in old.service_chains() if c not in active) if old else ()
+            if old is not None:
+                deleted = tuple(c for c in old.service_chains() if c not in active)
+            else:
+                # what an earlier process left (an adopted node; after a crash mid-sync): as
+                # kube-proxy's full sync, service chains found in the kernel and not active go
+                deleted = tuple(c for c in self._service_chains_present(ns) if c not in active)
             text = desired.restore_text(deleted=deleted)
             summary = f"{len(desired.services)} services written" + (" (full resync)" if old else "")
         else:
@@ -82,3 +97,4 @@ class IptablesLegacyBackend(IptablesBackend):
     needs = ("root", "netns", "iptables-legacy", "conntrack")
     restore = "iptables-legacy-restore"
     save = "iptables-legacy-save"
+    tool = "iptables-legacy"

@@ -81,17 +81,20 @@ class Ruleset:
         return "\n".join(out)
 
 
-def jump_text() -> str:
-    """iptables-restore --noflush input installing the jumps from the built-in chains."""
+def jump_text(jumps=JUMPS) -> str:
+    """iptables-restore --noflush input installing `jumps` (default: all) from the built-in chains,
+    declaring the chains they jump to."""
     out = []
     for table in ("filter", "nat"):
+        mine = [j for j in jumps if j[0] == table]
+        if not mine:
+            continue
         out.append(f"*{table}")
-        chains = sorted({target for t, _, target, _ in JUMPS if t == table})
+        chains = sorted({target for _, _, target, _ in mine})
         out += [f":{c} - [0:0]" for c in chains]
-        out += [" ".join(x for x in (f"-I {chain}", args, f"-j {target}") if x)
-                for t, chain, target, args in JUMPS if t == table]
+        out += [" ".join(x for x in (f"-I {chain}", args, f"-j {target}") if x) for _, chain, target, args in mine]
         out.append("COMMIT")
-    return "\n".join(out) + "\n"
+    return "\n".join(out) + "\n" if out else ""
 
 
 def render(table: ServiceTable, spec: TopologySpec, node: str) -> Ruleset:

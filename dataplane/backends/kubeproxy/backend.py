@@ -5,6 +5,9 @@ transaction, and clean stale UDP conntrack entries. Health-check node ports are 
 """
 from __future__ import annotations
 
+import hashlib
+import re
+import shlex
 from dataclasses import dataclass, field
 
 from ...errors import DataplaneError
@@ -29,6 +32,33 @@ def run_tool(ns: str, argv: list[str], input: str | None = None, what: str = "")
     return proc.stdout
 
 
+def without_counters(saved: str) -> str:
+    """iptables-save output as a fingerprint: no comment lines (timestamps), no packet and byte
+    counters (`:POSTROUTING ACCEPT [812:48720]`: traffic changes them, not drift)."""
+    return "".join(re.sub(r" \[\d+:\d+\]$", "", line) + "\n" for line in saved.splitlines()
+                   if not line.startswith("#"))
+
+
+def rule_present(ns: str, tool: str, table: str, chain: str, spec: str) -> bool:
+    """Is this rule in the chain (iptables -C)? A missing chain counts as missing."""
+    return netns.run(ns, [tool, "-w", "5", "-t", table, "-C", chain, *shlex.split(spec)], timeout=60).returncode == 0
+
+
+def ensure_masq_agent(ns: str, spec, tool: str, restore) -> None:
+    """ip-masq-agent's rules, installed so that running it again changes nothing: its chain is
+    rewritten (a declared chain is flushed by iptables-restore), its POSTROUTING jump added only
+    when missing."""
+    from .masq_agent import masq_agent_text
+    text = masq_agent_text(spec)
+    if not text:
+        return
+    lines = text.splitlines()
+    jump = next(line for line in lines if line.startswith("-A POSTROUTING "))
+    if rule_present(ns, tool, "nat", "POSTROUTING", jump[len("-A POSTROUTING "):]):
+        lines.remove(jump)
+    restore(ns, "\n".join(lines) + "\n", "ip-masq-agent rules")
+
+
 def changed_services(old, new) -> set | None:
     """kube-proxy's change tracking: the services whose Service or endpoints changed (added and
     removed ones included). None when there was no previous sync (a full sync)."""
@@ -46,6 +76,8 @@ class KubeProxyBackend(HealthCheckServing, Backend):
     namespaces: dict = field(default_factory=dict)   # node -> netns
     resync: set = field(default_factory=set)         # nodes whose last sync failed: next one is full
     table: object = None                             # the table of the last good sync
+    adopted: set = field(default_factory=set)        # nodes whose rules an earlier process wrote
+    fingerprints: dict = field(default_factory=dict)  # node -> digest of the rules after our last change
 
     def setup(self, lab, table) -> None:
         for node in lab.spec.nodes:
@@ -53,7 +85,43 @@ class KubeProxyBackend(HealthCheckServing, Backend):
             self.install(ns, lab.spec, node.name)
         self.sync(lab, table)
 
+    def adopt(self, lab, table) -> list[str]:
+        """kube-proxy restarting: its rules (and the kernel's conntrack) stayed; install again
+        (idempotent), then one full sync over what is there."""
+        for node in lab.spec.nodes:
+            ns = self.namespaces[node.name] = lab.record.objects[node.name]
+            self.adopted.add(node.name)
+            self.install(ns, lab.spec, node.name)
+        return self.sync(lab, table) or [f"{n}: rules re-applied in full" for n in self.namespaces]
+
+    def reconcile(self, lab) -> list[str]:
+        """kube-proxy's canary, generalised: a digest of everything the mode installed, taken after
+        each of our changes; if the rules differ from it (flushed, deleted, edited), install again
+        and sync in full."""
+        repaired = []
+        for node, ns in self.namespaces.items():
+            seen = self.fingerprint(ns)
+            if node not in self.fingerprints:
+                self.fingerprints[node] = seen
+                continue
+            if seen == self.fingerprints[node]:
+                continue
+            self.install(ns, lab.spec, node)
+            change = self.apply(ns, lab.spec, node, self.table, None)
+            self.fingerprints[node] = self.fingerprint(ns)
+            repaired.append(f"{node}: rules changed behind our back; installed again and synced in full "
+                            f"({change or 'no rule changes'})")
+        return repaired
+
+    def fingerprint(self, ns: str) -> str:
+        return hashlib.sha256(self.rules_for_fingerprint(ns).encode()).hexdigest()
+
+    def rules_for_fingerprint(self, ns: str) -> str:
+        """Everything the mode installed in a node, without counters or timestamps."""
+        raise NotImplementedError
+
     def sync(self, lab, table) -> list[str]:
+        self.fingerprints.clear()    # the next reconcile takes the reference again
         report = []
         changed = changed_services(self.table, table)
         for node, ns in self.namespaces.items():
@@ -61,7 +129,9 @@ class KubeProxyBackend(HealthCheckServing, Backend):
                 # After a failure kube-proxy's next sync is a full one (needFullSync).
                 change = self.apply(ns, lab.spec, node, table, None if node in self.resync else changed)
             except Exception:
-                self.resync.add(node)
+                # every node, not just this one: those before it already applied a table that
+                # self.table (still the old one) does not describe, so only a full sync is right
+                self.resync.update(self.namespaces)
                 self.failed(node)
                 raise
             self.resync.discard(node)

@@ -15,11 +15,13 @@ May import: spec, lab, errors, backends.kubeproxy.
 """
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 
-from ..kubeproxy.masq_agent import masq_agent_text
-from ..kubeproxy.backend import ApplyError, KubeProxyBackend, run_tool
+from ...lab import netns
+
+from ..kubeproxy.backend import ApplyError, KubeProxyBackend, ensure_masq_agent, run_tool, without_counters
 from .render import CONTAINERS, TABLE, Ruleset, render
 
 STALE_CHAIN_DELAY = 1.0   # seconds between flushing a gone service's chain and deleting it
@@ -36,16 +38,26 @@ class NftablesBackend(KubeProxyBackend):
         run_tool(ns, ["nft", "-f", "-"], input=text, what=what)
 
     def install(self, ns, spec, node) -> None:
-        masq = masq_agent_text(spec)
-        if masq:
-            run_tool(ns, ["iptables-restore", "-w", "5", "--noflush"], input=masq, what="ip-masq-agent rules")
+        ensure_masq_agent(ns, spec, "iptables", lambda n, text, what: run_tool(
+            n, ["iptables-restore", "-w", "5", "--noflush"], input=text, what=what))
+
+    def rules_for_fingerprint(self, ns: str) -> str:
+        # -s: no counter values; -t: no set elements (affinity sets fill with clients as traffic flows)
+        table = netns.run(ns, ["nft", "-s", "-t", "list", "table", *TABLE.split()], timeout=60)
+        listing = table.stdout if table.returncode == 0 else f"(no table: {table.stderr.strip()})"
+        return listing + without_counters(run_tool(ns, ["iptables-save", "-t", "nat"]))
 
     def apply(self, ns, spec, node, table, changed) -> str:
         start = time.monotonic()
         warning = self._delete_stale(ns, node, start)
         desired = render(table, spec, node)
         old: Ruleset | None = self.applied.get(node)
-        if old is None:
+        if old is None and node in self.adopted:
+            # over rules an earlier process left: base chains rewritten, not recreated (that only
+            # works while they are empty), and what no service uses now flushed, deleted later
+            text = desired.full_text(first=False) + self._leftovers_present(ns, node, desired, start)
+            summary = f"{len(desired.services)} services written over the running table"
+        elif old is None:
             text = desired.full_text()
             summary = f"{len(desired.services)} services written"
         elif changed is None:
@@ -108,6 +120,37 @@ class NftablesBackend(KubeProxyBackend):
         for chain in new_chains:
             stale.pop(chain, None)       # back in use
         out += [f"delete set {TABLE} {s}" for s in old.affinity_sets() if s not in new_sets]
+        return "".join(line + "\n" for line in out)
+
+    def reconcile(self, lab) -> list[str]:
+        """Drift, as every mode; first, chains that went stale at least a second ago are deleted
+        (kube-proxy deletes them at its next sync; the agent's period is that sync here)."""
+        now = time.monotonic()
+        for node, ns in self.namespaces.items():
+            stale = self.stale_chains.get(node, {})
+            if any(now - t >= STALE_CHAIN_DELAY for t in stale.values()):
+                ours = node in self.fingerprints and self.fingerprint(ns) == self.fingerprints[node]
+                self._delete_stale(ns, node, now)
+                if ours:            # our own change: the reference moves with it
+                    self.fingerprints[node] = self.fingerprint(ns)
+        return super().reconcile(lab)
+
+    def _leftovers_present(self, ns: str, node: str, new: Ruleset, start: float) -> str:
+        """_leftovers, against the table in the kernel instead of a ruleset we applied: service
+        chains (their names hold "ns/name", as kube-proxy tells them apart) and affinity sets."""
+        listing = netns.run(ns, ["nft", "-t", "list", "table", *TABLE.split()], timeout=60)
+        if listing.returncode != 0:
+            return ""               # no table yet: nothing left over
+        chains = re.findall(r"^\s*chain (\S+) \{", listing.stdout, re.M)
+        sets = re.findall(r"^\s*set (affinity-\S+) \{", listing.stdout, re.M)
+        active, active_sets = new.service_chains(), new.affinity_sets()
+        stale = self.stale_chains.setdefault(node, {})
+        out = []
+        for chain in chains:
+            if "/" in chain and chain not in active:
+                out.append(f"flush chain {TABLE} {chain}")
+                stale[chain] = start
+        out += [f"delete set {TABLE} {s}" for s in sets if s not in active_sets]
         return "".join(line + "\n" for line in out)
 
     def failed(self, node: str) -> None:
