@@ -267,3 +267,30 @@ def test_a_change_that_does_not_fit_the_maps_is_refused_and_changes_nothing(tmp_
         assert request(lab, "client", "10.96.0.60:81")["ok"]
     finally:
         dataplane("down", lab, check=True)
+
+
+def test_a_killed_agent_leaves_the_dataplane_serving_and_reload_adopts_it(tmp_path):
+    path = write(tmp_path, EMPTY)
+    add = write(tmp_path, ADD, "add.yaml")
+    lab = "t-killed"
+    dataplane("up", str(path), "--name", lab, "--backend", "ebpf", check=True, timeout=300)
+    flows = None
+    try:
+        flows = Flows(lab, "client", tcp=["10.96.0.60:81"], udp=["10.96.0.60:81"])
+        first = flows.round()
+        [pid] = state.agent_pids(lab)
+        os.kill(pid, 9)
+        wait_until(lambda: not state.agent_pids(lab), 10, "the agent to die")
+        assert flows.round() == first                         # nobody drives it; it still serves
+        assert request(lab, "client", "10.96.0.60:81")["ok"]
+        refused = dataplane("apply", lab, str(add))
+        assert refused.returncode != 0 and f"dataplane reload {lab}" in refused.stderr
+        assert "no agent running" in dataplane("status", lab, check=True).stdout
+        dataplane("reload", lab, check=True, timeout=300)
+        assert state.agent_pids(lab) and flows.round() == first
+        dataplane("apply", lab, str(add), check=True)
+        wait_until(lambda: request(lab, "client", "10.96.0.50:80")["ok"], 10, "the applied service answers")
+    finally:
+        if flows is not None:
+            flows.close()
+        dataplane("down", lab, check=True)
