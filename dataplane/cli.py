@@ -521,6 +521,7 @@ Examples:
   sudo dataplane fuzz packets --replay fuzz-failures/packets-seed1-....json
   sudo dataplane fuzz scenarios --count 3 --seed 1          # 3 generated scenarios, 5 backends each
   sudo dataplane fuzz scenarios --count 200                 # a long run, with a fresh seed (printed)
+  sudo dataplane fuzz kills --count 100 --seed 1            # SIGKILL runs at random moments, then down --all
 """)
 def fuzz():
     """Search for bugs instead of listing them: generated inputs, each judged by an independent
@@ -531,6 +532,8 @@ def fuzz():
                oracle, which decides from the service table, not the maps: verdict, bytes, state
     scenarios  whole generated scenarios on every backend; kube-proxy's iptables and nftables
                modes judge the eBPF dataplane and the emulator, and each other, check by check
+    kills      `run` and `up` SIGKILLed at random moments, then `down --all`: the kernel and /proc
+               must hold nothing of a lab, the root namespace must be as before
 
     A finding is saved as a file that replays it, and the command exits 1 (docs/testing.md).
     """
@@ -626,6 +629,38 @@ def fuzz_packets(count, seed, save_dir, replay_file):
         sys.exit(130)
     click.echo(fuzz_mod.summary(outcome, seed))
     sys.exit(1 if outcome.mismatch else 0)
+
+
+@fuzz.command(name="kills", epilog="""\b
+Examples:
+  sudo dataplane fuzz kills --count 10 --seed 1
+  sudo dataplane fuzz kills --count 100 -b ebpf            # the long run, one backend
+""")
+@click.option("--count", "-n", default=100, show_default=True, type=click.IntRange(1, 100000), help="Rounds.")
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1),
+              help="Seed of the choices (command, backend, phase, delay; default: a fresh one, printed).")
+@click.option("--backend", "-b", "names", multiple=True, default=("ebpf", "iptables", "iptables-legacy", "nftables"),
+              show_default=True, type=click.Choice(["ebpf", "iptables", "iptables-legacy", "nftables"]),
+              help="Backends to choose from (repeatable).")
+@click.option("--scenario", default="scenarios/clusterip.yaml", show_default=True,
+              type=click.Path(dir_okay=False, exists=True), help="The scenario every round runs.")
+def fuzz_kills(count, seed, names, scenario):
+    """SIGKILL `dataplane run` and `dataplane up` at random moments (while building the lab,
+    programming the backend, running a check, tearing down; or `up`'s agent once the lab is up),
+    then run `dataplane down --all`, and read from the kernel and /proc that nothing of a lab is
+    left: namespaces (with their links), records, pins, cgroups, the lab's cgroup2 mount, lab
+    processes (agents, servers), and no change to the root namespace's links, addresses, routes,
+    rules, nftables or iptables rules. Refuses to start while labs exist (`down --all` would
+    remove them). Stops at the first round that left something, and exits 1.
+    """
+    import random as _random
+    from .run.fuzz.kills import fuzz_kills as run_kills
+    doctor.require("root", "netns")
+    seed = _random.SystemRandom().randrange(2**32) if seed is None else seed
+    scenario = os.path.abspath(scenario)
+    click.echo(f"fuzz kills: seed {seed}, {count} rounds of {scenario} on {', '.join(names)}", err=True)
+    rounds = run_kills(count, seed, scenario, names, progress=lambda m: click.echo(m, err=True))
+    sys.exit(0 if all(r.clean for r in rounds) else 1)
 
 
 @cli.command(name="backends")

@@ -10,37 +10,7 @@ import sys
 import pytest
 
 from dataplane.lab import netns, state
-from dataplane.lab.names import lab_of_netns
-
-def root_snapshot() -> dict:
-    from pyroute2 import IPRoute
-    with IPRoute() as ipr:
-        links = sorted((l.get("ifname"), l.get("kind") or "") for l in ipr.get_links())
-        addrs = sorted((a["index"], a.get("address"), a["prefixlen"]) for a in ipr.get_addr())
-        routes = sorted((r.get("table"), r.get("dst"), r["dst_len"], r.get("gateway"), r.get("oif"))
-                        for r in ipr.get_routes(family=2, table=0))
-        rules = sorted((r.get("table"), r.get("priority"), r["src_len"], r["dst_len"]) for r in ipr.get_rules(family=2))
-    nft = subprocess.run(["nft", "list", "ruleset"], capture_output=True, text=True).stdout
-    ipt = subprocess.run(["iptables-save"], capture_output=True, text=True).stdout
-    ipt = "\n".join(l for l in ipt.splitlines() if not l.startswith("#"))  # timestamps
-    return {"links": links, "addresses": addrs, "routes": routes, "rules": rules, "nft": nft,
-            "iptables": ipt}
-
-
-def leftovers() -> list[str]:
-    """Every lab object on the machine: namespaces, records, pinned BPF objects, cgroups and the
-    lab's own cgroup2 mount."""
-    from dataplane.lab import cgroups
-    found = [f"netns {ns}" for ns in netns.list_all() if lab_of_netns(ns)]
-    found += [f"record {n}" for n in state.all_names()]
-    if os.path.isdir("/sys/fs/bpf"):
-        found += [f"pin {p}" for p in os.listdir("/sys/fs/bpf") if p.startswith("dp-")]
-    found += [f"cgroup dp-{n}" for n in cgroups.labs_in(cgroups.mounted_root())]
-    found += [f"agent {pid} of lab {lab}" for pid, lab in state.agents().items()]
-    if os.path.ismount(cgroups.LAB_MOUNT):
-        found.append(f"mount {cgroups.LAB_MOUNT}")
-    return found
-
+from dataplane.lab.audit import leftovers, root_snapshot  # noqa: F401  (tests import them from here)
 
 @pytest.fixture(scope="session", autouse=True)
 def root_namespace_untouched():
