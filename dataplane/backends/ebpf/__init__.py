@@ -96,10 +96,8 @@ class EbpfBackend(HealthCheckServing, Backend):
             self.nodes[node.name] = prog
             prog.set_config(seed=self.seed, clock_offset=0)     # only now: every node's build passed
             prog.set_node_config(render_config(lab.spec, node.name))
-            for pod in lab.spec.pods:
-                if pod.node == node.name:
-                    prog.attach(f"v-{pod.name}")
-            prog.attach("eth0", ingress="from_netdev", egress="to_netdev")
+            for ifname in [f"v-{pod.name}" for pod in lab.spec.pods if pod.node == node.name] + [UPLINK]:
+                attach_interface(prog, ifname)
             cgroup = lab.cgroup_of(node.name)
             if cgroup:
                 prog.attach_cgroup(cgroup)
@@ -121,10 +119,7 @@ class EbpfBackend(HealthCheckServing, Backend):
                 for ifname in missing:
                     prog.attached.remove(ifname)
                     try:
-                        if ifname == "eth0":
-                            prog.attach("eth0", ingress="from_netdev", egress="to_netdev")
-                        else:
-                            prog.attach(ifname)
+                        attach_interface(prog, ifname)
                     finally:
                         if ifname not in prog.attached:     # failed: checked again next time
                             prog.attached.append(ifname)
@@ -193,6 +188,18 @@ class EbpfBackend(HealthCheckServing, Backend):
         """The pinned maps in service terms (frontend -> endpoints, flags), read with bpftool."""
         from .dump import ebpf_maps
         return ebpf_maps(record.name, node)
+
+
+UPLINK = "eth0"      # a node's link to the underlay; every other hooked link is a pod's veth
+
+
+def attach_interface(prog: NodeProgram, ifname: str) -> None:
+    """Our programs on one of the node's links: the uplink gets the netdev pair, a pod veth the
+    pod pair."""
+    if ifname == UPLINK:
+        prog.attach(ifname, ingress="from_netdev", egress="to_netdev")
+    else:
+        prog.attach(ifname)
 
 
 class MapFull(RenderError):
