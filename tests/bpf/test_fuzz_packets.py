@@ -54,23 +54,46 @@ def test_a_planted_bug_is_found_shrunk_saved_and_replayed(tmp_path, node_netns, 
 
 def test_sigterm_removes_the_fuzzers_namespace(node_netns):
     """Interrupted (SIGTERM) while it runs: exits non-zero, its namespace is gone."""
+    import os
     import signal
     import subprocess
     import sys
+    import threading
     import time
 
+    from dataplane.lab import netns
+
+    # faulthandler: if it does not exit, SIGABRT makes it print where every thread is
     proc = subprocess.Popen([sys.executable, "-c", "from dataplane.cli import main; main()", "fuzz", "packets",
-                             "--count", "10000000", "--seed", "3"], stderr=subprocess.PIPE, text=True)
+                             "--count", "10000000", "--seed", "3"], stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONFAULTHANDLER": "1"})
     ns = f"dp-fuzz{proc.pid}.node1"
+    said = []
     try:
         deadline = time.monotonic() + 120
         line = ""
         while "frames/s" not in line and time.monotonic() < deadline:      # running: cases under way
             line = proc.stderr.readline()
         assert "frames/s" in line, "the fuzzer never got going"
+        # from now on its stderr is read aside, so that a full pipe can never hold it up
+        reader = threading.Thread(target=lambda: said.extend(proc.stderr), daemon=True)
+        reader.start()
         assert ns in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 130
+        try:
+            code = proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)
+            proc.wait(timeout=30)
+            reader.join(timeout=10)
+            raise AssertionError("fuzz packets did not exit within 60 s of SIGTERM; where it was:\n"
+                                 + "".join(said)[-6000:]) from None
+        assert code == 130, "".join(said)[-2000:]
     finally:
-        proc.kill()
-    assert ns not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        left = netns.exists(ns)
+        if left:
+            netns.remove(ns)        # one failure here must not fail every lab test after it
+    assert not left, f"{ns} was left behind"
