@@ -20,11 +20,18 @@ class CheckResult:
     # the key of the documented difference (docs/differences.md) that gave this backend its
     # expected outcome, where it differs from the scenario's
     difference: str | None = None
+    # a background load's (judge/load.py): every request's failure, and how many were sent
+    failures: list | None = None
+    requests: int | None = None
 
     def to_json(self) -> dict:
-        return {"name": self.name, "passed": self.passed, "detail": self.detail,
-                "outcomes": self.outcomes, "backends": self.answered, "sources": self.sources,
-                "difference": self.difference}
+        out = {"name": self.name, "passed": self.passed, "detail": self.detail,
+               "outcomes": self.outcomes, "backends": self.answered, "sources": self.sources,
+               "difference": self.difference}
+        if self.failures is not None:
+            out.update(requests=self.requests, failed=self.requests - self.outcomes.get("reachable", 0),
+                       failures=self.failures)
+        return out
 
 
 def evaluate(spec: CheckSpec, results: list[dict], held: dict | None = None) -> CheckResult:

@@ -12,10 +12,12 @@ from dataclasses import dataclass, field
 
 from ..judge.checks import CheckResult, evaluate
 from ..judge.differences import judged
+from ..judge.load import evaluate_load
 from ..lab.workload.argv import client_argv, parse_client_output
 from ..spec.checks import CheckSpec
 from ..lab import netns
 from ..lab.lab import Lab
+from ..spec.load import EndLoad, LoadSpec
 from ..spec.scenario import Scenario, Sleep, Update
 
 
@@ -161,12 +163,21 @@ def run_simulated(scenario: Scenario, backend, progress=lambda m: None) -> Repor
             result = with_capture(result, step, scenario.topology, frames)
         return result
 
+    from ..emulator.load import SimLoads
+    loads = SimLoads(net, plan)
+    updates = []            # (began, synced, name) on the emulator's clock, for the loads' failures
     for step in _steps(scenario, progress):
         if isinstance(step, Sleep):
-            net.advance(step.seconds)
+            loads.sleep(step.seconds)
         elif isinstance(step, Update):
             report.events.extend(net.sync(step.table))
             table = step.table
+            updates.append((net.now / 1e9, net.now / 1e9, step.name))
+            loads.updated()
+        elif isinstance(step, LoadSpec):
+            loads.start(step)
+        elif isinstance(step, EndLoad):
+            report.results.append(evaluate_load(step, loads.stop(step.name), updates))
         else:
             report.results.append(judged(step, table, backend.name, simulate))
         net.collect()
@@ -178,16 +189,19 @@ def run_simulated(scenario: Scenario, backend, progress=lambda m: None) -> Repor
 
 def _steps(scenario: Scenario, progress):
     """The scenario's steps, announcing each."""
-    checks = len(scenario.checks)
+    checks = len(scenario.judged)
     n = 0
     for step in scenario.steps:
         if isinstance(step, Sleep):
             progress(f"sleep {step.seconds:g}s")
         elif isinstance(step, Update):
             progress(f"update: {step.name}")
+        elif isinstance(step, LoadSpec):
+            progress(f"load {step.name}: {step.rate:g}/s from {', '.join(step.clients)} to "
+                     f"{step.target}:{step.port}/{step.protocol}, in the background")
         else:
             n += 1
-            progress(f"check {n}/{checks}: {step.name}")
+            progress(f"check {n}/{checks}: {step.check if isinstance(step, EndLoad) else step.name}")
         yield step
 
 
@@ -225,18 +239,27 @@ def run_live(scenario: Scenario, backend, lab_name: str, keep: bool = False,
         return run_simulated(scenario, backend, progress)
     report = Report(scenario.name, backend.name, lab_name, ignored=list(scenario.ignored), seed=backend.seed)
     old = on_terminate()
-    lab = None
+    lab = loads = None
     try:
         lab = bring_up(scenario, backend, lab_name, progress, keep)
+        from .loads import LiveLoads
+        loads = LiveLoads(lab)
+        updates = []        # (began, synced, name) on CLOCK_MONOTONIC, for the loads' failures
         table = scenario.services
         for step in _steps(scenario, progress):
             if isinstance(step, Sleep):
                 time.sleep(step.seconds)
             elif isinstance(step, Update):
+                began = time.monotonic()
                 for line in backend.sync(lab, step.table):
                     progress(line)
                     report.events.append(line)
                 table = step.table
+                updates.append((began, time.monotonic(), step.name))
+            elif isinstance(step, LoadSpec):
+                loads.start(step)
+            elif isinstance(step, EndLoad):
+                report.results.append(evaluate_load(step, loads.stop(step.load), updates))
             else:
                 report.results.append(judged(step, table, backend.name, lambda s: run_check(lab, s)))
             backend.collect()      # garbage-collect expired flows between steps
@@ -244,10 +267,18 @@ def run_live(scenario: Scenario, backend, lab_name: str, keep: bool = False,
         return report
     finally:
         try:
-            if lab is not None and not keep:
-                tear_down(lab, backend)
-            elif lab is not None:
-                progress(f"kept lab {lab_name}: `dataplane down {lab_name}` removes it")
+            if loads is not None:
+                loads.stop_all()        # generators are lab processes: the lab's teardown would kill them too
         finally:
-            for sig, handler in old.items():
-                signal.signal(sig, handler)
+            _finish(lab, backend, keep, lab_name, progress, old)
+
+
+def _finish(lab, backend, keep: bool, lab_name: str, progress, old_handlers: dict) -> None:
+    try:
+        if lab is not None and not keep:
+            tear_down(lab, backend)
+        elif lab is not None:
+            progress(f"kept lab {lab_name}: `dataplane down {lab_name}` removes it")
+    finally:
+        for sig, handler in old_handlers.items():
+            signal.signal(sig, handler)

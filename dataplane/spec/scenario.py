@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass, field, replace
 
 from .checks import CheckSpec, parse_check
+from .load import EndLoad, LoadSpec, parse_end, parse_load
 from ..errors import ScenarioError
 from .topology import TopologySpec
 from .topology_section import parse_topology
@@ -38,7 +39,7 @@ class Scenario:
     file: str
     topology: TopologySpec
     services: ServiceTable                 # the table at the start
-    steps: list                            # CheckSpec | Sleep | Update, in order
+    steps: list                            # CheckSpec | Sleep | Update | LoadSpec | EndLoad, in order
     description: str = ""
     ignored: list[str] = field(default_factory=list)
     frontend_routes: tuple = ()            # (LB or external IP, node) the underlay routes
@@ -47,6 +48,11 @@ class Scenario:
     @property
     def checks(self) -> list[CheckSpec]:
         return [s for s in self.steps if isinstance(s, CheckSpec)]
+
+    @property
+    def judged(self) -> list:
+        """The steps that give a result: checks and ended loads, in order."""
+        return [s for s in self.steps if isinstance(s, (CheckSpec, EndLoad))]
 
 
 class _Cluster:
@@ -208,15 +214,16 @@ def _add_manifests(root: Doc, path: str, topology: TopologySpec, defaults, clust
 
 
 def _steps(root: Doc, topology: TopologySpec, cluster: "_Cluster", table: ServiceTable, ignored: list) -> list:
-    """Checks, sleeps and updates in order; each check is resolved against the table of its time.
-    After an invalid update the later steps are not read (their table is unknown)."""
-    steps, names = [], set()
+    """Checks, sleeps, updates and loads in order; each check is resolved against the table of its
+    time. After an invalid update the later steps are not read (their table is unknown)."""
+    steps, names, running = [], set(), {}
     for item in root.items("checks"):
         if isinstance(item, Doc) and item.has("update") and _update_failed(item, cluster, ignored, steps):
             break
         with item.recover():
             if not isinstance(item, Doc):
-                item.fail("expected a check (a mapping with from, to, port), {sleep: SECONDS} or {update: ...}")
+                item.fail("expected a check (a mapping with from, to, port), {sleep: SECONDS}, {update: ...}, "
+                          "{load: ...} or {endLoad: ...}")
             if item.has("sleep"):
                 seconds = item.take("sleep", (int, float), expect="seconds, such as 2.5")
                 if not 0 < seconds <= 3600:
@@ -225,8 +232,18 @@ def _steps(root: Doc, topology: TopologySpec, cluster: "_Cluster", table: Servic
                 steps.append(Sleep(float(seconds), item.where()))
             elif item.has("update"):
                 table = steps[-1].table
+            elif item.has("load"):
+                steps.append(parse_load(item.sub("load"), topology, table, running))
+                item.done()
+            elif item.has("endLoad"):
+                steps.append(parse_end(item.sub("endLoad"), running, names))
+                item.done()
             else:
                 steps.append(parse_check(item, topology, table, names))
+    for load in running.values():
+        with root.recover():
+            raise ScenarioError(load.where, load.field, f"load {load.name!r} never ends: add "
+                                f"{{endLoad: {{name: {load.name}}}}} after the steps it should span")
     return steps
 
 

@@ -23,12 +23,15 @@ def test_scenario_format_example_loads(tmp_path):
     assert len(sc.ignored) == 2 and sc.checks[0].backends == ("web-1",)
     from dataplane.spec.scenario import Sleep, Update
     kinds = [type(s).__name__ for s in sc.steps]
-    assert kinds == ["CheckSpec", "CheckSpec", "Sleep", "Update", "CheckSpec"]
+    assert kinds == ["CheckSpec", "CheckSpec", "LoadSpec", "Sleep", "EndLoad", "Update", "CheckSpec"]
     assert sc.steps[1].http_get == "/" and sc.steps[1].status == 200
-    after = sc.steps[3].table
+    started = sc.steps[2]
+    assert (started.clients, started.ip, started.port, started.rate) == (("client",), shop.cluster_ip, 80, 20.0)
+    assert sc.steps[4].load == started and sc.steps[4].max_failed == 0
+    after = sc.steps[5].table
     assert after.get("shop").cluster_ip == shop.cluster_ip and after.get("legacy-db") is None
     assert after.get("shop").endpoints == ()
-    assert isinstance(sc.steps[2], Sleep) and isinstance(sc.steps[3], Update)
+    assert isinstance(sc.steps[3], Sleep) and isinstance(sc.steps[5], Update)
 
 
 def test_help_examples_name_real_files():

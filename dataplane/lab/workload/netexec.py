@@ -51,9 +51,14 @@ def http_server(name: str, port: int) -> ThreadingHTTPServer:
         def log_message(self, *args):  # quiet: one line per request would flood the log
             pass
 
-    ThreadingHTTPServer.allow_reuse_address = True
-    ThreadingHTTPServer.daemon_threads = True
-    return ThreadingHTTPServer(("0.0.0.0", port), Handler)
+    class Server(ThreadingHTTPServer):
+        allow_reuse_address = True
+        daemon_threads = True
+        # the system's maximum backlog, as agnhost's Go listener asks (the default 5 overflows
+        # under a burst of new connections: SYNs dropped, retransmitted a second later)
+        request_queue_size = socket.SOMAXCONN
+
+    return Server(("0.0.0.0", port), Handler)
 
 
 def udp_server(name: str, port: int) -> socket.socket:

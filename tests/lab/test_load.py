@@ -1,0 +1,89 @@
+"""Background load on live labs: an outage under load is counted and listed with its times (the
+check can fail in the kernel as on the emulator), and a run stopped while loads run leaves no
+generator behind."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from dataplane.backends import get
+from dataplane.lab import netns, state
+from dataplane.run.runner import run_live
+from dataplane.spec.scenario import load
+from tests.helpers import BASE, write
+from tests.lab.test_lifecycle import lab_namespaces, wait_for
+
+SERVICE = ("services:\n  - {name: web, clusterIP: 10.96.0.10, selector: {app: web}, ports: "
+           "[{name: http, port: 80, targetPort: 8080}, {name: dns, port: 53, targetPort: 8080, protocol: UDP}]}\n")
+OUTAGE = (BASE + SERVICE + "checks:\n"
+          "  - load: {name: tcp, from: pod/client, to: service/web, port: 80, rate: 20}\n"
+          "  - load: {name: udp, from: [pod/client, node/node2], to: service/web, port: 53, rate: 20}\n"
+          "  - sleep: 1\n"
+          "  - update: {name: down, pods: [{name: web-1, ready: false}, {name: web-2, ready: false}]}\n"
+          "  - sleep: 1\n"
+          "  - update: {name: up, pods: [{name: web-1, ready: true}, {name: web-2, ready: true}]}\n"
+          "  - sleep: 1\n"
+          "  - endLoad: {name: tcp}\n"
+          "  - endLoad: {name: udp}\n")
+
+
+@pytest.mark.parametrize("backend", ["ebpf", "nftables"])
+def test_an_outage_under_load_is_counted_and_listed(tmp_path, backend):
+    """For one second no endpoint is ready: the requests of that second fail, the others not, and
+    the failures are listed at their times. Both backends reject a service without endpoints;
+    kube-proxy's rejections are ICMP port unreachables (TCP too) that the node rate-limits
+    (docs/differences.md), so most of its failures are silence (dropped), where eBPF's are all
+    refused."""
+    report = run_live(load(write(tmp_path, OUTAGE)), get(backend, strict=False, seed=1), f"t-load-{backend[:4]}")
+    for result in report.results:
+        assert not result.passed, result.detail
+        failed = result.failures
+        kinds = {"reachable", "refused"} | ({"dropped"} if backend != "ebpf" else set())
+        assert {"reachable", "refused"} <= set(result.outcomes) <= kinds, result.outcomes
+        assert result.requests - result.outcomes["reachable"] == len(failed) == sum(
+            n for k, n in result.outcomes.items() if k != "reachable")
+        # about one second of requests per client: 20/s, give or take the syncs' timing
+        per_client = len(failed) / len({f["client"] for f in failed})
+        assert 12 <= per_client <= 28, (per_client, result.detail)
+        times = sorted(f["at"] for f in failed)
+        assert 0.8 <= times[0] and times[-1] <= 2.6, times
+        assert result.detail.startswith(f"{len(failed)} of {result.requests} requests failed (at most 0): ")
+        assert "refused (ECONNREFUSED" in result.detail
+        assert result.to_json()["failed"] == len(failed)
+
+
+def test_a_run_stopped_under_load_leaves_no_generator(tmp_path):
+    path = write(tmp_path, BASE + SERVICE + "checks:\n"
+                 "  - load: {name: tcp, from: [pod/client, host/ext], to: service/web, port: 80, rate: 10}\n"
+                 "  - sleep: 60\n"
+                 "  - endLoad: {name: tcp}\n")
+    proc = subprocess.Popen([sys.executable, "-m", "dataplane.cli", "run", str(path), "--name", "t-loadstop"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: (state.load("t-loadstop") or state.LabRecord("t-loadstop")).ready, 120, "the lab")
+        rec = state.load("t-loadstop")
+        generators = lambda: [p for ns in (rec.objects["client"], rec.objects["ext"]) for p in netns.pids_in(ns)
+                              if b"dataplane.lab.workload.load" in _cmdline(p)]
+        wait_for(lambda: len(generators()) == 2, 60, "both generators to run")
+        running = generators()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode != 0 and "tearing down lab t-loadstop" in err, err
+    assert lab_namespaces("t-loadstop") == []
+    assert not [p for p in running if os.path.exists(f"/proc/{p}")]
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
