@@ -47,11 +47,13 @@ def _detail(result) -> str:
 
 def matrix(reports: list[Report]) -> str:
     """One row per check, one column per backend: PASS, FAIL, and * where the backend's expected
-    outcome comes from docs/differences.md."""
+    outcome comes from docs/differences.md; a load's cell adds its failed and sent requests."""
     backends = [r.backend for r in reports]
     names = [r.name for r in reports[0].results]
     w = max([len("check")] + [len(n) for n in names])
-    cols = [max(len(b), 6) for b in backends]
+    loads = [max((len(f" {x.requests}/{x.requests}") for x in r.results if x.requests is not None), default=0)
+             for r in reports]
+    cols = [max(len(b), 6 + extra) for b, extra in zip(backends, loads)]
     lines = [f"scenario {reports[0].scenario}: {len(names)} checks on {len(backends)} backends",
              f"  {'check':<{w}}  " + "  ".join(f"{b:<{c}}" for b, c in zip(backends, cols))]
     notes = {}
@@ -60,6 +62,8 @@ def matrix(reports: list[Report]) -> str:
         for rep, c in zip(reports, cols):
             r = rep.results[i] if i < len(rep.results) else None
             cell = "-" if r is None else ("PASS" if r.passed else "FAIL")
+            if r is not None and r.requests is not None:     # a load: its failed requests of all sent
+                cell += f" {r.requests - r.outcomes.get('reachable', 0)}/{r.requests}"
             key = r and r.difference
             if key:
                 cell += "*"

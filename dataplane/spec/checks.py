@@ -69,29 +69,35 @@ class HoldSpec:
 
 def _ref(doc: Doc, key: str, kinds, topology: TopologySpec, services: ServiceTable):
     value = doc.take_str(key, expect=f"a reference such as pod/NAME ({', '.join(k + '/NAME' for k in kinds)})")
+    return lookup(value, lambda message: doc.fail(key, message), kinds, topology, services)
+
+
+def lookup(value: str, fail, kinds, topology: TopologySpec, services: ServiceTable):
+    """A reference (pod/NAME, ..., or an IP where services are allowed) -> (kind, name, object);
+    `fail(message)` raises the error where the reference was written."""
     kind, sep, name = value.partition("/")
     if not sep:
         if "service" in kinds:
             try:
                 ip = IPv4Address(value)
             except ValueError:
-                doc.fail(key, f"expected KIND/NAME ({', '.join(k + '/NAME' for k in kinds)}) or an IPv4 "
-                              f"address, got {value!r}")
+                fail(f"expected KIND/NAME ({', '.join(k + '/NAME' for k in kinds)}) or an IPv4 "
+                     f"address, got {value!r}")
             return "ip", value, ip
-        doc.fail(key, f"expected KIND/NAME ({', '.join(k + '/NAME' for k in kinds)}), got {value!r}")
+        fail(f"expected KIND/NAME ({', '.join(k + '/NAME' for k in kinds)}), got {value!r}")
     if kind not in kinds:
-        doc.fail(key, f"unknown kind {kind!r} in {value!r}; expected one of: {', '.join(kinds)}")
+        fail(f"unknown kind {kind!r} in {value!r}; expected one of: {', '.join(kinds)}")
     if kind == "service":
         svc = services.get(name)
         if svc is None:
-            doc.fail(key, f"no service named {name!r}" +
-                     (f" (services: {', '.join(s.key for s in services)})" if len(services) else ""))
+            fail(f"no service named {name!r}" +
+                 (f" (services: {', '.join(s.key for s in services)})" if len(services) else ""))
         return kind, svc.key, svc
     groups = {"pod": topology.pods, "node": topology.nodes, "host": topology.hosts}
     obj = next((o for o in groups[kind] if o.name == name), None)
     if obj is None:
         names = ", ".join(o.name for o in groups[kind]) or "none"
-        doc.fail(key, f"no {kind} named {name!r} ({kind}s: {names})")
+        fail(f"no {kind} named {name!r} ({kind}s: {names})")
     return kind, name, obj
 
 

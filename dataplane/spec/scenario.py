@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass, field, replace
 
 from .checks import CheckSpec, parse_check
-from .load import EndLoad, LoadSpec, parse_end, parse_load
+from .load import EndLoad, LoadSpec, Loads, parse_end, parse_load
 from ..errors import ScenarioError
 from .topology import TopologySpec
 from .topology_section import parse_topology
@@ -216,9 +216,11 @@ def _add_manifests(root: Doc, path: str, topology: TopologySpec, defaults, clust
 def _steps(root: Doc, topology: TopologySpec, cluster: "_Cluster", table: ServiceTable, ignored: list) -> list:
     """Checks, sleeps, updates and loads in order; each check is resolved against the table of its
     time. After an invalid update the later steps are not read (their table is unknown)."""
-    steps, names, running = [], set(), {}
+    steps, names, loads = [], set(), Loads()
+    cut = False
     for item in root.items("checks"):
         if isinstance(item, Doc) and item.has("update") and _update_failed(item, cluster, ignored, steps):
+            cut = True
             break
         with item.recover():
             if not isinstance(item, Doc):
@@ -233,14 +235,29 @@ def _steps(root: Doc, topology: TopologySpec, cluster: "_Cluster", table: Servic
             elif item.has("update"):
                 table = steps[-1].table
             elif item.has("load"):
-                steps.append(parse_load(item.sub("load"), topology, table, running))
+                loads.unnamed_errors += 1       # until the step's own parse has read its name
+                sub = item.sub("load")
+                loads.unnamed_errors -= 1
+                steps.append(parse_load(sub, topology, table, loads))
                 item.done()
             elif item.has("endLoad"):
-                steps.append(parse_end(item.sub("endLoad"), running, names))
+                loads.end_errors += 1
+                sub = item.sub("endLoad")
+                loads.end_errors -= 1
+                end = parse_end(sub, loads, names)
+                if end is not None:
+                    steps.append(end)
                 item.done()
             else:
-                steps.append(parse_check(item, topology, table, names))
-    for load in running.values():
+                check = parse_check(item, topology, table, names)
+                running = sorted(n for n, spec in loads.running.items() if spec is not None)
+                for key, value in (("capture", check.capture), ("sourcePort", check.source_port)):
+                    if value and running:
+                        item.fail(key, f"a check with {key} cannot run while a background load runs "
+                                       f"({', '.join(running)}): its flows would mix with the load's; "
+                                       f"end the load first")
+                steps.append(check)
+    for load in ([] if cut else loads.never_ended()):
         with root.recover():
             raise ScenarioError(load.where, load.field, f"load {load.name!r} never ends: add "
                                 f"{{endLoad: {{name: {load.name}}}}} after the steps it should span")

@@ -24,7 +24,22 @@ ERRORS = {   # case: (checks, field, message)
     "a load that never ends": (
         START + "  - sleep: 1\n", "checks[0].load", "load 'l' never ends: add {endLoad: {name: l}}"),
     "two running loads of one name": (
-        START + START + END, "checks[1].load.name", "a load named 'l' is already running"),
+        START + START + END, "checks[1].load.name", "load names must be unique in a scenario: a load 'l' was "
+                                                    "started at "),
+    "a load name used again after it ended": (
+        START + END + START + END, "checks[2].load.name", "load names must be unique in a scenario"),
+    "an unknown client in a list": (
+        START.replace("pod/client", "[pod/client, pod/nobody]") + END, "checks[0].load.from[1]",
+        "no pod named 'nobody'"),
+    "a mapping in the list of clients": (
+        START.replace("pod/client", "[{pod: client}]") + END, "checks[0].load.from[0]",
+        "expected a reference such as pod/NAME, got {'pod': 'client'}"),
+    "a capture during a load": (
+        START + "  - {from: pod/client, to: service/web, port: 80, capture: true}\n" + END, "checks[1].capture",
+        "a check with capture cannot run while a background load runs (l)"),
+    "too many requests in flight": (
+        START.replace("rate: 10", "rate: 500, timeout: 5") + END, "checks[0].load.timeout",
+        "rate x timeout is 2500 requests in flight per client"),
     "rate zero": (
         START.replace("rate: 10", "rate: 0") + END, "checks[0].load.rate", "from 1 to 500, got 0"),
     "rate missing": (
@@ -53,9 +68,26 @@ def test_load_errors_name_the_field(tmp_path, case):
     path = write(tmp_path, BASE + SERVICE + "checks:\n" + checks)
     with pytest.raises(ScenarioError) as err:
         load(path)
+    assert len(getattr(err.value, "errors", [err.value])) == 1, f"one mistake, several errors: {err.value}"
     assert err.value.field == field, str(err.value)
     assert message in err.value.message, str(err.value)
     assert err.value.file.startswith(f"{path}:"), str(err.value)
+
+
+ALONE = {   # one mistake that must not bring a second, false error about the loads
+    "an invalid load, then its endLoad": START.replace("rate: 10", "rate: 0") + END,
+    "a load without a name, then an endLoad": START.replace("name: l, ", "") + END,
+    "a load step that is not a mapping, then an endLoad": "  - load: l\n" + END,
+    "an endLoad that is not a mapping": START + "  - endLoad: l\n",
+    "an invalid update cutting the steps short": START + "  - update: {name: u, pods: [{name: nobody}]}\n" + END,
+}
+
+
+@pytest.mark.parametrize("case", sorted(ALONE))
+def test_one_mistake_one_error(tmp_path, case):
+    with pytest.raises(ScenarioError) as err:
+        load(write(tmp_path, BASE + SERVICE + "checks:\n" + ALONE[case]))
+    assert len(getattr(err.value, "errors", [err.value])) == 1, str(err.value)
 
 
 def test_a_load_resolves_its_clients_and_destination(tmp_path):
@@ -74,14 +106,14 @@ SPEC = LoadSpec(name="l", clients=("a", "b"), target="service/web", ip=None, por
 
 def _summary(requests, failures=(), due=None, answered=None):
     failed = len(failures)
-    return {"t0": 100.0, "requests": requests, "due": due or requests, "seconds": requests / 10,
+    return {"t0": 100.0, "requests": requests, "skipped": (due or requests) - requests, "due": due or requests, "seconds": requests / 10,
             "outcomes": {"reachable": requests - failed, **({"refused": failed} if failed else {})},
             "answered": answered or {"web-1": requests - failed}, "failures": list(failures),
             "ms": {"p50": 1.0, "p99": 2.0, "max": 3.0}}
 
 
 def _fail(at):
-    return {"seq": int(at * 10), "at": at, "outcome": "refused", "error": "ECONNREFUSED", "ms": 0.3}
+    return {"seq": int(at * 10), "at": at, "late": 0.0, "outcome": "refused", "error": "ECONNREFUSED", "ms": 0.3}
 
 
 JUDGED = {   # case: (max_failed, summaries, passed, text in the detail)
@@ -92,7 +124,12 @@ JUDGED = {   # case: (max_failed, summaries, passed, text in the detail)
                                       False, "2 of 100 requests failed (at most 0): b at 1.00 s (before any "
                                              "update): refused (ECONNREFUSED); a at 2.50 s"),
     "a generator that fell behind": (0, {"a": _summary(30, due=50), "b": _summary(50)}, False,
-                                     "a sent 30 of the 50 requests its rate asked for"),
+                                     "a sent 30 of the 50 requests due in 3 s"),
+    "a few requests skipped": (0, {"a": _summary(45, due=50), "b": _summary(50)}, True,
+                               "95 requests (10/s from 2 clients, TCP to service/web:80), 0 failed, 5 skipped by a "
+                               "late generator"),
+    "counts stay beside another problem": (0, {"a": "the load generator failed (exit 1): boom", "b": _summary(50)},
+                                           False, "a: the load generator failed (exit 1): boom; 50 requests"),
     "a generator that gave no summary": (0, {"a": "the load generator did not start: boom", "b": _summary(50)},
                                          False, "a: the load generator did not start: boom"),
 }
@@ -115,6 +152,13 @@ def test_failures_are_placed_against_the_updates():
     assert [f["when"] for f in result.failures] == [
         "before any update", "during update 'one'", "0.80 s after update 'one'", "during update 'two'",
         "0.25 s after update 'two'"]
+
+
+def test_failure_times_share_one_origin():
+    """Generators start one after another: times are printed from the first one's start."""
+    late = dict(_summary(50, [_fail(1.0)]), t0=100.5)
+    result = evaluate_load(EndLoad("l", "load l", 0, SPEC), {"a": late, "b": _summary(50, [_fail(1.2)])})
+    assert [(f["client"], f["at"]) for f in result.failures] == [("b", 1.2), ("a", 1.5)]
 
 
 def test_more_failures_than_listed_are_counted():
@@ -149,3 +193,10 @@ def test_an_outage_under_load_is_counted_and_listed(tmp_path):
     assert result.detail.startswith("11 of 33 requests failed (at most 0): client at 1.00 s (during update "
                                     "'down'): refused")
     assert result.failures[1]["when"] == "0.10 s after update 'down'"
+
+
+def test_the_emulator_keeps_a_loads_rhythm_across_short_sleeps(tmp_path):
+    """Forty sleeps of 0.05 s at 10/s: about 2 s of load, 21 requests, not one per sleep."""
+    path = write(tmp_path, BASE + SERVICE + "checks:\n" + START + "  - sleep: 0.05\n" * 40 + END)
+    (result,) = run_simulated(load(path), get("emulator", seed=1)).results
+    assert result.passed and result.requests == 21, result.detail

@@ -41,3 +41,14 @@ def test_json_groups_results_by_check():
     assert [c["name"] for c in doc["checks"]] == ["serves", "unserved"]
     assert doc["checks"][1]["results"]["iptables"]["outcomes"] == {"dropped": 1}
     assert set(doc["reports"]) == {"ebpf", "iptables", "nftables"}
+
+
+def test_a_loads_cell_counts_its_failed_requests():
+    out = []
+    for backend, failed in (("ebpf", 0), ("nftables", 2)):
+        r = Report("s", backend, "lab")
+        r.results = [CheckResult("load l", not failed, "...", {"reachable": 147 - failed, "refused": failed} if failed
+                                 else {"reachable": 147}, failures=[{}] * failed, requests=147)]
+        out.append(r)
+    lines = click.unstyle(matrix(out)).splitlines()
+    assert lines[2].split() == ["load", "l", "PASS", "0/147", "FAIL", "2/147"]

@@ -45,15 +45,22 @@ def _result(outcome, hostname=None, clientip=None, error=None, start=0.0):
             "ms": round((time.monotonic() - start) * 1000, 2)}
 
 
-def _failure(exc: BaseException, start: float) -> dict:
+def classify(exc: BaseException) -> tuple[str, str]:
+    """(outcome, error) of a failed request: one classification for the client and the load
+    generator."""
     if isinstance(exc, socket.timeout):
-        return _result("dropped", error="timeout", start=start)
+        return "dropped", "timeout"
     code = getattr(exc, "errno", None)
     if code in REFUSED:
-        return _result("refused", error=errno.errorcode.get(code, str(code)), start=start)
+        return "refused", errno.errorcode.get(code, str(code))
     if code in UNREACHABLE:
-        return _result("dropped", error=errno.errorcode.get(code, str(code)), start=start)
-    return _result("error", error=f"{type(exc).__name__}: {exc}", start=start)
+        return "dropped", errno.errorcode.get(code, str(code))
+    return "error", f"{type(exc).__name__}: {exc}"
+
+
+def _failure(exc: BaseException, start: float) -> dict:
+    outcome, error = classify(exc)
+    return _result(outcome, error=error, start=start)
 
 
 def _read_response(sock: socket.socket, buf: bytes) -> tuple[bytes, str, bytes]:

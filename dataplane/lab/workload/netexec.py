@@ -54,8 +54,9 @@ def http_server(name: str, port: int) -> ThreadingHTTPServer:
     class Server(ThreadingHTTPServer):
         allow_reuse_address = True
         daemon_threads = True
-        # the system's maximum backlog, as agnhost's Go listener asks (the default 5 overflows
-        # under a burst of new connections: SYNs dropped, retransmitted a second later)
+        # as large a backlog as the namespace allows (the kernel caps SOMAXCONN at its
+        # net.core.somaxconn), as agnhost's Go listener asks; Python's default of 5 overflows
+        # under a burst of new connections: SYNs dropped, retransmitted a second later
         request_queue_size = socket.SOMAXCONN
 
     return Server(("0.0.0.0", port), Handler)
