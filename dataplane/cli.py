@@ -180,6 +180,43 @@ def up(scenario, lab_name, backend, dry_run, seed, map_sizes, ct_timeouts, recon
     click.echo(f"change it with: dataplane apply {name} FILE...; remove it with: dataplane down {name}")
 
 
+@cli.command(name="import", epilog="""\b
+Examples:
+  kubectl get svc,endpointslices -A -o yaml > dump.yaml
+  dataplane import dump.yaml -o mycluster.yaml        # then: sudo dataplane run mycluster.yaml
+  dataplane import tests/data/kubectl-dump.yaml       # the scenario on stdout, notes on stderr
+""")
+@click.argument("dump", type=click.Path(dir_okay=False, exists=True))
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the scenario here (default: stdout).")
+@click.option("--name", "scenario_name", help="The scenario's name (default: the dump's file name).")
+@click.option("--model", type=click.Choice(["flat", "island", "air-gapped"]), default="island", show_default=True,
+              help="The lab's network model.")
+def import_cmd(dump, output, scenario_name, model):
+    """Turn a cluster's services (`kubectl get svc,endpointslices -A -o yaml`) into a scenario.
+
+    Nodes come from the endpoints' nodeName, pods from the endpoint addresses (named after their
+    targetRef, with their conditions and ports), pod CIDRs from the addresses, and the services
+    are kept as they are. Names too long for the lab are shortened, and everything the lab cannot
+    hold (IPv6, SCTP, headless, endpoints without a node, ...) is listed on stderr and at the top
+    of the scenario. The scenario has no checks: add some, or use it for `up` and benchmarks.
+    """
+    from .spec.importer import import_dump
+    imported = import_dump(dump, scenario_name, model)
+    text = imported.text(dump)
+    if output:
+        with open(output, "w") as f:
+            f.write(text)
+        click.echo(f"wrote {output}: {len(imported.scenario['topology']['nodes'])} nodes, "
+                   f"{len(imported.scenario['topology']['pods'])} pods, {len(imported.scenario['services'])} "
+                   f"services", err=True)
+    else:
+        click.echo(text, nl=False)
+    for k, v in sorted(imported.renamed.items()):
+        click.echo(f"renamed: {k} -> {v}", err=True)
+    for note in imported.notes:
+        click.echo(f"not represented: {note}", err=True)
+
+
 @cli.command(epilog="""\b
 Examples:
   sudo dataplane up scenarios/clusterip.yaml --name demo
