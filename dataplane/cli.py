@@ -552,6 +552,45 @@ def bench_sync(counts, names, requests, as_json):
                "measured by the lab client inside a pod.")
 
 
+@bench.command(name="kernel", epilog="""\b
+Examples:
+  sudo dataplane bench kernel --quick                     # 1, 1,000 and 10,000 services, 5,000 calls
+  sudo dataplane bench kernel                             # up to 65,536 services, 20,000 calls per path
+  sudo dataplane bench kernel --services 1,65536 --json
+""")
+@click.option("--services", "fills", default=None, metavar="N,N,...",
+              help="Map fills to measure (default 1,1000,10000,65536; --quick: 1,1000,10000).")
+@click.option("--calls", type=click.IntRange(100, 200000), default=None,
+              help="Packets per path and fill, one per BPF_PROG_TEST_RUN call (default 20,000; --quick 5,000).")
+@click.option("--quick", is_flag=True, help="Fewer fills and calls: about a minute.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+def bench_kernel(fills, calls, quick, as_json):
+    """Nanoseconds per packet of each BPF path (new flow, established, reply, node port,
+    masquerade, traffic not for a service) against the number of services installed, beside a
+    trivial program as the floor. One packet per BPF_PROG_TEST_RUN call, timed by the kernel;
+    see dataplane/run/bench/kernel.py for the method."""
+    import json as json_mod
+    from .run.bench.kernel import FILLS, PATHS, QUICK_FILLS, run_kernel
+    from .run.bench.sync import machine
+    doctor.require("root", "bcc", "bcc-compile", "bpf")
+    counts = ([int(x) for x in fills.split(",")] if fills else list(QUICK_FILLS if quick else FILLS))
+    if any(not 1 <= c <= 65536 for c in counts):
+        raise click.UsageError("--services: each fill from 1 to 65,536 (the services map holds 65,536 by default)")
+    results = run_kernel(counts, calls or (5000 if quick else 20000), progress=_progress(not as_json))
+    if as_json:
+        click.echo(json_mod.dumps({"machine": machine(), "method": "BPF_PROG_TEST_RUN, one packet per call",
+                                   "results": [vars(r) for r in results]}, indent=2))
+        return
+    click.echo(f"ns per packet (p50 / p99) on {machine()}")
+    click.echo(f"  {'path':<16}" + "".join(f"{f'{c:,} svc':>18}" for c in counts))
+    for path in PATHS:
+        row = {r.services: r for r in results if r.path == path}
+        click.echo(f"  {path:<16}" + "".join(f"{f'{row[c].p50:g} / {row[c].p99:g}':>18}" for c in counts))
+    odd = sorted({f"{r.path}: {r.verdict}" for r in results if "drop" in r.verdict})
+    for line in odd:
+        click.echo(f"  note: {line} (the path measured ends in a drop)")
+
+
 @cli.group(epilog="""\b
 Examples:
   sudo dataplane fuzz packets --count 20000 --seed 1        # 20,000 frames: BPF against the oracle

@@ -66,6 +66,8 @@ class Ids:
     backend: dict = field(default_factory=dict)   # (addr, port) -> id
     _next: dict = field(default_factory=lambda: {"svc": 1, "backend": 1})
 
+    _journal: list | None = field(default=None, repr=False)   # ids given since begin()
+
     def _get(self, kind: str, key) -> int:
         table = getattr(self, kind)
         if key not in table:
@@ -73,7 +75,22 @@ class Ids:
                 raise OverflowError(f"{kind} ids exhausted")
             table[key] = self._next[kind]
             self._next[kind] += 1
+            if self._journal is not None:
+                self._journal.append((kind, key))
         return table[key]
+
+    def begin(self) -> None:
+        """Remember the ids given from now on, so that rollback() can take them back (a render
+        that is refused leaves the ids as they were, without copying them all)."""
+        self._journal = []
+
+    def rollback(self) -> None:
+        for kind, key in reversed(self._journal or []):
+            self._next[kind] = getattr(self, kind).pop(key)
+        self._journal = None
+
+    def commit(self) -> None:
+        self._journal = None
 
     def svc_id(self, key) -> int:
         return self._get("svc", key)
@@ -196,21 +213,160 @@ def _external(out: NodeMaps, ids: Ids, svc, node: str, node_ip) -> None:
                     out.lb_sources.update((sid, net) for net in ranges)
 
 
+def render_service(svc, node: str, ids: Ids, node_ip=None, out: NodeMaps | None = None) -> NodeMaps:
+    """One service's part of node `node`'s maps: its ClusterIP frontends as the node's pods see
+    them, and its external frontends (NodePort on `node_ip`, LoadBalancer and external IPs)."""
+    out = out if out is not None else NodeMaps()
+    _external(out, ids, svc, node, node_ip)
+    vip = svc.cluster_ip
+    out.services[SvcKey(vip, 0, 0, 0)] = SvcValue()   # the VIP marker
+    affinity = SVC_F_AFFINITY if svc.session_affinity == "ClientIP" else 0
+    for sp in svc.ports:
+        targets = internal_targets(svc, sp, node)
+        flags = affinity
+        if not targets and svc.internal_traffic_policy == "Local" and cluster_targets(svc, sp):
+            flags |= SVC_F_LOCAL_ONLY   # kube-proxy drops ("has no local endpoints"), not rejects
+        _frontend(out, ids, vip, sp.port, IPPROTO[sp.protocol], targets, flags,
+                  svc.affinity_timeout if affinity else 0, svc=svc)
+    return out
+
+
 def render_node(table: ServiceTable, node: str, ids: Ids, node_ip=None) -> NodeMaps:
-    """What node `node`'s maps hold for `table`: ClusterIP frontends as its pods see them, and
-    the external frontends (NodePort on `node_ip`, LoadBalancer and external IPs)."""
+    """What node `node`'s maps hold for `table`: every service's part, in the table's order (where
+    two services write one key, such as an external IP and port both claim, the later one wins)."""
     out = NodeMaps()
     for svc in table:
-        _external(out, ids, svc, node, node_ip)
-        vip = svc.cluster_ip
-        out.services[SvcKey(vip, 0, 0, 0)] = SvcValue()   # the VIP marker
-        affinity = SVC_F_AFFINITY if svc.session_affinity == "ClientIP" else 0
-        for sp in svc.ports:
-            targets = internal_targets(svc, sp, node)
-            flags = affinity
-            if not targets and svc.internal_traffic_policy == "Local" and cluster_targets(svc, sp):
-                flags |= SVC_F_LOCAL_ONLY   # kube-proxy drops ("has no local endpoints"), not rejects
-            _frontend(out, ids, vip, sp.port, IPPROTO[sp.protocol], targets, flags,
-                      svc.affinity_timeout if affinity else 0, svc=svc)
+        render_service(svc, node, ids, node_ip, out)
     ids.forget_unused(out)
     return out
+
+
+@dataclass
+class Plan:
+    """A prepared change of one node's rendering: the entries of the changed services before and
+    after (what to write: maps.apply between the two), and their new parts."""
+    keys: frozenset
+    before: NodeMaps
+    after: NodeMaps
+    parts: dict                     # service key -> its new part (absent: removed)
+
+
+class NodeRendering:
+    """One node's rendering kept service by service, so that a sync of a few changed services
+    renders those alone and writes only their entries (kube-proxy's change tracking, for maps).
+    `maps` is the whole rendering, equal to render_node's for the same table and ids history
+    (tests/unit/test_render_incremental.py holds that)."""
+
+    def __init__(self, node: str, node_ip=None):
+        self.node, self.node_ip = node, node_ip
+        self.parts: dict = {}           # service key -> its NodeMaps part
+        self.maps = NodeMaps()
+        self.refs: dict = {}            # backend id -> slots that point at it
+        self.owner: dict = {}           # SvcKey -> the service key that wrote it
+        self.shared: set = set()        # services that write a key another one writes too
+
+    def full(self, table: ServiceTable, ids: Ids) -> NodeMaps:
+        """Render everything (the first sync, or a change that touches shared keys)."""
+        self.parts, self.owner, self.shared = {}, {}, set()
+        for svc in table:
+            part = render_service(svc, self.node, ids, self.node_ip)
+            self.parts[svc.key] = part
+            for k in part.services:
+                other = self.owner.setdefault(k, svc.key)
+                if other != svc.key:
+                    self.shared.update((other, svc.key))
+                    self.owner[k] = svc.key
+        self.maps = render_node(table, self.node, ids, self.node_ip) if self.shared else self._union(ids)
+        self.refs = self._count_refs()
+        return self.maps
+
+    def _union(self, ids: Ids) -> NodeMaps:
+        out = NodeMaps()
+        for part in self.parts.values():
+            out.services.update(part.services)
+            out.backends.update(part.backends)
+            out.lb_sources |= part.lb_sources
+            out.affinity_match |= part.affinity_match
+        ids.forget_unused(out)
+        return out
+
+    def _count_refs(self) -> dict:
+        refs = {}
+        for v in self.maps.services.values():
+            if v.backend_id:
+                refs[v.backend_id] = refs.get(v.backend_id, 0) + 1
+        return refs
+
+    def prepare(self, table: ServiceTable, keys, ids: Ids) -> Plan | None:
+        """The change of the services `keys` (rendered from `table`), without changing anything
+        here; None when it touches a key another service writes too (render in full then)."""
+        keys = frozenset(keys)
+        if keys & self.shared:
+            return None
+        before, after, parts, written = NodeMaps(), NodeMaps(), {}, {}
+        for key in keys:
+            old = self.parts.get(key)
+            if old is not None:
+                _add(before, old)
+        for key in sorted(keys):        # the table's order: ids are given as render_node gives them
+            svc = table.services.get(key)
+            if svc is None:
+                continue
+            part = render_service(svc, self.node, ids, self.node_ip)
+            for k in part.services:
+                if self.owner.get(k, key) != key or written.setdefault(k, key) != key:
+                    return None
+            parts[key] = part
+            _add(after, part)
+        for bid, b in list(after.backends.items()):
+            # already in the maps for an unchanged service: nothing to write
+            if bid not in before.backends and self.maps.backends.get(bid) == b:
+                del after.backends[bid]
+        # a backend the changed services drop stays while another slot points at it
+        dropping = {}
+        for k, v in before.services.items():
+            if v.backend_id:
+                dropping[v.backend_id] = dropping.get(v.backend_id, 0) + 1
+        for bid, n in dropping.items():
+            if self.refs.get(bid, 0) > n and bid not in after.backends:
+                after.backends[bid] = self.maps.backends[bid]
+        return Plan(keys, before, after, parts)
+
+    def commit(self, plan: Plan, ids: Ids) -> None:
+        """The prepared change is written: the rendering follows it, ids nothing uses are forgotten."""
+        m = self.maps
+        for k, v in plan.before.services.items():
+            del m.services[k]
+            del self.owner[k]
+            if v.backend_id:
+                self.refs[v.backend_id] -= 1
+        m.lb_sources -= plan.before.lb_sources
+        m.affinity_match -= plan.before.affinity_match
+        for key in plan.keys:
+            self.parts.pop(key, None)
+        for key, part in plan.parts.items():
+            self.parts[key] = part
+            for k, v in part.services.items():
+                m.services[k] = v
+                self.owner[k] = key
+                if v.backend_id:
+                    self.refs[v.backend_id] = self.refs.get(v.backend_id, 0) + 1
+            m.lb_sources |= part.lb_sources
+            m.affinity_match |= part.affinity_match
+        for bid, b in plan.after.backends.items():
+            m.backends[bid] = b
+        for bid in plan.before.backends:
+            if not self.refs.get(bid):
+                self.refs.pop(bid, None)
+                m.backends.pop(bid, None)
+                ids.backend.pop((plan.before.backends[bid].addr, plan.before.backends[bid].port), None)
+        for k, v in plan.before.services.items():
+            if k.slot == 0 and v.svc_id and k not in m.services:
+                ids.svc.pop(_id_key(k.vip, k.port, k.proto, k.scope), None)
+
+
+def _add(out: NodeMaps, part: NodeMaps) -> None:
+    out.services.update(part.services)
+    out.backends.update(part.backends)
+    out.lb_sources |= part.lb_sources
+    out.affinity_match |= part.affinity_match

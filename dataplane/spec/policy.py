@@ -91,12 +91,17 @@ class FlowKeep:
     udp_node_ports: dict   # node port -> serving endpoint IPs
     tcp_ips: dict          # (frontend IP, port) -> {(endpoint IP, port)}
     tcp_node_ports: dict   # node port -> {(endpoint IP, port)}
+    # ((frontend IP, port)s, node ports) judged, when a sync of a few services judges only
+    # theirs (flow_keep's `only`); None: every frontend
+    scope: tuple | None = None
 
     def keeps(self, proto: int, frontend, fport: int, backend, bport: int, node_ip) -> bool:
         """A flow of `proto` to frontend:fport, translated to backend:bport, on the node whose
         address is node_ip (a frontend at that address is a node port)."""
         frontend, backend = IPv4Address(frontend), IPv4Address(backend)
         node = node_ip is not None and frontend == IPv4Address(node_ip)
+        if self.scope is not None and (fport not in self.scope[1] if node else (frontend, fport) not in self.scope[0]):
+            return True
         if proto == 17:
             ips = self.udp_node_ports.get(fport) if node else self.udp_ips.get((frontend, fport))
             return ips is None or backend in ips
@@ -106,10 +111,26 @@ class FlowKeep:
         return True
 
 
-def flow_keep(table) -> FlowKeep:
-    udp_ips, udp_node_ports = udp_serving(table)
+def flow_keep(table, only=None, old=None) -> FlowKeep:
+    """The flows `table` lets live. With `only` (service keys changed since `old`), the flows to
+    those services' frontends alone are judged, as they were in `old` and are in `table`; every
+    other flow is kept: what a sync of those services alone may flush."""
+    services = table if only is None else [table.services[k] for k in sorted(only) if k in table.services]
+    scope = None
+    if only is not None:
+        ips, node_ports = set(), set()
+        for t in (old, table):
+            for svc in (t.services.get(k) for k in only) if t is not None else ():
+                if svc is None:
+                    continue
+                for sp in svc.ports:
+                    ips.update((ip, sp.port) for ip in (svc.cluster_ip, *svc.external_ips, *svc.load_balancer_ips))
+                    if sp.node_port:
+                        node_ports.add(sp.node_port)
+        scope = (frozenset(ips), frozenset(node_ports))
+    udp_ips, udp_node_ports = udp_serving(services)
     tcp_ips, tcp_node_ports = {}, {}
-    for svc in table or ():
+    for svc in services or ():
         for sp in svc.ports:
             if sp.protocol != "TCP":
                 continue
@@ -118,7 +139,7 @@ def flow_keep(table) -> FlowKeep:
                 tcp_ips[(ip, sp.port)] = eps
             if sp.node_port:
                 tcp_node_ports[sp.node_port] = eps
-    return FlowKeep(udp_ips, udp_node_ports, tcp_ips, tcp_node_ports)
+    return FlowKeep(udp_ips, udp_node_ports, tcp_ips, tcp_node_ports, scope)
 
 
 def all_targets(svc: Service, sp: ServicePort) -> list[Target]:

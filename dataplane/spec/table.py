@@ -6,6 +6,7 @@ in policy.py, so backends cannot disagree.
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 
@@ -78,21 +79,65 @@ class Service:
         return None
 
 
-@dataclass
+_versions = itertools.count(1)
+
+
+@dataclass(eq=False)
 class ServiceTable:
-    """Services by namespace/name. Backends read it; only loaders write it."""
+    """Services by namespace/name. Backends read it; only loaders write it.
+
+    A change tracker, as kube-proxy's: a table made by `updated` knows which services differ from
+    the table it was made from (`changed`, for base `base_version`), so a backend that synced the
+    base renders only those; `changes_from` answers for any earlier table, by comparison when the
+    lineage does not say. Every table has a `version` of its own; a table changed by `add` after
+    it was made forgets its lineage."""
 
     services: dict[str, Service] = field(default_factory=dict)
+    version: int = field(default_factory=lambda: next(_versions), repr=False)
+    base_version: int | None = field(default=None, repr=False)
+    changed: frozenset = field(default=frozenset(), repr=False)
+    _sorted: list | None = field(default=None, repr=False)
 
     def add(self, svc: Service) -> None:
         self.services[svc.key] = svc
+        self._sorted = None
+        self.base_version = None
+        self.version = next(_versions)
 
     def get(self, name: str) -> Service | None:
         """Look up by "namespace/name" or, for the default namespace, by plain name."""
         return self.services.get(name) or self.services.get(f"default/{name}")
 
+    def updated(self, services=(), removed=()) -> "ServiceTable":
+        """A new table: this one with `services` added or replaced and the keys `removed` gone,
+        knowing what changed. This table is left as it was."""
+        new = ServiceTable(dict(self.services))
+        for svc in services:
+            new.services[svc.key] = svc
+        for key in removed:
+            new.services.pop(key, None)
+        new.base_version = self.version
+        new.changed = frozenset([s.key for s in services] + list(removed))
+        return new
+
+    def changes_from(self, old: "ServiceTable | None") -> frozenset:
+        """The keys of the services that differ between `old` and this table (added, removed or
+        changed in any field)."""
+        if old is None:
+            return frozenset(self.services)
+        if self.base_version is not None and self.base_version == old.version:
+            return self.changed
+        keys = self.services.keys() | old.services.keys()
+        mine, theirs = self.services, old.services
+        return frozenset(k for k in keys if mine.get(k) is not theirs.get(k) and mine.get(k) != theirs.get(k))
+
     def __iter__(self):
-        return iter(sorted(self.services.values(), key=lambda s: s.key))
+        if self._sorted is None:
+            self._sorted = sorted(self.services.values(), key=lambda s: s.key)
+        return iter(self._sorted)
 
     def __len__(self):
         return len(self.services)
+
+    def __eq__(self, other):
+        return isinstance(other, ServiceTable) and self.services == other.services

@@ -29,7 +29,7 @@ from .maps import apply, read_node_maps
 from ...contract.limits import CtTimeouts, MapSizes
 from .program import NodeProgram, be16, from_be32
 from ...contract.headers import numeric_defines
-from ...contract.render import Ids, NodeMaps, RenderError, render_config, render_node
+from ...contract.render import Ids, NodeMaps, NodeRendering, RenderError, render_config
 from ...contract.consts import CT_F_EGRESS, CT_F_HAIRPIN, CT_REPLY, CT_SERVICE, CT_SNAT_IN, CT_SNAT_OUT
 
 
@@ -50,6 +50,7 @@ class EbpfBackend(HealthCheckServing, Backend):
     nodes: dict = field(default_factory=dict)      # node -> NodeProgram
     current: dict = field(default_factory=dict)    # node -> NodeMaps
     ids: dict = field(default_factory=dict)        # node -> Ids
+    renderings: dict = field(default_factory=dict) # node -> NodeRendering (the last sync's, service by service)
     table: object = None
 
     def __post_init__(self):
@@ -103,6 +104,7 @@ class EbpfBackend(HealthCheckServing, Backend):
                 prog.attach_cgroup(cgroup)
             current = read_node_maps(prog)
             self.current[node.name] = current
+            self.renderings.pop(node.name, None)     # the next sync renders in full from what is there
             self.ids[node.name] = Ids.recovered(current, ((k.svc_id, v.backend_id)
                                                           for k, v in prog.table("affinity").items()))
         report += self.sync(lab, table)
@@ -139,15 +141,28 @@ class EbpfBackend(HealthCheckServing, Backend):
         return repaired
 
     def sync(self, lab, table) -> list[str]:
+        """Write `table` into every node's maps. Only the services that changed since the last
+        sync are rendered and written (the table's change tracking, else a comparison), unless
+        their map entries are shared with another service's: then everything is rendered again."""
+        if self.table is not None and set(self.renderings) == set(self.nodes):
+            keys = table.changes_from(self.table)
+            report = self._sync_changes(lab, table, keys)
+            if report is not None:
+                return report
+        return self._sync_full(lab, table)
+
+    def _sync_full(self, lab, table) -> list[str]:
         report = []
         keep = flow_keep(table)
         # every node rendered, on copies of its ids, before any map is written or any id kept: a
         # table that cannot be written (a RenderError) changes nothing anywhere
         ids = {node: copy.deepcopy(self.ids[node]) for node in self.nodes}
-        rendered = {node: render_node(table, node, ids[node], prog.node_ip) for node, prog in self.nodes.items()}
+        renderings = {node: NodeRendering(node, prog.node_ip) for node, prog in self.nodes.items()}
+        rendered = {node: renderings[node].full(table, ids[node]) for node in self.nodes}
         for node in self.nodes:
             check_room(node, self.current[node], rendered[node], self.sizes)
         self.ids.update(ids)
+        self.renderings = renderings
         for node, prog in self.nodes.items():
             desired = rendered[node]
             change, flushed = sync_node(prog, self.current[node], desired, keep)
@@ -159,6 +174,47 @@ class EbpfBackend(HealthCheckServing, Backend):
                               f"{flushed} conntrack/affinity entries flushed")
         self.table = table
         self.sync_health_checks(lab, table)
+        return report
+
+    def _sync_changes(self, lab, table, keys) -> list[str] | None:
+        """The services `keys` alone, on every node: rendered (ids given on a journal, taken back
+        if any node refuses), room checked, their entries written, their flows judged. None when
+        a node's change touches entries another service shares (the caller renders in full)."""
+        plans = {}
+        for ids in self.ids.values():
+            ids.begin()
+        try:
+            for node in self.nodes:
+                plan = self.renderings[node].prepare(table, keys, self.ids[node])
+                if plan is None:
+                    for ids in self.ids.values():
+                        ids.rollback()
+                    return None
+                check_room_change(node, self.current[node], plan, self.sizes)
+                plans[node] = plan
+        except BaseException:
+            for ids in self.ids.values():
+                ids.rollback()
+            raise
+        for ids in self.ids.values():
+            ids.commit()
+        keep = flow_keep(table, only=keys, old=self.table)
+        report = []
+        for node, prog in self.nodes.items():
+            plan = plans[node]
+            change = apply(prog, plan.before, plan.after)
+            self.renderings[node].commit(plan, self.ids[node])
+            self.current[node] = self.renderings[node].maps
+            flushed = flush_flows(prog, keep) + forget_affinities(prog, self.current[node].affinity_match)
+            if lab is not None and node in lab.record.objects:
+                flushed += close_stale_sockets(prog, keep, lab.record.objects[node])
+            if change or flushed:
+                report.append(f"{node}: {change.upserted} map entries written, {change.deleted} deleted, "
+                              f"{flushed} conntrack/affinity entries flushed")
+        old, self.table = self.table, table
+        if any(t.services.get(k) is not None and t.services[k].health_check_node_port
+               for t in (old, table) for k in keys):
+            self.sync_health_checks(lab, table)
         return report
 
     def release(self) -> None:
@@ -215,15 +271,35 @@ def check_room(node: str, current: NodeMaps, desired: NodeMaps, sizes: MapSizes)
             ("affinity_match", current.affinity_match, desired.affinity_match, sizes.services, "services"),
             ("lb_sources", current.lb_sources, desired.lb_sources, LB_SOURCES_MAP_SIZE, None))
     for name, before, after, size, option in room:
-        peak = len(before | after)
-        if peak <= size:
-            continue
-        fix = (f"bring the lab up with --map-size {option}={_room_for(peak)} (a running lab keeps the size its "
-               f"maps were pinned with)" if option else
-               f"LB_SOURCES_MAP_SIZE in bpf/include/map_sizes.h fixes it at {size:,}")
-        raise MapFull(f"{node}: the {name} map holds {size:,} entries; this sync needs {peak:,} at its peak "
-                      f"({len(after):,} when done): nothing was written, the dataplane keeps its previous "
-                      f"state; {fix}")
+        _refuse_over(node, name, len(before | after), len(after), size, option)
+
+
+def check_room_change(node: str, current: NodeMaps, plan, sizes: MapSizes) -> None:
+    """check_room for a change of a few services (contract/render.py Plan): the same peaks,
+    counted from what the change adds and removes rather than from whole copies of the maps."""
+    room = (("services", len(current.services), plan.before.services.keys(), plan.after.services.keys(),
+             sizes.services, "services"),
+            ("backends", len(current.backends), {b for b in plan.before.backends if b not in plan.after.backends},
+             plan.after.backends.keys(), sizes.backends, "backends"),
+            ("affinity_match", len(current.affinity_match), plan.before.affinity_match, plan.after.affinity_match,
+             sizes.services, "services"),
+            ("lb_sources", len(current.lb_sources), plan.before.lb_sources, plan.after.lb_sources,
+             LB_SOURCES_MAP_SIZE, None))
+    for name, now, before, after, size, option in room:
+        added = len(set(after) - set(before)) if name != "backends" else len(set(after) - current.backends.keys())
+        removed = len(set(before) - set(after)) if name != "backends" else len(before)
+        _refuse_over(node, name, now + added, now + added - removed, size, option)
+
+
+def _refuse_over(node: str, name: str, peak: int, done: int, size: int, option) -> None:
+    if peak <= size:
+        return
+    fix = (f"bring the lab up with --map-size {option}={_room_for(peak)} (a running lab keeps the size its "
+           f"maps were pinned with)" if option else
+           f"LB_SOURCES_MAP_SIZE in bpf/include/map_sizes.h fixes it at {size:,}")
+    raise MapFull(f"{node}: the {name} map holds {size:,} entries; this sync needs {peak:,} at its peak "
+                  f"({done:,} when done): nothing was written, the dataplane keeps its previous "
+                  f"state; {fix}")
 
 
 def _room_for(n: int) -> int:

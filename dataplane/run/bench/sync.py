@@ -3,8 +3,9 @@ costs with N services installed, on one lab node.
 
 Method, per backend and N: build a one-node lab (pods `web` and `client`), set the backend up with
 no services, then time `sync` to N services (everything written), then `sync` to the same table
-with one service given a second endpoint (one change), with time.perf_counter around the backend
-call (rules tools or map writes included, conntrack cleanup included). Then the client opens
+with one service given a second endpoint (one change, made with the table's change tracker:
+`ServiceTable.updated`), with time.perf_counter around the backend call (rules tools or map
+writes included, conntrack cleanup included). Then the client opens
 REQUESTS fresh TCP connections to the last service's cluster IP (last in kube-proxy's
 KUBE-SERVICES order) and the median and 90th percentile of connect+request+answer are reported.
 """
@@ -51,7 +52,11 @@ def run_one(backend_name: str, n: int, requests: int, lab_name: str = "bench", p
     spec = one_node()
     web = next(p for p in spec.pods if p.name == "web")
     table = services(n, pod_ip=str(web.ip))
-    changed = services(n, pod_ip=str(web.ip), two_endpoints={n // 2})
+    # one service gains an endpoint, told as a change (the table's tracker), as the agent's
+    # apply or an informer event would tell it
+    one = services(n, pod_ip=str(web.ip), two_endpoints={n // 2})
+    key = f"default/svc-{n // 2:05d}"
+    changed = table.updated([one.services[key]])
     backend = backends.get(backend_name)
     lab = Lab.create(spec, lab_name, progress=progress, backend=backend.name)
     try:

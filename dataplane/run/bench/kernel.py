@@ -1,0 +1,204 @@
+"""What one packet costs in the BPF programs, path by path, against the number of services
+installed: `dataplane bench kernel`.
+
+Method. One node's programs (bpf/dataplane.c, the same build as a lab's) are loaded without a lab
+and run with BPF_PROG_TEST_RUN, one packet per call (`repeat` 1: with repeat > 1 the kernel runs
+the program again on the packet it already rewrote, which times a different path), from inside a
+namespace of the bench's own that holds the node's address (the programs' socket lookups see
+only it). Each call's time is the kernel's own measurement around the program run
+(`duration`, ns), so the syscall is not counted; the timer's own cost is in every figure, and a
+trivial TC program (`return TC_ACT_OK`) run the same way is reported as the floor. For each map
+fill (N ClusterIP services of two endpoints each; the first is also a NodePort, with 100), each path runs CALLS
+times, frames prepared beforehand:
+
+  not-service      a pod's packet to another pod: no frontend, no translation
+  new-flow         a pod's SYN to a random service's cluster IP, a new source port each call
+  established      a pod's ACK on a connection the program has seen both ways
+  reply            the backend's ACK back to that pod (reverse NAT)
+  nodeport-new     an outside host's SYN to the node port, a new source port each call
+  masquerade-new   a pod's SYN to an outside host (200 of them), leaving through the uplink, a new
+                   port each call
+  masquerade-est   a pod's ACK on a masqueraded connection the program has seen both ways
+
+Percentiles (p50, p90, p99) are of the CALLS single runs; conntrack is emptied between fills.
+"""
+from __future__ import annotations
+
+import os
+import random
+import statistics
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network
+
+PATHS = ("floor", "not-service", "new-flow", "established", "reply", "nodeport-new", "masquerade-new",
+         "masquerade-est")
+NODE_IP = IPv4Address("10.240.0.1")
+CLIENT, OTHER_POD, OUTSIDE = "10.0.1.2", "10.0.2.2", "10.128.1.1"
+POD_MAC, NODE_MAC = "02:00:00:00:00:0a", "02:00:00:00:00:01"
+FIRST_BACKEND = IPv4Address("10.0.3.2")
+NODE_PORT = 30080
+NODE_PORT_ENDPOINTS = 100
+OUTSIDE_HOSTS = 200         # masquerade-new spreads over these, so its ports never run out
+FILLS = (1, 1000, 10000, 65536)
+QUICK_FILLS = (1, 1000, 10000)
+
+
+@dataclass
+class PathResult:
+    path: str
+    services: int
+    calls: int
+    p50: float
+    p90: float
+    p99: float
+    mean: float
+    verdict: str
+
+
+def table(n: int):
+    """n ClusterIP services (port 80 -> 8080/TCP), two endpoints each; service 0 is also a
+    NodePort. Endpoints spread over 10.0.3.0/24 and up, none of them the client."""
+    from ...spec.table import Endpoint, EndpointPort, Service, ServicePort, ServiceTable
+    t = ServiceTable()
+    port = (EndpointPort("", 8080, "TCP"),)
+    for i in range(n):
+        # the node port's service has 100 endpoints: each new node-port flow is masqueraded, and
+        # 100 (backend, port) pairs give the masquerade ports room for every call
+        count = NODE_PORT_ENDPOINTS if i == 0 else 2
+        eps = tuple(Endpoint(FIRST_BACKEND + (2 * i + j) % 60000, port, "node1", None) for j in range(count))
+        sp = ServicePort("", 80, "TCP", 8080, NODE_PORT if i == 0 else None)
+        t.add(Service("default", f"svc-{i:05d}", "NodePort" if i == 0 else "ClusterIP",
+                      IPv4Address("10.96.0.1") + i, (sp,), endpoints=eps))
+    return t
+
+
+def _frame(src, dst, l4, pod_side: bool = True):
+    from scapy.layers.inet import IP
+    from scapy.layers.l2 import Ether
+    macs = (POD_MAC, NODE_MAC) if pod_side else (NODE_MAC, POD_MAC)
+    return bytes(Ether(src=macs[0], dst=macs[1]) / IP(src=src, dst=dst, id=1) / l4)
+
+
+def _tcp(sport, dport, flags, seq=1000, ack=0):
+    from scapy.layers.inet import TCP
+    return TCP(sport=sport, dport=dport, flags=flags, seq=seq, ack=ack)
+
+
+class Bench:
+    """The programs of one node, loaded in a namespace of the bench's own, and the floor."""
+
+    def __init__(self, progress=lambda m: None):
+        from ...backends.ebpf.program import NodeProgram
+        from ...contract.render import Ids, NodeConfig, NodeMaps
+        from ...lab import netns
+        self.progress = progress
+        self.ns = f"dp-bench{os.getpid()}.node1"
+        netns.remove(self.ns)
+        netns.create(self.ns)
+        self.prog = self.floor_bpf = None
+        try:
+            with netns.ipr(self.ns) as ipr:
+                lo = ipr.link_lookup(ifname="lo")[0]
+                ipr.link("set", index=lo, state="up")
+                ipr.addr("add", index=lo, address=str(NODE_IP), prefixlen=32)
+            progress("compiling bpf/dataplane.c")
+            self.prog = NodeProgram("node1", self.ns, NODE_IP)
+            self.prog.load(seed=1)
+            self.prog.set_node_config(NodeConfig(NODE_IP, IPv4Network("10.0.0.0/16"), masquerade=True,
+                                                 non_masquerade=(IPv4Network("10.0.0.0/16"),)))
+            from bcc import BPF
+            self.floor_bpf = BPF(text=b"int pass(struct __sk_buff *skb) { return 0; }", cflags=["-w"])
+            self.floor_fd = self.floor_bpf.load_func(b"pass", BPF.SCHED_CLS).fd
+        except BaseException:
+            self.close()
+            raise
+        self.ids, self.current = Ids(), NodeMaps()
+
+    def close(self) -> None:
+        from ...lab import netns
+        try:
+            if self.prog is not None:
+                self.prog.close()
+            if self.floor_bpf is not None:
+                self.floor_bpf.cleanup()
+        finally:
+            netns.remove(self.ns)
+
+    def fill(self, n: int) -> None:
+        from ...backends.ebpf.maps import apply
+        from ...contract.render import render_node
+        desired = render_node(table(n), "node1", self.ids, NODE_IP)
+        apply(self.prog, self.current, desired)
+        self.current = desired
+        self.prog.table("conntrack").clear()
+
+    def _run(self, fn: str | int, data: bytes):
+        from ...backends.ebpf.testrun import run
+        from ...lab import netns
+        fd = fn if isinstance(fn, int) else self.prog.fns[fn].fd
+        with netns.inside(self.ns):
+            return run(fd, data)
+
+    def _times(self, fn, frames: list) -> tuple[list, str]:
+        from ...backends.ebpf.testrun import run
+        from ...lab import netns
+        fd = fn if isinstance(fn, int) else self.prog.fns[fn].fd
+        out, verdicts = [], set()
+        with netns.inside(self.ns):
+            for data in frames:
+                r = run(fd, data)
+                out.append(r.duration_ns)
+                verdicts.add(r.verdict)
+        return out, "/".join(sorted(verdicts))
+
+    def measure(self, n: int, calls: int, rng: random.Random) -> list[PathResult]:
+        from scapy.layers.l2 import Ether
+        self.fill(n)
+        vip = lambda i: str(IPv4Address("10.96.0.1") + i)     # noqa: E731
+        sports = list(range(20000, 20000 + calls))
+        frames = {
+            "floor": ("floor", [_frame(CLIENT, OTHER_POD, _tcp(40000, 8080, "A"))] * calls),
+            "not-service": ("from_pod", [_frame(CLIENT, OTHER_POD, _tcp(40000, 8080, "A"))] * calls),
+            "new-flow": ("from_pod", [_frame(CLIENT, vip(rng.randrange(n)), _tcp(s, 80, "S")) for s in sports]),
+            "nodeport-new": ("from_netdev", [_frame(OUTSIDE, str(NODE_IP), _tcp(s, NODE_PORT, "S"), pod_side=False)
+                                             for s in sports]),
+            "masquerade-new": ("to_netdev", [_frame(CLIENT, str(IPv4Address(OUTSIDE) + i % OUTSIDE_HOSTS),
+                                                    _tcp(s, 8080, "S")) for i, s in enumerate(sports)]),
+        }
+        # a connection seen both ways, through a service and masqueraded out
+        target = vip(n - 1)
+        syn = self._run("from_pod", _frame(CLIENT, target, _tcp(50000, 80, "S")))
+        backend = Ether(syn.data)["IP"].dst
+        self._run("to_pod", _frame(backend, CLIENT, _tcp(8080, 50000, "SA", 5000, 1001), pod_side=False))
+        frames["established"] = ("from_pod", [_frame(CLIENT, target, _tcp(50000, 80, "A", 1001, 5001))] * calls)
+        frames["reply"] = ("to_pod", [_frame(backend, CLIENT, _tcp(8080, 50000, "A", 5001, 1001),
+                                             pod_side=False)] * calls)
+        out = self._run("to_netdev", _frame(CLIENT, OUTSIDE, _tcp(50001, 8080, "S")))
+        mport = Ether(out.data)["TCP"].sport
+        self._run("from_netdev", _frame(OUTSIDE, str(NODE_IP), _tcp(8080, mport, "SA", 5000, 1001), pod_side=False))
+        frames["masquerade-est"] = ("to_netdev", [_frame(CLIENT, OUTSIDE, _tcp(50001, 8080, "A", 1001, 5001))] * calls)
+        results = []
+        for path in PATHS:
+            fn, batch = frames[path]
+            times, verdict = self._times(self.floor_fd if fn == "floor" else fn, batch)
+            results.append(_summary(path, n, times, verdict))
+        return results
+
+
+def _summary(path: str, n: int, times: list, verdict: str) -> PathResult:
+    s = sorted(times)
+    pct = lambda q: float(s[min(len(s) - 1, int(q * len(s)))])       # noqa: E731
+    return PathResult(path, n, len(s), pct(0.5), pct(0.9), pct(0.99), round(statistics.fmean(s), 1), verdict)
+
+
+def run_kernel(fills=FILLS, calls: int = 20000, seed: int = 1, progress=lambda m: None) -> list[PathResult]:
+    bench = Bench(progress)
+    try:
+        rng = random.Random(seed)
+        out = []
+        for n in fills:
+            progress(f"kernel: {n:,} services installed, {len(PATHS)} paths x {calls:,} calls")
+            out += bench.measure(n, calls, rng)
+        return out
+    finally:
+        bench.close()

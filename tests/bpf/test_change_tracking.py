@@ -1,0 +1,100 @@
+"""The eBPF backend's syncs of a few changed services (EbpfBackend._sync_changes) on a loaded
+program: the kernel's maps always hold the rendering of the whole table, and a one-service change
+writes that service's entries alone (counted map operations, not timed)."""
+from __future__ import annotations
+
+import random
+from ipaddress import IPv4Address
+
+import pytest
+
+from dataplane.backends.ebpf import EbpfBackend, maps
+from dataplane.contract.render import Ids, NodeMaps
+from dataplane.spec.table import Endpoint, EndpointPort, Service, ServicePort, ServiceTable
+from tests.bpf.harness import NODE_IP, Pair
+
+
+def _service(i: int, eps: int, r: random.Random | None = None, kind="ClusterIP", extra=()) -> Service:
+    port = (EndpointPort("", 8080, "TCP"),)
+    endpoints = tuple(Endpoint(IPv4Address("10.0.1.2") + (i + j) % 250, port, "node1", None) for j in range(eps))
+    endpoints += tuple(Endpoint(IPv4Address(a), port, "node1", None) for a in extra)
+    external = (IPv4Address("172.20.0.10"),) if r is not None and r.random() < 0.2 else ()
+    return Service("default", f"svc-{i:05d}", kind, IPv4Address("10.96.0.10") + i,
+                   (ServicePort("", 80, "TCP", 8080, 30000 + i if kind == "NodePort" else None),),
+                   external_ips=external, endpoints=endpoints)
+
+
+def _backend(program) -> EbpfBackend:
+    Pair(program, ServiceTable())                     # empty maps
+    b = EbpfBackend(seed=1)
+    b.nodes = {"node1": program}
+    b.current = {"node1": NodeMaps()}
+    b.ids = {"node1": Ids()}
+    program.node_ip = NODE_IP
+    return b
+
+
+@pytest.fixture
+def counted(monkeypatch, program):
+    """Every map entry the syncs write or delete (the batched writes), by map name."""
+    ops = {"written": {}, "deleted": {}}
+    names = {program.table(n).map_fd: n for n in ("services", "backends", "affinity_match")}
+
+    def count(kind, real):
+        def wrapper(table, items):
+            if items:
+                name = names.get(table.map_fd, "other")
+                ops[kind][name] = ops[kind].get(name, 0) + len(items)
+            return real(table, items)
+        return wrapper
+
+    monkeypatch.setattr(maps, "update_batch", count("written", maps.update_batch))
+    monkeypatch.setattr(maps, "delete_batch", count("deleted", maps.delete_batch))
+    return ops
+
+
+def test_a_one_service_change_at_1000_services_writes_that_service_alone(program, counted):
+    b = _backend(program)
+    table = ServiceTable()
+    for i in range(1000):
+        table.add(_service(i, 2))
+    b.sync(None, table)
+    counted["written"].clear()
+    counted["deleted"].clear()
+    changed = table.updated([_service(500, 2, extra=["10.0.9.9"])])    # one more endpoint, a new pod
+    b.sync(None, changed)
+    # its head (count 3), its third slot and the one backend nobody had: nothing else
+    assert counted["written"] == {"services": 2, "backends": 1}, counted
+    assert counted["deleted"] == {}, counted
+    assert maps.read_node_maps(program).services == b.current["node1"].services
+    # and back: the slot and the backend go, the head is rewritten
+    b.sync(None, changed.updated([_service(500, 2)]))
+    assert counted["deleted"] == {"services": 1, "backends": 1}, counted
+
+
+def test_the_kernel_holds_the_whole_rendering_after_any_changes(program):
+    """Random changes (added, removed, resized, NodePorts, external IPs two services share, which
+    send the sync back to a full render): after each, the kernel's maps equal the rendering."""
+    r = random.Random(5)
+    b = _backend(program)
+    table = ServiceTable()
+    for i in range(60):
+        table.add(_service(i, r.randrange(0, 4), r))
+    b.sync(None, table)
+    full = []
+    real_full = b._sync_full
+    b._sync_full = lambda lab, t: full.append(1) or real_full(lab, t)
+    for _ in range(40):
+        changes, removed = [], []
+        for i in r.sample(range(80), r.randrange(1, 4)):
+            if r.random() < 0.25:
+                removed.append(f"default/svc-{i:05d}")
+            else:
+                changes.append(_service(i, r.randrange(0, 4), r, r.choice(["ClusterIP", "NodePort"])))
+        table = table.updated(changes, removed)
+        b.sync(None, table)
+        got = maps.read_node_maps(program)
+        want = b.current["node1"]
+        assert got.services == want.services and got.backends == want.backends
+        assert got.affinity_match == want.affinity_match and got.lb_sources == want.lb_sources
+    assert 0 < len(full) < 30, f"{len(full)} of 40 syncs rendered in full: both ways must be exercised"
