@@ -581,7 +581,7 @@ def bench_kernel(fills, calls, quick, as_json):
         click.echo(json_mod.dumps({"machine": machine(), "method": "BPF_PROG_TEST_RUN, one packet per call",
                                    "results": [vars(r) for r in results]}, indent=2))
         return
-    click.echo(f"ns per packet (p50 / p99) on {machine()}")
+    click.echo(f"ns per packet (p50 / p99), {time.strftime('%Y-%m-%d')}, on {machine()}; floor: a trivial program")
     click.echo(f"  {'path':<16}" + "".join(f"{f'{c:,} svc':>18}" for c in counts))
     for path in PATHS:
         row = {r.services: r for r in results if r.path == path}

@@ -146,9 +146,11 @@ class EbpfBackend(HealthCheckServing, Backend):
         their map entries are shared with another service's: then everything is rendered again."""
         if self.table is not None and set(self.renderings) == set(self.nodes):
             keys = table.changes_from(self.table)
-            report = self._sync_changes(lab, table, keys)
-            if report is not None:
-                return report
+            # a change of most of the table costs less rendered whole (no per-service bookkeeping)
+            if len(keys) * 4 <= max(len(table), len(self.table)):
+                report = self._sync_changes(lab, table, keys)
+                if report is not None:
+                    return report
         return self._sync_full(lab, table)
 
     def _sync_full(self, lab, table) -> list[str]:

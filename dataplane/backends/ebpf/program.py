@@ -39,7 +39,9 @@ SOCK_HOOKS = {"sock_connect4": 10, "sock_sendmsg4": 14, "sock_recvmsg4": 19, "so
 
 def be32(ip) -> int:
     """An IPv4 address as the u32 whose memory holds it in network order (what BPF compares)."""
-    return struct.unpack("=I", IPv4Address(ip).packed)[0]
+    if not isinstance(ip, IPv4Address):
+        ip = IPv4Address(ip)             # IPv4Address(an IPv4Address) parses its text again: slow
+    return struct.unpack("=I", ip.packed)[0]
 
 
 def from_be32(value: int) -> IPv4Address:
