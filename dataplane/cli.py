@@ -560,7 +560,7 @@ Examples:
 """)
 @click.option("--services", "fills", default=None, metavar="N,N,...",
               help="Map fills to measure (default 1,1000,10000,65536; --quick: 1,1000,10000).")
-@click.option("--calls", type=click.IntRange(100, 200000), default=None,
+@click.option("--calls", type=click.IntRange(100, 45535), default=None,
               help="Packets per path and fill, one per BPF_PROG_TEST_RUN call (default 20,000; --quick 5,000).")
 @click.option("--quick", is_flag=True, help="Fewer fills and calls: about a minute.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
@@ -575,7 +575,8 @@ def bench_kernel(fills, calls, quick, as_json):
     doctor.require("root", "bcc", "bcc-compile", "bpf")
     counts = ([int(x) for x in fills.split(",")] if fills else list(QUICK_FILLS if quick else FILLS))
     if any(not 1 <= c <= 65536 for c in counts):
-        raise click.UsageError("--services: each fill from 1 to 65,536 (the services map holds 65,536 by default)")
+        raise click.UsageError("--services: each fill from 1 to 65,536 services (what the default maps hold: "
+                               "each service takes a marker, a head and a slot per endpoint)")
     results = run_kernel(counts, calls or (5000 if quick else 20000), progress=_progress(not as_json))
     if as_json:
         click.echo(json_mod.dumps({"machine": machine(), "method": "BPF_PROG_TEST_RUN, one packet per call",

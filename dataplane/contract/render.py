@@ -291,10 +291,12 @@ class NodeRendering:
         return out
 
     def _count_refs(self) -> dict:
+        """backend id -> the parts that hold it: render_node's backends are the union of every
+        part's (a slot another service overwrote still keeps its backend there)."""
         refs = {}
-        for v in self.maps.services.values():
-            if v.backend_id:
-                refs[v.backend_id] = refs.get(v.backend_id, 0) + 1
+        for part in self.parts.values():
+            for bid in part.backends:
+                refs[bid] = refs.get(bid, 0) + 1
         return refs
 
     def prepare(self, table: ServiceTable, keys, ids: Ids) -> Plan | None:
@@ -322,11 +324,11 @@ class NodeRendering:
             # already in the maps for an unchanged service: nothing to write
             if bid not in before.backends and self.maps.backends.get(bid) == b:
                 del after.backends[bid]
-        # a backend the changed services drop stays while another slot points at it
+        # a backend the changed services drop stays while another service's part holds it
         dropping = {}
-        for k, v in before.services.items():
-            if v.backend_id:
-                dropping[v.backend_id] = dropping.get(v.backend_id, 0) + 1
+        for key in keys:
+            for bid in (self.parts[key].backends if key in self.parts else ()):
+                dropping[bid] = dropping.get(bid, 0) + 1
         for bid, n in dropping.items():
             if self.refs.get(bid, 0) > n and bid not in after.backends:
                 after.backends[bid] = self.maps.backends[bid]
@@ -335,22 +337,22 @@ class NodeRendering:
     def commit(self, plan: Plan, ids: Ids) -> None:
         """The prepared change is written: the rendering follows it, ids nothing uses are forgotten."""
         m = self.maps
-        for k, v in plan.before.services.items():
+        for k in plan.before.services:
             del m.services[k]
             del self.owner[k]
-            if v.backend_id:
-                self.refs[v.backend_id] -= 1
         m.lb_sources -= plan.before.lb_sources
         m.affinity_match -= plan.before.affinity_match
         for key in plan.keys:
-            self.parts.pop(key, None)
+            old = self.parts.pop(key, None)
+            for bid in (old.backends if old is not None else ()):
+                self.refs[bid] -= 1
         for key, part in plan.parts.items():
             self.parts[key] = part
             for k, v in part.services.items():
                 m.services[k] = v
                 self.owner[k] = key
-                if v.backend_id:
-                    self.refs[v.backend_id] = self.refs.get(v.backend_id, 0) + 1
+            for bid in part.backends:
+                self.refs[bid] = self.refs.get(bid, 0) + 1
             m.lb_sources |= part.lb_sources
             m.affinity_match |= part.affinity_match
         for bid, b in plan.after.backends.items():

@@ -91,8 +91,8 @@ class FlowKeep:
     udp_node_ports: dict   # node port -> serving endpoint IPs
     tcp_ips: dict          # (frontend IP, port) -> {(endpoint IP, port)}
     tcp_node_ports: dict   # node port -> {(endpoint IP, port)}
-    # ((frontend IP, port)s, node ports) judged, when a sync of a few services judges only
-    # theirs (flow_keep's `only`); None: every frontend
+    # ({(frontend IP, port, protocol)}, {(node port, protocol)}) judged, when a sync of a few
+    # services judges only theirs (flow_keep's `only`); None: every frontend
     scope: tuple | None = None
 
     def keeps(self, proto: int, frontend, fport: int, backend, bport: int, node_ip) -> bool:
@@ -100,7 +100,8 @@ class FlowKeep:
         address is node_ip (a frontend at that address is a node port)."""
         frontend, backend = IPv4Address(frontend), IPv4Address(backend)
         node = node_ip is not None and frontend == IPv4Address(node_ip)
-        if self.scope is not None and (fport not in self.scope[1] if node else (frontend, fport) not in self.scope[0]):
+        if self.scope is not None and ((fport, proto) not in self.scope[1] if node
+                                       else (frontend, fport, proto) not in self.scope[0]):
             return True
         if proto == 17:
             ips = self.udp_node_ports.get(fport) if node else self.udp_ips.get((frontend, fport))
@@ -124,9 +125,11 @@ def flow_keep(table, only=None, old=None) -> FlowKeep:
                 if svc is None:
                     continue
                 for sp in svc.ports:
-                    ips.update((ip, sp.port) for ip in (svc.cluster_ip, *svc.external_ips, *svc.load_balancer_ips))
+                    proto = 6 if sp.protocol == "TCP" else 17
+                    ips.update((ip, sp.port, proto)
+                               for ip in (svc.cluster_ip, *svc.external_ips, *svc.load_balancer_ips))
                     if sp.node_port:
-                        node_ports.add(sp.node_port)
+                        node_ports.add((sp.node_port, proto))
         scope = (frozenset(ips), frozenset(node_ports))
     udp_ips, udp_node_ports = udp_serving(services)
     tcp_ips, tcp_node_ports = {}, {}

@@ -90,7 +90,9 @@ class ServiceTable:
     the table it was made from (`changed`, for base `base_version`), so a backend that synced the
     base renders only those; `changes_from` answers for any earlier table, by comparison when the
     lineage does not say. Every table has a `version` of its own; a table changed by `add` after
-    it was made forgets its lineage."""
+    it was made forgets its lineage, and so does a copy. Change a table through `add` or
+    `updated` only: a write into `services` behind their back is seen by neither the lineage nor
+    the iteration order's cache."""
 
     services: dict[str, Service] = field(default_factory=dict)
     version: int = field(default_factory=lambda: next(_versions), repr=False)
@@ -112,10 +114,10 @@ class ServiceTable:
         """A new table: this one with `services` added or replaced and the keys `removed` gone,
         knowing what changed. This table is left as it was."""
         new = ServiceTable(dict(self.services))
+        for key in removed:                 # first: a key both removed and given ends given
+            new.services.pop(key, None)
         for svc in services:
             new.services[svc.key] = svc
-        for key in removed:
-            new.services.pop(key, None)
         new.base_version = self.version
         new.changed = frozenset([s.key for s in services] + list(removed))
         return new
@@ -125,11 +127,17 @@ class ServiceTable:
         changed in any field)."""
         if old is None:
             return frozenset(self.services)
-        if self.base_version is not None and self.base_version == old.version:
+        return self.changes_since(old.version, old.services)
+
+    def changes_since(self, version: int, services: dict) -> frozenset:
+        """The keys that differ from the table of `version`, whose services were `services` (a
+        copy the caller kept): this table's lineage when it was made from that one, else a
+        comparison (identity first, then equality)."""
+        if self.base_version is not None and self.base_version == version:
             return self.changed
-        keys = self.services.keys() | old.services.keys()
-        mine, theirs = self.services, old.services
-        return frozenset(k for k in keys if mine.get(k) is not theirs.get(k) and mine.get(k) != theirs.get(k))
+        keys = self.services.keys() | services.keys()
+        mine = self.services
+        return frozenset(k for k in keys if mine.get(k) is not services.get(k) and mine.get(k) != services.get(k))
 
     def __iter__(self):
         if self._sorted is None:
@@ -138,6 +146,13 @@ class ServiceTable:
 
     def __len__(self):
         return len(self.services)
+
+    def __copy__(self):
+        return ServiceTable(dict(self.services))
+
+    def __deepcopy__(self, memo):
+        import copy
+        return ServiceTable(copy.deepcopy(self.services, memo))
 
     def __eq__(self, other):
         return isinstance(other, ServiceTable) and self.services == other.services

@@ -122,3 +122,44 @@ def test_udp_flows_as_kube_proxys_reconciliation():
     assert flow_keep(none).keeps(17, VIP, 53, B, 5353, node_ip)  # no serving endpoint: skipped
     gone = table("services: []\n", TOPO % ("", "", ""))
     assert flow_keep(gone).keeps(17, VIP, 53, A, 5353, node_ip)   # a deleted service: skipped too
+
+
+def test_a_scoped_keep_judges_only_the_changed_services_frontends():
+    """A sync of service `dns-udp` alone judges flows to its frontends alone; `dns-tcp`, which
+    shares its external IP and port over the other protocol, keeps its TCP flows (found in
+    review: a scope without the protocol flushed them)."""
+    from ipaddress import IPv4Address
+    from dataplane.spec.policy import flow_keep
+    from dataplane.spec.table import Endpoint, EndpointPort, Service, ServicePort, ServiceTable
+    x = IPv4Address("172.20.0.53")
+
+    def svc(name, proto, vip, ep):
+        return Service("default", name, "ClusterIP", IPv4Address(vip), (ServicePort("", 53, proto, 53),),
+                       external_ips=(x,), endpoints=(Endpoint(IPv4Address(ep), (EndpointPort("", 53, proto),),
+                                                              "node1", None),))
+    old = ServiceTable()
+    old.add(svc("dns-udp", "UDP", "10.96.0.10", "10.0.1.2"))
+    old.add(svc("dns-tcp", "TCP", "10.96.0.11", "10.0.1.3"))
+    new = old.updated([svc("dns-udp", "UDP", "10.96.0.10", "10.0.1.4")])
+    keep = flow_keep(new, only=new.changes_from(old), old=old)
+    assert keep.keeps(6, x, 53, IPv4Address("10.0.1.3"), 53, None)          # the other service's TCP flow
+    assert not keep.keeps(17, x, 53, IPv4Address("10.0.1.2"), 53, None)     # the changed one's stale UDP flow
+    assert keep.keeps(17, x, 53, IPv4Address("10.0.1.4"), 53, None)
+    full = flow_keep(new)
+    assert full.keeps(6, x, 53, IPv4Address("10.0.1.3"), 53, None)
+
+
+def test_a_table_changed_in_place_after_a_sync_is_still_seen():
+    """The backend compares with a copy of what it synced, not with the table object (found in
+    review: sync(T); T.add(X); sync(T) wrote nothing)."""
+    from ipaddress import IPv4Address
+    from dataplane.spec.table import Service, ServicePort, ServiceTable
+    t = ServiceTable()
+    t.add(Service("default", "a", "ClusterIP", IPv4Address("10.96.0.10"), (ServicePort("", 80, "TCP", 80),)))
+    synced = (t.version, dict(t.services))
+    t.add(Service("default", "b", "ClusterIP", IPv4Address("10.96.0.11"), (ServicePort("", 80, "TCP", 80),)))
+    assert t.changes_since(*synced) == {"default/b"}
+    import copy
+    u = t.updated(removed=["default/a"])
+    assert copy.deepcopy(u).changes_since(t.version, dict(t.services)) == {"default/a"}   # a copy compares
+    assert copy.deepcopy(u).version != u.version and u.changes_since(t.version, {}) == {"default/a"}

@@ -25,6 +25,7 @@ from ...lab import netns, state
 from ...lab.names import pin_dir
 from ..base import Backend, HealthCheckServing
 from ...spec.policy import FlowKeep, flow_keep
+from ...spec.table import ServiceTable
 from .maps import apply, read_node_maps
 from ...contract.limits import CtTimeouts, MapSizes
 from .program import NodeProgram, be16, from_be32
@@ -52,6 +53,7 @@ class EbpfBackend(HealthCheckServing, Backend):
     ids: dict = field(default_factory=dict)        # node -> Ids
     renderings: dict = field(default_factory=dict) # node -> NodeRendering (the last sync's, service by service)
     table: object = None
+    synced: tuple = (None, {})                     # (version, services) of the table last synced whole
 
     def __post_init__(self):
         if self.seed is None:
@@ -145,13 +147,18 @@ class EbpfBackend(HealthCheckServing, Backend):
         sync are rendered and written (the table's change tracking, else a comparison), unless
         their map entries are shared with another service's: then everything is rendered again."""
         if self.table is not None and set(self.renderings) == set(self.nodes):
-            keys = table.changes_from(self.table)
+            # against what was synced (a copy): the synced table itself may have changed since
+            keys = table.changes_since(self.synced[0], self.synced[1])
             # a change of most of the table costs less rendered whole (no per-service bookkeeping)
-            if len(keys) * 4 <= max(len(table), len(self.table)):
+            if len(keys) * 4 <= max(len(table), len(self.synced[1])):
                 report = self._sync_changes(lab, table, keys)
                 if report is not None:
                     return report
         return self._sync_full(lab, table)
+
+    def _synced(self, table) -> None:
+        self.table = table
+        self.synced = (table.version, dict(table.services))
 
     def _sync_full(self, lab, table) -> list[str]:
         report = []
@@ -164,7 +171,7 @@ class EbpfBackend(HealthCheckServing, Backend):
         for node in self.nodes:
             check_room(node, self.current[node], rendered[node], self.sizes)
         self.ids.update(ids)
-        self.renderings = renderings
+        self.renderings = {}            # until every node is written: a failure leaves the next sync full
         for node, prog in self.nodes.items():
             desired = rendered[node]
             change, flushed = sync_node(prog, self.current[node], desired, keep)
@@ -174,8 +181,9 @@ class EbpfBackend(HealthCheckServing, Backend):
             if change or flushed:
                 report.append(f"{node}: {change.upserted} map entries written, {change.deleted} deleted, "
                               f"{flushed} conntrack/affinity entries flushed")
-        self.table = table
         self.sync_health_checks(lab, table)
+        self.renderings = renderings
+        self._synced(table)
         return report
 
     def _sync_changes(self, lab, table, keys) -> list[str] | None:
@@ -200,23 +208,30 @@ class EbpfBackend(HealthCheckServing, Backend):
             raise
         for ids in self.ids.values():
             ids.commit()
-        keep = flow_keep(table, only=keys, old=self.table)
+        keep = flow_keep(table, only=keys, old=ServiceTable(self.synced[1]))
         report = []
-        for node, prog in self.nodes.items():
-            plan = plans[node]
-            change = apply(prog, plan.before, plan.after)
-            self.renderings[node].commit(plan, self.ids[node])
-            self.current[node] = self.renderings[node].maps
-            flushed = flush_flows(prog, keep) + forget_affinities(prog, self.current[node].affinity_match)
-            if lab is not None and node in lab.record.objects:
-                flushed += close_stale_sockets(prog, keep, lab.record.objects[node])
-            if change or flushed:
-                report.append(f"{node}: {change.upserted} map entries written, {change.deleted} deleted, "
-                              f"{flushed} conntrack/affinity entries flushed")
-        old, self.table = self.table, table
-        if any(t.services.get(k) is not None and t.services[k].health_check_node_port
-               for t in (old, table) for k in keys):
-            self.sync_health_checks(lab, table)
+        try:
+            for node, prog in self.nodes.items():
+                plan = plans[node]
+                change = apply(prog, plan.before, plan.after)
+                self.renderings[node].commit(plan, self.ids[node])
+                self.current[node] = self.renderings[node].maps
+                flushed = flush_flows(prog, keep) + forget_affinities(prog, self.current[node].affinity_match)
+                if lab is not None and node in lab.record.objects:
+                    flushed += close_stale_sockets(prog, keep, lab.record.objects[node])
+                if change or flushed:
+                    report.append(f"{node}: {change.upserted} map entries written, {change.deleted} deleted, "
+                                  f"{flushed} conntrack/affinity entries flushed")
+            old = self.synced[1]
+            if any(svc is not None and svc.health_check_node_port
+                   for k in keys for svc in (old.get(k), table.services.get(k))):
+                self.sync_health_checks(lab, table)
+        except BaseException:
+            # some nodes wrote the change, others not: the next sync renders and diffs in full
+            # from what each node holds (kube-proxy's needFullSync after a failed sync)
+            self.renderings = {}
+            raise
+        self._synced(table)
         return report
 
     def release(self) -> None:

@@ -39,6 +39,9 @@ FIRST_BACKEND = IPv4Address("10.0.3.2")
 NODE_PORT = 30080
 NODE_PORT_ENDPOINTS = 100
 OUTSIDE_HOSTS = 200         # masquerade-new spreads over these, so its ports never run out
+NEW_FLOW_PORTS = 20000      # new flows' source ports start here (so at most 45,535 calls per path)
+SETUP_PORT = 19000          # the connections the established paths use: below every new flow's
+MAX_CALLS = 65535 - NEW_FLOW_PORTS
 FILLS = (1, 1000, 10000, 65536)
 QUICK_FILLS = (1, 1000, 10000)
 
@@ -53,6 +56,7 @@ class PathResult:
     p99: float
     mean: float
     verdict: str
+    counters: dict            # the programs' counters that grew during the path's calls
 
 
 def table(n: int):
@@ -152,43 +156,57 @@ class Bench:
         return out, "/".join(sorted(verdicts))
 
     def measure(self, n: int, calls: int, rng: random.Random) -> list[PathResult]:
-        from scapy.layers.l2 import Ether
+        """Every path at fill n. A path that needs a connection sets it up just before it is timed
+        (from source ports below the new-flow ones), so no earlier path's entries can have pushed
+        it out of the conntrack table."""
         self.fill(n)
         vip = lambda i: str(IPv4Address("10.96.0.1") + i)     # noqa: E731
-        sports = list(range(20000, 20000 + calls))
+        sports = list(range(NEW_FLOW_PORTS, NEW_FLOW_PORTS + calls))
         frames = {
-            "floor": ("floor", [_frame(CLIENT, OTHER_POD, _tcp(40000, 8080, "A"))] * calls),
-            "not-service": ("from_pod", [_frame(CLIENT, OTHER_POD, _tcp(40000, 8080, "A"))] * calls),
-            "new-flow": ("from_pod", [_frame(CLIENT, vip(rng.randrange(n)), _tcp(s, 80, "S")) for s in sports]),
-            "nodeport-new": ("from_netdev", [_frame(OUTSIDE, str(NODE_IP), _tcp(s, NODE_PORT, "S"), pod_side=False)
-                                             for s in sports]),
-            "masquerade-new": ("to_netdev", [_frame(CLIENT, str(IPv4Address(OUTSIDE) + i % OUTSIDE_HOSTS),
-                                                    _tcp(s, 8080, "S")) for i, s in enumerate(sports)]),
+            "floor": lambda: ("floor", [_frame(CLIENT, OTHER_POD, _tcp(40000, 8080, "A"))] * calls),
+            "not-service": lambda: ("from_pod", [_frame(CLIENT, OTHER_POD, _tcp(40000, 8080, "A"))] * calls),
+            "new-flow": lambda: ("from_pod", [_frame(CLIENT, vip(rng.randrange(n)), _tcp(s, 80, "S")) for s in sports]),
+            "established": lambda: self._established(vip(n - 1), calls, SETUP_PORT)[0],
+            "reply": lambda: self._established(vip(n - 1), calls, SETUP_PORT + 2)[1],
+            "nodeport-new": lambda: ("from_netdev", [_frame(OUTSIDE, str(NODE_IP), _tcp(s, NODE_PORT, "S"),
+                                                            pod_side=False) for s in sports]),
+            "masquerade-new": lambda: ("to_netdev", [_frame(CLIENT, str(IPv4Address(OUTSIDE) + i % OUTSIDE_HOSTS),
+                                                            _tcp(s, 8080, "S")) for i, s in enumerate(sports)]),
+            "masquerade-est": lambda: self._masqueraded(calls),
         }
-        # a connection seen both ways, through a service and masqueraded out
-        target = vip(n - 1)
-        syn = self._run("from_pod", _frame(CLIENT, target, _tcp(50000, 80, "S")))
-        backend = Ether(syn.data)["IP"].dst
-        self._run("to_pod", _frame(backend, CLIENT, _tcp(8080, 50000, "SA", 5000, 1001), pod_side=False))
-        frames["established"] = ("from_pod", [_frame(CLIENT, target, _tcp(50000, 80, "A", 1001, 5001))] * calls)
-        frames["reply"] = ("to_pod", [_frame(backend, CLIENT, _tcp(8080, 50000, "A", 5001, 1001),
-                                             pod_side=False)] * calls)
-        out = self._run("to_netdev", _frame(CLIENT, OUTSIDE, _tcp(50001, 8080, "S")))
-        mport = Ether(out.data)["TCP"].sport
-        self._run("from_netdev", _frame(OUTSIDE, str(NODE_IP), _tcp(8080, mport, "SA", 5000, 1001), pod_side=False))
-        frames["masquerade-est"] = ("to_netdev", [_frame(CLIENT, OUTSIDE, _tcp(50001, 8080, "A", 1001, 5001))] * calls)
         results = []
         for path in PATHS:
-            fn, batch = frames[path]
+            fn, batch = frames[path]()
+            before = self.prog.metrics()
             times, verdict = self._times(self.floor_fd if fn == "floor" else fn, batch)
-            results.append(_summary(path, n, times, verdict))
+            after = self.prog.metrics()
+            grew = {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
+            results.append(_summary(path, n, times, verdict, grew))
         return results
 
+    def _established(self, target: str, calls: int, sport: int):
+        """A connection through a service, seen both ways: (its client's ACKs, its backend's)."""
+        from scapy.layers.l2 import Ether
+        syn = self._run("from_pod", _frame(CLIENT, target, _tcp(sport, 80, "S")))
+        backend = Ether(syn.data)["IP"].dst
+        self._run("to_pod", _frame(backend, CLIENT, _tcp(8080, sport, "SA", 5000, 1001), pod_side=False))
+        return (("from_pod", [_frame(CLIENT, target, _tcp(sport, 80, "A", 1001, 5001))] * calls),
+                ("to_pod", [_frame(backend, CLIENT, _tcp(8080, sport, "A", 5001, 1001), pod_side=False)] * calls))
 
-def _summary(path: str, n: int, times: list, verdict: str) -> PathResult:
+    def _masqueraded(self, calls: int):
+        """A pod's connection to an outside host, masqueraded and seen both ways: its ACKs."""
+        from scapy.layers.l2 import Ether
+        out = self._run("to_netdev", _frame(CLIENT, OUTSIDE, _tcp(SETUP_PORT + 1, 8080, "S")))
+        mport = Ether(out.data)["TCP"].sport
+        self._run("from_netdev", _frame(OUTSIDE, str(NODE_IP), _tcp(8080, mport, "SA", 5000, 1001), pod_side=False))
+        return "to_netdev", [_frame(CLIENT, OUTSIDE, _tcp(SETUP_PORT + 1, 8080, "A", 1001, 5001))] * calls
+
+
+def _summary(path: str, n: int, times: list, verdict: str, counters: dict) -> PathResult:
     s = sorted(times)
     pct = lambda q: float(s[min(len(s) - 1, int(q * len(s)))])       # noqa: E731
-    return PathResult(path, n, len(s), pct(0.5), pct(0.9), pct(0.99), round(statistics.fmean(s), 1), verdict)
+    return PathResult(path, n, len(s), pct(0.5), pct(0.9), pct(0.99), round(statistics.fmean(s), 1), verdict,
+                      counters)
 
 
 def run_kernel(fills=FILLS, calls: int = 20000, seed: int = 1, progress=lambda m: None) -> list[PathResult]:
