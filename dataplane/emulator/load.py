@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+from ..lab.workload.load import percentile
 from ..spec.load import LoadSpec
 
 
@@ -22,11 +23,10 @@ class _Stream:
 
     def summary(self, now: int) -> dict:
         lat = sorted(self.ms)
-        pct = (lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] if lat else None)
         return {"t0": self.t0 / 1e9, "requests": self.sent, "skipped": 0, "due": self.sent,
                 "seconds": round((now - self.t0) / 1e9, 3), "outcomes": dict(self.outcomes),
                 "answered": dict(self.answered), "failures": self.failures,
-                "ms": {"p50": pct(0.5), "p99": pct(0.99), "max": lat[-1] if lat else None}, "late_ms": {"max": 0.0}}
+                "ms": {"p50": percentile(lat, 0.5), "p99": percentile(lat, 0.99), "max": lat[-1] if lat else None}, "late_ms": {"max": 0.0}}
 
 
 class _Load:

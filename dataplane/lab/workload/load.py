@@ -230,11 +230,12 @@ class Generator:
         return {"t0": self.t0, "requests": self.sent, "skipped": self.skipped, "due": self.sent + self.skipped,
                 "seconds": round(stopping_at - self.t0, 3), "outcomes": dict(self.outcomes),
                 "answered": dict(self.answered), "failures": self.failures,
-                "ms": {"p50": _pct(lat, 0.5), "p99": _pct(lat, 0.99), "max": lat[-1] if lat else None},
+                "ms": {"p50": percentile(lat, 0.5), "p99": percentile(lat, 0.99), "max": lat[-1] if lat else None},
                 "late_ms": {"max": round(self.late_max * 1000, 2)}}
 
 
-def _pct(values: list, q: float):
+def percentile(values: list, q: float):
+    """The q-quantile of sorted `values` (None when empty): the generator's and the emulator's."""
     return values[min(len(values) - 1, int(q * len(values)))] if values else None
 
 
