@@ -10,6 +10,7 @@ one judge of results, whichever lab (live or, later, simulated) produced them.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
@@ -237,6 +238,38 @@ def _check_applies(item: Doc, f: dict) -> None:
                 item.fail(key, f"{key} only applies when expect is reachable (not {f['expect']})")
     if f["every_backend"] and f["backends"] is None:
         item.fail("everyBackend", "everyBackend needs the list of backends")
+    _check_chance(item, f)
+
+
+# A check that asks for several backends can fail by chance alone when each request picks its
+# backend at random (kube-proxy's iptables mode does; so do the others, by hash of a random source
+# port). Such a check is refused unless that chance is below one run in CHANCE_RUNS.
+CHANCE_RUNS = 100_000
+
+
+def chance_of_too_few(backends: int, wanted: int, requests: int) -> float:
+    """An upper bound on the chance that `requests` uniform random picks among `backends` show fewer
+    than `wanted` distinct ones: every pick falls in some set of wanted-1 backends (union bound;
+    exact for wanted == backends == 2)."""
+    if wanted <= 1:
+        return 0.0
+    return math.comb(backends, wanted - 1) * ((wanted - 1) / backends) ** requests
+
+
+def _check_chance(item: Doc, f: dict) -> None:
+    if not f["backends"] or not (f["every_backend"] or f["min_backends"]):
+        return
+    k = len(f["backends"])
+    key = "everyBackend" if f["every_backend"] else "minBackends"
+    wanted = k if f["every_backend"] else f["min_backends"]
+    if wanted > k:
+        item.fail("minBackends", f"{wanted} backends cannot answer when `backends` lists {k}")
+    chance = chance_of_too_few(k, wanted, f["requests"])
+    if chance * CHANCE_RUNS > 1:
+        needed = next(n for n in range(f["requests"], 100_001) if chance_of_too_few(k, wanted, n) * CHANCE_RUNS <= 1)
+        item.fail(key, f"with {f['requests']} requests picked at random among {k} backends, {wanted} of them "
+                       f"answer only by luck: the check would fail in about 1 run of {round(1 / chance):,}; "
+                       f"ask for at least {needed} requests (1 failure in {CHANCE_RUNS:,} runs)")
 
 
 def _hold(doc: Doc, topology: TopologySpec, services: ServiceTable) -> HoldSpec:

@@ -94,7 +94,7 @@ def test_the_imported_cluster_serves(tmp_path, imported):
     """On the emulator: a pod reaches kube-dns over UDP, the outside reaches the eTP Local load
     balancer on the node with the ready web pod, a pod reaches the selector-less legacy-db."""
     sc = _scenario(tmp_path, imported, checks=[
-        {"from": "pod/web-6c7-abcde", "to": "service/kube-system/kube-dns", "port": 53, "protocol": "UDP", "requests": 10,
+        {"from": "pod/web-6c7-abcde", "to": "service/kube-system/kube-dns", "port": 53, "protocol": "UDP", "requests": 20,
          "backends": ["coredns-4xk2p", "coredns-8hq7w"], "everyBackend": True},
         {"from": "host/ext", "to": "172.20.0.10", "port": 80, "requests": 5, "backends": ["web-6c7-abcde"],
          "source": "client"},

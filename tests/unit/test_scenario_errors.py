@@ -93,6 +93,18 @@ CASES = {
     "check with a wrong expectation": (
         BASE + "checks:\n  - {from: pod/client, to: pod/web-1, port: 8080, expect: works}\n",
         "checks[0].expect", "expected one of reachable, refused, dropped, got 'works'"),
+    "everyBackend that passes only by luck": (
+        BASE + "checks:\n  - {from: pod/client, to: pod/web-1, port: 8080, requests: 10, backends: [web-1, web-2],"
+               " everyBackend: true}\n",
+        "checks[0].everyBackend", "the check would fail in about 1 run of 512; ask for at least 18 requests"),
+    "minBackends that passes only by luck": (
+        BASE + "checks:\n  - {from: pod/client, to: pod/web-1, port: 8080, requests: 6, backends: [web-1, web-2, client],"
+               " minBackends: 2}\n",
+        "checks[0].minBackends", "about 1 run of 243; ask for at least 12 requests"),
+    "minBackends above the backends allowed": (
+        BASE + "checks:\n  - {from: pod/client, to: pod/web-1, port: 8080, requests: 50, backends: [web-1],"
+               " minBackends: 2}\n",
+        "checks[0].minBackends", "2 backends cannot answer when `backends` lists 1"),
     "check with backends but not reachable": (
         BASE + "checks:\n  - {from: pod/client, to: pod/web-1, port: 8080, expect: refused, backends: [web-1]}\n",
         "checks[0].backends", "backends only applies when expect is reachable"),
