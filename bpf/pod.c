@@ -41,6 +41,26 @@ static __always_inline int pod_untranslated(struct __sk_buff *skb, const struct 
 	return dp_pass();
 }
 
+/* The fast path of what a pod sends: traffic that no flow of ours can hold and no frontend serves
+ * (pod to pod, pod to the outside, where neither end is a service's), passed after one or two
+ * lookups and before the clock is read. Every entry a later stage of from_pod could find is keyed
+ * by a frontend (CT_SERVICE, a new flow), by the node's address (CT_SNAT_IN, snat4_orphan), or by
+ * an endpoint: the source of a reply (CT_REPLY), the destination of a bare SYN reusing a closed
+ * flow's reply tuple (ct4_release_reused). ICMP and fragments take the full path. The addresses
+ * map holds every endpoint and frontend of the table, and a sync removes one only when no
+ * conntrack entry names it any more. (to_pod has no fast path: the egress masquerade's
+ * CT_SNAT_OUT entries are keyed by a pod and an outside host, which the map does not know.) */
+static __always_inline int pod4_fast_pass(const struct pkt *p, const struct dp_config *cfg)
+{
+	if (!p->has_l4 || p->fragment || (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP) ||
+	    p->daddr == cfg->node_ip)
+		return 0;
+	__u32 dst = lb4_address_flags(p->daddr);
+	if ((dst & ADDR_F_FRONTEND) || ((dst & ADDR_F_ENDPOINT) && pkt4_bare_syn(p)))
+		return 0;
+	return !(lb4_address_flags(p->saddr) & ADDR_F_ENDPOINT);
+}
+
 /* A packet to a frontend no flow of ours holds: a new flow (lib/newflow.h), or, not to a
  * frontend at all, passed (first releasing a closed flow's reply tuple a new connection reuses). */
 static __always_inline int pod_new_flow(struct __sk_buff *skb, struct pkt *p, struct dp_config *cfg, __u64 now)
@@ -60,9 +80,12 @@ static __always_inline int __from_pod(struct __sk_buff *skb)
 	struct dp_config *cfg;
 	struct pkt p = {};
 	__u64 now;
-	int ret = pkt4_begin(skb, &p, &cfg, &now);
+	int ret = pkt4_parse_config(skb, &p, &cfg);
 	if (ret != DP_CONTINUE)
 		return ret;
+	if (pod4_fast_pass(&p, cfg))
+		return dp_pass();
+	now = pkt4_clock(&p, cfg);
 	ret = pod_untranslated(skb, &p, now, HOOK_INGRESS);
 	if (ret != DP_CONTINUE)
 		return ret;

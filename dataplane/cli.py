@@ -507,89 +507,212 @@ def rules(lab, nodes):
 
 @cli.group(epilog="""\b
 Examples:
-  sudo dataplane bench sync                        # kube-proxy's modes at 1,000 and 10,000 services
-  sudo dataplane bench sync -n 10000 -b ebpf -b iptables
+  sudo dataplane bench all --quick --out bench-out          # every figure, 3 backends, about 5 minutes
+  sudo dataplane bench all --out bench-out --json > run.json # the full run (docs/benchmarks.md)
+  sudo dataplane bench connect -b ebpf -b iptables --services 1,1000,10000
+  sudo dataplane bench sync --services-from cluster.yaml --scale 20
+  sudo dataplane bench kernel --quick
 """)
 def bench():
-    """Benchmarks: numbers, measured on this machine, printed with how they were measured.
-    Tests assert behaviour; speed is only ever measured here."""
+    """Benchmarks: numbers, measured on this machine, printed with how, where and when they were
+    measured. Tests assert behaviour; speed is only ever measured here.
+
+    \b
+    all         every figure below, per backend on one lab each, then the kernel's
+    sync        apply N services, change one, endpoint churn, kernel memory per service
+    connect     connect() latency p50/p99/p999 through a service (the last one, random ones)
+                and straight to the pod, against the number of services
+    rr          round trips on a kept connection, through a service and direct
+    throughput  iperf3 TCP (same node, across nodes) and connections per second
+    nodeport    64-byte UDP from an outside host through a node port, and direct
+    kernel      ns per packet of each BPF path (BPF_PROG_TEST_RUN), against map fill
+
+    Traffic is native (dpperf, built from dataplane/lab/workload/perf.c on first use, and iperf3)
+    and stays inside the lab; each figure is repeated (--reps) and shown as the median with its
+    spread; via-service and direct figures interleave in one run, so their ratio holds on a noisy
+    machine. --out writes results.json and a PNG per bench. docs/benchmarks.md has the method and
+    a full run.
+    """
+
+
+LAB_BACKENDS = ["ebpf", "iptables", "iptables-legacy", "nftables"]
+
+
+def _int_list(text: str | None, what: str, lo: int, hi: int) -> tuple | None:
+    if text is None:
+        return None
+    try:
+        values = tuple(int(x.replace("_", "")) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected numbers separated by commas, such as 1,1000,10000; got {text!r}",
+                                 param_hint=what) from None
+    bad = [v for v in values if not lo <= v <= hi]
+    if not values or bad:
+        raise click.BadParameter(f"each from {lo:,} to {hi:,}" + (f"; got {bad[0]:,}" if bad else ""), param_hint=what)
+    return values
+
+
+def bench_options(command):
+    """The options every bench shares: declared once."""
+    for option in reversed((
+        click.option("--backend", "-b", "names", multiple=True, type=click.Choice(LAB_BACKENDS),
+                     help="Backend to measure (repeatable; default: ebpf, iptables, iptables-legacy, nftables; "
+                          "--quick: ebpf, iptables, nftables)."),
+        click.option("--services", "sizes", metavar="N,N,...",
+                     help="Filler services installed, one figure per size (default 1,1000,10000; --quick 1,1000; "
+                          "with --services-from: 1)."),
+        click.option("--reps", type=click.IntRange(1, 20), default=None, help="Repeats of every figure (default 3)."),
+        click.option("--quick", is_flag=True, help="Fewer backends, sizes and samples: bench all in about 5 minutes."),
+        click.option("--services-from", "dump", type=click.Path(exists=True, dir_okay=False),
+                     help="A `kubectl get svc,endpointslices -A -o yaml` dump: its services installed beside the "
+                          "fillers (see `dataplane import`)."),
+        click.option("--scale", type=click.IntRange(1, 1000), default=1, show_default=True,
+                     help="With --services-from: install that many copies of the dump's services."),
+        click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=1, show_default=True,
+                     help="Seed of the random targets and changes."),
+        click.option("--json", "as_json", is_flag=True, help="Print the run as JSON (rows, machine, parameters)."),
+        click.option("--out", "out_dir", type=click.Path(file_okay=False),
+                     help="Directory for results.json, results.txt and a PNG plot per bench."),
+    )):
+        command = option(command)
+    return command
+
+
+def _bench(benches, names, sizes, reps, quick, dump, scale, seed, as_json, out_dir, **extra):
+    from .run.bench import suite
+    from . import bench_report
+    if scale != 1 and not dump:
+        raise click.UsageError("--scale multiplies the services of --services-from: give a dump too")
+    lab_benches = [b for b in benches if b in suite.LAB_BENCHES]
+    doctor.require("root", "bpf")
+    if "kernel" in benches:
+        doctor.require("bcc", "bcc-compile")
+    for name in names or ():
+        doctor.require(*backends.get(name).needs)
+    if lab_benches:
+        doctor.require("gcc", "iperf3")
+    imported = None
+    if dump:
+        from .run.bench.imported import from_dump
+        imported = from_dump(dump, scale)
+    params = suite.quick_or_full(
+        quick, backends=tuple(names) or None, services=_int_list(sizes, "--services", 1, 65000) or
+        ((1,) if dump else None), reps=reps, seed=seed, imported=imported,
+        source=f"{os.path.basename(dump)} x{scale}" if dump else None, **extra)
+    if lab_benches:
+        for name in params.backends:
+            doctor.require(*backends.get(name).needs)
+    say = _progress(True)
+    if imported is not None:
+        for note in imported.notes:
+            say(f"import: {note}")
+    run = suite.run(benches, params, progress=say)
+    report = bench_report.text(run)
+    if out_dir:
+        os.makedirs(out_dir, exist_ok=True)
+        with open(os.path.join(out_dir, "results.json"), "w") as f:
+            json.dump(run.to_json(), f, indent=1)
+        with open(os.path.join(out_dir, "results.txt"), "w") as f:
+            f.write(report + "\n")
+        for path in bench_report.plots(run, out_dir):
+            say(f"wrote {path}")
+    if as_json:
+        click.echo(json.dumps(run.to_json(), indent=1))
+    else:
+        click.echo(report)
+
+
+@bench.command(name="all", epilog="""\b
+Examples:
+  sudo dataplane bench all --quick --out bench-out     # 3 backends, 1 and 1,000 services: about 5 minutes
+  sudo dataplane bench all --out bench-out             # 4 backends, up to 10,000 services, 65,536 in the kernel
+""")
+@bench_options
+def bench_all(**kw):
+    """Every figure: sync, connect, rr, throughput (and connection rate), nodeport per backend,
+    then the kernel's ns per packet."""
+    from .run.bench.suite import BENCHES
+    _bench(BENCHES, **kw)
 
 
 @bench.command(name="sync", epilog="""\b
 Examples:
-  sudo dataplane bench sync                                   # 1,000 and 10,000 services, kube-proxy's modes
-  sudo dataplane bench sync -n 10000 -b iptables -b iptables-legacy -b nftables -b ebpf
-  sudo dataplane bench sync -n 1000 --requests 200 --json
+  sudo dataplane bench sync -b ebpf --services 1000,10000
+  sudo dataplane bench sync --services-from cluster.yaml --scale 50 -b ebpf -b nftables
 """)
-@click.option("--services", "-n", "counts", multiple=True, type=click.IntRange(1, 60000), default=(1000, 10000),
-              show_default=True, help="Number of services (repeatable).")
-@click.option("--backend", "-b", "names", multiple=True, default=("iptables", "iptables-legacy", "nftables"),
-              show_default=True, type=click.Choice(["ebpf", "iptables", "iptables-legacy", "nftables"]))
-@click.option("--requests", default=300, show_default=True, type=click.IntRange(10, 100000),
-              help="TCP connections timed per backend and size.")
-@click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
-def bench_sync(counts, names, requests, as_json):
-    """Time programming N services, changing one, and a connection through the last of them,
-    per backend, on a one-node lab (see dataplane/run/bench/sync.py for the method)."""
-    from dataclasses import asdict
-    from .run.bench.sync import machine, run_one
-    for name in names:
-        doctor.require(*backends.get(name).needs)
-    results = []
-    for n in counts:
-        for name in names:
-            results.append(run_one(name, n, requests, progress=_progress(not as_json)))
-    if as_json:
-        click.echo(json.dumps({"machine": machine(), "results": [asdict(r) for r in results]}, indent=2))
-        return
-    click.echo(f"machine: {machine()}")
-    click.echo(f"{'backend':<16} {'services':>8} {'apply all':>10} {'change one':>11} {'conn p50':>9} {'conn p90':>9}")
-    for r in results:
-        click.echo(f"{r.backend:<16} {r.services:>8} {r.apply_s:>9.2f}s {r.change_one_s:>10.3f}s "
-                   f"{r.connect_ms_p50:>7.2f}ms {r.connect_ms_p90:>7.2f}ms")
-    click.echo(f"apply all: sync from no services to N; change one: sync with one service changed; "
-               f"conn: {requests} fresh TCP connections (connect, request, answer) to the last service, "
-               "measured by the lab client inside a pod.")
+@bench_options
+def bench_sync(**kw):
+    """Apply N services from none, change one (a tracked change), endpoint churn (one change per
+    sync, then 100), and the kernel's memory per service; method in dataplane/run/bench/sync.py."""
+    _bench(("sync",), **kw)
+
+
+@bench.command(name="connect", epilog="""\b
+Examples:
+  sudo dataplane bench connect --services 1,1000,10000
+  sudo dataplane bench connect -b ebpf -b iptables-legacy --services 1,60000 --reps 5
+""")
+@bench_options
+def bench_connect(**kw):
+    """connect() latency (SYN to SYN-ACK, then a reset) p50/p99/p999 from a pod: to the last
+    filler service, to random ones, and to the pod directly; method in dataplane/run/bench/traffic.py."""
+    _bench(("connect",), **kw)
+
+
+@bench.command(name="rr", epilog="""\b
+Examples:
+  sudo dataplane bench rr -b ebpf -b nftables --services 10000
+""")
+@bench_options
+def bench_rr(**kw):
+    """Round trips of one byte on a kept TCP connection, through a service and direct."""
+    _bench(("rr",), **kw)
+
+
+@bench.command(name="throughput", epilog="""\b
+Examples:
+  sudo dataplane bench throughput --quick
+""")
+@bench_options
+def bench_throughput(**kw):
+    """iperf3 TCP through a service and direct, on one node and across nodes; and new
+    connections per second (connect, a byte each way, reset) from 2 client processes."""
+    _bench(("throughput",), **kw)
+
+
+@bench.command(name="nodeport", epilog="""\b
+Examples:
+  sudo dataplane bench nodeport -b ebpf -b iptables -b nftables
+""")
+@bench_options
+def bench_nodeport(**kw):
+    """64-byte frames of UDP from an outside host through node1's node port (16 flows), counted
+    by the receiving pod; beside the same flood straight to the pod."""
+    _bench(("nodeport",), **kw)
 
 
 @bench.command(name="kernel", epilog="""\b
 Examples:
-  sudo dataplane bench kernel --quick                     # 1, 1,000 and 10,000 services, 5,000 calls
+  sudo dataplane bench kernel --quick                     # 1, 1,000 and 10,000 services
   sudo dataplane bench kernel                             # up to 65,536 services, 20,000 calls per path
   sudo dataplane bench kernel --services 1,65536 --json
 """)
 @click.option("--services", "fills", default=None, metavar="N,N,...",
               help="Map fills to measure (default 1,1000,10000,65536; --quick: 1,1000,10000).")
 @click.option("--calls", type=click.IntRange(100, 45535), default=None,
-              help="Packets per path and fill, one per BPF_PROG_TEST_RUN call (default 20,000; --quick 5,000).")
-@click.option("--quick", is_flag=True, help="Fewer fills and calls: about a minute.")
-@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
-def bench_kernel(fills, calls, quick, as_json):
+              help="Packets per path and fill, one per BPF_PROG_TEST_RUN call (default 20,000; --quick 3,000).")
+@click.option("--quick", is_flag=True, help="Fewer fills and calls: under a minute.")
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=1, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the run as JSON.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Directory for results and kernel.png.")
+def bench_kernel(fills, calls, quick, seed, as_json, out_dir):
     """Nanoseconds per packet of each BPF path (new flow, established, reply, node port,
     masquerade, traffic not for a service) against the number of services installed, beside a
     trivial program as the floor. One packet per BPF_PROG_TEST_RUN call, timed by the kernel;
     see dataplane/run/bench/kernel.py for the method."""
-    import json as json_mod
-    from .run.bench.kernel import FILLS, PATHS, QUICK_FILLS, run_kernel
-    from .run.bench.sync import machine
-    doctor.require("root", "bcc", "bcc-compile", "bpf")
-    counts = ([int(x) for x in fills.split(",")] if fills else list(QUICK_FILLS if quick else FILLS))
-    if any(not 1 <= c <= 65536 for c in counts):
-        raise click.UsageError("--services: each fill from 1 to 65,536 services (what the default maps hold: "
-                               "each service takes a marker, a head and a slot per endpoint)")
-    results = run_kernel(counts, calls or (5000 if quick else 20000), progress=_progress(not as_json))
-    if as_json:
-        click.echo(json_mod.dumps({"machine": machine(), "method": "BPF_PROG_TEST_RUN, one packet per call",
-                                   "results": [vars(r) for r in results]}, indent=2))
-        return
-    click.echo(f"ns per packet (p50 / p99), {time.strftime('%Y-%m-%d')}, on {machine()}; floor: a trivial program")
-    click.echo(f"  {'path':<16}" + "".join(f"{f'{c:,} svc':>18}" for c in counts))
-    for path in PATHS:
-        row = {r.services: r for r in results if r.path == path}
-        click.echo(f"  {path:<16}" + "".join(f"{f'{row[c].p50:g} / {row[c].p99:g}':>18}" for c in counts))
-    odd = sorted({f"{r.path}: {r.verdict}" for r in results if "drop" in r.verdict})
-    for line in odd:
-        click.echo(f"  note: {line} (the path measured ends in a drop)")
+    _bench(("kernel",), names=(), sizes=None, reps=1, quick=quick, dump=None, scale=1, seed=seed,
+           as_json=as_json, out_dir=out_dir, kernel_fills=_int_list(fills, "--services", 1, 65536),
+           kernel_calls=calls)
 
 
 @cli.group(epilog="""\b

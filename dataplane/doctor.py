@@ -117,6 +117,8 @@ CHECKS: dict[str, Callable[[], Result]] = {
     "nft": _tool("nft", "nftables"),
     "conntrack": _tool("conntrack", "conntrack"),
     "bpftool": _tool("bpftool", "bpftool"),
+    "gcc": _tool("gcc", "gcc"),            # the benchmarks build their native client (dpperf)
+    "iperf3": _tool("iperf3", "iperf3"),
 }
 
 

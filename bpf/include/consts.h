@@ -53,6 +53,9 @@ enum metric {
 #define SVC_F_SRC_RANGES 0x8   /* LoadBalancer frontend: only clients in its source ranges */
 #define SVC_F_POD_SCOPE  0x10  /* a SCOPE_POD entry: its slots are SCOPE_POD entries too */
 
+#define ADDR_F_FRONTEND  0x1   /* addresses map: a frontend address */
+#define ADDR_F_ENDPOINT  0x2   /* addresses map: an endpoint address */
+
 #define SCOPE_EXTERNAL   0
 #define SCOPE_POD        1
 

@@ -9,52 +9,27 @@
 
 #ifndef SVC_MAP_SIZE
 #define SVC_MAP_SIZE      524288
-/* Fixed: the loader writes at most this many (ip-masq-agent CIDRs; LoadBalancer source ranges). */
-#define NONMASQ_MAP_SIZE     64
-#define LB_SOURCES_MAP_SIZE  16384
-
 #endif
 #ifndef BACKEND_MAP_SIZE
 #define BACKEND_MAP_SIZE  262144
-/* Fixed: the loader writes at most this many (ip-masq-agent CIDRs; LoadBalancer source ranges). */
-#define NONMASQ_MAP_SIZE     64
-#define LB_SOURCES_MAP_SIZE  16384
-
 #endif
 #ifndef CT_MAP_SIZE
 #define CT_MAP_SIZE       262144
-/* Fixed: the loader writes at most this many (ip-masq-agent CIDRs; LoadBalancer source ranges). */
-#define NONMASQ_MAP_SIZE     64
-#define LB_SOURCES_MAP_SIZE  16384
-
 #endif
 #ifndef AFFINITY_MAP_SIZE
 #define AFFINITY_MAP_SIZE 65536
-/* Fixed: the loader writes at most this many (ip-masq-agent CIDRs; LoadBalancer source ranges). */
-#define NONMASQ_MAP_SIZE     64
-#define LB_SOURCES_MAP_SIZE  16384
-
 #endif
 #ifndef NOSNAT_MAP_SIZE
 #define NOSNAT_MAP_SIZE   65536
-/* Fixed: the loader writes at most this many (ip-masq-agent CIDRs; LoadBalancer source ranges). */
-#define NONMASQ_MAP_SIZE     64
-#define LB_SOURCES_MAP_SIZE  16384
-
 #endif
 #ifndef SOCK_REVNAT_MAP_SIZE
 #define SOCK_REVNAT_MAP_SIZE 65536
-/* Fixed: the loader writes at most this many (ip-masq-agent CIDRs; LoadBalancer source ranges). */
-#define NONMASQ_MAP_SIZE     64
-#define LB_SOURCES_MAP_SIZE  16384
-
 #endif
 #ifndef FRAG_MAP_SIZE
 #define FRAG_MAP_SIZE     8192
-/* Fixed: the loader writes at most this many (ip-masq-agent CIDRs; LoadBalancer source ranges). */
-#define NONMASQ_MAP_SIZE     64
-#define LB_SOURCES_MAP_SIZE  16384
-
+#endif
+#ifndef ADDRESSES_MAP_SIZE
+#define ADDRESSES_MAP_SIZE 262144   /* frontend and endpoint addresses (the fast path's filter) */
 #endif
 
 /* Fixed: the loader writes at most this many (ip-masq-agent CIDRs; LoadBalancer source ranges). */

@@ -27,6 +27,12 @@ DP_TABLE("hash", struct affinity_match_key, __u8, affinity_match, SVC_MAP_SIZE, 
 /* loadBalancerSourceRanges: which clients each LoadBalancer frontend admits */
 DP_TABLE("lpm_trie", struct lb_source_key, __u8, lb_sources, LB_SOURCES_MAP_SIZE, BPF_F_NO_PREALLOC);
 
+/* address -> ADDR_F_*: every frontend address (cluster, external and load-balancer IPs, the
+ * node's address with node ports) and every endpoint address in the table, in any state. What
+ * has neither at either end is nobody's service traffic: the fast path (pod.c) lets it go after
+ * these lookups alone. */
+DP_TABLE("hash", __be32, __u32, addresses, ADDRESSES_MAP_SIZE, BPF_F_NO_PREALLOC);
+
 #define LB_SOURCE_KEY_BITS 64   /* lb_sources: the 32 bits of svc_id, then a full IPv4 address */
 
 static __always_inline struct svc_value *__lb4_lookup_service_scope(__u8 scope, __be32 vip, __be16 port,
@@ -58,6 +64,13 @@ static __always_inline struct svc_value *lb4_lookup_service_for_pod(__be32 vip, 
 {
 	struct svc_value *svc = __lb4_lookup_service_scope(SCOPE_POD, vip, port, proto, 0);
 	return svc ? svc : lb4_lookup_service(vip, port, proto, 0);
+}
+
+/* What an address is to the services: ADDR_F_FRONTEND, ADDR_F_ENDPOINT, both, or 0. */
+static __always_inline __u32 lb4_address_flags(__be32 addr)
+{
+	__u32 *flags = addresses.lookup(&addr);
+	return flags ? *flags : 0;
 }
 
 /* Is the address a service frontend at all (its VIP marker)? */

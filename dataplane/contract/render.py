@@ -14,8 +14,8 @@ from ..errors import DataplaneError
 from ..spec.topology import NAT_PORT_RANGE
 from ..spec.table import ServiceTable
 from ..spec.policy import cluster_targets, internal_targets, local_targets
-from .consts import (SCOPE_EXTERNAL, SCOPE_POD, SVC_F_AFFINITY, SVC_F_LOCAL_ONLY, SVC_F_MASQ, SVC_F_POD_SCOPE,
-                     SVC_F_SRC_RANGES)
+from .consts import (ADDR_F_ENDPOINT, ADDR_F_FRONTEND, SCOPE_EXTERNAL, SCOPE_POD, SVC_F_AFFINITY, SVC_F_LOCAL_ONLY,
+                     SVC_F_MASQ, SVC_F_POD_SCOPE, SVC_F_SRC_RANGES)
 
 IPPROTO = {"TCP": 6, "UDP": 17}
 PROTOCOL_NAMES = {v: k for k, v in IPPROTO.items()}
@@ -55,6 +55,10 @@ class NodeMaps:
     backends: dict = field(default_factory=dict)   # id -> BackendValue
     lb_sources: set = field(default_factory=set)   # (svc_id, IPv4Network) admitted
     affinity_match: set = field(default_factory=set)   # (svc_id, backend id): eligible, with affinity
+    # address (an int: IPv4Address hashes slowly, and 10,000 services mark 40,000 of them) ->
+    # ADDR_F_* bits: every frontend address and every endpoint address (any state), the pod
+    # hooks' fast path (bpf/pod.c, pod4_fast_pass)
+    addresses: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -165,6 +169,7 @@ def _frontend(out: NodeMaps, ids: Ids, addr, port: int, proto: int, targets, fla
         flags |= SVC_F_POD_SCOPE
     out.services[SvcKey(addr, port, proto, 0, scope)] = SvcValue(count=len(targets), flags=flags,
                                                                  affinity_timeout=timeout, svc_id=sid)
+    _mark(out.addresses, addr, ADDR_F_FRONTEND)
     for slot, t in enumerate(targets, 1):
         bid = ids.backend_id((t.address, t.port))
         out.backends[bid] = BackendValue(t.address, t.port)
@@ -220,6 +225,9 @@ def render_service(svc, node: str, ids: Ids, node_ip=None, out: NodeMaps | None 
     _external(out, ids, svc, node, node_ip)
     vip = svc.cluster_ip
     out.services[SvcKey(vip, 0, 0, 0)] = SvcValue()   # the VIP marker
+    _mark(out.addresses, vip, ADDR_F_FRONTEND)
+    for e in svc.endpoints:     # in any state: a flow to it may live on (FlowKeep)
+        _mark(out.addresses, e.address, ADDR_F_ENDPOINT)
     affinity = SVC_F_AFFINITY if svc.session_affinity == "ClientIP" else 0
     for sp in svc.ports:
         targets = internal_targets(svc, sp, node)
@@ -229,6 +237,16 @@ def render_service(svc, node: str, ids: Ids, node_ip=None, out: NodeMaps | None 
         _frontend(out, ids, vip, sp.port, IPPROTO[sp.protocol], targets, flags,
                   svc.affinity_timeout if affinity else 0, svc=svc)
     return out
+
+
+def _mark(addresses: dict, addr, bit: int) -> None:
+    a = int(addr)
+    addresses[a] = addresses.get(a, 0) | bit
+
+
+def _bits(addresses: dict):
+    """(address, bit) for every bit set: what a part contributes, counted per bit."""
+    return [(a, b) for a, f in addresses.items() for b in (ADDR_F_FRONTEND, ADDR_F_ENDPOINT) if f & b]
 
 
 def render_node(table: ServiceTable, node: str, ids: Ids, node_ip=None) -> NodeMaps:
@@ -262,6 +280,7 @@ class NodeRendering:
         self.parts: dict = {}           # service key -> its NodeMaps part
         self.maps = NodeMaps()
         self.refs: dict = {}            # backend id -> slots that point at it
+        self.addr_refs: dict = {}       # (address, ADDR_F_* bit) -> parts that set it
         self.owner: dict = {}           # SvcKey -> the service key that wrote it
         self.shared: set = set()        # services that write a key another one writes too
 
@@ -278,6 +297,10 @@ class NodeRendering:
                     self.owner[k] = svc.key
         self.maps = render_node(table, self.node, ids, self.node_ip) if self.shared else self._union(ids)
         self.refs = self._count_refs()
+        self.addr_refs = {}
+        for part in self.parts.values():
+            for ab in _bits(part.addresses):
+                self.addr_refs[ab] = self.addr_refs.get(ab, 0) + 1
         return self.maps
 
     def _union(self, ids: Ids) -> NodeMaps:
@@ -287,6 +310,8 @@ class NodeRendering:
             out.backends.update(part.backends)
             out.lb_sources |= part.lb_sources
             out.affinity_match |= part.affinity_match
+            for a, f in part.addresses.items():
+                out.addresses[a] = out.addresses.get(a, 0) | f
         ids.forget_unused(out)
         return out
 
@@ -332,6 +357,23 @@ class NodeRendering:
         for bid, n in dropping.items():
             if self.refs.get(bid, 0) > n and bid not in after.backends:
                 after.backends[bid] = self.maps.backends[bid]
+        # an address keeps each bit while any part sets it: the changed parts' addresses as the
+        # maps hold them (before) and as they will be (after, absent when no bit is left)
+        refs = {}
+        for key in keys:
+            for ab in _bits(self.parts[key].addresses) if key in self.parts else ():
+                refs[ab] = refs.get(ab, 0) - 1
+        for part in parts.values():
+            for ab in _bits(part.addresses):
+                refs[ab] = refs.get(ab, 0) + 1
+        touched = {a for a, _ in refs}
+        before.addresses = {a: self.maps.addresses[a] for a in touched if a in self.maps.addresses}
+        after.addresses = {}
+        for a in touched:
+            flags = sum(bit for bit in (ADDR_F_FRONTEND, ADDR_F_ENDPOINT)
+                        if self.addr_refs.get((a, bit), 0) + refs.get((a, bit), 0) > 0)
+            if flags:
+                after.addresses[a] = flags
         return Plan(keys, before, after, parts)
 
     def commit(self, plan: Plan, ids: Ids) -> None:
@@ -346,6 +388,10 @@ class NodeRendering:
             old = self.parts.pop(key, None)
             for bid in (old.backends if old is not None else ()):
                 self.refs[bid] -= 1
+            for ab in (_bits(old.addresses) if old is not None else ()):
+                self.addr_refs[ab] -= 1
+                if not self.addr_refs[ab]:
+                    del self.addr_refs[ab]
         for key, part in plan.parts.items():
             self.parts[key] = part
             for k, v in part.services.items():
@@ -353,10 +399,15 @@ class NodeRendering:
                 self.owner[k] = key
             for bid in part.backends:
                 self.refs[bid] = self.refs.get(bid, 0) + 1
+            for ab in _bits(part.addresses):
+                self.addr_refs[ab] = self.addr_refs.get(ab, 0) + 1
             m.lb_sources |= part.lb_sources
             m.affinity_match |= part.affinity_match
         for bid, b in plan.after.backends.items():
             m.backends[bid] = b
+        for a in plan.before.addresses.keys() - plan.after.addresses.keys():
+            del m.addresses[a]
+        m.addresses.update(plan.after.addresses)
         for bid in plan.before.backends:
             if not self.refs.get(bid):
                 self.refs.pop(bid, None)
@@ -372,3 +423,5 @@ def _add(out: NodeMaps, part: NodeMaps) -> None:
     out.backends.update(part.backends)
     out.lb_sources |= part.lb_sources
     out.affinity_match |= part.affinity_match
+    for a, f in part.addresses.items():
+        out.addresses[a] = out.addresses.get(a, 0) | f

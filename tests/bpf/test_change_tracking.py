@@ -38,7 +38,7 @@ def _backend(program) -> EbpfBackend:
 def counted(monkeypatch, program):
     """Every map entry the syncs write or delete (the batched writes), by map name."""
     ops = {"written": {}, "deleted": {}}
-    names = {program.table(n).map_fd: n for n in ("services", "backends", "affinity_match")}
+    names = {program.table(n).map_fd: n for n in ("services", "backends", "affinity_match", "addresses")}
 
     def count(kind, real):
         def wrapper(table, items):
@@ -63,13 +63,14 @@ def test_a_one_service_change_at_1000_services_writes_that_service_alone(program
     counted["deleted"].clear()
     changed = table.updated([_service(500, 2, extra=["10.0.9.9"])])    # one more endpoint, a new pod
     b.sync(None, changed)
-    # its head (count 3), its third slot and the one backend nobody had: nothing else
-    assert counted["written"] == {"services": 2, "backends": 1}, counted
+    # its head (count 3), its third slot, the one backend nobody had and its address (the fast
+    # path's filter): nothing else
+    assert counted["written"] == {"services": 2, "backends": 1, "addresses": 1}, counted
     assert counted["deleted"] == {}, counted
     assert maps.read_node_maps(program).services == b.current["node1"].services
     # and back: the slot and the backend go, the head is rewritten
     b.sync(None, changed.updated([_service(500, 2)]))
-    assert counted["deleted"] == {"services": 1, "backends": 1}, counted
+    assert counted["deleted"] == {"services": 1, "backends": 1, "addresses": 1}, counted
 
 
 def test_the_kernel_holds_the_whole_rendering_after_any_changes(program):
@@ -97,4 +98,5 @@ def test_the_kernel_holds_the_whole_rendering_after_any_changes(program):
         want = b.current["node1"]
         assert got.services == want.services and got.backends == want.backends
         assert got.affinity_match == want.affinity_match and got.lb_sources == want.lb_sources
+        assert got.addresses == want.addresses
     assert 0 < len(full) < 30, f"{len(full)} of 40 syncs rendered in full: both ways must be exercised"

@@ -30,7 +30,9 @@ def test_64k_services_fit_and_serve(program):
     rendered = render_node(t, "node1", Ids())
     assert len(rendered.services) == N * 5      # marker + head + 3 slots each
     change = apply(program, NodeMaps(), rendered)
-    assert change.upserted == len(rendered.services) + len(rendered.backends)
+    # every VIP and endpoint address too (the fast path's map): 131,070 of its 262,144
+    assert len(rendered.addresses) == N + len(rendered.backends)
+    assert change.upserted == len(rendered.services) + len(rendered.backends) + len(rendered.addresses)
     assert len(program.table("services")) == N * 5
     # the last service serves like the first: lookups do not depend on the table's size
     from dataplane.backends.ebpf.testrun import run
@@ -40,6 +42,7 @@ def test_64k_services_fit_and_serve(program):
     # and removing it all is one diff too
     apply(program, rendered, NodeMaps())
     assert len(program.table("services")) == 0 and len(program.table("backends")) == 0
+    assert len(program.table("addresses")) == 0
 
 
 def test_a_service_port_beyond_65535_backends_is_refused_and_nothing_written(program):

@@ -82,6 +82,7 @@ def _same(a, b):
     assert a.services == b.services
     assert a.backends == b.backends
     assert a.lb_sources == b.lb_sources and a.affinity_match == b.affinity_match
+    assert a.addresses == b.addresses
 
 
 @settings(max_examples=500, deadline=None)

@@ -19,14 +19,15 @@ import os
 import random
 import re
 import shutil
-from dataclasses import dataclass, field
+import socket
+from dataclasses import dataclass, field, replace
 
 from ...lab import netns, state
 from ...lab.names import pin_dir
 from ..base import Backend, HealthCheckServing
 from ...spec.policy import FlowKeep, flow_keep
 from ...spec.table import ServiceTable
-from .maps import apply, read_node_maps
+from .maps import apply, batch_items, grow_addresses, read_node_maps, settle_addresses
 from ...contract.limits import CtTimeouts, MapSizes
 from .program import NodeProgram, be16, from_be32
 from ...contract.headers import numeric_defines
@@ -35,6 +36,7 @@ from ...contract.consts import CT_F_EGRESS, CT_F_HAIRPIN, CT_REPLY, CT_SERVICE, 
 
 
 LB_SOURCES_MAP_SIZE = numeric_defines("map_sizes.h")["LB_SOURCES_MAP_SIZE"]
+ADDRESSES_MAP_SIZE = numeric_defines("map_sizes.h")["ADDRESSES_MAP_SIZE"]
 
 
 @dataclass
@@ -52,6 +54,9 @@ class EbpfBackend(HealthCheckServing, Backend):
     current: dict = field(default_factory=dict)    # node -> NodeMaps
     ids: dict = field(default_factory=dict)        # node -> Ids
     renderings: dict = field(default_factory=dict) # node -> NodeRendering (the last sync's, service by service)
+    # node -> addresses the map holds beyond the rendering's: named by flows that outlived their
+    # service (maps.settle_addresses), looked at again by every sync until they are gone
+    lingering: dict = field(default_factory=dict)
     table: object = None
     synced: tuple = (None, {})                     # (version, services) of the table last synced whole
 
@@ -174,10 +179,11 @@ class EbpfBackend(HealthCheckServing, Backend):
         self.renderings = {}            # until every node is written: a failure leaves the next sync full
         for node, prog in self.nodes.items():
             desired = rendered[node]
-            change, flushed = sync_node(prog, self.current[node], desired, keep)
+            change, flushed, held = sync_node(prog, self.current[node], desired, keep)
             if lab is not None and node in lab.record.objects:
                 flushed += close_stale_sockets(prog, keep, lab.record.objects[node])
-            self.current[node] = desired
+            self.current[node] = held
+            self.lingering[node] = {a for a, f in held.addresses.items() if desired.addresses.get(a) != f}
             if change or flushed:
                 report.append(f"{node}: {change.upserted} map entries written, {change.deleted} deleted, "
                               f"{flushed} conntrack/affinity entries flushed")
@@ -213,10 +219,17 @@ class EbpfBackend(HealthCheckServing, Backend):
         try:
             for node, prog in self.nodes.items():
                 plan = plans[node]
-                change = apply(prog, plan.before, plan.after)
+                held = self.current[node].addresses         # what the kernel's map holds
+                grow_addresses(prog, held, plan.after.addresses)
+                change = apply(prog, plan.before, plan.after, addresses=False)
                 self.renderings[node].commit(plan, self.ids[node])
-                self.current[node] = self.renderings[node].maps
-                flushed = flush_flows(prog, keep) + forget_affinities(prog, self.current[node].affinity_match)
+                wanted = self.renderings[node].maps
+                flushed, used = flush_flows(prog, keep)
+                among = plan.before.addresses.keys() | plan.after.addresses.keys() | self.lingering.get(node, set())
+                settle_addresses(prog, held, wanted.addresses, used, among)
+                self.lingering[node] = {a for a in among if held.get(a, 0) != wanted.addresses.get(a, 0)}
+                self.current[node] = replace(wanted, addresses=held)
+                flushed += forget_affinities(prog, wanted.affinity_match)
                 if lab is not None and node in lab.record.objects:
                     flushed += close_stale_sockets(prog, keep, lab.record.objects[node])
                 if change or flushed:
@@ -286,7 +299,8 @@ def check_room(node: str, current: NodeMaps, desired: NodeMaps, sizes: MapSizes)
     room = (("services", set(current.services), set(desired.services), sizes.services, "services"),
             ("backends", set(current.backends), set(desired.backends), sizes.backends, "backends"),
             ("affinity_match", current.affinity_match, desired.affinity_match, sizes.services, "services"),
-            ("lb_sources", current.lb_sources, desired.lb_sources, LB_SOURCES_MAP_SIZE, None))
+            ("lb_sources", current.lb_sources, desired.lb_sources, LB_SOURCES_MAP_SIZE, None),
+            ("addresses", set(current.addresses), set(desired.addresses), ADDRESSES_MAP_SIZE, None))
     for name, before, after, size, option in room:
         _refuse_over(node, name, len(before | after), len(after), size, option)
 
@@ -301,7 +315,9 @@ def check_room_change(node: str, current: NodeMaps, plan, sizes: MapSizes) -> No
             ("affinity_match", len(current.affinity_match), plan.before.affinity_match, plan.after.affinity_match,
              sizes.services, "services"),
             ("lb_sources", len(current.lb_sources), plan.before.lb_sources, plan.after.lb_sources,
-             LB_SOURCES_MAP_SIZE, None))
+             LB_SOURCES_MAP_SIZE, None),
+            ("addresses", len(current.addresses), plan.before.addresses.keys(), plan.after.addresses.keys(),
+             ADDRESSES_MAP_SIZE, None))
     for name, now, before, after, size, option in room:
         added = len(set(after) - set(before)) if name != "backends" else len(set(after) - current.backends.keys())
         removed = len(set(before) - set(after)) if name != "backends" else len(before)
@@ -313,7 +329,7 @@ def _refuse_over(node: str, name: str, peak: int, done: int, size: int, option) 
         return
     fix = (f"bring the lab up with --map-size {option}={_room_for(peak)} (a running lab keeps the size its "
            f"maps were pinned with)" if option else
-           f"LB_SOURCES_MAP_SIZE in bpf/include/map_sizes.h fixes it at {size:,}")
+           f"{name.upper()}_MAP_SIZE in bpf/include/map_sizes.h fixes it at {size:,}")
     raise MapFull(f"{node}: the {name} map holds {size:,} entries; this sync needs {peak:,} at its peak "
                   f"({done:,} when done): nothing was written, the dataplane keeps its previous "
                   f"state; {fix}")
@@ -328,12 +344,17 @@ def _room_for(n: int) -> int:
 
 
 def sync_node(prog: NodeProgram, current: NodeMaps, desired: NodeMaps, keep: FlowKeep):
-    """One node's part of a sync: write the map difference, then flush the flows the new table
-    no longer lets live and the affinities no longer eligible. (maps.Change, entries flushed)."""
-    change = apply(prog, current, desired)
-    flushed = flush_flows(prog, keep)
+    """One node's part of a sync: write the map difference (addresses added first), then flush the
+    flows the new table no longer lets live and the affinities no longer eligible, then remove the
+    addresses no live flow names. `current` is what the maps hold. Returns (maps.Change, entries
+    flushed, what the maps hold now: `desired`, with the addresses that live flows keep)."""
+    held = dict(current.addresses)
+    grow_addresses(prog, held, desired.addresses)
+    change = apply(prog, current, desired, addresses=False)
+    flushed, used = flush_flows(prog, keep)
+    settle_addresses(prog, held, desired.addresses, used, list(held))
     flushed += forget_affinities(prog, desired.affinity_match)
-    return change, flushed
+    return change, flushed, replace(desired, addresses=held)
 
 
 def collect_affinities(prog: NodeProgram, current: NodeMaps) -> int:
@@ -367,7 +388,7 @@ def forget_affinities(prog: NodeProgram, eligible: set) -> int:
     programs already ignore them; this frees their room and makes a later return of the backend
     start afresh, as kube-proxy's per-endpoint recent lists do."""
     aff = prog.table("affinity")
-    doomed = [k for k, v in aff.items() if (k.svc_id, v.backend_id) not in eligible]
+    doomed = [k for k, v in batch_items(aff) if (k.svc_id, v.backend_id) not in eligible]
     for k in doomed:
         aff.pop(k, None)
     return len(doomed)
@@ -403,14 +424,15 @@ def close_stale_sockets(prog: NodeProgram, keep: FlowKeep, ns: str) -> int:
     return closed
 
 
-def flush_flows(prog: NodeProgram, keep: FlowKeep) -> int:
+def flush_flows(prog: NodeProgram, keep: FlowKeep) -> tuple[int, set]:
     """Delete every flow the new table no longer lets live (policy.FlowKeep), found by either half
     (an entry the LRU table evicted leaves the other): its SERVICE entry, its reply entry, and the
     masquerade mapping of a flow masqueraded to the node. In two passes — every doomed entry
     expired first, then deleted — so that a packet in between cannot rebuild a half from the other
-    (an expired entry is as good as absent)."""
+    (an expired entry is as good as absent). Returns (entries deleted, the addresses, as ints, that
+    the entries left name: settle_addresses keeps those in the fast path's map)."""
     ct = prog.table("conntrack")
-    entries = {(k.saddr, k.sport, k.daddr, k.dport, k.proto, k.dir): (k, v) for k, v in ct.items()}
+    entries = {(k.saddr, k.sport, k.daddr, k.dport, k.proto, k.dir): (k, v) for k, v in batch_items(ct)}
     doomed = {}
     for (saddr, sport, daddr, dport, proto, direction), (k, v) in entries.items():
         hairpin = bool(v.flags & CT_F_HAIRPIN)
@@ -439,6 +461,10 @@ def flush_flows(prog: NodeProgram, keep: FlowKeep) -> int:
         for t in pair:
             if t in entries:
                 doomed[t] = entries[t][0]
+    used = set()
+    for t in entries.keys() - doomed.keys():
+        used.add(socket.ntohl(t[0]))
+        used.add(socket.ntohl(t[2]))
     for k in doomed.values():                    # 1: expired
         try:
             v = ct[k]
@@ -453,4 +479,4 @@ def flush_flows(prog: NodeProgram, keep: FlowKeep) -> int:
             deleted += 1
         except KeyError:
             pass
-    return deleted
+    return deleted, used

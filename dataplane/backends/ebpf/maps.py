@@ -3,10 +3,16 @@
 Conversion to the kernel's layout goes through the Key/Leaf ctypes bcc generates from
 bpf/include/types.h; nothing here restates a struct. Order of a change keeps every packet safe
 mid-update: new backends, then new slots, then the service entries pointing at them; removals
-in the reverse order.
+in the reverse order. The addresses map (the pod hooks' fast path) is written around them by the
+sync: what it adds before anything could send a flow there (grow_addresses), what it removes only
+after the flush, and never while a live flow names the address (settle_addresses).
 """
 from __future__ import annotations
 
+import ctypes as ct
+import errno
+import os
+import socket
 from dataclasses import dataclass, field
 
 from .program import NodeProgram, be16, be32, from_be32
@@ -44,6 +50,31 @@ def _source_key(t, svc_id: int, net):
     return key
 
 
+def batch_items(table, chunk: int = 4096):
+    """Every (key, value) of a hash map, read CHUNK entries per BPF_MAP_LOOKUP_BATCH call: a
+    conntrack table of 40,000 entries in about 40 ms, where bcc's items() (two syscalls per
+    entry) takes about 450 ms, and bcc's own batch read allocates room for the whole capacity
+    first (2 ms for an empty 262,144-entry table). Each chunk has buffers of its own, so the
+    entries stay valid after the next is read. A map changing meanwhile may be read with an entry
+    missed or repeated, as with any walk of a live hash map."""
+    from bcc.libbcc import lib
+    token, count = ct.c_uint32(0), ct.c_uint32(0)
+    first = True
+    while True:
+        keys, values = (table.Key * chunk)(), (table.Leaf * chunk)()
+        count.value = chunk
+        res = lib.bpf_lookup_batch(table.map_fd, None if first else ct.byref(token), ct.byref(token),
+                                   ct.byref(keys), ct.byref(values), ct.byref(count))
+        err = ct.get_errno()
+        for i in range(count.value):
+            yield keys[i], values[i]
+        if res != 0:
+            if err != errno.ENOENT:
+                raise OSError(err, f"BPF_MAP_LOOKUP_BATCH: {os.strerror(err)}")
+            return
+        first = False
+
+
 def update_batch(table, pairs: list) -> None:
     """One BPF_MAP_UPDATE_BATCH syscall for all pairs (no-op when empty)."""
     if not pairs:
@@ -73,9 +104,14 @@ class Change:
         return bool(self.upserted or self.deleted)
 
 
-def apply(prog: NodeProgram, current: NodeMaps, desired: NodeMaps) -> Change:
-    svc_t, be_t = prog.table("services"), prog.table("backends")
+def apply(prog: NodeProgram, current: NodeMaps, desired: NodeMaps, addresses: bool = True) -> Change:
+    """The difference written. With `addresses` False the addresses map is left to the sync
+    (grow_addresses, settle_addresses); True (a repair, a read-back's restore) writes it as given."""
+    svc_t, be_t, addr_t = prog.table("services"), prog.table("backends"), prog.table("addresses")
     ch = Change()
+    new_addr = [(addr_t.Key(socket.htonl(a)), addr_t.Leaf(f)) for a, f in desired.addresses.items()
+                if current.addresses.get(a) != f] if addresses else []
+    update_batch(addr_t, new_addr)
     new_be = [(be_t.Key(i), _backend_leaf(be_t, v)) for i, v in desired.backends.items()
               if current.backends.get(i) != v]
     changed = {k: v for k, v in desired.services.items() if current.services.get(k) != v}
@@ -101,11 +137,51 @@ def apply(prog: NodeProgram, current: NodeMaps, desired: NodeMaps) -> Change:
     removed = current.lb_sources - desired.lb_sources
     for sid, net in removed:
         src_t.pop(_source_key(src_t, sid, net), None)
-    ch.upserted = len(new_be) + len(slots) + len(heads) + len(added) + len(matched)
-    ch.deleted = len(gone_svc) + len(gone_be) + len(unmatched) + len(removed)
+    gone_addr = [a for a in current.addresses if a not in desired.addresses] if addresses else []
+    delete_batch(addr_t, [addr_t.Key(socket.htonl(a)) for a in gone_addr])
+    ch.upserted = len(new_be) + len(slots) + len(heads) + len(added) + len(matched) + len(new_addr)
+    ch.deleted = len(gone_svc) + len(gone_be) + len(unmatched) + len(removed) + len(gone_addr)
     live = set(desired.backends.values())
     ch.removed_backends = {v for v in current.backends.values() if v not in live}
     return ch
+
+
+def grow_addresses(prog: NodeProgram, held: dict, wanted: dict) -> int:
+    """Before a sync writes anything else: every bit `wanted` adds to what the addresses map holds
+    (`held`, updated in place), written, so no flow can reach an address the fast path does not
+    know. Nothing is removed here. Returns the entries written."""
+    t = prog.table("addresses")
+    pairs = []
+    for a, f in wanted.items():
+        h = held.get(a, 0)
+        if f & ~h:
+            held[a] = h | f
+            pairs.append((t.Key(socket.htonl(a)), t.Leaf(h | f)))
+    update_batch(t, pairs)
+    return len(pairs)
+
+
+def settle_addresses(prog: NodeProgram, held: dict, wanted: dict, used: set, among) -> tuple[int, int]:
+    """After a sync's flush: each address of `among` holds what `wanted` gives it, and what it held
+    besides while a conntrack entry that outlived the flush still names it (`used`: a UDP flow of
+    a deleted service lives on until it expires, and its packets must still find it). `held` is
+    updated in place. Returns (entries written, entries deleted)."""
+    t = prog.table("addresses")
+    write, gone = [], []
+    for a in among:
+        h = held.get(a, 0)
+        target = wanted.get(a, 0) | (h if a in used else 0)
+        if target == h:
+            continue
+        if target:
+            held[a] = target
+            write.append((t.Key(socket.htonl(a)), t.Leaf(target)))
+        else:
+            del held[a]
+            gone.append(t.Key(socket.htonl(a)))
+    update_batch(t, write)
+    delete_batch(t, gone)
+    return len(write), len(gone)
 
 
 def read_node_maps(prog: NodeProgram) -> NodeMaps:
@@ -116,6 +192,7 @@ def read_node_maps(prog: NodeProgram) -> NodeMaps:
     out.affinity_match = {(k.svc_id, k.backend_id) for k in prog.table("affinity_match").keys()}
     out.lb_sources = {(k.svc_id, IPv4Network(f"{from_be32(k.addr)}/{k.prefixlen - 32}"))
                       for k in prog.table("lb_sources").keys()}
+    out.addresses = {socket.ntohl(k.value): v.value for k, v in prog.table("addresses").items()}
     return out
 
 

@@ -28,7 +28,7 @@ from .source import assemble
 TC_INGRESS = "ffff:fff2"
 TC_EGRESS = "ffff:fff3"
 MAP_NAMES = ("services", "backends", "conntrack", "affinity", "affinity_match", "nosnat", "frags", "sock_revnat",
-             "metrics", "config", "nonmasq", "lb_sources", "layout")
+             "metrics", "config", "nonmasq", "lb_sources", "addresses", "layout")
 TC_PARENTS = {TC_INGRESS: 0xFFFFFFF2, TC_EGRESS: 0xFFFFFFF3}
 ENTRY_POINTS = ("from_pod", "to_pod", "from_netdev", "to_netdev")
 # The node's socket hooks (cgroup/connect4 and friends): entry point -> its attach type

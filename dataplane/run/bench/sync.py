@@ -1,41 +1,33 @@
-"""How long a backend takes to program N services, to change one of them, and what a connection
-costs with N services installed, on one lab node.
+"""Control-plane figures on a BenchLab: `dataplane bench sync`.
 
-Method, per backend and N: build a one-node lab (pods `web` and `client`), set the backend up with
-no services, then time `sync` to N services (everything written), then `sync` to the same table
-with one service given a second endpoint (one change, made with the table's change tracker:
-`ServiceTable.updated`), with time.perf_counter around the backend call (rules tools or map
-writes included, conntrack cleanup included). Then the client opens
-REQUESTS fresh TCP connections to the last service's cluster IP (last in kube-proxy's
-KUBE-SERVICES order) and the median and 90th percentile of connect+request+answer are reported.
+Per backend and N, time.perf_counter around the backend's sync call (rules tools or map writes
+included, conntrack cleanup included):
+
+  apply all    the table emptied (untimed), then N filler services written in one sync
+  change one   one service gains an endpoint: a sync told of that one change (the table's change
+               tracker, `ServiceTable.updated`, as the agent's apply or an informer event tells it)
+  churn        for SECONDS, a random service gains or loses that endpoint, one sync per change:
+               changes absorbed per second; then the same with BATCH changes per sync (as
+               kube-proxy batches the events of its minSyncPeriod)
+  memory       the kernel's memory (Slab + Percpu + VmallocUsed of /proc/meminfo) after apply all,
+               less before it, per service; the eBPF maps are preallocated when the programs load,
+               so theirs does not grow with N (their size is in docs/benchmarks.md). Machine-wide:
+               anything else the machine does in that second is in it, so only N >= 1,000 is shown.
+
+Every figure is repeated REPS times on the same lab, its median and spread reported.
 """
 from __future__ import annotations
 
-import json
 import os
 import platform
-import statistics
-import sys
+import random
+import subprocess
 import time
-from dataclasses import dataclass
 
-from ... import backends
-from ...lab.workload.argv import client_argv
-from ...spec.checks import CheckSpec
-from ...lab import netns
-from ...lab.lab import Lab
-from ...spec.table import ServiceTable
-from .synthetic import one_node, services, vip
+from .lab import BenchLab, table, toggled
+from .traffic import _row
 
-@dataclass
-class Result:
-    backend: str
-    services: int
-    apply_s: float          # sync from no services to N
-    change_one_s: float     # sync of one changed service
-    connect_ms_p50: float
-    connect_ms_p90: float
-    requests: int
+BATCH = 100
 
 
 def machine() -> str:
@@ -48,36 +40,71 @@ def machine() -> str:
     return f"{platform.system()} {platform.release()}, {os.cpu_count()} CPUs ({cpu})"
 
 
-def run_one(backend_name: str, n: int, requests: int, lab_name: str = "bench", progress=lambda m: None) -> Result:
-    spec = one_node()
-    web = next(p for p in spec.pods if p.name == "web")
-    table = services(n, pod_ip=str(web.ip))
-    # one service gains an endpoint, told as a change (the table's tracker), as the agent's
-    # apply or an informer event would tell it
-    one = services(n, pod_ip=str(web.ip), two_endpoints={n // 2})
-    key = f"default/svc-{n // 2:05d}"
-    changed = table.updated([one.services[key]])
-    backend = backends.get(backend_name)
-    lab = Lab.create(spec, lab_name, progress=progress, backend=backend.name)
+def revision() -> str:
+    """The checkout's commit, with '+' if it has changes: a figure names the code it measured."""
+    here = os.path.dirname(os.path.abspath(__file__))
     try:
-        backend.setup(lab, ServiceTable())
-        progress(f"{backend_name}: applying {n} services")
+        rev = subprocess.run(["git", "-C", here, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", here, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+    return (rev + ("+" if dirty else "")) if rev else "?"
+
+
+def kernel_memory() -> int:
+    fields = {}
+    with open("/proc/meminfo") as f:
+        for line in f:
+            k, v = line.split(":", 1)
+            fields[k] = int(v.split()[0]) * 1024
+    return fields.get("Slab", 0) + fields.get("Percpu", 0) + fields.get("VmallocUsed", 0)
+
+
+def _toggled(lab: BenchLab, current, keys) -> object:
+    """current with an endpoint toggled in each of the services `keys`, as one tracked change."""
+    extra = lab.pods["remote"]
+    return current.updated([toggled(current.services[k], extra) for k in keys])
+
+
+def control(lab: BenchLab, full, reps: int, seconds: float, rng: random.Random) -> list[dict]:
+    """The figures of syncing `full` (a table of lab.py's), N its services besides the bench's own."""
+    name = lab.backend.name
+    keys = [k for k, s in full.services.items() if s.namespace != "bench" and s.endpoints]
+    n = sum(1 for s in full if s.namespace != "bench")
+    apply_s, change_s, memory = [], [], []
+    empty = table(0, lab.pods)
+    for _ in range(reps):
+        lab.sync(empty)
+        lab.progress(f"{name}: apply {n:,} services")
+        before = kernel_memory()
         t0 = time.perf_counter()
-        backend.sync(lab, table)
-        t1 = time.perf_counter()
-        backend.sync(lab, changed)
-        t2 = time.perf_counter()
-        progress(f"{backend_name}: {requests} connections to the last service")
-        check = CheckSpec(name="bench", client="client", target="service", ip=vip(n - 1), port=80,
-                          protocol="TCP", expect="reachable", requests=requests, timeout=2)
-        out = netns.run(lab.record.objects["client"], client_argv(sys.executable, check), timeout=requests * 5 + 30)
-        ms = [r["ms"] for r in json.loads(out.stdout)["results"] if r["outcome"] == "reachable"]
-        if len(ms) != requests:
-            raise RuntimeError(f"{backend_name}: only {len(ms)} of {requests} connections succeeded")
-        ms.sort()
-        return Result(backend_name, n, t1 - t0, t2 - t1, statistics.median(ms), ms[int(len(ms) * 0.9) - 1], requests)
-    finally:
-        try:
-            backend.teardown(lab)
-        finally:
-            lab.teardown()
+        lab.sync(full)
+        apply_s.append((time.perf_counter() - t0) * 1000)
+        memory.append((kernel_memory() - before) / n)
+        lab.progress(f"{name}: change one of {n:,}")
+        nxt = _toggled(lab, lab.table, [rng.choice(keys)])
+        t0 = time.perf_counter()
+        lab.sync(nxt)
+        change_s.append((time.perf_counter() - t0) * 1000)
+    rows = [_row("sync", name, n, "apply all", "ms", apply_s), _row("sync", name, n, "change one", "ms", change_s)]
+    if n >= 1000:
+        rows.append(_row("sync", name, n, "kernel memory per service", "bytes", memory))
+    for batch in (1, BATCH):
+        rates = []
+        for _ in range(reps):
+            lab.progress(f"{name}: endpoint churn for {seconds:g} s, {batch} per sync, {n:,} services")
+            rates.append(_churn(lab, keys, seconds, batch, rng))
+        rows.append(_row("sync", name, n, f"churn, {batch} per sync", "changes/s", rates))
+    return rows
+
+
+def _churn(lab: BenchLab, keys: list, seconds: float, batch: int, rng: random.Random) -> float:
+    """Changes per second absorbed: at least one sync, however long it takes."""
+    batch = min(batch, len(keys))
+    changes, t0 = 0, time.perf_counter()
+    while changes == 0 or time.perf_counter() - t0 < seconds:
+        lab.sync(_toggled(lab, lab.table, rng.sample(keys, batch)))
+        changes += batch
+    return changes / (time.perf_counter() - t0)

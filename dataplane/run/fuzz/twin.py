@@ -11,9 +11,10 @@ Used by the packet fuzzer (`dataplane fuzz packets`) and the BPF fixtures (tests
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 from ...backends.ebpf import sync_node
-from ...backends.ebpf.maps import apply
+from ...backends.ebpf.maps import apply, grow_addresses
 from ...backends.ebpf.program import NodeProgram, be16, from_be32
 from ...backends.ebpf.testrun import run
 from ...contract.consts import (CT_F_EGRESS, CT_F_FIN_ORIG, CT_F_FIN_REPLY, CT_F_HAIRPIN, CT_F_RST,
@@ -25,7 +26,8 @@ from ...oracle.frontends import EVERYONE, PODS, Backend, frontends
 from ...spec.policy import flow_keep
 
 HOOKS = ("from_pod", "to_pod", "from_netdev", "to_netdev")
-STATE_MAPS = ("services", "backends", "conntrack", "affinity", "affinity_match", "lb_sources", "nosnat", "frags")
+STATE_MAPS = ("services", "backends", "conntrack", "affinity", "affinity_match", "lb_sources", "nosnat", "frags",
+              "addresses")
 EXPIRY_SLACK_NS = 1_000_000_000     # both clocks are read within the same second
 
 
@@ -68,8 +70,10 @@ class Twin:
     def program(self, table) -> NodeMaps:
         """Write `table` into the BPF maps only (no flush); the oracle is told separately."""
         rendered = render_node(table, self.node, self.ids, self.config.node_ip)
-        apply(self.prog, self.rendered, rendered)
-        self._learn(rendered)
+        held = dict(self.rendered.addresses)        # as a sync writes before its flush: no address removed
+        grow_addresses(self.prog, held, rendered.addresses)
+        apply(self.prog, self.rendered, rendered, addresses=False)
+        self._learn(replace(rendered, addresses=held))
         return rendered
 
     def _learn(self, rendered: NodeMaps) -> None:
@@ -86,8 +90,8 @@ class Twin:
         NodeState.sync do it: (entries the BPF side forgot, entries the oracle forgot)."""
         rendered = render_node(table, self.node, self.ids, self.config.node_ip)
         keep = flow_keep(table)
-        _, flushed = sync_node(self.prog, self.rendered, rendered, keep)
-        self._learn(rendered)
+        _, flushed, held = sync_node(self.prog, self.rendered, rendered, keep)
+        self._learn(held)
         return flushed, self.oracle.s.sync(frontends(table, self.node, self.config.node_ip), keep)
 
     # -- time ----------------------------------------------------------------------------------------
