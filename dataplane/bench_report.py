@@ -28,6 +28,8 @@ def text(run) -> str:
              f"each figure: the median of {run.params.reps} repeats [min - max]; {run.seconds:.0f} s in all"]
     if run.params.source != "synthetic":
         lines.append(f"services: synthetic fillers beside those of {run.params.source}")
+    for e in run.errors:
+        lines.append(f"FAILED {e['backend']}: {e['error']} (its figures before the failure are kept)")
     by_bench = defaultdict(list)
     for r in run.rows:
         by_bench[r["bench"]].append(r)
@@ -76,7 +78,8 @@ def plots(run, out_dir: str) -> list[str]:
 
 
 def _series(rows, **match):
-    pts = sorted((r["services"], r) for r in rows if all(r.get(k) == v for k, v in match.items()))
+    pts = sorted(((r["services"], r) for r in rows if all(r.get(k) == v for k, v in match.items())),
+                 key=lambda p: p[0])
     return [p[0] for p in pts], [p[1] for p in pts]
 
 

@@ -549,7 +549,7 @@ def _int_list(text: str | None, what: str, lo: int, hi: int) -> tuple | None:
     bad = [v for v in values if not lo <= v <= hi]
     if not values or bad:
         raise click.BadParameter(f"each from {lo:,} to {hi:,}" + (f"; got {bad[0]:,}" if bad else ""), param_hint=what)
-    return values
+    return tuple(sorted(set(values)))
 
 
 def bench_options(command):
@@ -583,22 +583,23 @@ def _bench(benches, names, sizes, reps, quick, dump, scale, seed, as_json, out_d
     from . import bench_report
     if scale != 1 and not dump:
         raise click.UsageError("--scale multiplies the services of --services-from: give a dump too")
+    sizes = _int_list(sizes, "--services", 1, 65000)      # every option checked before anything runs
     lab_benches = [b for b in benches if b in suite.LAB_BENCHES]
-    doctor.require("root", "bpf")
-    if "kernel" in benches:
-        doctor.require("bcc", "bcc-compile")
-    for name in names or ():
-        doctor.require(*backends.get(name).needs)
-    if lab_benches:
-        doctor.require("gcc", "iperf3")
     imported = None
     if dump:
         from .run.bench.imported import from_dump
-        imported = from_dump(dump, scale)
+        try:
+            imported = from_dump(dump, scale)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--scale") from None
+    doctor.require("root", "bpf")
+    if "kernel" in benches:
+        doctor.require("bcc", "bcc-compile")
+    if lab_benches:
+        doctor.require("gcc", "iperf3")
     params = suite.quick_or_full(
-        quick, backends=tuple(names) or None, services=_int_list(sizes, "--services", 1, 65000) or
-        ((1,) if dump else None), reps=reps, seed=seed, imported=imported,
-        source=f"{os.path.basename(dump)} x{scale}" if dump else None, **extra)
+        quick, backends=tuple(names) or None, services=sizes or ((1,) if dump else None), reps=reps, seed=seed,
+        imported=imported, source=f"{os.path.basename(dump)} x{scale}" if dump else None, **extra)
     if lab_benches:
         for name in params.backends:
             doctor.require(*backends.get(name).needs)
@@ -620,6 +621,8 @@ def _bench(benches, names, sizes, reps, quick, dump, scale, seed, as_json, out_d
         click.echo(json.dumps(run.to_json(), indent=1))
     else:
         click.echo(report)
+    if run.errors:
+        raise SystemExit(1)
 
 
 @bench.command(name="all", epilog="""\b
@@ -710,9 +713,9 @@ def bench_kernel(fills, calls, quick, seed, as_json, out_dir):
     masquerade, traffic not for a service) against the number of services installed, beside a
     trivial program as the floor. One packet per BPF_PROG_TEST_RUN call, timed by the kernel;
     see dataplane/run/bench/kernel.py for the method."""
+    fills = _int_list(fills, "--services", 1, 65536)
     _bench(("kernel",), names=(), sizes=None, reps=1, quick=quick, dump=None, scale=1, seed=seed,
-           as_json=as_json, out_dir=out_dir, kernel_fills=_int_list(fills, "--services", 1, 65536),
-           kernel_calls=calls)
+           as_json=as_json, out_dir=out_dir, kernel_fills=fills, kernel_calls=calls)
 
 
 @cli.group(epilog="""\b

@@ -28,8 +28,11 @@
 #ifndef FRAG_MAP_SIZE
 #define FRAG_MAP_SIZE     8192
 #endif
+/* Frontend and endpoint addresses (the pod hooks' fast path): every distinct one is a frontend,
+ * which takes at least two services entries (a head and a marker or slot), or a backend; sized from
+ * those two, so --map-size services=... or backends=... makes room here too. */
 #ifndef ADDRESSES_MAP_SIZE
-#define ADDRESSES_MAP_SIZE 262144   /* frontend and endpoint addresses (the fast path's filter) */
+#define ADDRESSES_MAP_SIZE (SVC_MAP_SIZE / 2 + BACKEND_MAP_SIZE)
 #endif
 
 /* Fixed: the loader writes at most this many (ip-masq-agent CIDRs; LoadBalancer source ranges). */

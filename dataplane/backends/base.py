@@ -63,6 +63,13 @@ class Backend:
         the number of entries removed."""
         return 0
 
+    def forget_flows(self, lab) -> None:
+        """Forget every flow (a benchmark's figure starts from empty tables): the kernel's
+        conntrack in every node; a backend that keeps flows of its own clears them too."""
+        from ..lab import netns
+        for node in lab.spec.nodes:
+            netns.run(lab.record.objects[node.name], ["conntrack", "-F"], timeout=60)
+
     def metrics(self) -> dict:
         """node -> {counter: packets}; empty for a backend without counters."""
         return {}

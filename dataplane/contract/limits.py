@@ -43,6 +43,11 @@ class MapSizes:
     def __post_init__(self):
         self.conntrack = self.conntrack or conntrack_entries()
 
+    @property
+    def addresses(self) -> int:
+        """The addresses map's capacity: map_sizes.h's ADDRESSES_MAP_SIZE, from the two above."""
+        return self.services // 2 + self.backends
+
     @classmethod
     def parse(cls, items) -> "MapSizes":
         """From NAME=ENTRIES strings (the CLI's --map-size)."""

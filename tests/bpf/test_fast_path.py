@@ -12,7 +12,7 @@ import pytest
 
 from dataplane.backends.ebpf import EbpfBackend
 from dataplane.backends.ebpf.testrun import run
-from dataplane.contract.consts import ADDR_F_ENDPOINT, ADDR_F_FRONTEND
+from dataplane.contract.consts import ADDR_F_ENDPOINT, ADDR_F_FRONTEND, CT_REPLY, CT_SERVICE
 from dataplane.spec.table import Endpoint, EndpointPort, Service, ServicePort, ServiceTable
 from tests.bpf.packets import CLIENT, IP, UDP, WEB1, from_pod, parsed, udp
 from tests.bpf.test_change_tracking import _backend
@@ -41,8 +41,11 @@ def _metric(program, name):
     return program.metrics().get(name, 0)
 
 
-@pytest.mark.parametrize("tracked", [True, False], ids=["change-tracked", "full"])
-def test_a_udp_flow_outliving_its_service_keeps_its_addresses(program, tracked):
+@pytest.mark.parametrize("tracked, evicted", [(True, None), (False, None), (True, CT_REPLY), (True, CT_SERVICE)],
+                         ids=["change-tracked", "full", "reply-half-evicted", "service-half-evicted"])
+def test_a_udp_flow_outliving_its_service_keeps_its_addresses(program, tracked, evicted):
+    """`evicted`: the LRU table lost one half of the flow before the sync; the next packet heals
+    it from the other, so the addresses the healed half is keyed by must stay too."""
     b: EbpfBackend = _backend(program)
     table = ServiceTable()
     for i in range(40 if tracked else 0):            # a table large enough for the tracked path
@@ -52,10 +55,17 @@ def test_a_udp_flow_outliving_its_service_keeps_its_addresses(program, tracked):
     assert _addresses(program)[str(VIP)] == ADDR_F_FRONTEND and _addresses(program)[WEB1] == ADDR_F_ENDPOINT
     out = run(program.fns["from_pod"].fd, bytes(from_pod(CLIENT, str(VIP), udp(40000, 53))))
     assert parsed(out.data)[IP].dst == WEB1
+    if evicted:
+        ct = program.table("conntrack")
+        for k in [k for k in ct.keys() if k.dir == evicted]:
+            del ct[k]
     # the service is deleted: kube-proxy's reconciler leaves its UDP flows to expire (datapath.md)
     gone = table.updated([], ["default/dns"]) if tracked else ServiceTable()
     b.sync(None, gone)
     assert _addresses(program).get(str(VIP)) and _addresses(program).get(WEB1), "still named by the flow"
+    if evicted != CT_SERVICE:   # (a client's datagram finds no flow without its half, fast path or not)
+        again = run(program.fns["from_pod"].fd, bytes(from_pod(CLIENT, str(VIP), udp(40000, 53))))
+        assert parsed(again.data)[IP].dst == WEB1, "the client's next datagram still reaches its backend"
     reply = run(program.fns["from_pod"].fd, bytes(from_pod(WEB1, CLIENT, udp(5353, 40000))))
     assert parsed(reply.data)[IP].src == str(VIP) and parsed(reply.data)[UDP].sport == 53, "reverse NAT kept"
     # the flow gone (its entries expired and collected), the next sync lets the addresses go

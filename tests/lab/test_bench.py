@@ -48,6 +48,9 @@ def test_dpperf_counts_what_it_does(ns):
         assert got == {"ns": [], "errors": {"refused": 5}}
         got = _run(ns, perf.rr_argv("127.0.0.1", SERVE_PORT, 200, 64))
         assert len(got["ns"]) == 200 and got["errors"] == {}
+        # echoes larger than a socket's send buffer come back whole (written as room appears)
+        got = _run(ns, perf.rr_argv("127.0.0.1", SERVE_PORT, 20, 65536))
+        assert len(got["ns"]) == 20 and got["errors"] == {}
         got = _run(ns, perf.crr_argv(SERVE_PORT, 1, 2), stdin="127.0.0.1\n")
         assert got["connections"] > 0 and got["errors"] == 0 and got["processes"] == 2
     finally:

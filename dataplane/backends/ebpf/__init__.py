@@ -27,7 +27,7 @@ from ...lab.names import pin_dir
 from ..base import Backend, HealthCheckServing
 from ...spec.policy import FlowKeep, flow_keep
 from ...spec.table import ServiceTable
-from .maps import apply, batch_items, grow_addresses, read_node_maps, settle_addresses
+from .maps import apply, batch_items, delete_batch, grow_addresses, read_node_maps, settle_addresses
 from ...contract.limits import CtTimeouts, MapSizes
 from .program import NodeProgram, be16, from_be32
 from ...contract.headers import numeric_defines
@@ -36,7 +36,6 @@ from ...contract.consts import CT_F_EGRESS, CT_F_HAIRPIN, CT_REPLY, CT_SERVICE, 
 
 
 LB_SOURCES_MAP_SIZE = numeric_defines("map_sizes.h")["LB_SOURCES_MAP_SIZE"]
-ADDRESSES_MAP_SIZE = numeric_defines("map_sizes.h")["ADDRESSES_MAP_SIZE"]
 
 
 @dataclass
@@ -262,6 +261,13 @@ class EbpfBackend(HealthCheckServing, Backend):
         if os.path.isdir(pin_root) and not os.listdir(pin_root):
             os.rmdir(pin_root)
 
+    def forget_flows(self, lab) -> None:
+        super().forget_flows(lab)
+        for prog in self.nodes.values():
+            for name in ("conntrack", "affinity", "nosnat", "sock_revnat"):
+                table = prog.table(name)
+                delete_batch(table, [k for k, _ in batch_items(table)])
+
     def metrics(self) -> dict:
         return {node: prog.metrics() for node, prog in self.nodes.items()}
 
@@ -300,9 +306,9 @@ def check_room(node: str, current: NodeMaps, desired: NodeMaps, sizes: MapSizes)
             ("backends", set(current.backends), set(desired.backends), sizes.backends, "backends"),
             ("affinity_match", current.affinity_match, desired.affinity_match, sizes.services, "services"),
             ("lb_sources", current.lb_sources, desired.lb_sources, LB_SOURCES_MAP_SIZE, None),
-            ("addresses", set(current.addresses), set(desired.addresses), ADDRESSES_MAP_SIZE, None))
+            ("addresses", set(current.addresses), set(desired.addresses), sizes.addresses, "backends"))
     for name, before, after, size, option in room:
-        _refuse_over(node, name, len(before | after), len(after), size, option)
+        _refuse_over(node, name, len(before | after), len(after), size, option, sizes)
 
 
 def check_room_change(node: str, current: NodeMaps, plan, sizes: MapSizes) -> None:
@@ -317,19 +323,21 @@ def check_room_change(node: str, current: NodeMaps, plan, sizes: MapSizes) -> No
             ("lb_sources", len(current.lb_sources), plan.before.lb_sources, plan.after.lb_sources,
              LB_SOURCES_MAP_SIZE, None),
             ("addresses", len(current.addresses), plan.before.addresses.keys(), plan.after.addresses.keys(),
-             ADDRESSES_MAP_SIZE, None))
+             sizes.addresses, "backends"))
     for name, now, before, after, size, option in room:
         added = len(set(after) - set(before)) if name != "backends" else len(set(after) - current.backends.keys())
         removed = len(set(before) - set(after)) if name != "backends" else len(before)
-        _refuse_over(node, name, now + added, now + added - removed, size, option)
+        _refuse_over(node, name, now + added, now + added - removed, size, option, sizes)
 
 
-def _refuse_over(node: str, name: str, peak: int, done: int, size: int, option) -> None:
+def _refuse_over(node: str, name: str, peak: int, done: int, size: int, option, sizes: MapSizes) -> None:
     if peak <= size:
         return
-    fix = (f"bring the lab up with --map-size {option}={_room_for(peak)} (a running lab keeps the size its "
+    # the addresses map is sized services/2 + backends (map_sizes.h): more backends make its room
+    need = peak - sizes.services // 2 if name == "addresses" else peak
+    fix = (f"bring the lab up with --map-size {option}={_room_for(need)} (a running lab keeps the size its "
            f"maps were pinned with)" if option else
-           f"{name.upper()}_MAP_SIZE in bpf/include/map_sizes.h fixes it at {size:,}")
+           f"LB_SOURCES_MAP_SIZE in bpf/include/map_sizes.h fixes it at {size:,}")
     raise MapFull(f"{node}: the {name} map holds {size:,} entries; this sync needs {peak:,} at its peak "
                   f"({done:,} when done): nothing was written, the dataplane keeps its previous "
                   f"state; {fix}")
@@ -461,10 +469,12 @@ def flush_flows(prog: NodeProgram, keep: FlowKeep) -> tuple[int, set]:
         for t in pair:
             if t in entries:
                 doomed[t] = entries[t][0]
+    # every address a surviving entry names, and every address the half it heals (should the LRU
+    # table lose the other) would be keyed by: its translation's and its mapping's
     used = set()
     for t in entries.keys() - doomed.keys():
-        used.add(socket.ntohl(t[0]))
-        used.add(socket.ntohl(t[2]))
+        v = entries[t][1]
+        used.update(socket.ntohl(a) for a in (t[0], t[2], v.nat_addr, v.snat_addr) if a)
     for k in doomed.values():                    # 1: expired
         try:
             v = ct[k]

@@ -151,14 +151,10 @@ def grow_addresses(prog: NodeProgram, held: dict, wanted: dict) -> int:
     (`held`, updated in place), written, so no flow can reach an address the fast path does not
     know. Nothing is removed here. Returns the entries written."""
     t = prog.table("addresses")
-    pairs = []
-    for a, f in wanted.items():
-        h = held.get(a, 0)
-        if f & ~h:
-            held[a] = h | f
-            pairs.append((t.Key(socket.htonl(a)), t.Leaf(h | f)))
-    update_batch(t, pairs)
-    return len(pairs)
+    grown = {a: held.get(a, 0) | f for a, f in wanted.items() if f & ~held.get(a, 0)}
+    update_batch(t, [(t.Key(socket.htonl(a)), t.Leaf(f)) for a, f in grown.items()])
+    held.update(grown)          # only once written: `held` never claims what the kernel lacks
+    return len(grown)
 
 
 def settle_addresses(prog: NodeProgram, held: dict, wanted: dict, used: set, among) -> tuple[int, int]:
@@ -167,20 +163,23 @@ def settle_addresses(prog: NodeProgram, held: dict, wanted: dict, used: set, amo
     a deleted service lives on until it expires, and its packets must still find it). `held` is
     updated in place. Returns (entries written, entries deleted)."""
     t = prog.table("addresses")
-    write, gone = [], []
+    write, gone = {}, []
     for a in among:
         h = held.get(a, 0)
         target = wanted.get(a, 0) | (h if a in used else 0)
         if target == h:
             continue
         if target:
-            held[a] = target
-            write.append((t.Key(socket.htonl(a)), t.Leaf(target)))
+            write[a] = target
         else:
-            del held[a]
-            gone.append(t.Key(socket.htonl(a)))
-    update_batch(t, write)
-    delete_batch(t, gone)
+            gone.append(a)
+    # each half recorded only once written; a failure leaves `held` claiming at most bits the
+    # kernel still has (a removal not done yet), never bits it lacks
+    update_batch(t, [(t.Key(socket.htonl(a)), t.Leaf(f)) for a, f in write.items()])
+    held.update(write)
+    delete_batch(t, [t.Key(socket.htonl(a)) for a in gone])
+    for a in gone:
+        del held[a]
     return len(write), len(gone)
 
 
@@ -192,7 +191,8 @@ def read_node_maps(prog: NodeProgram) -> NodeMaps:
     out.affinity_match = {(k.svc_id, k.backend_id) for k in prog.table("affinity_match").keys()}
     out.lb_sources = {(k.svc_id, IPv4Network(f"{from_be32(k.addr)}/{k.prefixlen - 32}"))
                       for k in prog.table("lb_sources").keys()}
-    out.addresses = {socket.ntohl(k.value): v.value for k, v in prog.table("addresses").items()}
+    # (a batch read's array of a plain C type hands back ints, not c_uint objects)
+    out.addresses = {socket.ntohl(k): v for k, v in batch_items(prog.table("addresses"))}
     return out
 
 

@@ -34,6 +34,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -144,6 +145,30 @@ static void print_samples(uint64_t *ns, long n)
 	printf("}}\n");
 }
 
+/* Echo all of buf on a non-blocking socket: what the send buffer cannot take now is written as
+ * room appears (a client reads its echo only after sending the whole request, so waiting here
+ * for at most 2 s cannot deadlock it). 0, or -1 when the peer is gone or stalled. */
+static int write_all(int fd, const char *buf, size_t len)
+{
+	while (len) {
+		ssize_t n = write(fd, buf, len);
+		if (n > 0) {
+			buf += n;
+			len -= n;
+			continue;
+		}
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && errno == EAGAIN) {
+			struct pollfd p = {.fd = fd, .events = POLLOUT};
+			if (poll(&p, 1, 2000) == 1)
+				continue;
+		}
+		return -1;
+	}
+	return 0;
+}
+
 static int serve(int port)
 {
 	struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
@@ -182,17 +207,20 @@ static int serve(int port)
 					ev.data.fd = c;
 					epoll_ctl(ep, EPOLL_CTL_ADD, c, &ev);
 				}
+				if (errno == EMFILE || errno == ENFILE)
+					usleep(10000);	/* out of descriptors: let connections close */
 				continue;
 			}
 			ssize_t r = read(fd, buf, sizeof(buf));
 			if (r > 0) {
-				if (write(fd, buf, r) < 0 && errno != EAGAIN)
+				if (write_all(fd, buf, r) < 0)
 					close(fd);
 			} else if (r == 0 || errno != EAGAIN) {
 				close(fd);	/* closing removes it from the epoll set */
 			}
 		}
 	}
+	return 0;	/* not reached: the server runs until it is killed */
 }
 
 static int connect_timed(const struct sockaddr_in *to, uint64_t *took)
@@ -268,6 +296,7 @@ out:
 static long crr_loop(double seconds, long *errors)
 {
 	uint64_t end = now_ns() + (uint64_t)(seconds * 1e9), took;
+	/* (every process runs to the same deadline: the parent reports the time they took) */
 	long done = 0, i = getpid();
 	char c = 'x';
 	while (now_ns() < end) {
@@ -290,10 +319,14 @@ static int cmd_crr(int port, double seconds, int procs)
 	int pipes[64][2];
 	long total = 0, errors = 0;
 	read_targets(port);
+	uint64_t t0 = now_ns();
 	for (int p = 0; p < procs; p++) {
 		if (pipe(pipes[p]) < 0)
 			die("pipe");
-		if (fork() == 0) {
+		pid_t pid = fork();
+		if (pid < 0)
+			die("fork");
+		if (pid == 0) {
 			long res[2] = {0, 0};
 			res[0] = crr_loop(seconds, &res[1]);
 			if (write(pipes[p][1], res, sizeof(res)) != sizeof(res))
@@ -313,8 +346,8 @@ static int cmd_crr(int port, double seconds, int procs)
 	}
 	while (wait(NULL) > 0)
 		;
-	printf("{\"connections\": %ld, \"seconds\": %g, \"errors\": %ld, \"processes\": %d}\n", total, seconds, errors,
-	       procs);
+	printf("{\"connections\": %ld, \"seconds\": %g, \"errors\": %ld, \"processes\": %d}\n", total,
+	       (now_ns() - t0) / 1e9, errors, procs);
 	return 0;
 }
 
@@ -338,6 +371,8 @@ static int cmd_udp_sink(int port, double seconds, double wait_s)
 		printf("{\"packets\": 0, \"bytes\": 0, \"seconds\": 0, \"error\": \"nothing arrived in %g s\"}\n", wait_s);
 		return 0;
 	}
+	/* the window starts with the first datagram, which is not counted: N datagrams after it
+	 * arrived in the window's length */
 	uint64_t t0 = now_ns(), end = t0 + (uint64_t)(seconds * 1e9);
 	struct timeval poll = {.tv_usec = 100000};
 	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &poll, sizeof(poll));

@@ -33,7 +33,7 @@ def binary() -> str:
                         "or run `sudo make setup`)")
     os.makedirs(BIN_DIR, exist_ok=True)
     tmp = f"{path}.{os.getpid()}.tmp"
-    done = subprocess.run([gcc, "-O2", "-Wall", "-o", tmp, SOURCE], capture_output=True, text=True)
+    done = subprocess.run([gcc, "-O2", "-Wall", "-Werror", "-o", tmp, SOURCE], capture_output=True, text=True)
     if done.returncode != 0:
         raise PerfError(f"building {SOURCE} failed:\n{done.stderr.strip()}")
     os.replace(tmp, path)       # atomic: a concurrent build never runs a half-written file

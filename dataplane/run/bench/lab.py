@@ -131,8 +131,8 @@ class BenchLab:
         logdir = state.lab_files(self.lab.name)
         log_path = os.path.join(logdir, f"{obj}-{os.path.basename(argv[0])}-{argv[1]}.log")
         with open(log_path, "w") as log:
-            proc = netns.popen(self.ns(obj), argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                               stderr=log, start_new_session=True)
+            proc = netns.popen(self.ns(obj), argv, stdin=subprocess.DEVNULL,
+                               stdout=subprocess.PIPE if wait_ready else log, stderr=log, start_new_session=True)
         self._procs.append(proc)
         if wait_ready:
             line = proc.stdout.readline().decode().strip()
@@ -153,16 +153,19 @@ class BenchLab:
                                  f"{(out.stderr or out.stdout).strip()[-300:]}")
         return perf.parse(out.stdout, f"{argv[1] if len(argv) > 1 else argv[0]} in {obj}")
 
+    def forget_flows(self) -> None:
+        """Empty conntrack tables (the kernel's, and the backend's own): each traffic figure
+        starts as the first, whatever ran before it."""
+        self.backend.forget_flows(self.lab)
+
     def close(self) -> None:
         try:
             for proc in self._procs:
                 proc.kill()
                 proc.wait()
             self._procs = []
+        finally:
             try:
                 self.backend.teardown(self.lab)
             finally:
-                self.lab.teardown()
-        except Exception as exc:       # noqa: BLE001 - the lab's teardown says what it could not remove
-            self.progress(f"teardown of {self.lab.name}: {exc}")
-            raise
+                self.lab.teardown()     # also kills whatever still runs in its namespaces

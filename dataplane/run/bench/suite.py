@@ -50,6 +50,7 @@ class Run:
     date: str
     seconds: float = 0
     rows: list = field(default_factory=list)
+    errors: list = field(default_factory=list)      # {"backend", "error"}: a backend whose run failed
 
     def to_json(self) -> dict:
         p = self.params
@@ -59,17 +60,22 @@ class Run:
                            "connects": p.connects, "round_trips": p.round_trips, "seconds": p.seconds,
                            "kernel_fills": list(p.kernel_fills), "kernel_calls": p.kernel_calls, "seed": p.seed,
                            "services_from": p.source},
-                "rows": self.rows}
+                "rows": self.rows, "errors": self.errors}
 
 
 def run(benches, params: Params, progress=lambda m: None) -> Run:
     out = Run(params, tuple(b for b in BENCHES if b in benches), sync.machine(), sync.revision(),
               time.strftime("%Y-%m-%d %H:%M %Z"))
     t0 = time.monotonic()
-    rng = random.Random(params.seed)
     if any(b in LAB_BENCHES for b in benches):
         for i, name in enumerate(params.backends):
-            out.rows += _backend(name, f"bench{i}", benches, params, rng, progress)
+            # each backend its own stream of the seed: the same random targets and changes for all
+            rng = random.Random(f"{params.seed}:{name}")
+            try:
+                out.rows += _backend(name, f"bench{i}", benches, params, rng, progress)
+            except Exception as exc:        # noqa: BLE001 - reported as a row; the other backends go on
+                progress(f"{name}: failed: {exc}")
+                out.errors.append({"backend": name, "error": f"{type(exc).__name__}: {str(exc)[:500]}"})
     if "kernel" in benches:
         out.rows += _kernel(params, progress)
     out.seconds = time.monotonic() - t0
@@ -90,13 +96,19 @@ def _backend(name: str, lab_name: str, benches, params: Params, rng: random.Rand
             n = fillers + len(background)
             lab.sync(full)
             if "connect" in benches:
+                lab.forget_flows()
                 rows += traffic.connect(lab, n, fillers, params.connects, params.reps, rng)
+        # every traffic figure from empty conntrack tables, whatever ran before it
         if "rr" in benches:
+            lab.forget_flows()
             rows += traffic.rr(lab, n, fillers, params.round_trips, params.reps)
         if "throughput" in benches:
+            lab.forget_flows()
             rows += traffic.crr(lab, n, fillers, params.seconds, params.reps)
+            lab.forget_flows()
             rows += traffic.throughput(lab, n, params.seconds, params.reps)
         if "nodeport" in benches:
+            lab.forget_flows()
             rows += traffic.nodeport(lab, n, params.seconds, params.reps)
     finally:
         lab.close()

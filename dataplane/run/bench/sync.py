@@ -7,12 +7,14 @@ included, conntrack cleanup included):
   change one   one service gains an endpoint: a sync told of that one change (the table's change
                tracker, `ServiceTable.updated`, as the agent's apply or an informer event tells it)
   churn        for SECONDS, a random service gains or loses that endpoint, one sync per change:
-               changes absorbed per second; then the same with BATCH changes per sync (as
+               changes absorbed per second of sync time; then the same with BATCH changes per sync (as
                kube-proxy batches the events of its minSyncPeriod)
-  memory       the kernel's memory (Slab + Percpu + VmallocUsed of /proc/meminfo) after apply all,
-               less before it, per service; the eBPF maps are preallocated when the programs load,
-               so theirs does not grow with N (their size is in docs/benchmarks.md). Machine-wide:
-               anything else the machine does in that second is in it, so only N >= 1,000 is shown.
+  memory       the kernel's unreclaimable memory (SUnreclaim + Percpu + VmallocUsed of
+               /proc/meminfo) after apply all, less before it, per service, each read a second after
+               the sync before it (memory freed through RCU is freed by then). The eBPF service
+               maps allocate entries on demand, so theirs grows with N; its conntrack table is
+               preallocated at load and is not in the figure. Machine-wide: anything else the
+               machine does in that window is in it, so only N >= 1,000 is shown.
 
 Every figure is repeated REPS times on the same lab, its median and spread reported.
 """
@@ -28,6 +30,7 @@ from .lab import BenchLab, table, toggled
 from .traffic import _row
 
 BATCH = 100
+SETTLE = 1.0        # seconds before each memory reading: RCU-deferred frees done
 
 
 def machine() -> str:
@@ -59,7 +62,7 @@ def kernel_memory() -> int:
         for line in f:
             k, v = line.split(":", 1)
             fields[k] = int(v.split()[0]) * 1024
-    return fields.get("Slab", 0) + fields.get("Percpu", 0) + fields.get("VmallocUsed", 0)
+    return fields.get("SUnreclaim", 0) + fields.get("Percpu", 0) + fields.get("VmallocUsed", 0)
 
 
 def _toggled(lab: BenchLab, current, keys) -> object:
@@ -78,10 +81,12 @@ def control(lab: BenchLab, full, reps: int, seconds: float, rng: random.Random) 
     for _ in range(reps):
         lab.sync(empty)
         lab.progress(f"{name}: apply {n:,} services")
+        time.sleep(SETTLE)
         before = kernel_memory()
         t0 = time.perf_counter()
         lab.sync(full)
         apply_s.append((time.perf_counter() - t0) * 1000)
+        time.sleep(SETTLE)
         memory.append((kernel_memory() - before) / n)
         lab.progress(f"{name}: change one of {n:,}")
         nxt = _toggled(lab, lab.table, [rng.choice(keys)])
@@ -101,10 +106,14 @@ def control(lab: BenchLab, full, reps: int, seconds: float, rng: random.Random) 
 
 
 def _churn(lab: BenchLab, keys: list, seconds: float, batch: int, rng: random.Random) -> float:
-    """Changes per second absorbed: at least one sync, however long it takes."""
+    """Changes per second absorbed: changes over the time spent in the syncs alone (the tables
+    are built outside it); at least one sync, however long it takes."""
     batch = min(batch, len(keys))
-    changes, t0 = 0, time.perf_counter()
-    while changes == 0 or time.perf_counter() - t0 < seconds:
-        lab.sync(_toggled(lab, lab.table, rng.sample(keys, batch)))
+    changes, spent = 0, 0.0
+    while changes == 0 or spent < seconds:
+        nxt = _toggled(lab, lab.table, rng.sample(keys, batch))    # the change, as an informer hands it over
+        t0 = time.perf_counter()
+        lab.sync(nxt)
+        spent += time.perf_counter() - t0
         changes += batch
-    return changes / (time.perf_counter() - t0)
+    return changes / spent
