@@ -52,6 +52,34 @@ def text(run) -> str:
     return "\n".join(lines)
 
 
+def markdown(run) -> str:
+    """The run as Markdown tables: a row per figure, a column per backend (docs/benchmarks.md)."""
+    by_bench = defaultdict(list)
+    for r in run.rows:
+        by_bench[r["bench"]].append(r)
+    out = []
+    for bench in ORDER:
+        rows = by_bench.get(bench)
+        if not rows:
+            continue
+        backends = list(dict.fromkeys(r["backend"] for r in rows))
+        unit = rows[0]["unit"]
+        out += [f"**{TITLES[bench]}** ({unit}; median of the repeats, [min – max])", "",
+                "| services | figure | " + " | ".join(backends) + " |",
+                "| ---: | --- |" + " ---: |" * len(backends)]
+        cells = defaultdict(dict)
+        for r in rows:
+            stat = "" if r["stat"] == "value" else f" {r['stat']}"
+            lo, hi = r["spread"]
+            spread = "" if lo == hi else f" [{_fmt(lo)} – {_fmt(hi)}]"
+            figure = r["target"] + stat + ("" if r["unit"] == unit else f" ({r['unit']})")
+            cells[(r["services"], figure)][r["backend"]] = _fmt(r["value"]) + spread
+        for (n, figure), by in cells.items():
+            out.append(f"| {n:,} | {figure} | " + " | ".join(by.get(b, "") for b in backends) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
 def plots(run, out_dir: str) -> list[str]:
     """PNG files in out_dir, one per bench that has rows; returns their paths."""
     import matplotlib
@@ -103,9 +131,7 @@ def _connect(plt, rows, bench):
         ax.set_title(f"{stat}")
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=6)
-    fig.suptitle(TITLES[bench])
-    fig.tight_layout(rect=(0, 0.03, 1, 1))
-    return fig
+    return _titled(fig, bench)
 
 
 def _sync(plt, rows, bench):
@@ -118,16 +144,9 @@ def _sync(plt, rows, bench):
             if xs:
                 ax.errorbar(xs, [r["value"] for r in rs], yerr=_errs(rs), fmt="-o", color=COLORS.get(b), label=b,
                             capsize=2, markersize=4)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("services installed")
-        ax.set_ylabel(f"{target}, {unit}")
-        ax.set_title(target)
-        ax.grid(alpha=0.3, which="both")
+        _log_log(ax, "services installed", f"{target}, {unit}", target)
     axes[0].legend(fontsize=7)
-    fig.suptitle(TITLES[bench])
-    fig.tight_layout(rect=(0, 0.03, 1, 1))
-    return fig
+    return _titled(fig, bench)
 
 
 def _bars(plt, rows, bench):
@@ -161,13 +180,21 @@ def _kernel(plt, rows, bench):
         for p in paths:
             xs, rs = _series(rows, target=p, stat=stat)
             ax.plot(xs, [r["value"] for r in rs], "-o", markersize=4, label=p)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("services installed (map fill)")
-        ax.set_ylabel(f"ns per packet, {stat}")
-        ax.set_title(stat)
-        ax.grid(alpha=0.3, which="both")
+        _log_log(ax, "services installed (map fill)", f"ns per packet, {stat}", stat)
     axes[1].legend(fontsize=7)
+    return _titled(fig, bench)
+
+
+def _log_log(ax, xlabel: str, ylabel: str, title: str) -> None:
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3, which="both")
+
+
+def _titled(fig, bench: str):
     fig.suptitle(TITLES[bench])
     fig.tight_layout(rect=(0, 0.03, 1, 1))
     return fig

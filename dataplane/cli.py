@@ -507,7 +507,7 @@ def rules(lab, nodes):
 
 @cli.group(epilog="""\b
 Examples:
-  sudo dataplane bench all --quick --out bench-out          # every figure, 3 backends, about 5 minutes
+  sudo dataplane bench all --quick --out bench-out          # every figure, 3 backends, about 7 minutes
   sudo dataplane bench all --out bench-out --json > run.json # the full run (docs/benchmarks.md)
   sudo dataplane bench connect -b ebpf -b iptables --services 1,1000,10000
   sudo dataplane bench sync --services-from cluster.yaml --scale 20
@@ -562,7 +562,7 @@ def bench_options(command):
                      help="Filler services installed, one figure per size (default 1,1000,10000; --quick 1,1000; "
                           "with --services-from: 1)."),
         click.option("--reps", type=click.IntRange(1, 20), default=None, help="Repeats of every figure (default 3)."),
-        click.option("--quick", is_flag=True, help="Fewer backends, sizes and samples: bench all in about 5 minutes."),
+        click.option("--quick", is_flag=True, help="Fewer backends, sizes and samples: bench all in about 7 minutes on 2 cores."),
         click.option("--services-from", "dump", type=click.Path(exists=True, dir_okay=False),
                      help="A `kubectl get svc,endpointslices -A -o yaml` dump: its services installed beside the "
                           "fillers (see `dataplane import`)."),
@@ -572,7 +572,7 @@ def bench_options(command):
                      help="Seed of the random targets and changes."),
         click.option("--json", "as_json", is_flag=True, help="Print the run as JSON (rows, machine, parameters)."),
         click.option("--out", "out_dir", type=click.Path(file_okay=False),
-                     help="Directory for results.json, results.txt and a PNG plot per bench."),
+                     help="Directory for results.json, results.txt, results.md and a PNG plot per bench."),
     )):
         command = option(command)
     return command
@@ -615,6 +615,8 @@ def _bench(benches, names, sizes, reps, quick, dump, scale, seed, as_json, out_d
             json.dump(run.to_json(), f, indent=1)
         with open(os.path.join(out_dir, "results.txt"), "w") as f:
             f.write(report + "\n")
+        with open(os.path.join(out_dir, "results.md"), "w") as f:
+            f.write(bench_report.markdown(run))
         for path in bench_report.plots(run, out_dir):
             say(f"wrote {path}")
     if as_json:
@@ -627,7 +629,7 @@ def _bench(benches, names, sizes, reps, quick, dump, scale, seed, as_json, out_d
 
 @bench.command(name="all", epilog="""\b
 Examples:
-  sudo dataplane bench all --quick --out bench-out     # 3 backends, 1 and 1,000 services: about 5 minutes
+  sudo dataplane bench all --quick --out bench-out     # 3 backends, 1 and 1,000 services: about 7 minutes
   sudo dataplane bench all --out bench-out             # 4 backends, up to 10,000 services, 65,536 in the kernel
 """)
 @bench_options

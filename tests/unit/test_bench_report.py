@@ -95,3 +95,10 @@ def test_a_toggle_adds_then_removes_one_endpoint():
 def test_bad_options_are_refused_before_anything_runs(args, message):
     out = CliRunner().invoke(cli, args)
     assert out.exit_code == 2 and message in out.output, out.output
+
+
+def test_markdown_has_a_column_per_backend_and_a_row_per_figure():
+    md = bench_report.markdown(_run())
+    assert "| services | figure | ebpf | iptables |" in md
+    assert "| 1,000 | via service (last) p99 | 31.0 [27.9 – 34.1] | 31.0 [27.9 – 34.1] |" in md
+    assert "| 1 | floor p50 | 100 [90.0 – 110] |" in md

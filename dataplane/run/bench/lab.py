@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import tempfile
 from dataclasses import replace
 from ipaddress import IPv4Address
 
@@ -26,6 +25,7 @@ from ...lab import netns, state
 from ...lab.lab import Lab
 from ...lab.workload import perf
 from ...spec.table import Endpoint, EndpointPort, Service, ServicePort, ServiceTable
+from .synthetic import topology_of
 
 SERVE_PORT, IPERF_PORT, UDP_PORT, NODE_PORT = 8080, 5201, 9000, 30900
 FIRST_VIP = IPv4Address("10.96.0.1")
@@ -48,12 +48,7 @@ SERVERS = ("web-a", "web-b", "remote")
 
 
 def topology():
-    from ...spec.scenario import load
-    with tempfile.TemporaryDirectory() as d:
-        path = os.path.join(d, "bench.yaml")
-        with open(path, "w") as f:
-            f.write(TOPOLOGY)
-        return load(path).topology
+    return topology_of(TOPOLOGY)
 
 
 def filler_vip(i: int) -> IPv4Address:

@@ -18,14 +18,19 @@ topology:
 """
 
 
-def one_node():
-    """The TopologySpec of ONE_NODE (web is 10.0.1.2, the default endpoint of `services`)."""
+def topology_of(text: str):
+    """The TopologySpec of a scenario's text, loaded (and validated) as a file would be."""
     from ...spec.scenario import load
     with tempfile.TemporaryDirectory() as d:
-        path = os.path.join(d, "one-node.yaml")
+        path = os.path.join(d, "topology.yaml")
         with open(path, "w") as f:
-            f.write(ONE_NODE)
+            f.write(text)
         return load(path).topology
+
+
+def one_node():
+    """The TopologySpec of ONE_NODE (web is 10.0.1.2, the default endpoint of `services`)."""
+    return topology_of(ONE_NODE)
 
 
 def vip(i: int) -> IPv4Address:
