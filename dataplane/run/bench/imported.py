@@ -94,7 +94,13 @@ def _moved(svc, copy: int, index: int, nodes: dict, addresses: dict, free_ports:
                    health_check_node_port=None, selector=None)
 
 
+MAX_ADDRESSES = 32766      # hosts of 10.0.128.0/17 from BACKGROUND_PODS on
+
+
 def _address(original: IPv4Address, addresses: dict) -> IPv4Address:
     if original not in addresses:
+        if len(addresses) >= MAX_ADDRESSES:
+            raise ValueError(f"the dump has more than {MAX_ADDRESSES:,} endpoint addresses; the bench lab gives "
+                             f"its background endpoints 10.0.128.0/17, which holds no more")
         addresses[original] = BACKGROUND_PODS + len(addresses)
     return addresses[original]
