@@ -112,8 +112,8 @@ class BenchLab:
             self.table = table(0, self.pods)
             self.backend.setup(self.lab, self.table)
             for pod in SERVERS:
-                self._start(pod, perf.serve_argv(SERVE_PORT), wait_ready=True)
-                self._start(pod, ["iperf3", "-s", "-p", str(IPERF_PORT)], wait_ready=False)
+                self.start(pod, perf.serve_argv(SERVE_PORT), wait_ready=True)
+                self.start(pod, ["iperf3", "-s", "-p", str(IPERF_PORT)], wait_ready=False)
         except BaseException:
             self.close()
             raise
@@ -121,7 +121,7 @@ class BenchLab:
     def ns(self, obj: str) -> str:
         return self.lab.record.objects[obj]
 
-    def _start(self, obj: str, argv: list, wait_ready: bool) -> subprocess.Popen:
+    def start(self, obj: str, argv: list, wait_ready: bool) -> subprocess.Popen:
         """A server in `obj`'s namespace, its errors in the lab's log directory (removed with the lab)."""
         logdir = state.lab_files(self.lab.name)
         log_path = os.path.join(logdir, f"{obj}-{os.path.basename(argv[0])}-{argv[1]}.log")

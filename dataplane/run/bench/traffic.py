@@ -118,7 +118,7 @@ def nodeport(lab: BenchLab, n: int, seconds: float, reps: int) -> list[dict]:
     for _ in range(reps):
         for t, (ip, port) in targets.items():
             lab.progress(f"{name}: UDP flood {seconds:g} s to {t}")
-            sink = lab._start("web-a", perf.udp_sink_argv(UDP_PORT, seconds, 10), wait_ready=True)
+            sink = lab.start("web-a", perf.udp_sink_argv(UDP_PORT, seconds, 10), wait_ready=True)
             flood = lab.run("ext", perf.udp_flood_argv(ip, port, seconds + 1, FRAME_PAYLOAD, FLOWS),
                             timeout=seconds + 30)
             out, _ = sink.communicate(timeout=30)
