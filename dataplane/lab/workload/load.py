@@ -235,7 +235,8 @@ class Generator:
 
 
 def percentile(values: list, q: float):
-    """The q-quantile of sorted `values` (None when empty): the generator's and the emulator's."""
+    """The q-quantile of sorted `values` (None when empty): the generator's, the emulator's and
+    the benchmarks'."""
     return values[min(len(values) - 1, int(q * len(values)))] if values else None
 
 

@@ -30,6 +30,8 @@ import statistics
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 
+from ...lab.workload.load import percentile
+
 PATHS = ("floor", "not-service", "new-flow", "established", "reply", "nodeport-new", "masquerade-new",
          "masquerade-est")
 NODE_IP = IPv4Address("10.240.0.1")
@@ -204,7 +206,7 @@ class Bench:
 
 def _summary(path: str, n: int, times: list, verdict: str, counters: dict) -> PathResult:
     s = sorted(times)
-    pct = lambda q: float(s[min(len(s) - 1, int(q * len(s)))])       # noqa: E731
+    pct = lambda q: float(percentile(s, q))       # noqa: E731
     return PathResult(path, n, len(s), pct(0.5), pct(0.9), pct(0.99), round(statistics.fmean(s), 1), verdict,
                       counters)
 

@@ -19,14 +19,11 @@ import random
 import statistics
 
 from ...lab.workload import perf
+from ...lab.workload.load import percentile
 from .lab import IPERF_PORT, NODE_PORT, SERVE_PORT, UDP_PORT, BenchLab, BENCH_VIPS, filler_vip
 
 FRAME_PAYLOAD = 18          # 14 Ethernet + 20 IP + 8 UDP + 18 + 4 FCS = 64 bytes on a wire
 FLOWS = 16
-
-
-def _pct(sorted_ns: list, q: float) -> float:
-    return sorted_ns[min(len(sorted_ns) - 1, int(q * len(sorted_ns)))] / 1000.0
 
 
 def _row(bench, backend, n, target, unit, reps, stat="value", **extra) -> dict:
@@ -48,7 +45,7 @@ def _latency_rows(bench, backend, n, target, runs: list[dict]) -> list[dict]:
         for k, v in r["errors"].items():
             errors[k] = errors.get(k, 0) + v
         for stat, q in (("p50", 0.5), ("p99", 0.99), ("p999", 0.999)):
-            per[stat].append(_pct(ns, q))
+            per[stat].append(percentile(ns, q) / 1000.0)
     return [_row(bench, backend, n, target, "us", per[s], stat=s, samples=samples, errors=errors) for s in per]
 
 
