@@ -42,23 +42,24 @@ static __always_inline int pod_untranslated(struct __sk_buff *skb, const struct 
 }
 
 /* The fast path of what a pod sends: traffic that no flow of ours can hold and no frontend serves
- * (pod to pod, pod to the outside, where neither end is a service's), passed after one or two
- * lookups and before the clock is read. Every entry a later stage of from_pod could find is keyed
- * by a frontend (CT_SERVICE, a new flow), by the node's address (CT_SNAT_IN, snat4_orphan), or by
- * an endpoint: the source of a reply (CT_REPLY), the destination of a bare SYN reusing a closed
- * flow's reply tuple (ct4_release_reused). ICMP and fragments take the full path. The addresses
- * map holds every endpoint and frontend of the table, and a sync removes one only when no
- * conntrack entry names it any more. (to_pod has no fast path: the egress masquerade's
- * CT_SNAT_OUT entries are keyed by a pod and an outside host, which the map does not know.) */
+ * (pod to pod, pod to the outside, where neither end is a service's), passed after two reads of
+ * the address filter and before the clock is read. Every entry a later stage of from_pod could
+ * find is keyed by a frontend (CT_SERVICE, a new flow), by the node's address (CT_SNAT_IN,
+ * snat4_orphan), or by an endpoint: the source of a reply (CT_REPLY), the destination of a bare
+ * SYN reusing a closed flow's reply tuple (ct4_release_reused). ICMP and fragments take the full
+ * path. The filter holds every endpoint and frontend of the table, and a sync removes one only
+ * when no conntrack entry names it any more (lib/lb.h). (to_pod has no fast path: the egress
+ * masquerade's CT_SNAT_OUT entries are keyed by a pod and an outside host, which the filter does
+ * not know.) */
 static __always_inline int pod4_fast_pass(const struct pkt *p, const struct dp_config *cfg)
 {
 	if (!p->has_l4 || p->fragment || (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP) ||
 	    p->daddr == cfg->node_ip)
 		return 0;
-	__u32 dst = lb4_address_flags(p->daddr);
+	__u32 dst = lb4_address_maybe(p->daddr);
 	if ((dst & ADDR_F_FRONTEND) || ((dst & ADDR_F_ENDPOINT) && pkt4_bare_syn(p)))
 		return 0;
-	return !(lb4_address_flags(p->saddr) & ADDR_F_ENDPOINT);
+	return !(lb4_address_maybe(p->saddr) & ADDR_F_ENDPOINT);
 }
 
 /* A packet to a frontend no flow of ours holds: a new flow (lib/newflow.h), or, not to a

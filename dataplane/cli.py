@@ -720,6 +720,46 @@ def bench_kernel(fills, calls, quick, seed, as_json, out_dir):
            as_json=as_json, out_dir=out_dir, kernel_fills=fills, kernel_calls=calls)
 
 
+from .run.bench.profile import PROFILED as PROFILED_PATHS      # noqa: E402 (stdlib only: the CLI loads fast)
+
+
+@bench.command(name="profile", epilog="""\b
+Examples:
+  sudo dataplane bench profile not-service                  # at 10,000 services, 3 s of samples
+  sudo dataplane bench profile established new-flow --services 65536 --seconds 5
+  sudo dataplane bench profile --json > profile.json       # every path
+\b
+Reading it: `share` is of the samples taken in the program (with what it called); `ns` is that
+share of the program's own time per packet (median kernel duration - the floor's). A kernel
+function's row is the call to it (a helper, a map lookup, memcpy below a helper counted in it).
+""")
+@click.argument("paths", nargs=-1, type=click.Choice(PROFILED_PATHS), metavar="[PATH]...")
+@click.option("--services", type=click.IntRange(1, 65536), default=10000, show_default=True,
+              help="Services installed (ClusterIP, two endpoints each, as `bench kernel`).")
+@click.option("--seconds", type=click.FloatRange(1, 60), default=3, show_default=True,
+              help="Sampling time per path.")
+@click.option("--top", type=click.IntRange(1, 200), default=15, show_default=True, help="Sites shown per path.")
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=1, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print every site as JSON.")
+def bench_profile(paths, services, seconds, top, seed, as_json):
+    """Where a BPF path's time goes: its packets run in a loop (BPF_PROG_TEST_RUN, one per call)
+    on one CPU while `perf record -e cpu-clock -g` samples it; each sample in the program is
+    given to the kernel function it called (or the program's own code) and to the source line
+    of the call, from the program's BTF line info. PATHS: any of the `bench kernel` paths
+    (default: all). See dataplane/run/bench/profile.py for the method and its limits."""
+    from dataclasses import asdict
+    from .run.bench.profile import profile_paths, text
+    doctor.require("root", "bpf", "bcc", "bcc-compile", "perf")
+    try:
+        profiles = profile_paths(paths or PROFILED_PATHS, services, seconds, seed=seed, progress=_progress(True))
+    except DataplaneError as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps([asdict(p) for p in profiles], indent=1))
+    else:
+        click.echo(text(profiles, top))
+
+
 @cli.group(epilog="""\b
 Examples:
   sudo dataplane fuzz packets --count 20000 --seed 1        # 20,000 frames: BPF against the oracle

@@ -119,6 +119,7 @@ CHECKS: dict[str, Callable[[], Result]] = {
     "bpftool": _tool("bpftool", "bpftool"),
     "gcc": _tool("gcc", "gcc"),            # the benchmarks build their native client (dpperf)
     "iperf3": _tool("iperf3", "iperf3"),
+    "perf": _tool("perf", "linux-perf"),   # bench profile samples the BPF programs with it
 }
 
 

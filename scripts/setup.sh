@@ -26,6 +26,7 @@ PACKAGES=(
   python3-bpfcc bpfcc-tools libbpf1 bpftool      # bcc (compile + load), libbpf for BPF_PROG_TEST_RUN
   iproute2 iptables nftables conntrack           # netlink, TC, kube-proxy's two rule backends
   iperf3 tcpdump netcat-openbsd iputils-ping curl  # traffic and observation
+  linux-perf                                     # bench profile: samples of the JIT'd programs
   python3-venv python3-pip                       # the project environment (system python)
   make gcc
   vagrant                                        # the tests validate the lab VM's Vagrantfile

@@ -35,6 +35,13 @@
 #define ADDRESSES_MAP_SIZE (SVC_MAP_SIZE / 2 + BACKEND_MAP_SIZE)
 #endif
 
+/* The addresses map's summary for the fast path (lib/lb.h, address_filter): 2 bits (frontend,
+ * endpoint) in each of 32 slots per word, 2^21 slots in all (512 KiB). Fixed: an address's slot
+ * is a hash of it modulo the slot count, which user space computes too (it reads the count from
+ * the map). Full capacity (524,288 addresses) would leave about a fifth of other addresses in a
+ * set slot; those take the exact lookup, not the wrong path. */
+#define ADDRESS_FILTER_WORDS 65536
+
 /* Fixed: the loader writes at most this many (ip-masq-agent CIDRs; LoadBalancer source ranges). */
 #define NONMASQ_MAP_SIZE     64
 #define LB_SOURCES_MAP_SIZE  16384

@@ -1,5 +1,7 @@
-/* Parsing: Ethernet + IPv4 + the first bytes of TCP/UDP/ICMP into struct pkt. Everything is read
- * with bpf_skb_load_bytes, so non-linear skbs work and offsets stay simple for the verifier. */
+/* Parsing: Ethernet + IPv4 + the first bytes of TCP/UDP/ICMP into struct pkt, read in place
+ * (direct packet access: no helper call per header, which `bench kernel --profile` measured at
+ * about 30 ns each with the copy). Headers that are not in the skb's linear area are pulled into it
+ * first (bpf_skb_pull_data, as Cilium's revalidate_data_pull), so non-linear skbs work too. */
 #ifndef DP_PARSE_H
 #define DP_PARSE_H
 
@@ -78,63 +80,75 @@ static __always_inline int pkt4_syn_ack(const struct pkt *p)
 	return p->proto == IPPROTO_TCP && (p->tcp_flags & TCP_FLAG_SYN) && (p->tcp_flags & TCP_FLAG_ACK);
 }
 
-/* The first bytes of a first fragment's (or whole packet's) L4 header: ports, TCP flags, ICMP
- * type. 0, or -DROP_TRUNCATED_L4. */
-static __always_inline int __pkt4_parse_l4(struct __sk_buff *skb, struct pkt *p, __u32 l4len)
+#define PKT4_HEADERS_MAX (IP_OFF + 60 + TCP_FLAGS_OFF + 1)  /* Ethernet, IPv4 with options, TCP to flags */
+
+/* The first bytes of a first fragment's (or whole packet's) L4 header, at l4 (in the packet, end
+ * its end): ports, TCP flags, ICMP type. 0, or -DROP_TRUNCATED_L4. */
+static __always_inline int __pkt4_parse_l4(struct pkt *p, const __u8 *l4, const void *end, __u32 l4len)
 {
 	if (p->proto == IPPROTO_TCP) {
-		__u8 tcp[TCP_FLAGS_OFF + 1];
-		if (l4len < sizeof(struct tcphdr) || bpf_skb_load_bytes(skb, p->l4_off, tcp, sizeof(tcp)) < 0)
+		if (l4len < sizeof(struct tcphdr) || (const void *)(l4 + TCP_FLAGS_OFF + 1) > end)
 			return -DROP_TRUNCATED_L4;
-		__builtin_memcpy(&p->sport, &tcp[offsetof(struct tcphdr, source)], sizeof(p->sport));
-		__builtin_memcpy(&p->dport, &tcp[offsetof(struct tcphdr, dest)], sizeof(p->dport));
-		p->tcp_flags = tcp[TCP_FLAGS_OFF];
+		__builtin_memcpy(&p->sport, l4 + offsetof(struct tcphdr, source), sizeof(p->sport));
+		__builtin_memcpy(&p->dport, l4 + offsetof(struct tcphdr, dest), sizeof(p->dport));
+		p->tcp_flags = l4[TCP_FLAGS_OFF];
 		p->has_l4 = 1;
 	} else if (p->proto == IPPROTO_UDP) {
-		__u8 udp[offsetof(struct udphdr, len)];        /* the ports */
-		if (l4len < sizeof(struct udphdr) || bpf_skb_load_bytes(skb, p->l4_off, udp, sizeof(udp)) < 0)
+		if (l4len < sizeof(struct udphdr) || (const void *)(l4 + sizeof(struct udphdr)) > end)
 			return -DROP_TRUNCATED_L4;
-		__builtin_memcpy(&p->sport, &udp[offsetof(struct udphdr, source)], sizeof(p->sport));
-		__builtin_memcpy(&p->dport, &udp[offsetof(struct udphdr, dest)], sizeof(p->dport));
+		__builtin_memcpy(&p->sport, l4 + offsetof(struct udphdr, source), sizeof(p->sport));
+		__builtin_memcpy(&p->dport, l4 + offsetof(struct udphdr, dest), sizeof(p->dport));
 		p->has_l4 = 1;
 	} else if (p->proto == IPPROTO_ICMP) {
-		__u8 icmp[ICMP_HLEN];
-		if (l4len < ICMP_HLEN || bpf_skb_load_bytes(skb, p->l4_off, icmp, sizeof(icmp)) < 0)
+		if (l4len < ICMP_HLEN || (const void *)(l4 + ICMP_HLEN) > end)
 			return -DROP_TRUNCATED_L4;
-		p->icmp_type = icmp[0];
-		p->icmp_code = icmp[1];
+		p->icmp_type = l4[0];
+		p->icmp_code = l4[1];
 	}
 	return 0;
+}
+
+/* Make the headers parse reads readable in place: nothing to do when the linear area holds
+ * PKT4_HEADERS_MAX bytes or the whole packet (the common case); otherwise pull them in. A pull
+ * that fails leaves the area as it was: the bounds checks then find what is missing. */
+static __always_inline void __pkt4_linearize(struct __sk_buff *skb)
+{
+	__u32 want = skb->len < PKT4_HEADERS_MAX ? skb->len : PKT4_HEADERS_MAX;
+	if ((void *)(long)skb->data + want > (void *)(long)skb->data_end)
+		bpf_skb_pull_data(skb, want);
 }
 
 /* PKT4_IPV4 with p filled, PKT4_NOT_IPV4, or the reason a malformed packet is dropped. */
 static __always_inline int __pkt4_parse(struct __sk_buff *skb, struct pkt *p)
 {
-	struct ethhdr eth;
-	struct iphdr ip;
+	__pkt4_linearize(skb);
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *ip = data + IP_OFF;
 
-	if (bpf_skb_load_bytes(skb, 0, &eth, sizeof(eth)) < 0 || eth.h_proto != bpf_htons(ETH_P_IP))
+	if ((void *)(eth + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP))
 		return PKT4_NOT_IPV4;
-	if (bpf_skb_load_bytes(skb, IP_OFF, &ip, sizeof(ip)) < 0 || ip.version != 4 || ip.ihl < IPV4_IHL_MIN)
+	if ((void *)(ip + 1) > end || ip->version != 4 || ip->ihl < IPV4_IHL_MIN)
 		return -DROP_BAD_IHL;
-	__u32 hlen = ip.ihl * IPV4_IHL_UNIT;
-	__u32 tot = bpf_ntohs(ip.tot_len);
+	__u32 hlen = ip->ihl * IPV4_IHL_UNIT;
+	__u32 tot = bpf_ntohs(ip->tot_len);
 	if (tot < hlen || IP_OFF + tot > skb->len)
 		return hlen + IP_OFF > skb->len ? -DROP_BAD_IHL : -DROP_BAD_LEN;
-	p->saddr = ip.saddr;
-	p->daddr = ip.daddr;
-	p->proto = ip.protocol;
+	p->saddr = ip->saddr;
+	p->daddr = ip->daddr;
+	p->proto = ip->protocol;
 	p->options = hlen > IPV4_HLEN;
-	p->fragment = (bpf_ntohs(ip.frag_off) & (IP_MF | IP_OFFMASK)) != 0;
-	p->later = (bpf_ntohs(ip.frag_off) & IP_OFFMASK) != 0;
-	p->ip_id = ip.id;
+	p->fragment = (bpf_ntohs(ip->frag_off) & (IP_MF | IP_OFFMASK)) != 0;
+	p->later = (bpf_ntohs(ip->frag_off) & IP_OFFMASK) != 0;
+	p->ip_id = ip->id;
 	p->l4_off = IP_OFF + hlen;
 	p->has_l4 = 0;
 	p->sport = p->dport = 0;
 	p->tcp_flags = 0;
 	if (p->later)
 		return PKT4_IPV4;   /* later fragments carry no L4 header (__pkt4_frag_ports finds their ports) */
-	int ret = __pkt4_parse_l4(skb, p, tot - hlen);
+	int ret = __pkt4_parse_l4(p, (const __u8 *)data + IP_OFF + hlen, end, tot - hlen);
 	return IS_DROP(ret) ? ret : PKT4_IPV4;
 }
 

@@ -38,7 +38,8 @@ def _backend(program) -> EbpfBackend:
 def counted(monkeypatch, program):
     """Every map entry the syncs write or delete (the batched writes), by map name."""
     ops = {"written": {}, "deleted": {}}
-    names = {program.table(n).map_fd: n for n in ("services", "backends", "affinity_match", "addresses")}
+    names = {program.table(n).map_fd: n for n in ("services", "backends", "affinity_match", "addresses",
+                                                          "address_filter")}
 
     def count(kind, real):
         def wrapper(table, items):
@@ -63,9 +64,10 @@ def test_a_one_service_change_at_1000_services_writes_that_service_alone(program
     counted["deleted"].clear()
     changed = table.updated([_service(500, 2, extra=["10.0.9.9"])])    # one more endpoint, a new pod
     b.sync(None, changed)
-    # its head (count 3), its third slot, the one backend nobody had and its address (the fast
-    # path's filter): nothing else
-    assert counted["written"] == {"services": 2, "backends": 1, "addresses": 1}, counted
+    # its head (count 3), its third slot, the one backend nobody had, its address (the fast
+    # path's map) and that address's word of the map's summary (the fast path's filter): nothing
+    # else
+    assert counted["written"] == {"services": 2, "backends": 1, "addresses": 1, "address_filter": 1}, counted
     assert counted["deleted"] == {}, counted
     assert maps.read_node_maps(program).services == b.current["node1"].services
     # and back: the slot and the backend go, the head is rewritten

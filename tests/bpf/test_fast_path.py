@@ -11,10 +11,11 @@ from ipaddress import IPv4Address
 import pytest
 
 from dataplane.backends.ebpf import EbpfBackend
+from dataplane.backends.ebpf.address_filter import SLOTS_PER_WORD, slot_of
 from dataplane.backends.ebpf.testrun import run
 from dataplane.contract.consts import ADDR_F_ENDPOINT, ADDR_F_FRONTEND, CT_REPLY, CT_SERVICE
 from dataplane.spec.table import Endpoint, EndpointPort, Service, ServicePort, ServiceTable
-from tests.bpf.packets import CLIENT, IP, UDP, WEB1, from_pod, parsed, udp
+from tests.bpf.packets import CLIENT, IP, UDP, WEB1, from_pod, parsed, syn, udp
 from tests.bpf.test_change_tracking import _backend
 
 VIP = IPv4Address("10.96.0.20")
@@ -92,3 +93,68 @@ def test_pod_to_pod_takes_the_fast_path_and_a_reply_does_not(program):
     revnat = _metric(program, "M_REVNAT")
     reply = run(program.fns["from_pod"].fd, bytes(from_pod(WEB1, CLIENT, udp(5353, 40002))))
     assert parsed(reply.data)[IP].src == str(VIP) and _metric(program, "M_REVNAT") == revnat + 1
+
+
+def _filter_words(program) -> dict:
+    return {k.value: v.value for k, v in program.table("address_filter").items() if v.value}
+
+
+def _expected_words(program) -> dict:
+    """The filter the addresses map should have: each address's flags in its slot, OR'ed."""
+    slots = program.table("address_filter").max_entries * SLOTS_PER_WORD
+    words = {}
+    for addr, flags in _addresses(program).items():
+        s = slot_of(int(IPv4Address(addr)), slots)
+        words[s // SLOTS_PER_WORD] = words.get(s // SLOTS_PER_WORD, 0) | flags << (2 * (s % SLOTS_PER_WORD))
+    return words
+
+
+def test_the_filter_is_the_exact_summary_of_the_addresses_map_through_syncs(program):
+    """Full and change-tracked syncs that add, change and remove addresses, a flow keeping one,
+    and an adopting agent's rebuild over a filter left with a stale bit: after each, every word
+    is the OR of the flags of the addresses in its slots, no more (a stale bit only costs a
+    lookup; a missing one would pass service traffic untranslated)."""
+    b = _backend(program)
+    table = ServiceTable()
+    for i in range(60):
+        table.add(_filler(i))
+    table.add(_dns())
+    b.sync(None, table)
+    assert _filter_words(program) == _expected_words(program) and _filter_words(program)
+    run(program.fns["from_pod"].fd, bytes(from_pod(CLIENT, str(VIP), udp(40003, 53))))   # a flow to keep
+    table = table.updated([_filler(70)], ["default/f001", "default/f002", "default/dns"])
+    b.sync(None, table)
+    assert _filter_words(program) == _expected_words(program)
+    assert WEB1 in _addresses(program) and str(VIP) in _addresses(program), "named by the flow"
+    b.sync(None, ServiceTable())
+    assert _filter_words(program) == _expected_words(program)
+    # an agent stopped between its two writes left a bit nothing sets; the next one's filter,
+    # built from the addresses map, clears it
+    t = program.table("address_filter")
+    t[t.Key(7)] = t.Leaf(t[t.Key(7)].value | 0b10)
+    program.address_filter = None
+    b.sync(None, table)
+    assert _filter_words(program) == _expected_words(program)
+
+
+def test_the_program_finds_every_frontend_user_space_put_in_the_filter(program):
+    """The slot of an address is computed twice, in C (lb4_address_slot) and in Python (slot_of):
+    were they to differ anywhere, a frontend's bit would be missing where the program looks, and
+    its packets would take the fast path. 400 VIPs spread over the whole address space: a SYN to
+    a port none of them serves is refused by the full path (kube-proxy's REJECT), never passed."""
+    import random
+    r = random.Random(13)
+    b = _backend(program)
+    table = ServiceTable()
+    vips = {IPv4Address(r.randrange(0x0B000000, 0xDF000000)) for _ in range(400)}
+    for i, vip in enumerate(sorted(vips)):
+        table.add(Service("default", f"v{i:03d}", "ClusterIP", vip, (ServicePort("", 80, "TCP", 8080),),
+                          endpoints=(Endpoint(IPv4Address(WEB1), (EndpointPort("", 8080, "TCP"),), "node1", None),)))
+    b.sync(None, table)
+    passed = []
+    for vip in vips:
+        frame = bytes(from_pod(CLIENT, str(vip), syn(40000, 81)))
+        out = run(program.fns["from_pod"].fd, frame)
+        if out.verdict == "pass" and out.data == frame:
+            passed.append(str(vip))
+    assert not passed, f"passed untouched: {passed[:5]}"

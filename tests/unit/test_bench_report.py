@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from dataplane import bench_report
 from dataplane.cli import cli
-from dataplane.run.bench import suite
+from dataplane.run.bench import profile, suite
 from dataplane.run.bench.imported import BACKGROUND_PODS, from_dump
 from dataplane.run.bench.lab import NODE_PORT, table, toggled
 
@@ -102,3 +102,41 @@ def test_markdown_has_a_column_per_backend_and_a_row_per_figure():
     assert "| services | figure | ebpf | iptables |" in md
     assert "| 1,000 | via service (last) p99 | 31.0 [27.9 – 34.1] | 31.0 [27.9 – 34.1] |" in md
     assert "| 1 | floor p50 | 100 [90.0 – 110] |" in md
+
+
+# -- bench profile: how perf's samples are given to sites (run/bench/profile.py) ------------------
+
+PROG = "bpf_prog_0123456789abcdef_from_pod"
+JIT = profile.JitMap(PROG, [0x0, 0x40, 0x80], ["pod.c:80  entry", "lib/parse.h:130  parse", "lib/lb.h:101  lookup"])
+
+
+def _sample(*frames: str) -> str:
+    return "\n".join(f"\tffffffffc0001000 {f}" for f in frames)
+
+
+@pytest.mark.parametrize("frames, site", [
+    # in the program itself: the line of that instruction
+    ((f"{PROG}+0x45", "bpf_test_run+0x10"), ("program", "lib/parse.h:130  parse")),
+    # in a function it called: that function, and the line of the call (the return address - 1)
+    (("memcpy+0x3", "bpf_skb_load_bytes+0x20", f"{PROG}+0x81", "bpf_test_run+0x10"),
+     ("bpf_skb_load_bytes", "lib/lb.h:101  lookup")),
+    (("__htab_map_lookup_elem+0x9", f"{PROG}+0x80", "bpf_test_run+0x10"),
+     ("__htab_map_lookup_elem", "lib/parse.h:130  parse")),
+    # not in the program at all: the harness, the syscall, Python
+    (("bpf_test_run+0x10", "__sys_bpf+0x99"), None),
+    (("pv_native_safe_halt+0xb",), None),
+], ids=["body", "helper-and-below", "call-at-line-start", "harness", "idle"])
+def test_a_sample_goes_to_the_program_site_or_the_function_it_called(frames, site):
+    sites, inside, outside = profile.attribute(_sample(*frames), JIT)
+    if site is None:
+        assert (inside, outside, sites) == (0, 1, {})
+    else:
+        assert (inside, outside, dict(sites)) == (1, 0, {site: 1})
+
+
+def test_samples_are_counted_per_site_across_a_script():
+    script = "\n\n".join([_sample(f"{PROG}+0x45")] * 3 + [_sample("bpf_test_run+0x1")] * 2 +
+                         [_sample("memcpy+0x3", "bpf_skb_load_bytes+0x2", f"{PROG}+0x10")])
+    sites, inside, outside = profile.attribute(script, JIT)
+    assert (inside, outside) == (4, 2)
+    assert sites == {("program", "lib/parse.h:130  parse"): 3, ("bpf_skb_load_bytes", "pod.c:80  entry"): 1}

@@ -5,7 +5,8 @@ bpf/include/types.h; nothing here restates a struct. Order of a change keeps eve
 mid-update: new backends, then new slots, then the service entries pointing at them; removals
 in the reverse order. The addresses map (the pod hooks' fast path) is written around them by the
 sync: what it adds before anything could send a flow there (grow_addresses), what it removes only
-after the flush, and never while a live flow names the address (settle_addresses).
+after the flush, and never while a live flow names the address (settle_addresses); each of its
+writes is followed by the address filter's (address_filter.py), the map's summary for the BPF side.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import os
 import socket
 from dataclasses import dataclass, field
 
+from .address_filter import filter_of
 from .program import NodeProgram, be16, be32, from_be32
 from ...contract.render import BackendValue, NodeMaps, SvcKey, SvcValue
 
@@ -108,10 +110,14 @@ def apply(prog: NodeProgram, current: NodeMaps, desired: NodeMaps, addresses: bo
     """The difference written. With `addresses` False the addresses map is left to the sync
     (grow_addresses, settle_addresses); True (a repair, a read-back's restore) writes it as given."""
     svc_t, be_t, addr_t = prog.table("services"), prog.table("backends"), prog.table("addresses")
+    flt = filter_of(prog) if addresses else None    # (built from the map as it was: before the write)
     ch = Change()
     new_addr = [(addr_t.Key(socket.htonl(a)), addr_t.Leaf(f)) for a, f in desired.addresses.items()
                 if current.addresses.get(a) != f] if addresses else []
     update_batch(addr_t, new_addr)
+    if addresses:
+        flt.change({a: (current.addresses.get(a, 0), f) for a, f in desired.addresses.items()
+                                if current.addresses.get(a) != f})
     new_be = [(be_t.Key(i), _backend_leaf(be_t, v)) for i, v in desired.backends.items()
               if current.backends.get(i) != v]
     changed = {k: v for k, v in desired.services.items() if current.services.get(k) != v}
@@ -139,6 +145,8 @@ def apply(prog: NodeProgram, current: NodeMaps, desired: NodeMaps, addresses: bo
         src_t.pop(_source_key(src_t, sid, net), None)
     gone_addr = [a for a in current.addresses if a not in desired.addresses] if addresses else []
     delete_batch(addr_t, [addr_t.Key(socket.htonl(a)) for a in gone_addr])
+    if gone_addr:
+        flt.change({a: (current.addresses[a], 0) for a in gone_addr})
     ch.upserted = len(new_be) + len(slots) + len(heads) + len(added) + len(matched) + len(new_addr)
     ch.deleted = len(gone_svc) + len(gone_be) + len(unmatched) + len(removed) + len(gone_addr)
     live = set(desired.backends.values())
@@ -150,9 +158,10 @@ def grow_addresses(prog: NodeProgram, held: dict, wanted: dict) -> int:
     """Before a sync writes anything else: every bit `wanted` adds to what the addresses map holds
     (`held`, updated in place), written, so no flow can reach an address the fast path does not
     know. Nothing is removed here. Returns the entries written."""
-    t = prog.table("addresses")
+    t, flt = prog.table("addresses"), filter_of(prog)
     grown = {a: held.get(a, 0) | f for a, f in wanted.items() if f & ~held.get(a, 0)}
     update_batch(t, [(t.Key(socket.htonl(a)), t.Leaf(f)) for a, f in grown.items()])
+    flt.change({a: (held.get(a, 0), f) for a, f in grown.items()})
     held.update(grown)          # only once written: `held` never claims what the kernel lacks
     return len(grown)
 
@@ -162,7 +171,7 @@ def settle_addresses(prog: NodeProgram, held: dict, wanted: dict, used: set, amo
     besides while a conntrack entry that outlived the flush still names it (`used`: a UDP flow of
     a deleted service lives on until it expires, and its packets must still find it). `held` is
     updated in place. Returns (entries written, entries deleted)."""
-    t = prog.table("addresses")
+    t, flt = prog.table("addresses"), filter_of(prog)
     write, gone = {}, []
     for a in among:
         h = held.get(a, 0)
@@ -176,8 +185,10 @@ def settle_addresses(prog: NodeProgram, held: dict, wanted: dict, used: set, amo
     # each half recorded only once written; a failure leaves `held` claiming at most bits the
     # kernel still has (a removal not done yet), never bits it lacks
     update_batch(t, [(t.Key(socket.htonl(a)), t.Leaf(f)) for a, f in write.items()])
+    flt.change({a: (held.get(a, 0), f) for a, f in write.items()})
     held.update(write)
     delete_batch(t, [t.Key(socket.htonl(a)) for a in gone])
+    flt.change({a: (held[a], 0) for a in gone})
     for a in gone:
         del held[a]
     return len(write), len(gone)

@@ -28,7 +28,7 @@ from .source import assemble
 TC_INGRESS = "ffff:fff2"
 TC_EGRESS = "ffff:fff3"
 MAP_NAMES = ("services", "backends", "conntrack", "affinity", "affinity_match", "nosnat", "frags", "sock_revnat",
-             "metrics", "config", "nonmasq", "lb_sources", "addresses", "layout")
+             "metrics", "config", "nonmasq", "lb_sources", "addresses", "address_filter", "layout")
 TC_PARENTS = {TC_INGRESS: 0xFFFFFFF2, TC_EGRESS: 0xFFFFFFF3}
 ENTRY_POINTS = ("from_pod", "to_pod", "from_netdev", "to_netdev")
 # The node's socket hooks (cgroup/connect4 and friends): entry point -> its attach type
@@ -65,15 +65,17 @@ class NodeProgram:
     cgroup_fd: int | None = None                      # the node's cgroup, while our socket hooks are on it
     cgroup_path: str = ""
     pin_dir: str | None = None
+    address_filter: object = None    # address_filter.AddressFilter: built on first use after a load
 
     def load(self, seed: int, clock_offset: int = 0, pin_dir: str | None = None,
-             layout_file: str | None = None, configure: bool = True) -> bool:
+             layout_file: str | None = None, configure: bool = True, origins: list | None = None) -> bool:
         """Compile and load. With `pin_dir`, the maps live there: created and pinned, or, if an
         earlier build pinned them, reused once their layout stamp matches this build's (True then).
         `layout_file` keeps the description of a new layout, so that a later mismatch can name the
         maps that changed. A refused build leaves the pinned maps as they were. Without
         `configure`, the config map (shared with the running programs, when reused) is left for
-        the caller to write once every node's build has passed."""
+        the caller to write once every node's build has passed. `origins` (a list, filled in):
+        build from a text without #line markers, for a profiler (source.assemble)."""
         from bcc import BPF
         defines = self.sizes.defines()
         existed = set()
@@ -81,8 +83,9 @@ class NodeProgram:
             os.makedirs(pin_dir, exist_ok=True)
             existed = set(os.listdir(pin_dir))
             defines["DP_PIN_DIR"] = json.dumps(pin_dir)      # a C string literal
+        self.address_filter = None
         try:
-            self.bpf = BPF(text=assemble("dataplane.c", defines).encode(), cflags=["-w"])
+            self.bpf = BPF(text=assemble("dataplane.c", defines, origins).encode(), cflags=["-w"])
             self.fns = {n: self.bpf.load_func(n.encode(), BPF.SCHED_CLS) for n in ENTRY_POINTS}
             for n, attach_type in SOCK_HOOKS.items():
                 self.fns[n] = self.bpf.load_func(n.encode(), BPF.CGROUP_SOCK_ADDR, attach_type=attach_type)

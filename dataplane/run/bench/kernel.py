@@ -91,9 +91,10 @@ def _tcp(sport, dport, flags, seq=1000, ack=0):
 
 
 class Bench:
-    """The programs of one node, loaded in a namespace of the bench's own, and the floor."""
+    """The programs of one node, loaded in a namespace of the bench's own, and the floor.
+    `origins`: build without #line markers, and fill in where each line came from (profile.py)."""
 
-    def __init__(self, progress=lambda m: None):
+    def __init__(self, progress=lambda m: None, origins: list | None = None):
         from ...backends.ebpf.program import NodeProgram
         from ...contract.render import Ids, NodeConfig, NodeMaps
         from ...lab import netns
@@ -109,7 +110,7 @@ class Bench:
                 ipr.addr("add", index=lo, address=str(NODE_IP), prefixlen=32)
             progress("compiling bpf/dataplane.c")
             self.prog = NodeProgram("node1", self.ns, NODE_IP)
-            self.prog.load(seed=1)
+            self.prog.load(seed=1, origins=origins)
             self.prog.set_node_config(NodeConfig(NODE_IP, IPv4Network("10.0.0.0/16"), masquerade=True,
                                                  non_masquerade=(IPv4Network("10.0.0.0/16"),)))
             from bcc import BPF
@@ -162,6 +163,19 @@ class Bench:
         (from source ports below the new-flow ones), so no earlier path's entries can have pushed
         it out of the conntrack table."""
         self.fill(n)
+        results = []
+        for path in PATHS:
+            fn, batch = self.path_frames(path, n, calls, rng)
+            before = self.prog.metrics()
+            times, verdict = self._times(self.floor_fd if fn == "floor" else fn, batch)
+            after = self.prog.metrics()
+            grew = {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
+            results.append(_summary(path, n, times, verdict, grew))
+        return results
+
+    def path_frames(self, path: str, n: int, calls: int, rng: random.Random) -> tuple[str, list]:
+        """(entry point, CALLS frames) of one path at fill n (installed by fill), with the
+        connection it needs set up first."""
         vip = lambda i: str(IPv4Address("10.96.0.1") + i)     # noqa: E731
         sports = list(range(NEW_FLOW_PORTS, NEW_FLOW_PORTS + calls))
         frames = {
@@ -176,15 +190,7 @@ class Bench:
                                                             _tcp(s, 8080, "S")) for i, s in enumerate(sports)]),
             "masquerade-est": lambda: self._masqueraded(calls),
         }
-        results = []
-        for path in PATHS:
-            fn, batch = frames[path]()
-            before = self.prog.metrics()
-            times, verdict = self._times(self.floor_fd if fn == "floor" else fn, batch)
-            after = self.prog.metrics()
-            grew = {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
-            results.append(_summary(path, n, times, verdict, grew))
-        return results
+        return frames[path]()
 
     def _established(self, target: str, calls: int, sport: int):
         """A connection through a service, seen both ways: (its client's ACKs, its backend's)."""

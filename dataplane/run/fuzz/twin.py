@@ -51,6 +51,7 @@ class Twin:
         prog.timeouts = timeouts or CtTimeouts()
         for name in STATE_MAPS:
             _clear(prog.table(name))
+        prog.address_filter = None      # rebuilt from the emptied addresses map on first use
         metrics = prog.table("metrics")
         for k in list(metrics.keys()):
             metrics[k] = metrics.Leaf(*([0] * len(metrics[k])))
