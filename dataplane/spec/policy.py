@@ -111,6 +111,28 @@ class FlowKeep:
             return eps is not None and (backend, bport) in eps
         return True
 
+    def keeps_all_that(self, old: "FlowKeep") -> bool:
+        """Does this keep let live every flow `old` let live, in this keep's scope (a sync of a
+        few services: flow_keep's `only`, the same keys for both)? Then the flows an earlier sync
+        left (each judged by the keep of its time, which `old` is for these frontends) are all
+        safe, and the sync need not look at them: kube-proxy, too, cleans conntrack only for the
+        endpoints and services its change tracker found stale. False when unsure (no scope)."""
+        if self.scope is None:
+            return False
+        for proto, rules, old_rules, keys in (
+                (17, self.udp_ips, old.udp_ips, [(ip, port) for ip, port, p in self.scope[0] if p == 17]),
+                (17, self.udp_node_ports, old.udp_node_ports, [port for port, p in self.scope[1] if p == 17]),
+                (6, self.tcp_ips, old.tcp_ips, [(ip, port) for ip, port, p in self.scope[0] if p == 6]),
+                (6, self.tcp_node_ports, old.tcp_node_ports, [port for port, p in self.scope[1] if p == 6])):
+            for key in keys:
+                now, before = rules.get(key), old_rules.get(key)
+                if proto == 17:           # None: no service serves it, every flow lives (kube-proxy)
+                    if now is not None and (before is None or not before <= now):
+                        return False
+                elif before is not None and (now is None or not before <= now):   # None: none lives
+                    return False
+        return True
+
 
 def flow_keep(table, only=None, old=None) -> FlowKeep:
     """The flows `table` lets live. With `only` (service keys changed since `old`), the flows to

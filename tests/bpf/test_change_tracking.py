@@ -11,7 +11,10 @@ import pytest
 from dataplane.backends.ebpf import EbpfBackend, maps
 from dataplane.contract.render import Ids, NodeMaps
 from dataplane.spec.table import Endpoint, EndpointPort, Service, ServicePort, ServiceTable
+from dataplane.backends.ebpf.program import be32
+from dataplane.backends.ebpf.testrun import run
 from tests.bpf.harness import NODE_IP, Pair
+from tests.bpf.packets import CLIENT, IP, from_pod, parsed, udp
 
 
 def _service(i: int, eps: int, r: random.Random | None = None, kind="ClusterIP", extra=()) -> Service:
@@ -102,3 +105,43 @@ def test_the_kernel_holds_the_whole_rendering_after_any_changes(program):
         assert got.affinity_match == want.affinity_match and got.lb_sources == want.lb_sources
         assert got.addresses == want.addresses
     assert 0 < len(full) < 30, f"{len(full)} of 40 syncs rendered in full: both ways must be exercised"
+
+
+def _udp_service(endpoints) -> Service:
+    port = (EndpointPort("", 5353, "UDP"),)
+    return Service("default", "dns", "ClusterIP", IPv4Address("10.96.9.9"), (ServicePort("", 53, "UDP", 5353),),
+                   endpoints=tuple(Endpoint(IPv4Address(a), port, "node1", None) for a in endpoints))
+
+
+@pytest.mark.parametrize("change, walked, flow_lives", [
+    # an endpoint added: nothing the flows of the service use can be doomed, no table is walked
+    (("10.0.1.3", "10.0.1.4", "10.0.1.5"), set(), True),
+    # the flow's endpoint (10.0.1.4) removed: conntrack is walked, the flow flushed (kube-proxy's
+    # UDP rule)
+    (("10.0.1.3",), {"conntrack"}, False),
+    # the other endpoint removed: walked (a flow could have used it), this flow kept
+    (("10.0.1.4",), {"conntrack"}, True),
+], ids=["endpoint-added", "flows-endpoint-removed", "other-endpoint-removed"])
+def test_a_change_sync_walks_the_flows_only_when_the_change_can_doom_one(program, monkeypatch, change, walked,
+                                                                          flow_lives):
+    import dataplane.backends.ebpf as ebpf
+    b = _backend(program)
+    table = ServiceTable()
+    for i in range(40):
+        table.add(_service(i, 2))
+    table.add(_udp_service(("10.0.1.3", "10.0.1.4")))
+    b.sync(None, table)
+    # a flow to the endpoint the seeded choice gives it
+    out = run(program.fns["from_pod"].fd, bytes(from_pod(CLIENT, "10.96.9.9", udp(40000, 53))))
+    backend = parsed(out.data)[IP].dst
+    if backend != "10.0.1.4":               # the rows name 10.0.1.4 as the flow's: swap the roles
+        change = tuple({"10.0.1.3": "10.0.1.4", "10.0.1.4": "10.0.1.3"}.get(a, a) for a in change)
+    tables = []
+    real = ebpf.batch_items
+    monkeypatch.setattr(ebpf, "batch_items", lambda t, *a, **k: tables.append(t) or real(t, *a, **k))
+    names = {program.table(n).map_fd: n for n in ("conntrack", "affinity", "sock_revnat")}
+    b.sync(None, table.updated([_udp_service(change)]))
+    assert {names.get(t.map_fd, "other") for t in tables} == walked
+    lives = any(k.daddr == be32(backend) or k.saddr == be32(backend)
+                for k in program.table("conntrack").keys())
+    assert lives == flow_lives

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from ipaddress import IPv4Address
 
+import pytest
+
 from dataplane.contract.consts import SVC_F_AFFINITY, SVC_F_LOCAL_ONLY
 from dataplane.contract.render import Ids, SvcKey, render_node
 from dataplane.spec.policy import cluster_targets, flow_keep, internal_targets, local_targets
@@ -163,3 +165,43 @@ def test_a_table_changed_in_place_after_a_sync_is_still_seen():
     u = t.updated(removed=["default/a"])
     assert copy.deepcopy(u).changes_since(t.version, dict(t.services)) == {"default/a"}   # a copy compares
     assert copy.deepcopy(u).version != u.version and u.changes_since(t.version, {}) == {"default/a"}
+
+
+def _one(proto: str, endpoints, node_port=None, name="s"):
+    from dataplane.spec.table import Endpoint, EndpointPort, Service, ServicePort
+    return Service("default", name, "NodePort" if node_port else "ClusterIP", IPv4Address("10.96.0.10"),
+                   (ServicePort("", 53, proto, 53, node_port),),
+                   endpoints=tuple(Endpoint(IPv4Address(a), (EndpointPort("", 53, proto),), "node1", None)
+                                   for a in endpoints))
+
+
+@pytest.mark.parametrize("before, after, safe", [
+    # UDP: kube-proxy's rule (per endpoint IP; no serving endpoint or no service: all live)
+    (("UDP", ["10.0.1.2"]), ("UDP", ["10.0.1.2", "10.0.1.3"]), True),
+    (("UDP", ["10.0.1.2", "10.0.1.3"]), ("UDP", ["10.0.1.2"]), False),
+    (("UDP", ["10.0.1.2"]), None, True),                 # deleted: its UDP flows expire on their own
+    (None, ("UDP", ["10.0.1.2"]), False),                # created: flows a deleted one left are judged
+    # TCP: the eBPF rule (a flow lives while its backend is an endpoint; no service: none lives)
+    (("TCP", ["10.0.1.2"]), ("TCP", ["10.0.1.2", "10.0.1.3"]), True),
+    (("TCP", ["10.0.1.2", "10.0.1.3"]), ("TCP", ["10.0.1.3"]), False),
+    (("TCP", ["10.0.1.2"]), None, False),
+    (None, ("TCP", ["10.0.1.2"]), True),
+    # a node port, judged on its own key
+    (("UDP", ["10.0.1.2"], 30053), ("UDP", ["10.0.1.3"], 30053), False),
+    (("TCP", ["10.0.1.2"], 30053), ("TCP", ["10.0.1.2", "10.0.1.3"], 30053), True),
+    # the protocol changed: the old protocol's flows are judged by a service that no longer has it
+    (("TCP", ["10.0.1.2"]), ("UDP", ["10.0.1.2"]), False),
+], ids=["udp-added", "udp-removed", "udp-deleted", "udp-created", "tcp-added", "tcp-removed", "tcp-deleted",
+        "tcp-created", "udp-nodeport-replaced", "tcp-nodeport-added", "protocol-changed"])
+def test_a_change_that_dooms_no_flow_is_told_apart(before, after, safe):
+    """FlowKeep.keeps_all_that: a sync of one service skips its walk of the flows only when the
+    new keep lets live every flow the old one did."""
+    from dataplane.spec.table import ServiceTable
+    old = ServiceTable()
+    if before:
+        old.add(_one(*before))
+    new = old.updated([_one(*after)] if after else [], [] if after else ["default/s"])
+    keys = new.changes_from(old)
+    keep = flow_keep(new, only=keys, old=old)
+    assert keep.keeps_all_that(flow_keep(old, only=keys, old=new)) is safe
+    assert flow_keep(new).keeps_all_that(flow_keep(old)) is False      # no scope: never sure

@@ -160,9 +160,22 @@ class EbpfBackend(HealthCheckServing, Backend):
                     return report
         return self._sync_full(lab, table)
 
-    def _synced(self, table) -> None:
+    def _synced(self, table, keys=None) -> None:
+        """`table` is what the maps hold now. The copy of its services the next sync compares
+        against is made whole after a full sync, and brought up to date key by key after a sync
+        of `keys` (every key that differed: the copy then equals the table again, without an
+        O(services) copy per change)."""
         self.table = table
-        self.synced = (table.version, dict(table.services))
+        if keys is None:
+            self.synced = (table.version, dict(table.services))
+            return
+        services = self.synced[1]
+        for k in keys:
+            if k in table.services:
+                services[k] = table.services[k]
+            else:
+                services.pop(k, None)
+        self.synced = (table.version, services)
 
     def _sync_full(self, lab, table) -> list[str]:
         report = []
@@ -213,7 +226,11 @@ class EbpfBackend(HealthCheckServing, Backend):
             raise
         for ids in self.ids.values():
             ids.commit()
-        keep = flow_keep(table, only=keys, old=ServiceTable(self.synced[1]))
+        old_table = ServiceTable(self.synced[1])
+        keep = flow_keep(table, only=keys, old=old_table)
+        # nothing the change could doom (an endpoint added, a port renamed): the tables of flows,
+        # affinities and sockets need no walk, unless an address is to leave the filter
+        doom = not keep.keeps_all_that(flow_keep(old_table, only=keys, old=table))
         report = []
         try:
             for node, prog in self.nodes.items():
@@ -223,13 +240,16 @@ class EbpfBackend(HealthCheckServing, Backend):
                 change = apply(prog, plan.before, plan.after, addresses=False)
                 self.renderings[node].commit(plan, self.ids[node])
                 wanted = self.renderings[node].maps
-                flushed, used = flush_flows(prog, keep)
                 among = plan.before.addresses.keys() | plan.after.addresses.keys() | self.lingering.get(node, set())
+                leaving = any(held.get(a, 0) & ~wanted.addresses.get(a, 0) for a in among)
+                # (a walk of conntrack tells which leaving addresses live flows still name)
+                flushed, used = flush_flows(prog, keep) if doom or leaving else (0, set())
                 settle_addresses(prog, held, wanted.addresses, used, among)
                 self.lingering[node] = {a for a in among if held.get(a, 0) != wanted.addresses.get(a, 0)}
                 self.current[node] = replace(wanted, addresses=held)
-                flushed += forget_affinities(prog, wanted.affinity_match)
-                if lab is not None and node in lab.record.objects:
+                if plan.before.affinity_match - plan.after.affinity_match:
+                    flushed += forget_affinities(prog, wanted.affinity_match)
+                if doom and lab is not None and node in lab.record.objects:
                     flushed += close_stale_sockets(prog, keep, lab.record.objects[node])
                 if change or flushed:
                     report.append(f"{node}: {change.upserted} map entries written, {change.deleted} deleted, "
@@ -243,7 +263,7 @@ class EbpfBackend(HealthCheckServing, Backend):
             # from what each node holds (kube-proxy's needFullSync after a failed sync)
             self.renderings = {}
             raise
-        self._synced(table)
+        self._synced(table, keys)
         return report
 
     def release(self) -> None:
@@ -410,7 +430,7 @@ def close_stale_sockets(prog: NodeProgram, keep: FlowKeep, ns: str) -> int:
     entry carries."""
     table = prog.table("sock_revnat")
     stale = {}
-    for k, v in table.items():
+    for k, v in batch_items(table):
         if keep.keeps(v.proto, from_be32(v.addr), be16(v.port), from_be32(k.addr), be16(k.port), prog.node_ip):
             continue
         stale[k.cookie] = (v.proto, from_be32(k.addr), be16(k.port))

@@ -52,22 +52,28 @@ def _source_key(t, svc_id: int, net):
     return key
 
 
-def batch_items(table, chunk: int = 4096):
-    """Every (key, value) of a hash map, read CHUNK entries per BPF_MAP_LOOKUP_BATCH call: a
-    conntrack table of 40,000 entries in about 40 ms, where bcc's items() (two syscalls per
-    entry) takes about 450 ms, and bcc's own batch read allocates room for the whole capacity
-    first (2 ms for an empty 262,144-entry table). Each chunk has buffers of its own, so the
-    entries stay valid after the next is read. A map changing meanwhile may be read with an entry
-    missed or repeated, as with any walk of a live hash map."""
+def batch_items(table, chunk: int = 4096, first_chunk: int = 64):
+    """Every (key, value) of a hash map, read per BPF_MAP_LOOKUP_BATCH call: a conntrack table
+    of 40,000 entries in about 40 ms, where bcc's items() (two syscalls per entry) takes about
+    450 ms, and bcc's own batch read allocates room for the whole capacity first (2 ms for an
+    empty 262,144-entry table). The first call reads up to FIRST_CHUNK entries, each next one
+    twice as many up to CHUNK: a sync walks conntrack and affinity tables on every node, mostly
+    small, and zeroed buffers for 4,096 entries cost about 0.3 ms each. Each chunk has buffers
+    of its own, so the entries stay valid after the next is read. A map changing meanwhile may be
+    read with an entry missed or repeated, as with any walk of a live hash map."""
     from bcc.libbcc import lib
     token, count = ct.c_uint32(0), ct.c_uint32(0)
     first = True
+    size = min(first_chunk, chunk)
     while True:
-        keys, values = (table.Key * chunk)(), (table.Leaf * chunk)()
-        count.value = chunk
+        keys, values = (table.Key * size)(), (table.Leaf * size)()
+        count.value = size
         res = lib.bpf_lookup_batch(table.map_fd, None if first else ct.byref(token), ct.byref(token),
                                    ct.byref(keys), ct.byref(values), ct.byref(count))
         err = ct.get_errno()
+        if res != 0 and err == errno.ENOSPC and count.value == 0:
+            size *= 2              # a hash bucket holds more than the buffer: again, larger
+            continue
         for i in range(count.value):
             yield keys[i], values[i]
         if res != 0:
@@ -75,6 +81,7 @@ def batch_items(table, chunk: int = 4096):
                 raise OSError(err, f"BPF_MAP_LOOKUP_BATCH: {os.strerror(err)}")
             return
         first = False
+        size = min(size * 2, chunk)
 
 
 def update_batch(table, pairs: list) -> None:

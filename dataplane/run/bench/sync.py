@@ -5,7 +5,9 @@ included, conntrack cleanup included):
 
   apply all    the table emptied (untimed), then N filler services written in one sync
   change one   one service gains an endpoint: a sync told of that one change (the table's change
-               tracker, `ServiceTable.updated`, as the agent's apply or an informer event tells it)
+               tracker, `ServiceTable.updated`, as the agent's apply or an informer event tells it);
+               then it loses it again, timed apart ("endpoint removed"): a change that can doom
+               flows, so the eBPF backend walks its conntrack tables, which a gain does not need
   churn        for SECONDS, a random service gains or loses that endpoint, one sync per change:
                changes absorbed per second of sync time; then the same with BATCH changes per sync (as
                kube-proxy batches the events of its minSyncPeriod)
@@ -76,7 +78,7 @@ def control(lab: BenchLab, full, reps: int, seconds: float, rng: random.Random) 
     name = lab.backend.name
     keys = [k for k, s in full.services.items() if s.namespace != "bench" and s.endpoints]
     n = sum(1 for s in full if s.namespace != "bench")
-    apply_s, change_s, memory = [], [], []
+    apply_s, change_s, removal_s, memory = [], [], [], []
     empty = table(0, lab.pods)
     for _ in range(reps):
         lab.sync(empty)
@@ -89,11 +91,17 @@ def control(lab: BenchLab, full, reps: int, seconds: float, rng: random.Random) 
         time.sleep(SETTLE)
         memory.append((kernel_memory() - before) / n)
         lab.progress(f"{name}: change one of {n:,}")
-        nxt = _toggled(lab, lab.table, [rng.choice(keys)])
+        key = rng.choice(keys)
+        nxt = _toggled(lab, lab.table, [key])
         t0 = time.perf_counter()
         lab.sync(nxt)
         change_s.append((time.perf_counter() - t0) * 1000)
-    rows = [_row("sync", name, n, "apply all", "ms", apply_s), _row("sync", name, n, "change one", "ms", change_s)]
+        back = _toggled(lab, lab.table, [key])
+        t0 = time.perf_counter()
+        lab.sync(back)
+        removal_s.append((time.perf_counter() - t0) * 1000)
+    rows = [_row("sync", name, n, "apply all", "ms", apply_s), _row("sync", name, n, "change one", "ms", change_s),
+            _row("sync", name, n, "change one, endpoint removed", "ms", removal_s)]
     if n >= 1000:
         rows.append(_row("sync", name, n, "kernel memory per service", "bytes", memory))
     for batch in (1, BATCH):
