@@ -26,7 +26,6 @@ PACKAGES=(
   python3-bpfcc bpfcc-tools libbpf1 bpftool      # bcc (compile + load), libbpf for BPF_PROG_TEST_RUN
   iproute2 iptables nftables conntrack           # netlink, TC, kube-proxy's two rule backends
   iperf3 tcpdump netcat-openbsd iputils-ping curl  # traffic and observation
-  linux-perf                                     # bench profile: samples of the JIT'd programs
   python3-venv python3-pip                       # the project environment (system python)
   make gcc
   vagrant                                        # the tests validate the lab VM's Vagrantfile
@@ -45,6 +44,17 @@ else
   apt-get update -q >/dev/null || die "apt-get update failed"
   apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null || die "apt-get install ${missing[*]} failed"
   say installed "${missing[*]}"
+fi
+
+step "perf (dataplane bench profile)"
+# Debian names it linux-perf, Ubuntu linux-tools-<kernel>; optional: only `bench profile` needs it
+if command -v perf >/dev/null; then
+  say skipped "perf is installed"
+elif apt-get install -y -q --no-install-recommends linux-perf >/dev/null 2>&1 ||
+     apt-get install -y -q --no-install-recommends linux-tools-common "linux-tools-$(uname -r)" >/dev/null 2>&1; then
+  say installed "perf"
+else
+  say skipped "no perf package for this system: dataplane bench profile will say so; the rest works"
 fi
 
 step "Kernel headers for bcc"

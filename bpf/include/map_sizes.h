@@ -37,10 +37,12 @@
 
 /* The addresses map's summary for the fast path (lib/lb.h, address_filter): 2 bits (frontend,
  * endpoint) in each of 32 slots per word, 2^21 slots in all (512 KiB). Fixed: an address's slot
- * is a hash of it modulo the slot count, which user space computes too (it reads the count from
+ * is a hash of it masked by the slot count, which user space computes too (it reads the count from
  * the map). Full capacity (524,288 addresses) would leave about a fifth of other addresses in a
  * set slot; those take the exact lookup, not the wrong path. */
 #define ADDRESS_FILTER_WORDS 65536
+_Static_assert((ADDRESS_FILTER_WORDS & (ADDRESS_FILTER_WORDS - 1)) == 0,
+	       "the address filter's slot is a hash masked by the slot count: a power of two");
 
 /* Fixed: the loader writes at most this many (ip-masq-agent CIDRs; LoadBalancer source ranges). */
 #define NONMASQ_MAP_SIZE     64

@@ -1,7 +1,9 @@
-/* Parsing: Ethernet + IPv4 + the first bytes of TCP/UDP/ICMP into struct pkt, read in place
- * (direct packet access: no helper call per header, which `bench kernel --profile` measured at
- * about 30 ns each with the copy). Headers that are not in the skb's linear area are pulled into it
- * first (bpf_skb_pull_data, as Cilium's revalidate_data_pull), so non-linear skbs work too. */
+/* Parsing: Ethernet + IPv4 + the first bytes of TCP/UDP/ICMP into struct pkt. Each header is
+ * read in place when the skb's linear area holds it (direct packet access: no helper call, where
+ * a bpf_skb_load_bytes with its copy cost about 30 ns each, `dataplane bench profile`), else
+ * copied with bpf_skb_load_bytes, as Cilium reads ports and TCP flags with ctx_load_bytes. Never
+ * pulled: bpf_skb_pull_data makes a cloned skb's head private (an allocation and a copy), and
+ * TCP sends clones; a pod's segment often has its payload in fragments and its headers linear. */
 #ifndef DP_PARSE_H
 #define DP_PARSE_H
 
@@ -80,27 +82,39 @@ static __always_inline int pkt4_syn_ack(const struct pkt *p)
 	return p->proto == IPPROTO_TCP && (p->tcp_flags & TCP_FLAG_SYN) && (p->tcp_flags & TCP_FLAG_ACK);
 }
 
-#define PKT4_HEADERS_MAX (IP_OFF + 60 + TCP_FLAGS_OFF + 1)  /* Ethernet, IPv4 with options, TCP to flags */
-
-/* The first bytes of a first fragment's (or whole packet's) L4 header, at l4 (in the packet, end
- * its end): ports, TCP flags, ICMP type. 0, or -DROP_TRUNCATED_L4. */
-static __always_inline int __pkt4_parse_l4(struct pkt *p, const __u8 *l4, const void *end, __u32 l4len)
+/* LEN bytes of the packet at OFF: in place when the linear area holds them, else copied into
+ * BUF; NULL when the packet is shorter. (OFF is bounded by the callers: at most IP_OFF + 60.) */
+static __always_inline const __u8 *__pkt4_bytes(struct __sk_buff *skb, __u32 off, __u32 len, void *buf)
 {
+	const __u8 *data = (const __u8 *)(long)skb->data;
+	const __u8 *at = data + off;
+	if (at + len <= (const __u8 *)(long)skb->data_end)
+		return at;
+	return bpf_skb_load_bytes(skb, off, buf, len) < 0 ? NULL : (const __u8 *)buf;
+}
+
+/* The first bytes of a first fragment's (or whole packet's) L4 header: ports, TCP flags, ICMP
+ * type. 0, or -DROP_TRUNCATED_L4. */
+static __always_inline int __pkt4_parse_l4(struct __sk_buff *skb, struct pkt *p, __u32 l4len)
+{
+	__u8 buf[TCP_FLAGS_OFF + 1];
+	const __u8 *l4;
 	if (p->proto == IPPROTO_TCP) {
-		if (l4len < sizeof(struct tcphdr) || (const void *)(l4 + TCP_FLAGS_OFF + 1) > end)
+		if (l4len < sizeof(struct tcphdr) || !(l4 = __pkt4_bytes(skb, p->l4_off, TCP_FLAGS_OFF + 1, buf)))
 			return -DROP_TRUNCATED_L4;
 		__builtin_memcpy(&p->sport, l4 + offsetof(struct tcphdr, source), sizeof(p->sport));
 		__builtin_memcpy(&p->dport, l4 + offsetof(struct tcphdr, dest), sizeof(p->dport));
 		p->tcp_flags = l4[TCP_FLAGS_OFF];
 		p->has_l4 = 1;
 	} else if (p->proto == IPPROTO_UDP) {
-		if (l4len < sizeof(struct udphdr) || (const void *)(l4 + sizeof(struct udphdr)) > end)
+		/* the ports */
+		if (l4len < sizeof(struct udphdr) || !(l4 = __pkt4_bytes(skb, p->l4_off, offsetof(struct udphdr, len), buf)))
 			return -DROP_TRUNCATED_L4;
 		__builtin_memcpy(&p->sport, l4 + offsetof(struct udphdr, source), sizeof(p->sport));
 		__builtin_memcpy(&p->dport, l4 + offsetof(struct udphdr, dest), sizeof(p->dport));
 		p->has_l4 = 1;
 	} else if (p->proto == IPPROTO_ICMP) {
-		if (l4len < ICMP_HLEN || (const void *)(l4 + ICMP_HLEN) > end)
+		if (l4len < ICMP_HLEN || !(l4 = __pkt4_bytes(skb, p->l4_off, ICMP_HLEN, buf)))
 			return -DROP_TRUNCATED_L4;
 		p->icmp_type = l4[0];
 		p->icmp_code = l4[1];
@@ -108,28 +122,16 @@ static __always_inline int __pkt4_parse_l4(struct pkt *p, const __u8 *l4, const 
 	return 0;
 }
 
-/* Make the headers parse reads readable in place: nothing to do when the linear area holds
- * PKT4_HEADERS_MAX bytes or the whole packet (the common case); otherwise pull them in. A pull
- * that fails leaves the area as it was: the bounds checks then find what is missing. */
-static __always_inline void __pkt4_linearize(struct __sk_buff *skb)
-{
-	__u32 want = skb->len < PKT4_HEADERS_MAX ? skb->len : PKT4_HEADERS_MAX;
-	if ((void *)(long)skb->data + want > (void *)(long)skb->data_end)
-		bpf_skb_pull_data(skb, want);
-}
-
 /* PKT4_IPV4 with p filled, PKT4_NOT_IPV4, or the reason a malformed packet is dropped. */
 static __always_inline int __pkt4_parse(struct __sk_buff *skb, struct pkt *p)
 {
-	__pkt4_linearize(skb);
-	void *data = (void *)(long)skb->data;
-	void *end = (void *)(long)skb->data_end;
-	struct ethhdr *eth = data;
-	struct iphdr *ip = data + IP_OFF;
-
-	if ((void *)(eth + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP))
+	struct ethhdr eth_buf;
+	struct iphdr ip_buf;
+	const struct ethhdr *eth = (const struct ethhdr *)__pkt4_bytes(skb, 0, sizeof(eth_buf), &eth_buf);
+	if (!eth || eth->h_proto != bpf_htons(ETH_P_IP))
 		return PKT4_NOT_IPV4;
-	if ((void *)(ip + 1) > end || ip->version != 4 || ip->ihl < IPV4_IHL_MIN)
+	const struct iphdr *ip = (const struct iphdr *)__pkt4_bytes(skb, IP_OFF, sizeof(ip_buf), &ip_buf);
+	if (!ip || ip->version != 4 || ip->ihl < IPV4_IHL_MIN)
 		return -DROP_BAD_IHL;
 	__u32 hlen = ip->ihl * IPV4_IHL_UNIT;
 	__u32 tot = bpf_ntohs(ip->tot_len);
@@ -148,7 +150,7 @@ static __always_inline int __pkt4_parse(struct __sk_buff *skb, struct pkt *p)
 	p->tcp_flags = 0;
 	if (p->later)
 		return PKT4_IPV4;   /* later fragments carry no L4 header (__pkt4_frag_ports finds their ports) */
-	int ret = __pkt4_parse_l4(p, (const __u8 *)data + IP_OFF + hlen, end, tot - hlen);
+	int ret = __pkt4_parse_l4(skb, p, tot - hlen);
 	return IS_DROP(ret) ? ret : PKT4_IPV4;
 }
 

@@ -158,3 +158,59 @@ def test_the_program_finds_every_frontend_user_space_put_in_the_filter(program):
         if out.verdict == "pass" and out.data == frame:
             passed.append(str(vip))
     assert not passed, f"passed untouched: {passed[:5]}"
+
+
+def test_a_missing_bit_and_drift_behind_our_back_are_repaired(program):
+    """The dangerous direction: a filter word that lost a bit (zeroed behind our back) is restored
+    by repair (which reconcile runs); and an address written into the addresses map behind our
+    back, sharing its slot with an endpoint, then removed by the repair of the map, leaves the
+    endpoint's bit set (the filter counts from its own record, not from what the caller says
+    the map held)."""
+    from dataplane.backends.ebpf import maps
+    from dataplane.backends.ebpf.address_filter import filter_of
+    b = _backend(program)
+    table = ServiceTable()
+    endpoint, intruder = IPv4Address("10.0.4.105"), IPv4Address("10.0.4.228")
+    slots = program.table("address_filter").max_entries * SLOTS_PER_WORD
+    assert slot_of(int(endpoint), slots) == slot_of(int(intruder), slots), "the premise: one slot"
+    table.add(_dns(endpoints=(str(endpoint),)))
+    b.sync(None, table)
+    word = slot_of(int(endpoint), slots) // SLOTS_PER_WORD
+    t = program.table("address_filter")
+    assert t[t.Key(word)].value, "the endpoint's bit is set"
+    t[t.Key(word)] = t.Leaf(0)
+    assert filter_of(program).repair() is True and _filter_words(program) == _expected_words(program)
+    assert filter_of(program).repair() is False
+    # drift: the intruder added behind our back, then the map repaired (reconcile's apply)
+    a = program.table("addresses")
+    a[a.Key(socket.htonl(int(intruder)))] = a.Leaf(ADDR_F_ENDPOINT)
+    maps.apply(program, maps.read_node_maps(program), b.current["node1"])
+    assert str(intruder) not in _addresses(program)
+    assert _filter_words(program) == _expected_words(program) and t[t.Key(word)].value
+
+
+def test_the_fast_path_leaves_a_flow_of_ours_alone_only_when_neither_end_is_in_the_filter(program):
+    """Tells the fast path from the full one: a reply entry planted for CLIENT -> OTHER (as a
+    backend's reply to a client) is found by the full path, which rewrites the packet; the fast
+    path never looks, and passes it untouched. So the packet is untouched while CLIENT is nobody's
+    endpoint, and rewritten once a service names CLIENT (an all-ones filter would fail the first
+    half, an all-zeros one the second)."""
+    b = _backend(program)
+    table = ServiceTable()
+    table.add(_dns())
+    b.sync(None, table)
+    ct = program.table("conntrack")
+    k = ct.Key()
+    k.saddr, k.daddr = socket.htonl(int(IPv4Address(CLIENT))), socket.htonl(int(IPv4Address(OTHER)))
+    k.sport, k.dport, k.proto, k.dir = socket.htons(40001), socket.htons(9999), 17, CT_REPLY
+    v = ct.Leaf()
+    v.expires, v.nat_addr, v.nat_port = 2 ** 62, socket.htonl(int(VIP)), socket.htons(53)
+    ct[k] = v
+    frame = bytes(from_pod(CLIENT, OTHER, udp(40001, 9999)))
+    out = run(program.fns["from_pod"].fd, frame)
+    assert out.verdict == "pass" and out.data == frame, "the fast path: the entry never looked at"
+    table = table.updated([_dns(endpoints=(WEB1, CLIENT))])
+    b.sync(None, table)
+    ct[k] = v
+    again = run(program.fns["from_pod"].fd, frame)
+    assert parsed(again.data)[IP].src == str(VIP), "the full path: CLIENT is an endpoint now, its reply translated"

@@ -140,3 +140,33 @@ def test_samples_are_counted_per_site_across_a_script():
     sites, inside, outside = profile.attribute(script, JIT)
     assert (inside, outside) == (4, 2)
     assert sites == {("program", "lib/parse.h:130  parse"): 3, ("bpf_skb_load_bytes", "pod.c:80  entry"): 1}
+
+
+def test_samples_of_other_threads_are_not_the_paths():
+    script = "    41 \n" + _sample(f"{PROG}+0x45") + "\n\n    99 \n" + _sample(f"{PROG}+0x45")
+    assert profile.attribute(script, JIT, tid=41)[1:] == (1, 1)
+    assert profile.attribute(script, JIT)[1:] == (2, 0)
+
+
+def test_line_info_of_bccs_rewritten_copy_is_placed_back_in_the_sources(tmp_path):
+    """bcc compiles a copy of the assembled text with lines added where it rewrote (map
+    declarations): distinctive lines found once give the offset, every line takes its nearest."""
+    a = tmp_path / "bpf" / "lib" / "a.h"
+    a.parent.mkdir(parents=True)
+    a.write_text("int x;\nstatic int first_distinctive_line(void);\n}\nreturn lookup_of_the_table(k);\n}\n")
+    origins = [None] + [(a, n) for n in range(1, 6)]         # a define, then a.h's five lines
+    # bcc's copy: the define, then 3 lines it added, then a.h (text lines 2.. of the copy shifted by 3)
+    raw = [(0x10, "/virtual/main.c", 2 + 1 + 3, "static int first_distinctive_line(void);"),
+           (0x20, "/virtual/main.c", 4 + 1 + 3, "return bpf_map_lookup_elem(...);"),   # rewritten text
+           (0x30, "/virtual/main.c", 0, ""),
+           (0x40, "/usr/include/bcc/helpers.h", 1077, "return __builtin_bswap32(val);")]
+    place = profile._placer(raw, origins)
+    assert place(*raw[0][1:]) == "lib/a.h:2  static int first_distinctive_line(void);"
+    assert place(*raw[1][1:]) == "lib/a.h:4  return lookup_of_the_table(k);"
+    assert place(*raw[2][1:]).startswith("(no source line")
+    assert place(*raw[3][1:]) == "helpers.h:1077  return __builtin_bswap32(val);"
+
+
+def test_every_kernel_path_but_the_floor_can_be_profiled():
+    from dataplane.run.bench.kernel import PATHS
+    assert profile.PROFILED == tuple(p for p in PATHS if p != "floor")

@@ -27,6 +27,7 @@ from ...lab.names import pin_dir
 from ..base import Backend, HealthCheckServing
 from ...spec.policy import FlowKeep, flow_keep
 from ...spec.table import ServiceTable
+from .address_filter import filter_of
 from .maps import apply, batch_items, delete_batch, grow_addresses, read_node_maps, settle_addresses
 from ...contract.limits import CtTimeouts, MapSizes
 from .program import NodeProgram, be16, from_be32
@@ -140,6 +141,8 @@ class EbpfBackend(HealthCheckServing, Backend):
             change = apply(prog, actual, desired)
             if change:
                 repaired.append(f"{node}: {change.upserted} map entries restored, {change.deleted} foreign ones removed")
+            if filter_of(prog).repair():
+                repaired.append(f"{node}: the address filter restored")
             cfg = render_config(lab.spec, node)
             if prog.config_drift(cfg):
                 prog.set_node_config(cfg)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import ctypes as ct
 import errno
 import os
+import socket
 from array import array
 from collections import Counter
 
@@ -37,24 +38,28 @@ def slot_of(addr: int, slots: int) -> int:
 
 
 class AddressFilter:
-    """One program's address_filter map and the counts behind its words."""
+    """One program's address_filter map, with the record behind its words: the flags of every
+    address it summarizes, and per slot and bit how many of them set it."""
 
     def __init__(self, table, held: dict):
         self.table = table
         self.slots = table.max_entries * SLOTS_PER_WORD
+        self.flags: dict = {}                     # address -> the ADDR_F_* bits summarized
         self.counts: Counter = Counter()          # (slot, bit) -> addresses setting it
+        self.broken = False                       # a write failed: rebuild before the next use
         for addr, flags in held.items():
-            self._count(addr, 0, flags)
+            self._count(addr, flags)
         self.words = {}
         for w in {s // SLOTS_PER_WORD for s, _ in self.counts}:
             if v := self._word(w):
                 self.words[w] = v
-        self._repair()
+        self.repair()
 
-    def _repair(self) -> None:
+    def repair(self) -> bool:
         """Every word of the kernel's array read (one batch) and the ones that differ from the
-        counts' rewritten: a filter left with bits of addresses gone (an agent stopped between
-        its two writes, a test that emptied the addresses map) is made exact again."""
+        record rewritten: a filter left with bits of addresses gone (an agent stopped between its
+        two writes, a test that emptied the addresses map), or written behind our back, is made
+        exact again. True when a word was rewritten."""
         from bcc.libbcc import lib
         t, n = self.table, self.table.max_entries
         keys, leaves = (t.Key * n)(), (t.Leaf * n)()
@@ -68,20 +73,29 @@ class AddressFilter:
         for w, v in self.words.items():
             want[w] = v
         if count.value == n and have == want:
-            return
+            return False
         wrong = [w for w in range(n) if w >= count.value or have[w] != want[w]]
         update_batch(t, [(t.Key(w), t.Leaf(want[w])) for w in wrong])
+        return bool(wrong)
 
-    def _count(self, addr: int, old: int, new: int) -> set:
+    def _count(self, addr: int, new: int) -> set:
+        """The record of `addr` set to `new`; the words it touched."""
+        old = self.flags.get(addr, 0)
+        if old == new:
+            return set()
         slot = slot_of(addr, self.slots)
         for bit in BITS:
             if new & bit and not old & bit:
                 self.counts[(slot, bit)] += 1
             elif old & bit and not new & bit:
                 self.counts[(slot, bit)] -= 1
-                if not self.counts[(slot, bit)]:
+                if self.counts[(slot, bit)] <= 0:
                     del self.counts[(slot, bit)]
-        return {slot // SLOTS_PER_WORD} if old != new else set()
+        if new:
+            self.flags[addr] = new
+        else:
+            del self.flags[addr]
+        return {slot // SLOTS_PER_WORD}
 
     def _word(self, w: int) -> int:
         value = 0
@@ -92,18 +106,25 @@ class AddressFilter:
                     value |= bit << (2 * i)
         return value
 
-    def change(self, changes: dict) -> int:
-        """changes: address -> (flags the map held, flags it holds now). The words whose value
-        changed are written. Returns how many."""
+    def change(self, now: dict) -> int:
+        """now: address -> the flags the addresses map holds for it now (0: gone), as just
+        written there. The difference from the record is summarized, whatever the caller thought
+        the map held before (a repair of drift behind our back included), and the words whose
+        value changed are written. Returns how many. A failed write leaves the filter marked
+        broken: the next filter_of rebuilds it from the addresses map and repairs every word."""
         touched = set()
-        for addr, (old, new) in changes.items():
-            touched |= self._count(addr, old, new)
-        write = {}
-        for w in touched:
-            v = self._word(w)
-            if v != self.words.get(w, 0):
-                write[w] = v
-        update_batch(self.table, [(self.table.Key(w), self.table.Leaf(v)) for w, v in write.items()])
+        try:
+            for addr, flags in now.items():
+                touched |= self._count(addr, flags)
+            write = {}
+            for w in touched:
+                v = self._word(w)
+                if v != self.words.get(w, 0):
+                    write[w] = v
+            update_batch(self.table, [(self.table.Key(w), self.table.Leaf(v)) for w, v in write.items()])
+        except BaseException:
+            self.broken = True
+            raise
         for w, v in write.items():
             if v:
                 self.words[w] = v
@@ -118,11 +139,10 @@ def update_batch(table, pairs):
 
 
 def filter_of(prog) -> AddressFilter:
-    """The program's filter, built from its addresses map on first use."""
+    """The program's filter, built from its addresses map on first use (and after a failure)."""
     f = getattr(prog, "address_filter", None)
-    if f is None:
+    if f is None or f.broken:
         from .maps import batch_items
-        import socket
         held = {socket.ntohl(k): v for k, v in batch_items(prog.table("addresses"))}
         f = prog.address_filter = AddressFilter(prog.table("address_filter"), held)
     return f

@@ -123,8 +123,7 @@ def apply(prog: NodeProgram, current: NodeMaps, desired: NodeMaps, addresses: bo
                 if current.addresses.get(a) != f] if addresses else []
     update_batch(addr_t, new_addr)
     if addresses:
-        flt.change({a: (current.addresses.get(a, 0), f) for a, f in desired.addresses.items()
-                                if current.addresses.get(a) != f})
+        flt.change({a: f for a, f in desired.addresses.items() if current.addresses.get(a) != f})
     new_be = [(be_t.Key(i), _backend_leaf(be_t, v)) for i, v in desired.backends.items()
               if current.backends.get(i) != v]
     changed = {k: v for k, v in desired.services.items() if current.services.get(k) != v}
@@ -153,7 +152,7 @@ def apply(prog: NodeProgram, current: NodeMaps, desired: NodeMaps, addresses: bo
     gone_addr = [a for a in current.addresses if a not in desired.addresses] if addresses else []
     delete_batch(addr_t, [addr_t.Key(socket.htonl(a)) for a in gone_addr])
     if gone_addr:
-        flt.change({a: (current.addresses[a], 0) for a in gone_addr})
+        flt.change({a: 0 for a in gone_addr})
     ch.upserted = len(new_be) + len(slots) + len(heads) + len(added) + len(matched) + len(new_addr)
     ch.deleted = len(gone_svc) + len(gone_be) + len(unmatched) + len(removed) + len(gone_addr)
     live = set(desired.backends.values())
@@ -168,7 +167,7 @@ def grow_addresses(prog: NodeProgram, held: dict, wanted: dict) -> int:
     t, flt = prog.table("addresses"), filter_of(prog)
     grown = {a: held.get(a, 0) | f for a, f in wanted.items() if f & ~held.get(a, 0)}
     update_batch(t, [(t.Key(socket.htonl(a)), t.Leaf(f)) for a, f in grown.items()])
-    flt.change({a: (held.get(a, 0), f) for a, f in grown.items()})
+    flt.change(grown)
     held.update(grown)          # only once written: `held` never claims what the kernel lacks
     return len(grown)
 
@@ -192,10 +191,10 @@ def settle_addresses(prog: NodeProgram, held: dict, wanted: dict, used: set, amo
     # each half recorded only once written; a failure leaves `held` claiming at most bits the
     # kernel still has (a removal not done yet), never bits it lacks
     update_batch(t, [(t.Key(socket.htonl(a)), t.Leaf(f)) for a, f in write.items()])
-    flt.change({a: (held.get(a, 0), f) for a, f in write.items()})
+    flt.change(write)
     held.update(write)
     delete_batch(t, [t.Key(socket.htonl(a)) for a in gone])
-    flt.change({a: (held[a], 0) for a in gone})
+    flt.change({a: 0 for a in gone})
     for a in gone:
         del held[a]
     return len(write), len(gone)

@@ -13,8 +13,10 @@ function it called, has it in its call chain. Each such sample goes to a site:
               turned into a direct call, a return thunk), with everything it called in turn
 
 and to the place in the source of the program's instruction (for a call, the call's): its line
-info, as bcc emits it into BTF. bcc's rewriting of map declarations shifts lines in the headers
-that declare maps, so the line named can be a few lines off; the function it names is right.
+info, as bcc emits it into BTF, for a build without #line markers (source.assemble's origins) so
+that bcc's line numbers are those of the text it compiled, placed back in bpf/ by _placer. Only
+this thread's samples count: a lab's programs running on that CPU in softirq are not this path.
+A sample taken in a return thunk after the program's frame is gone counts outside it.
 New-flow paths start each pass over their frames from an empty conntrack table, so that they stay
 new. Shares are of the samples in the program; ns = share x (the median kernel duration per call
 in the same loop - the floor's, a trivial program's run the same way just before): the program's
@@ -33,6 +35,7 @@ import statistics
 import struct
 import subprocess
 import tempfile
+import threading
 import time
 from bisect import bisect_right
 from collections import Counter
@@ -217,17 +220,23 @@ class Profile:
     sites: list = field(default_factory=list)
 
 
-def attribute(script: str, jm: JitMap) -> tuple[Counter, int, int]:
-    """`perf script -F ip,sym,symoff` output (with call chains) -> ((function, place) -> samples,
-    samples in the program, samples outside it)."""
+def attribute(script: str, jm: JitMap, tid: int | None = None) -> tuple[Counter, int, int]:
+    """`perf script -F tid,ip,sym,symoff` output (with call chains) -> ((function, place) ->
+    samples, samples in the program, samples outside it). With `tid`, the samples of other
+    threads (a lab's programs running in softirq on that CPU, say) are outside too."""
     sites, inside, outside = Counter(), 0, 0
     for block in script.split("\n\n"):
-        frames = []
+        frames, thread = [], None
         for line in block.strip().splitlines():
             parts = line.split()
             if len(parts) >= 2:
                 frames.append(parts[1])
+            elif len(parts) == 1 and parts[0].isdigit():
+                thread = int(parts[0])
         if not frames:
+            continue
+        if tid is not None and thread != tid:
+            outside += 1
             continue
         at = next((i for i, f in enumerate(frames) if f.split("+", 1)[0] == jm.symbol), None)
         if at is None:
@@ -249,10 +258,15 @@ def profile_paths(paths, services: int, seconds: float, calls: int = 20000, seed
     from .kernel import Bench
     if not shutil.which("perf"):
         raise DataplaneError("`bench profile` samples with perf, which is not installed (Debian: linux-perf)")
-    with open("/proc/sys/net/core/bpf_jit_kallsyms") as f:
-        if f.read().strip() == "0":
-            raise DataplaneError("net.core.bpf_jit_kallsyms is 0: JIT'd programs have no kernel symbol, so perf "
-                                 "cannot tell their samples apart (sysctl -w net.core.bpf_jit_kallsyms=1)")
+    try:
+        with open("/proc/sys/net/core/bpf_jit_kallsyms") as f:
+            kallsyms = f.read().strip()
+    except OSError:
+        kallsyms = None
+    if kallsyms != "1":
+        raise DataplaneError("JIT'd BPF programs have no kernel symbol here (net.core.bpf_jit_kallsyms is "
+                             f"{kallsyms or 'absent: is the JIT on?'}), so perf cannot tell their samples apart: "
+                             "sysctl -w net.core.bpf_jit_enable=1 net.core.bpf_jit_kallsyms=1")
     origins: list = []
     bench = Bench(progress, origins)
     cpus = os.sched_getaffinity(0)
@@ -275,18 +289,25 @@ def _profile_one(bench, path: str, services: int, seconds: float, calls: int, rn
     entry, frames = bench.path_frames(path, services, calls, rng)
     fd = bench.prog.fns[entry].fd
     jm = jit_map(fd, origins)
-    cpu = max(os.sched_getaffinity(0))
-    os.sched_setaffinity(0, {cpu})
+    if not jm.offsets:
+        raise DataplaneError(f"the kernel gave no JIT addresses for {entry} (kernel.kptr_restrict hides them, or "
+                             f"the program has no BTF line info): its samples cannot be placed")
+    allowed = os.sched_getaffinity(0)
+    cpu = max(allowed)
     conntrack = bench.prog.table("conntrack")
     with netns.inside(bench.ns):
         floor = statistics.median(run(bench.floor_fd, frames[0]).duration_ns for _ in range(calls))
     durations = []
     with tempfile.TemporaryDirectory(prefix="dp-profile-") as tmp:
         data = os.path.join(tmp, "perf.data")
+        # the loop alone on its CPU, perf on the others
+        others = allowed - {cpu} or allowed
         rec = subprocess.Popen(["perf", "record", "-q", "-e", "cpu-clock", "-F", str(SAMPLE_HZ), "-g",
                                 "-C", str(cpu), "-o", data, "--", "sleep", str(seconds)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               preexec_fn=lambda: os.sched_setaffinity(0, others))
         try:
+            os.sched_setaffinity(0, {cpu})
             time.sleep(0.3)        # perf is sampling before the first call
             with netns.inside(bench.ns):
                 while rec.poll() is None:
@@ -302,11 +323,14 @@ def _profile_one(bench, path: str, services: int, seconds: float, calls: int, rn
             err = rec.communicate()[1].decode(errors="replace")
         if rec.returncode != 0:
             raise DataplaneError(f"perf record failed ({rec.returncode}): {err.strip()[-500:]}")
-        script = subprocess.run(["perf", "script", "-i", data, "-F", "ip,sym,symoff"], capture_output=True,
+        script = subprocess.run(["perf", "script", "-i", data, "-F", "tid,ip,sym,symoff"], capture_output=True,
                                 text=True, timeout=300)
         if script.returncode != 0:
             raise DataplaneError(f"perf script failed: {script.stderr.strip()[-500:]}")
-    sites, inside, outside = attribute(script.stdout, jm)
+    sites, inside, outside = attribute(script.stdout, jm, threading.get_native_id())
+    if not inside:
+        raise DataplaneError(f"no sample of {path} fell in {jm.symbol}: is perf sampling kernel code "
+                             f"(kernel.perf_event_paranoid <= 1 for a CPU-wide record as root)?")
     p50 = statistics.median(durations) if durations else 0.0
     own = max(0.0, p50 - floor)
     prof = Profile(path, services, entry, len(durations), p50, floor, inside, outside)
