@@ -144,8 +144,14 @@ def _sync(plt, rows, bench):
             if xs:
                 ax.errorbar(xs, [r["value"] for r in rs], yerr=_errs(rs), fmt="-o", color=COLORS.get(b), label=b,
                             capsize=2, markersize=4)
+            if target == "change one":       # the removal, dashed beside the gain
+                xs, rs = _series(rows, backend=b, target="change one, endpoint removed")
+                if xs:
+                    ax.errorbar(xs, [r["value"] for r in rs], yerr=_errs(rs), fmt="--s", color=COLORS.get(b),
+                                label=f"{b}, endpoint removed", capsize=2, markersize=3, alpha=0.7)
         _log_log(ax, "services installed", f"{target}, {unit}", target)
     axes[0].legend(fontsize=7)
+    axes[1].legend(fontsize=6)
     return _titled(fig, bench)
 
 

@@ -55,13 +55,16 @@ def internal_targets(svc: Service, sp: ServicePort, node: str) -> list[Target]:
     return cluster_targets(svc, sp)
 
 
-def udp_serving(table):
+def udp_serving(table, routed: bool = False):
     """kube-proxy's conntrack reconciliation (pkg/proxy/conntrack/cleanup.go, CleanStaleEntries):
     for every UDP service port with at least one serving endpoint, the serving endpoint IPs, by
     frontend: ({(service IP, port): IPs} for cluster, load-balancer and external IPs, {node port:
     IPs}). A UDP flow to one of these frontends answered by another address is stale (the UDP
     problem of kubernetes#48370): deleted. A service port without serving endpoints is skipped,
-    and so is a frontend gone with its service."""
+    and so is a frontend gone with its service. With `routed`, the ports judged are the same but
+    their IPs are every endpoint's, in any state: a superset of where routing may have sent a
+    flow (a ready endpoint need not be serving: publishNotReadyAddresses), for
+    FlowKeep.keeps_all_that's earlier side."""
     by_ip, by_node_port = {}, {}
     for svc in table or ():
         for sp in svc.ports:
@@ -70,6 +73,8 @@ def udp_serving(table):
             ips = {e.address for e in svc.endpoints if e.serving and e.port_for(sp.name, sp.protocol) is not None}
             if not ips:
                 continue
+            if routed:
+                ips = {e.address for e in svc.endpoints if e.port_for(sp.name, sp.protocol) is not None}
             for ip in (svc.cluster_ip, *svc.external_ips, *svc.load_balancer_ips):
                 by_ip[(ip, sp.port)] = ips
             if sp.node_port:
@@ -112,11 +117,14 @@ class FlowKeep:
         return True
 
     def keeps_all_that(self, old: "FlowKeep") -> bool:
-        """Does this keep let live every flow `old` let live, in this keep's scope (a sync of a
-        few services: flow_keep's `only`, the same keys for both)? Then the flows an earlier sync
-        left (each judged by the keep of its time, which `old` is for these frontends) are all
-        safe, and the sync need not look at them: kube-proxy, too, cleans conntrack only for the
-        endpoints and services its change tracker found stale. False when unsure (no scope)."""
+        """Does this keep let live every flow `old` may have let exist, in this keep's scope (a
+        sync of a few services: flow_keep's `only`, the same keys for both; `old` built with
+        `routed`, so that a UDP flow to a ready endpoint that is not serving counts)? Then the
+        flows an earlier sync left (each judged by the keep of its time, which `old` is for these
+        frontends) are all safe, and the sync need not look at them. (kube-proxy up to 1.28
+        cleaned conntrack only for what its change tracker found stale; later ones reconcile every
+        UDP entry of a service whenever a changed service has a UDP port, which a walk here does.)
+        False when unsure (no scope)."""
         if self.scope is None:
             return False
         for proto, rules, old_rules, keys in (
@@ -134,10 +142,12 @@ class FlowKeep:
         return True
 
 
-def flow_keep(table, only=None, old=None) -> FlowKeep:
+def flow_keep(table, only=None, old=None, routed: bool = False) -> FlowKeep:
     """The flows `table` lets live. With `only` (service keys changed since `old`), the flows to
     those services' frontends alone are judged, as they were in `old` and are in `table`; every
-    other flow is kept: what a sync of those services alone may flush."""
+    other flow is kept: what a sync of those services alone may flush. `routed`: the UDP rule
+    judged against every endpoint of a judged port, not its serving ones (udp_serving): the
+    flows the table may have let exist, rather than those it lets live."""
     services = table if only is None else [table.services[k] for k in sorted(only) if k in table.services]
     scope = None
     if only is not None:
@@ -153,7 +163,7 @@ def flow_keep(table, only=None, old=None) -> FlowKeep:
                     if sp.node_port:
                         node_ports.add((sp.node_port, proto))
         scope = (frozenset(ips), frozenset(node_ports))
-    udp_ips, udp_node_ports = udp_serving(services)
+    udp_ips, udp_node_ports = udp_serving(services, routed)
     tcp_ips, tcp_node_ports = {}, {}
     for svc in services or ():
         for sp in svc.ports:

@@ -145,3 +145,61 @@ def test_a_change_sync_walks_the_flows_only_when_the_change_can_doom_one(program
     lives = any(k.daddr == be32(backend) or k.saddr == be32(backend)
                 for k in program.table("conntrack").keys())
     assert lives == flow_lives
+
+
+def _walks(program, monkeypatch) -> list:
+    """The names of the maps the backend walks (batch_items), in order, from now on."""
+    import dataplane.backends.ebpf as ebpf
+    names = {program.table(n).map_fd: n for n in ("conntrack", "affinity", "sock_revnat")}
+    walked = []
+    real = ebpf.batch_items
+    monkeypatch.setattr(ebpf, "batch_items",
+                        lambda t, *a, **k: walked.append(names.get(t.map_fd, "other")) or real(t, *a, **k))
+    return walked
+
+
+def test_addresses_a_flow_keeps_lingering_do_not_make_every_change_walk(program, monkeypatch):
+    """A UDP flow outlives its deleted service, so its addresses linger in the fast path's map
+    (a walk found the flow naming them). A later change elsewhere that dooms nothing walks
+    nothing, and leaves them lingering; a change that walks anyway settles them."""
+    import dataplane.backends.ebpf as ebpf
+    b = _backend(program)
+    table = ServiceTable()
+    for i in range(40):
+        table.add(_service(i, 2))
+    table.add(_udp_service(("10.0.9.3",)))
+    b.sync(None, table)
+    run(program.fns["from_pod"].fd, bytes(from_pod(CLIENT, "10.96.9.9", udp(40000, 53))))
+    walked = _walks(program, monkeypatch)
+    table = table.updated([], ["default/dns"])
+    b.sync(None, table)
+    assert walked == ["conntrack"], "the deleted service's addresses were leaving: one walk"
+    vip, endpoint = int(IPv4Address("10.96.9.9")), int(IPv4Address("10.0.9.3"))
+    assert {vip, endpoint} <= b.lingering["node1"] and {vip, endpoint} <= set(b.current["node1"].addresses)
+    walked.clear()
+    table = table.updated([_service(7, 2, extra=["10.0.9.9"])])          # an endpoint added elsewhere
+    b.sync(None, table)
+    assert walked == [] and {vip, endpoint} <= b.lingering["node1"]
+    assert b.settle_lingering() == 0, "the flow still names them"
+    program.table("conntrack").clear()                                  # the flow expired and went
+    table = table.updated([_service(7, 2)])                              # a removal: walks, settles
+    b.sync(None, table)
+    assert walked[-1] == "conntrack" and not ({vip, endpoint} & b.lingering["node1"])
+    assert not ({vip, endpoint} & set(b.current["node1"].addresses))
+    assert ebpf.maps.read_node_maps(program).addresses == b.current["node1"].addresses
+
+
+def test_the_affinity_table_is_walked_only_when_a_pair_leaves(program, monkeypatch):
+    from dataclasses import replace
+    b = _backend(program)
+    table = ServiceTable()
+    for i in range(40):
+        table.add(replace(_service(i, 2), session_affinity="ClientIP"))
+    b.sync(None, table)
+    walked = _walks(program, monkeypatch)
+    table = table.updated([replace(_service(3, 2, extra=["10.0.9.9"]), session_affinity="ClientIP")])
+    b.sync(None, table)
+    assert "affinity" not in walked, "a backend added: no (service, backend) pair left"
+    table = table.updated([replace(_service(3, 2), session_affinity="ClientIP")])
+    b.sync(None, table)
+    assert "affinity" in walked, "the backend removed: its pair left, its affinities are forgotten"

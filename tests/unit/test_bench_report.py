@@ -127,25 +127,27 @@ def _sample(*frames: str) -> str:
     (("pv_native_safe_halt+0xb",), None),
 ], ids=["body", "helper-and-below", "call-at-line-start", "harness", "idle"])
 def test_a_sample_goes_to_the_program_site_or_the_function_it_called(frames, site):
-    sites, inside, outside = profile.attribute(_sample(*frames), JIT)
+    got = profile.attribute(_sample(*frames), JIT)
     if site is None:
-        assert (inside, outside, sites) == (0, 1, {})
+        assert (got.inside, got.outside, got.sites) == (0, 1, {})
     else:
-        assert (inside, outside, dict(sites)) == (1, 0, {site: 1})
+        assert (got.inside, got.outside, dict(got.sites)) == (1, 0, {site: 1})
 
 
 def test_samples_are_counted_per_site_across_a_script():
     script = "\n\n".join([_sample(f"{PROG}+0x45")] * 3 + [_sample("bpf_test_run+0x1")] * 2 +
                          [_sample("memcpy+0x3", "bpf_skb_load_bytes+0x2", f"{PROG}+0x10")])
-    sites, inside, outside = profile.attribute(script, JIT)
-    assert (inside, outside) == (4, 2)
-    assert sites == {("program", "lib/parse.h:130  parse"): 3, ("bpf_skb_load_bytes", "pod.c:80  entry"): 1}
+    got = profile.attribute(script, JIT)
+    assert (got.inside, got.outside) == (4, 2)
+    assert got.sites == {("program", "lib/parse.h:130  parse"): 3, ("bpf_skb_load_bytes", "pod.c:80  entry"): 1}
+    # within the helper, the function the sample was taken in
+    assert got.leaves == {("bpf_skb_load_bytes", "memcpy"): 1}
 
 
 def test_samples_of_other_threads_are_not_the_paths():
     script = "    41 \n" + _sample(f"{PROG}+0x45") + "\n\n    99 \n" + _sample(f"{PROG}+0x45")
-    assert profile.attribute(script, JIT, tid=41)[1:] == (1, 1)
-    assert profile.attribute(script, JIT)[1:] == (2, 0)
+    mine, every = profile.attribute(script, JIT, tid=41), profile.attribute(script, JIT)
+    assert (mine.inside, mine.outside) == (1, 1) and (every.inside, every.outside) == (2, 0)
 
 
 def test_line_info_of_bccs_rewritten_copy_is_placed_back_in_the_sources(tmp_path):

@@ -168,10 +168,13 @@ def test_a_table_changed_in_place_after_a_sync_is_still_seen():
 
 
 def _one(proto: str, endpoints, node_port=None, name="s"):
+    """endpoints: addresses; one ending in "!" is ready but not serving (publishNotReadyAddresses
+    routes to it; kube-proxy's UDP reconciliation does not count it)."""
     from dataplane.spec.table import Endpoint, EndpointPort, Service, ServicePort
     return Service("default", name, "NodePort" if node_port else "ClusterIP", IPv4Address("10.96.0.10"),
                    (ServicePort("", 53, proto, 53, node_port),),
-                   endpoints=tuple(Endpoint(IPv4Address(a), (EndpointPort("", 53, proto),), "node1", None)
+                   endpoints=tuple(Endpoint(IPv4Address(a.rstrip("!")), (EndpointPort("", 53, proto),), "node1", None,
+                                            serving=not a.endswith("!"))
                                    for a in endpoints))
 
 
@@ -189,10 +192,20 @@ def _one(proto: str, endpoints, node_port=None, name="s"):
     # a node port, judged on its own key
     (("UDP", ["10.0.1.2"], 30053), ("UDP", ["10.0.1.3"], 30053), False),
     (("TCP", ["10.0.1.2"], 30053), ("TCP", ["10.0.1.2", "10.0.1.3"], 30053), True),
+    # only the node port moved: the old one's flows have no service any more
+    (("TCP", ["10.0.1.2"], 30053), ("TCP", ["10.0.1.2"], 30054), False),
+    # UDP: the old node port's flows expire on their own, but the new one's may be an earlier
+    # owner's lingering flows, judged now
+    (("UDP", ["10.0.1.2"], 30053), ("UDP", ["10.0.1.2"], 30054), False),
     # the protocol changed: the old protocol's flows are judged by a service that no longer has it
     (("TCP", ["10.0.1.2"]), ("UDP", ["10.0.1.2"]), False),
+    # found in review: routing sends UDP to a ready endpoint that is not serving, which kube-proxy's
+    # rule does not keep: flows made to it since the last walk are judged, whatever else changed
+    (("UDP", ["10.0.1.2", "10.0.1.3!"]), ("UDP", ["10.0.1.2"]), False),
+    (("UDP", ["10.0.1.2", "10.0.1.3!"]), ("UDP", ["10.0.1.2", "10.0.1.3!", "10.0.1.4"]), False),
 ], ids=["udp-added", "udp-removed", "udp-deleted", "udp-created", "tcp-added", "tcp-removed", "tcp-deleted",
-        "tcp-created", "udp-nodeport-replaced", "tcp-nodeport-added", "protocol-changed"])
+        "tcp-created", "udp-nodeport-replaced", "tcp-nodeport-added", "tcp-nodeport-moved", "udp-nodeport-moved",
+        "protocol-changed", "udp-ready-unserving-removed", "udp-ready-unserving-kept"])
 def test_a_change_that_dooms_no_flow_is_told_apart(before, after, safe):
     """FlowKeep.keeps_all_that: a sync of one service skips its walk of the flows only when the
     new keep lets live every flow the old one did."""
@@ -203,5 +216,5 @@ def test_a_change_that_dooms_no_flow_is_told_apart(before, after, safe):
     new = old.updated([_one(*after)] if after else [], [] if after else ["default/s"])
     keys = new.changes_from(old)
     keep = flow_keep(new, only=keys, old=old)
-    assert keep.keeps_all_that(flow_keep(old, only=keys, old=new)) is safe
+    assert keep.keeps_all_that(flow_keep(old, only=keys, old=new, routed=True)) is safe
     assert flow_keep(new).keeps_all_that(flow_keep(old)) is False      # no scope: never sure

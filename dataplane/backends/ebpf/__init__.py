@@ -233,7 +233,7 @@ class EbpfBackend(HealthCheckServing, Backend):
         keep = flow_keep(table, only=keys, old=old_table)
         # nothing the change could doom (an endpoint added, a port renamed): the tables of flows,
         # affinities and sockets need no walk, unless an address is to leave the filter
-        doom = not keep.keeps_all_that(flow_keep(old_table, only=keys, old=table))
+        doom = not keep.keeps_all_that(flow_keep(old_table, only=keys, old=table, routed=True))
         report = []
         try:
             for node, prog in self.nodes.items():
@@ -243,12 +243,18 @@ class EbpfBackend(HealthCheckServing, Backend):
                 change = apply(prog, plan.before, plan.after, addresses=False)
                 self.renderings[node].commit(plan, self.ids[node])
                 wanted = self.renderings[node].maps
-                among = plan.before.addresses.keys() | plan.after.addresses.keys() | self.lingering.get(node, set())
-                leaving = any(held.get(a, 0) & ~wanted.addresses.get(a, 0) for a in among)
-                # (a walk of conntrack tells which leaving addresses live flows still name)
-                flushed, used = flush_flows(prog, keep) if doom or leaving else (0, set())
+                touched = plan.before.addresses.keys() | plan.after.addresses.keys()
+                lingering = self.lingering.get(node, set())
+                # a walk of conntrack tells which leaving addresses live flows still name; the
+                # addresses earlier syncs left lingering are settled by the next walk or by
+                # collect (settle_lingering; their bits are only maybes meanwhile), not a reason
+                # for one
+                walk = doom or any(held.get(a, 0) & ~wanted.addresses.get(a, 0) for a in touched)
+                among = touched | lingering if walk else touched
+                flushed, used = flush_flows(prog, keep) if walk else (0, set())
                 settle_addresses(prog, held, wanted.addresses, used, among)
-                self.lingering[node] = {a for a in among if held.get(a, 0) != wanted.addresses.get(a, 0)}
+                settled = {a for a in among if held.get(a, 0) != wanted.addresses.get(a, 0)}
+                self.lingering[node] = settled if walk else settled | (lingering - among)
                 self.current[node] = replace(wanted, addresses=held)
                 if plan.before.affinity_match - plan.after.affinity_match:
                     flushed += forget_affinities(prog, wanted.affinity_match)
@@ -295,9 +301,29 @@ class EbpfBackend(HealthCheckServing, Backend):
         return {node: prog.metrics() for node, prog in self.nodes.items()}
 
     def collect(self) -> int:
-        """Garbage-collect expired conntrack and affinity entries on every node."""
-        return sum(prog.collect() + collect_affinities(prog, self.current.get(node, NodeMaps()))
-                   for node, prog in self.nodes.items())
+        """Garbage-collect expired conntrack and affinity entries on every node, then the
+        addresses change syncs left lingering that no live flow names any more."""
+        n = sum(prog.collect() + collect_affinities(prog, self.current.get(node, NodeMaps()))
+                for node, prog in self.nodes.items())
+        return n + self.settle_lingering()
+
+    def settle_lingering(self) -> int:
+        """Addresses a flow still named when they left the table linger in the addresses map and
+        filter (their bits are only maybes: packets to them take the full path). A change sync
+        that walks no table leaves them for this: conntrack read once per node that has some,
+        those no entry names any more let go. Returns the addresses let go."""
+        gone = 0
+        for node, prog in self.nodes.items():
+            lingering, rendering = self.lingering.get(node), self.renderings.get(node)
+            if not lingering or rendering is None:
+                continue
+            _, used = flush_flows(prog, KEEP_EVERY_FLOW)
+            held = self.current[node].addresses          # the kernel's, updated in place
+            before = len(held)
+            settle_addresses(prog, held, rendering.maps.addresses, used, lingering)
+            self.lingering[node] = {a for a in lingering if held.get(a, 0) != rendering.maps.addresses.get(a, 0)}
+            gone += before - len(held)
+        return gone
 
     def dump(self, record, node: str) -> str:
         """The pinned maps in service terms (frontend -> endpoints, flags), read with bpftool."""
@@ -306,6 +332,8 @@ class EbpfBackend(HealthCheckServing, Backend):
 
 
 UPLINK = "eth0"      # a node's link to the underlay; every other hooked link is a pod's veth
+# judges no frontend: a walk of conntrack that flushes nothing, for the addresses flows name
+KEEP_EVERY_FLOW = FlowKeep({}, {}, {}, {}, (frozenset(), frozenset()))
 
 
 def attach_interface(prog: NodeProgram, ifname: str) -> None:

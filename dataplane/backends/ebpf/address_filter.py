@@ -27,7 +27,8 @@ SLOTS_PER_WORD = 32
 
 
 def slot_of(addr: int, slots: int) -> int:
-    """lb4_address_slot: murmur3's finalizer of the address (an int, host order) modulo slots."""
+    """lb4_address_slot: murmur3's finalizer of the address (an int, host order) masked to
+    `slots` (a power of two)."""
     h = addr & 0xFFFFFFFF
     h ^= h >> 16
     h = (h * 0x85EBCA6B) & 0xFFFFFFFF

@@ -15,8 +15,10 @@ function it called, has it in its call chain. Each such sample goes to a site:
 and to the place in the source of the program's instruction (for a call, the call's): its line
 info, as bcc emits it into BTF, for a build without #line markers (source.assemble's origins) so
 that bcc's line numbers are those of the text it compiled, placed back in bpf/ by _placer. Only
-this thread's samples count: a lab's programs running on that CPU in softirq are not this path.
-A sample taken in a return thunk after the program's frame is gone counts outside it.
+this thread's samples count, and only those with the path's program in their call chain (an
+identical program of a lab, run in softirq on that CPU while the loop is interrupted, shares its
+symbol: run profiles on a machine without labs). A sample taken in a return thunk after the
+program's frame is gone counts outside it.
 New-flow paths start each pass over their frames from an empty conntrack table, so that they stay
 new. Shares are of the samples in the program; ns = share x (the median kernel duration per call
 in the same loop - the floor's, a trivial program's run the same way just before): the program's
@@ -218,13 +220,23 @@ class Profile:
     samples: int           # samples in the program (its call chain)
     other_samples: int     # samples on the CPU outside it (the syscall, the test-run harness, Python)
     sites: list = field(default_factory=list)
+    leaves: dict = field(default_factory=dict)   # function called -> {function sampled in: share of the path}
 
 
-def attribute(script: str, jm: JitMap, tid: int | None = None) -> tuple[Counter, int, int]:
-    """`perf script -F tid,ip,sym,symoff` output (with call chains) -> ((function, place) ->
-    samples, samples in the program, samples outside it). With `tid`, the samples of other
-    threads (a lab's programs running in softirq on that CPU, say) are outside too."""
-    sites, inside, outside = Counter(), 0, 0
+@dataclass
+class Attributed:
+    sites: Counter         # (function, place) -> samples
+    leaves: Counter        # (function, the kernel function the sample was taken in) -> samples
+    inside: int            # samples in the program (its call chain)
+    outside: int           # the others
+
+
+def attribute(script: str, jm: JitMap, tid: int | None = None) -> Attributed:
+    """`perf script -F tid,ip,sym,symoff` output (with call chains) -> the samples by site and,
+    within each function the program called, by the function they were taken in (a lock, a
+    copy, an LRU refill below a map update). With `tid`, the samples of other threads (a lab's
+    programs running in softirq on that CPU, say) are outside too."""
+    sites, leaves, inside, outside = Counter(), Counter(), 0, 0
     for block in script.split("\n\n"):
         frames, thread = [], None
         for line in block.strip().splitlines():
@@ -249,8 +261,10 @@ def attribute(script: str, jm: JitMap, tid: int | None = None) -> tuple[Counter,
             sites[("program", jm.place(off))] += 1
         else:
             # the function the program called; the call is the instruction before the return address
-            sites[(frames[at - 1].split("+", 1)[0], jm.place(off - 1))] += 1
-    return sites, inside, outside
+            called = frames[at - 1].split("+", 1)[0]
+            sites[(called, jm.place(off - 1))] += 1
+            leaves[(called, frames[0].split("+", 1)[0])] += 1
+    return Attributed(sites, leaves, inside, outside)
 
 
 def profile_paths(paths, services: int, seconds: float, calls: int = 20000, seed: int = 1,
@@ -276,14 +290,17 @@ def profile_paths(paths, services: int, seconds: float, calls: int = 20000, seed
         out = []
         for path in paths:
             progress(f"profile: {path} at {services:,} services, {seconds:g} s of samples")
-            out.append(_profile_one(bench, path, services, seconds, calls, rng, origins))
+            out.append(_profile_one(bench, path, services, seconds, calls, rng, origins, cpus))
         return out
     finally:
         os.sched_setaffinity(0, cpus)
         bench.close()
 
 
-def _profile_one(bench, path: str, services: int, seconds: float, calls: int, rng, origins) -> Profile:
+def _profile_one(bench, path: str, services: int, seconds: float, calls: int, rng, origins,
+                 allowed: set) -> Profile:
+    """One path sampled: this thread pinned to the last CPU of `allowed` (the process's own set,
+    given back by the caller), perf on the others."""
     from ...backends.ebpf.testrun import run
     from ...lab import netns
     entry, frames = bench.path_frames(path, services, calls, rng)
@@ -292,7 +309,6 @@ def _profile_one(bench, path: str, services: int, seconds: float, calls: int, rn
     if not jm.offsets:
         raise DataplaneError(f"the kernel gave no JIT addresses for {entry} (kernel.kptr_restrict hides them, or "
                              f"the program has no BTF line info): its samples cannot be placed")
-    allowed = os.sched_getaffinity(0)
     cpu = max(allowed)
     conntrack = bench.prog.table("conntrack")
     with netns.inside(bench.ns):
@@ -327,7 +343,8 @@ def _profile_one(bench, path: str, services: int, seconds: float, calls: int, rn
                                 text=True, timeout=300)
         if script.returncode != 0:
             raise DataplaneError(f"perf script failed: {script.stderr.strip()[-500:]}")
-    sites, inside, outside = attribute(script.stdout, jm, threading.get_native_id())
+    got = attribute(script.stdout, jm, threading.get_native_id())
+    sites, inside, outside = got.sites, got.inside, got.outside
     if not inside:
         raise DataplaneError(f"no sample of {path} fell in {jm.symbol}: is perf sampling kernel code "
                              f"(kernel.perf_event_paranoid <= 1 for a CPU-wide record as root)?")
@@ -337,6 +354,8 @@ def _profile_one(bench, path: str, services: int, seconds: float, calls: int, rn
     for (function, place), n in sites.most_common():
         share = n / inside
         prof.sites.append(Site(function, place, n, round(share, 4), round(share * own, 1)))
+    for (function, leaf), n in got.leaves.most_common():
+        prof.leaves.setdefault(function, {})[leaf] = round(n / inside, 4)
     return prof
 
 
@@ -359,5 +378,10 @@ def text(profiles: list[Profile], top: int = 15) -> str:
         for s in p.sites:
             by_fn[s.function] += s.share
         out.append("  by function: " + ", ".join(f"{fn} {100 * v:.0f}%" for fn, v in by_fn.most_common(8)))
+        for fn, v in by_fn.most_common(3):
+            inner = p.leaves.get(fn, {})
+            if len(inner) > 1 or (inner and next(iter(inner)) != fn):
+                out.append(f"    in {fn} ({100 * v:.0f}%): " +
+                           ", ".join(f"{leaf} {100 * sh:.0f}%" for leaf, sh in list(inner.items())[:6]))
         out.append("")
     return "\n".join(out)
