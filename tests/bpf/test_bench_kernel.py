@@ -24,3 +24,27 @@ def test_every_path_is_the_one_it_names():
         else:
             assert r.counters.get(EXPECTED[r.path]) == 300, f"{r.path}: {r.counters}"
     assert not netns.exists(f"dp-bench{os.getpid()}.node1")
+
+
+def test_a_profile_places_the_paths_samples_in_its_program_and_what_it_calls():
+    """`dataplane bench profile`, bounded (perf samples for one second per path): the samples are
+    the program's, shares add up, each site names a line of bpf/ (or code the compiler added, or
+    bcc's helpers), and the established path, which rewrites the packet, is seen calling the
+    kernel's checksum helper from lib/nat.h; the not-service path calls no helper at all."""
+    import shutil
+    from dataplane.run.bench.profile import profile_paths
+    assert shutil.which("perf"), "perf is installed by make setup (linux-perf)"
+    before = os.sched_getaffinity(0)
+    profiles = profile_paths(("not-service", "established"), services=1, seconds=1, calls=2000)
+    assert os.sched_getaffinity(0) == before
+    assert [p.path for p in profiles] == ["not-service", "established"]
+    for p in profiles:
+        assert p.samples > 0 and p.calls > 0 and p.p50_ns > 0
+        assert abs(sum(s.share for s in p.sites) - 1) < 0.01
+        for s in p.sites:
+            assert s.place.startswith(("lib/", "pod.c", "node.c", "sock.c", "include/", "helpers.h", "(no source")), s
+    fast, established = profiles
+    assert {s.function for s in fast.sites} <= {"program", "__x86_return_thunk", "srso_alias_return_thunk",
+                                                 "__x86_indirect_thunk_rax"}, fast.sites
+    assert any(s.function == "bpf_l4_csum_replace" and s.place.startswith("lib/nat.h") for s in established.sites)
+    assert not netns.exists(f"dp-bench{os.getpid()}.node1")
