@@ -125,7 +125,10 @@ def _sample(*frames: str) -> str:
     # not in the program at all: the harness, the syscall, Python
     (("bpf_test_run+0x10", "__sys_bpf+0x99"), None),
     (("pv_native_safe_halt+0xb",), None),
-], ids=["body", "helper-and-below", "call-at-line-start", "harness", "idle"])
+    # the call into the program (a thunk whose caller is the program's first address, found in CI)
+    (("__x86_indirect_thunk_rax+0x0", f"{PROG}+0x0", "bpf_test_run+0x10"),
+     ("__x86_indirect_thunk_rax", profile.ENTRY)),
+], ids=["body", "helper-and-below", "call-at-line-start", "harness", "idle", "entry"])
 def test_a_sample_goes_to_the_program_site_or_the_function_it_called(frames, site):
     got = profile.attribute(_sample(*frames), JIT)
     if site is None:

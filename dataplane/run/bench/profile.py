@@ -48,6 +48,7 @@ from ...errors import DataplaneError
 PROFILED = ("not-service", "new-flow", "established", "reply", "nodeport-new", "masquerade-new", "masquerade-est")
 NEW_PATHS = ("new-flow", "nodeport-new", "masquerade-new")
 SAMPLE_HZ = 10000
+ENTRY = "(the program's entry, before its first line)"
 
 
 class _ProgInfo(ct.Structure):
@@ -98,7 +99,9 @@ class JitMap:
 
     def place(self, offset: int) -> str:
         i = bisect_right(self.offsets, offset) - 1
-        return self.places[i] if i >= 0 else "?"
+        # before the first line: the program's entry (a sample in the call into it, e.g. the
+        # indirect-call thunk, has the program's first address as its caller)
+        return self.places[i] if i >= 0 else ENTRY
 
 
 def jit_map(fd: int, origins: list | None = None) -> JitMap:
