@@ -16,7 +16,6 @@ from __future__ import annotations
 import ctypes as ct
 import errno
 import os
-import socket
 from array import array
 from collections import Counter
 
@@ -143,7 +142,6 @@ def filter_of(prog) -> AddressFilter:
     """The program's filter, built from its addresses map on first use (and after a failure)."""
     f = getattr(prog, "address_filter", None)
     if f is None or f.broken:
-        from .maps import batch_items
-        held = {socket.ntohl(k): v for k, v in batch_items(prog.table("addresses"))}
-        f = prog.address_filter = AddressFilter(prog.table("address_filter"), held)
+        from .maps import read_addresses
+        f = prog.address_filter = AddressFilter(prog.table("address_filter"), read_addresses(prog))
     return f

@@ -208,9 +208,14 @@ def read_node_maps(prog: NodeProgram) -> NodeMaps:
     out.affinity_match = {(k.svc_id, k.backend_id) for k in prog.table("affinity_match").keys()}
     out.lb_sources = {(k.svc_id, IPv4Network(f"{from_be32(k.addr)}/{k.prefixlen - 32}"))
                       for k in prog.table("lb_sources").keys()}
-    # (a batch read's array of a plain C type hands back ints, not c_uint objects)
-    out.addresses = {socket.ntohl(k): v for k, v in batch_items(prog.table("addresses"))}
+    out.addresses = read_addresses(prog)
     return out
+
+
+def read_addresses(prog: NodeProgram) -> dict:
+    """The addresses map: address (an int, host order) -> ADDR_F_* bits. (A batch read's array of
+    a plain C type hands back ints, not c_uint objects.)"""
+    return {socket.ntohl(k): v for k, v in batch_items(prog.table("addresses"))}
 
 
 def read_services(prog: NodeProgram) -> NodeMaps:
