@@ -19,6 +19,7 @@
 #include "snat.h"
 #include "flow.h"
 #include "newflow.h"
+#include "trace.h"
 
 /* What pod hooks do not translate: ICMP (but errors about our flows), other protocols, and later
  * fragments whose first fragment was not seen here. Addressed to a VIP from a pod, nothing could
@@ -74,73 +75,77 @@ static __always_inline int pod_new_flow(struct __sk_buff *skb, struct pkt *p, st
 	return lb4_new_flow(skb, p, svc, cfg, now, AT_POD);
 }
 
-static __always_inline int __from_pod(struct __sk_buff *skb)
+static __always_inline int __from_pod(struct __sk_buff *skb, struct pkt *p)
 {
 	struct ct_key k = {};
 	struct ct_entry *e;
 	struct dp_config *cfg;
-	struct pkt p = {};
 	__u64 now;
-	int ret = pkt4_parse_config(skb, &p, &cfg);
+	int ret = pkt4_parse_config(skb, p, &cfg, TRACE_HOOK_FROM_POD);
 	if (ret != DP_CONTINUE)
 		return ret;
-	if (pod4_fast_pass(&p, cfg))
+	if (pod4_fast_pass(p, cfg))
 		return dp_pass();
-	now = pkt4_clock(&p, cfg);
-	ret = pod_untranslated(skb, &p, now, HOOK_INGRESS);
+	now = pkt4_clock(p, cfg);
+	ret = pod_untranslated(skb, p, now, HOOK_INGRESS);
 	if (ret != DP_CONTINUE)
 		return ret;
 	/* replies of local backends, except those of flows whose frontend is the node's own address:
 	 * that source only an egress hook may write (to_pod, on the client's veth) */
-	e = ct4_lookup_reply(&k, &p, CT_REPLY, now);
+	e = ct4_lookup_reply(&k, p, CT_REPLY, now);
 	if (e && !(e->flags & CT_F_EGRESS))
-		return lb4_known_flow(skb, &p, cfg, now, &k, e, XLATE_REVNAT, AT_POD);
+		return lb4_known_flow(skb, p, cfg, now, &k, e, XLATE_REVNAT, AT_POD);
 	/* replies to the node's address: a hairpin flow's (back to the client, from the frontend),
 	 * or a flow's masqueraded to this backend, whose SNAT happened on the way to the pod
 	 * (lib/newflow.h) and is undone here */
-	e = ct4_lookup_reply(&k, &p, CT_SNAT_IN, now);
+	e = ct4_lookup_reply(&k, p, CT_SNAT_IN, now);
 	if (e)
-		return lb4_known_flow(skb, &p, cfg, now, &k, e,
+		return lb4_known_flow(skb, p, cfg, now, &k, e,
 				      (e->flags & CT_F_HAIRPIN) ? XLATE_REVNAT : XLATE_UNSNAT, AT_POD);
-	if (snat4_orphan(skb, &p, cfg))
+	if (snat4_orphan(skb, p, cfg))
 		return -DROP_CT_LOST;
-	e = ct4_lookup_flow(&k, &p, CT_SERVICE, now);
+	e = ct4_lookup_flow(&k, p, CT_SERVICE, now);
 	if (e)
-		return lb4_known_flow(skb, &p, cfg, now, &k, e, XLATE_DNAT, AT_POD);
-	return pod_new_flow(skb, &p, cfg, now);
+		return lb4_known_flow(skb, p, cfg, now, &k, e, XLATE_DNAT, AT_POD);
+	return pod_new_flow(skb, p, cfg, now);
 }
 
-static __always_inline int __to_pod(struct __sk_buff *skb)
+static __always_inline int __to_pod(struct __sk_buff *skb, struct pkt *p)
 {
 	struct ct_key k = {};
 	struct ct_entry *e;
 	struct dp_config *cfg;
-	struct pkt p = {};
 	__u64 now;
-	int ret = pkt4_begin(skb, &p, &cfg, &now);
+	int ret = pkt4_begin(skb, p, &cfg, &now, TRACE_HOOK_TO_POD);
 	if (ret != DP_CONTINUE)
 		return ret;
-	ret = pod_untranslated(skb, &p, now, HOOK_EGRESS);
+	ret = pod_untranslated(skb, p, now, HOOK_EGRESS);
 	if (ret != DP_CONTINUE)
 		return ret;
 	/* replies from backends on any node */
-	e = ct4_lookup_reply(&k, &p, CT_REPLY, now);
+	e = ct4_lookup_reply(&k, p, CT_REPLY, now);
 	if (e)
-		return lb4_known_flow(skb, &p, cfg, now, &k, e, XLATE_REVNAT, AT_POD);
+		return lb4_known_flow(skb, p, cfg, now, &k, e, XLATE_REVNAT, AT_POD);
 	/* a flow masqueraded to this (backend) pod: its source becomes the node IP:port here */
-	e = ct4_lookup_flow(&k, &p, CT_SNAT_OUT, now);
+	e = ct4_lookup_flow(&k, p, CT_SNAT_OUT, now);
 	if (e)
-		return lb4_known_flow(skb, &p, cfg, now, &k, e,
+		return lb4_known_flow(skb, p, cfg, now, &k, e,
 				      (e->flags & CT_F_HAIRPIN) ? XLATE_REVNAT : XLATE_SNAT, AT_POD);
 	return dp_pass();
 }
 
 int from_pod(struct __sk_buff *skb)
 {
-	return dp_verdict(__from_pod(skb));
+	struct pkt p = {};
+	int ret = __from_pod(skb, &p);
+	trace4_end(skb, &p, ret);
+	return dp_verdict(ret);
 }
 
 int to_pod(struct __sk_buff *skb)
 {
-	return dp_verdict(__to_pod(skb));
+	struct pkt p = {};
+	int ret = __to_pod(skb, &p);
+	trace4_end(skb, &p, ret);
+	return dp_verdict(ret);
 }

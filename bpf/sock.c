@@ -18,12 +18,12 @@
 
 int sock_connect4(struct bpf_sock_addr *ctx)
 {
-	return sock4_translate(ctx);
+	return sock4_translate(ctx, TRACE_HOOK_SOCK_CONNECT);
 }
 
 int sock_sendmsg4(struct bpf_sock_addr *ctx)
 {
-	return sock4_translate(ctx);
+	return sock4_translate(ctx, TRACE_HOOK_SOCK_SENDMSG);
 }
 
 int sock_recvmsg4(struct bpf_sock_addr *ctx)

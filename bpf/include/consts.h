@@ -80,6 +80,14 @@ enum metric {
 #define CT_F_RST         0x20  /* TCP: a RST was seen in either direction */
 #define CT_F_CLOSED_BOTH (CT_F_FIN_ORIG | CT_F_FIN_REPLY)
 
+/* Where a trace event was made (struct trace_event's hook). */
+#define TRACE_HOOK_FROM_POD     1
+#define TRACE_HOOK_TO_POD       2
+#define TRACE_HOOK_FROM_NETDEV  3
+#define TRACE_HOOK_TO_NETDEV    4
+#define TRACE_HOOK_SOCK_CONNECT 5
+#define TRACE_HOOK_SOCK_SENDMSG 6
+
 #define NS_PER_SEC       1000000000ULL
 /* Default conntrack lifetimes in seconds (config map; `--ct-timeout` sets them). Every packet of
  * a flow renews both of its entries. The TCP defaults are the ones kube-proxy writes into the

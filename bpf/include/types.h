@@ -142,7 +142,8 @@ struct dp_config {
 	__u16  snat_hi;
 	__u8   masquerade;       /* egress masquerade on (ip-masq-agent semantics) */
 	__u8   masq_link_local;  /* masquerade to 169.254.0.0/16 too */
-	__u16  pad0;
+	__u8   trace;            /* `dataplane trace` attached: send trace_events (lib/trace.h) */
+	__u8   pad0;
 	__u32  pad1;
 };
 
@@ -157,6 +158,41 @@ struct lb_source_key {
 struct lpm_v4_key {
 	__u32  prefixlen;
 	__be32 addr;
+};
+
+/* trace_events: one decision of a hook about one packet, sent while `dataplane trace` runs
+ * (lib/trace.h). "Before" is the packet as the hook met it, "after" as it left the hook (the same
+ * when nothing was rewritten; an ICMP rejection for a rejected one). */
+struct trace_event {
+	__u64  time;             /* ns, CLOCK_MONOTONIC (bpf_ktime_get_ns, without the clock offset) */
+	__u32  ifindex;          /* the TC hook's interface; 0 at a socket hook */
+	__u32  counted;          /* 1 << M_*: every counter the packet added to (outcome, extras) */
+	__s32  verdict;          /* the TC verdict (TC_ACT_*); a socket hook: 1 go on, 0 refused */
+	__u8   hook;             /* TRACE_HOOK_* */
+	__u8   drop;             /* the drop reason (enum metric), 0 if not dropped */
+	__u8   proto;
+	__u8   tcp_flags;
+	__be32 saddr;            /* before */
+	__be32 daddr;
+	__be16 sport;
+	__be16 dport;
+	__be32 new_saddr;        /* after */
+	__be32 new_daddr;
+	__be16 new_sport;
+	__be16 new_dport;
+	__u8   new_proto;
+	__u8   ct_dir;           /* a known flow: the conntrack entry that held it (CT_*) */
+	__u16  ct_flags;         /* a known flow: its CT_F_* after this packet */
+	__u32  svc_id;           /* the service port met (new flow) or the flow's (known flow) */
+	__u32  backend_id;       /* the backend chosen (new flow) or the flow's */
+	__u32  hash;             /* new flow: its flow hash */
+	__u16  slot;             /* new flow: the slot the hash picked (1..count); 0: by affinity */
+	__u16  count;            /* new flow: the service port's eligible backends */
+	__be16 snat_port;        /* a port taken on the node's address (masquerade, hairpin) */
+	__u8   snat_tries;       /* ports tried before it (0: the flow's own port) */
+	__u8   pad0;
+	__u32  ct_remaining;     /* a known flow: seconds its entries live after this packet */
+	__u32  pad1;
 };
 
 #endif

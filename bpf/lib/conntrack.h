@@ -14,6 +14,7 @@
 #include "map_sizes.h"
 #include "metrics.h"
 #include "parse.h"
+#include "trace.h"
 
 /* flows: (5-tuple, direction) -> translation; LRU so a full table evicts the oldest */
 DP_TABLE("lru_hash", struct ct_key, struct ct_entry, conntrack, CT_MAP_SIZE, 0);
@@ -223,7 +224,7 @@ static __always_inline void ct4_update(struct ct_key *k, struct ct_entry *e, con
 	struct ct_entry pe = {};
 	__ct4_peer_entry(&pe, k, e);
 	if (conntrack.insert(&pk, &pe) == 0)
-		metrics_count(M_CT_RESTORED);
+		trace4_count(p, M_CT_RESTORED);
 }
 
 /* Forget a flow: this entry and its other half (if it is this flow's). */

@@ -17,6 +17,7 @@
 #include "nat.h"
 #include "snat.h"
 #include "l2.h"
+#include "trace.h"
 
 /* What a known flow's packet gets, by the entry that found it. */
 #define XLATE_DNAT    0   /* CT_SERVICE: to the backend (hairpin: from the node IP:port too) */
@@ -66,12 +67,13 @@ static __always_inline int lb4_known_flow(struct __sk_buff *skb, struct pkt *p, 
 	if (IS_DROP(ret))
 		return ret;
 	ct4_update(k, e, p, cfg, now);
+	trace4_note_flow(p, k, e, now);
 	if (xlate == XLATE_DNAT)
 		snat4_heal(p, e);       /* a masqueraded flow's mapping, should the table have lost it */
 	ret = __lb4_xlate(skb, p, e, xlate);
 	if (IS_DROP(ret))
 		return ret;
-	metrics_count(__lb4_xlate_metric(xlate));
+	trace4_count(p, __lb4_xlate_metric(xlate));
 	return lb4_forward(skb, e, where);
 }
 

@@ -37,6 +37,7 @@
 #include "csum.h"
 #include "conntrack.h"
 #include "l2.h"
+#include "trace.h"
 
 /* Where things sit in an ICMP error about an IPv4 packet without options: */
 #define ICMP_CSUM_OFF       (L4_OFF + offsetof(struct icmphdr, checksum))
@@ -305,7 +306,7 @@ static __always_inline int icmp4_error_at_pod(struct __sk_buff *skb, const struc
 		return ret;
 	if (ret == ICMP4_NOT_OURS)
 		return DP_CONTINUE;
-	metrics_count(M_ICMP_REVNAT);
+	trace4_count(p, M_ICMP_REVNAT);
 	return ret == ICMP4_BOUNCE && !egress ? l2_bounce(skb, DROP_NAT_FAILED) : TC_ACT_OK;
 }
 
@@ -317,7 +318,7 @@ static __always_inline int icmp4_error_at_uplink(struct __sk_buff *skb, const st
 		return ret;
 	if (ret == ICMP4_NOT_OURS)
 		return dp_pass();
-	metrics_count(M_ICMP_REVNAT);
+	trace4_count(p, M_ICMP_REVNAT);
 	return TC_ACT_OK;
 }
 

@@ -11,6 +11,7 @@
 #include "metrics.h"
 #include "parse.h"
 #include "hash.h"
+#include "trace.h"
 
 /* (VIP, port, proto, slot) -> service port or backend slot */
 DP_TABLE("hash", struct svc_key, struct svc_value, services, SVC_MAP_SIZE, BPF_F_NO_PREALLOC);
@@ -131,12 +132,15 @@ static __always_inline int __lb4_affinity_eligible(__u32 svc_id, __u32 backend_i
 
 /* Choose a backend for a service port: with affinity, the client's remembered backend if it was
  * used within the timeout and is still eligible here, else (and always without affinity) the
- * slot `hash` picks; with affinity the choice is remembered. Returns the backend id, 0 if none.
- * For packets (lb4_select_backend) and sockets (socklb.h) alike. */
+ * slot `hash` picks; with affinity the choice is remembered. Returns the backend id, 0 if none,
+ * and in *slot_out the slot that chose it (0: affinity, for a trace). For packets
+ * (lb4_select_backend) and sockets (socklb.h) alike. */
 static __always_inline __u32 lb4_choose_backend(const struct svc_value *svc, __be32 client, __u32 hash,
-						__be32 vip, __be16 port, __u8 proto, __u64 now)
+						__be32 vip, __be16 port, __u8 proto, __u64 now,
+						__u16 *slot_out)
 {
 	__u32 id = 0;
+	*slot_out = 0;
 	struct affinity_key ak = {};
 	struct affinity_value *av = NULL;
 
@@ -157,6 +161,7 @@ static __always_inline __u32 lb4_choose_backend(const struct svc_value *svc, __b
 		if (!s)
 			return 0;
 		id = s->backend_id;
+		*slot_out = slot;
 	}
 	if (svc->flags & SVC_F_AFFINITY) {
 		struct affinity_value nv = {};
@@ -171,7 +176,11 @@ static __always_inline __u32 lb4_choose_backend(const struct svc_value *svc, __b
 static __always_inline __u32 lb4_select_backend(const struct pkt *p, const struct svc_value *svc,
 						__u32 seed, __u64 now)
 {
-	return lb4_choose_backend(svc, p->saddr, hash_flow4(p, seed), p->daddr, p->dport, p->proto, now);
+	__u32 hash = hash_flow4(p, seed);
+	__u16 slot;
+	__u32 id = lb4_choose_backend(svc, p->saddr, hash, p->daddr, p->dport, p->proto, now, &slot);
+	trace4_note_choice(p, id, hash, slot);
+	return id;
 }
 
 #endif

@@ -29,6 +29,7 @@
 #include "snat.h"
 #include "reject.h"
 #include "flow.h"
+#include "trace.h"
 
 /* The backend of a new flow: DP_CONTINUE with *id and *be set, or the verdict that ends the flow
  * here (a drop, or a rejection). */
@@ -36,6 +37,7 @@ static __always_inline int __lb4_new_flow_backend(struct __sk_buff *skb, struct 
 						  struct svc_value *svc, struct dp_config *cfg, __u64 now,
 						  __u32 *id, struct backend **be)
 {
+	trace4_note_service(p, svc);
 	if (p->proto == IPPROTO_TCP && !pkt4_bare_syn(p))
 		return -DROP_CT_LOST;
 	/* No endpoint anywhere: every client is rejected, source ranges or not (kube-proxy writes
@@ -118,7 +120,7 @@ static __always_inline int __lb4_new_hairpin(struct __sk_buff *skb, const struct
 		ct4_remove(&pk);             /* the mapping claimed above goes with it */
 		return ret;
 	}
-	metrics_count(M_HAIRPIN);
+	trace4_count(p, M_HAIRPIN);
 	return 0;
 }
 
@@ -183,7 +185,7 @@ static __always_inline int lb4_new_flow(struct __sk_buff *skb, struct pkt *p, st
 	ret = nat4_dnat(skb, p, &fwd);
 	if (IS_DROP(ret))
 		return ret;
-	metrics_count(M_DNAT_NEW);
+	trace4_count(p, M_DNAT_NEW);
 	return lb4_forward(skb, &fwd, where);
 }
 

@@ -17,6 +17,7 @@
 #include "csum.h"
 #include "l2.h"
 #include "icmp.h"
+#include "trace.h"
 
 #define REJECT_IP_LEN  (IPV4_HLEN + ICMP_HLEN + QUOTE_LEN)
 #define REJECT_LEN     (ETH_HLEN + REJECT_IP_LEN)
@@ -53,7 +54,7 @@ static __always_inline int lb4_reject(struct __sk_buff *skb, const struct pkt *p
 		return -DROP_REJECT_FAILED;
 	int verdict = l2_bounce(skb, DROP_REJECT_FAILED);
 	if (!IS_DROP(verdict))
-		metrics_count(reason);
+		trace4_count(p, reason);
 	return verdict;
 }
 

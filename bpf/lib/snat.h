@@ -31,6 +31,7 @@
 #include "hash.h"
 #include "conntrack.h"
 #include "nat.h"
+#include "trace.h"
 
 /* UDP answers a pod owes to remotes that reached it: never masqueraded (no entry in conntrack).
  * */
@@ -171,7 +172,8 @@ static __always_inline int snat4_claim(struct __sk_buff *skb, const struct pkt *
 		if (ct4_claim(&ki, in) == 0) {
 			if (attempt && __snat4_candidate(p, cfg, 0, keep))
 				/* the flow's own port was in range, but taken */
-				metrics_count(M_SNAT_PORT_MOVED);
+				trace4_count(p, M_SNAT_PORT_MOVED);
+			trace4_note_snat(p, port, attempt);
 			*port_out = port;
 			return 0;
 		}
@@ -281,7 +283,7 @@ static __always_inline void snat4_heal(const struct pkt *p, const struct ct_entr
 		return;
 	}
 	if (ct4_store(&ko, &out) == 0)
-		metrics_count(M_CT_RESTORED);
+		trace4_count(p, M_CT_RESTORED);
 }
 
 /* A packet to the node's address on a NAT port that no mapping and no node socket holds: an
@@ -308,7 +310,7 @@ static __always_inline int snat4_new_flow(struct __sk_buff *skb, struct pkt *p, 
 	ret = nat4_set_src(skb, p, cfg->node_ip, port);
 	if (IS_DROP(ret))
 		return ret;
-	metrics_count(M_SNAT_NEW);
+	trace4_count(p, M_SNAT_NEW);
 	return TC_ACT_OK;
 }
 

@@ -25,6 +25,7 @@
 #include "metrics.h"
 #include "hash.h"
 #include "lb.h"
+#include "trace.h"
 
 /* the frontends node processes asked for, by socket and backend (socket-level load balancing).
  * */
@@ -38,9 +39,12 @@ DP_TABLE("lru_hash", struct sock_revnat_key, struct sock_revnat_value, sock_revn
 static __u64 (*dp_socket_cookie)(void *ctx) = (void *)BPF_FUNC_get_socket_cookie;
 
 /* Refuse the call with ECONNREFUSED, counted under `reason`. */
-static __always_inline int __sock4_refuse(__u32 reason)
+static __always_inline int __sock4_refuse(const struct dp_config *cfg, __u8 hook, __u8 proto, __be32 daddr,
+					  __be16 dport, __u32 reason)
 {
 	metrics_count(reason);
+	if (cfg && cfg->trace)
+		trace4_sock(cfg, hook, proto, daddr, dport, reason, 0, 0, 0, 0, daddr, dport, 0);
 	bpf_set_retval(-ECONNREFUSED);
 	return 0;
 }
@@ -54,29 +58,30 @@ static __always_inline __u32 __sock4_hash(__u32 seed, __u64 cookie, __be32 daddr
 	return hash_mix32(h ^ ((__u32)dport | ((__u32)proto << 16)));
 }
 
-/* connect() / sendmsg() to a frontend: the socket goes to a backend. 1 to let the call go on, 0
- * to refuse it. */
-static __always_inline int sock4_translate(struct bpf_sock_addr *ctx)
+/* connect() / sendmsg() to a frontend, at socket hook `hook` (TRACE_HOOK_SOCK_*): the socket goes
+ * to a backend. 1 to let the call go on, 0 to refuse it. */
+static __always_inline int sock4_translate(struct bpf_sock_addr *ctx, __u8 hook)
 {
 	__be32 daddr = ctx->user_ip4;
 	__be16 dport = (__be16)ctx->user_port;
 	__u8 proto = ctx->protocol;
 	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
 		return 1;
+	struct dp_config *cfg = config_get();
 	struct svc_value *svc = lb4_lookup_service_for_pod(daddr, dport, proto);
 	if (!svc)
-		return lb4_is_vip(daddr) ? __sock4_refuse(REJECT_PORT_UNSERVED) : 1;
-	struct dp_config *cfg = config_get();
+		return lb4_is_vip(daddr) ? __sock4_refuse(cfg, hook, proto, daddr, dport, REJECT_PORT_UNSERVED) : 1;
 	if (!cfg)
 		return 1;
-	if (svc->count == 0 && !(svc->flags & SVC_F_LOCAL_ONLY))
-		return __sock4_refuse(REJECT_NO_ENDPOINTS);     /* before source ranges, as in newflow.h */
+	if (svc->count == 0 && !(svc->flags & SVC_F_LOCAL_ONLY))     /* before source ranges, as in newflow.h */
+		return __sock4_refuse(cfg, hook, proto, daddr, dport, REJECT_NO_ENDPOINTS);
 	if (!lb4_source_allowed(svc, cfg->node_ip) || svc->count == 0)
 		return 1;
 	__u64 now = bpf_ktime_get_ns() + cfg->clock_offset;
 	__u64 cookie = dp_socket_cookie(ctx);
 	__u32 hash = __sock4_hash(cfg->seed, cookie, daddr, dport, proto);
-	__u32 id = lb4_choose_backend(svc, cfg->node_ip, hash, daddr, dport, proto, now);
+	__u16 slot;
+	__u32 id = lb4_choose_backend(svc, cfg->node_ip, hash, daddr, dport, proto, now, &slot);
 	struct backend *be = lb4_lookup_backend(id);
 	if (!be)
 		return 1;
@@ -92,6 +97,9 @@ static __always_inline int sock4_translate(struct bpf_sock_addr *ctx)
 	ctx->user_ip4 = be->addr;
 	ctx->user_port = (__u32)be->port;
 	metrics_count(M_SOCK_LB);
+	if (cfg->trace)
+		trace4_sock(cfg, hook, proto, daddr, dport, M_SOCK_LB, svc->svc_id, id, hash, slot, be->addr,
+			    be->port, 1);
 	return 1;
 }
 

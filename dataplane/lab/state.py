@@ -64,6 +64,29 @@ def lab_files(name: str, create: bool = True) -> str:
     return d
 
 
+def trace_lock_path(name: str) -> str:
+    """The lock a `dataplane trace` of the lab holds while it reads (run/trace/bpf.py)."""
+    return os.path.join(lab_files(name), "trace.lock")
+
+
+def trace_reader_attached(name: str) -> bool:
+    """Does a `dataplane trace` hold the lab's trace lock? (The agent clears the programs' trace
+    flag when none does: a reader killed with SIGKILL could not.)"""
+    import fcntl
+    try:
+        fd = os.open(trace_lock_path(name), os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
 def record_path(name: str) -> str:
     return os.path.join(STATE_DIR, f"{name}.json")
 

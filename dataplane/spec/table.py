@@ -156,3 +156,24 @@ class ServiceTable:
 
     def __eq__(self, other):
         return isinstance(other, ServiceTable) and self.services == other.services
+
+
+def frontend_names(table: ServiceTable, node_addresses=()) -> dict:
+    """Every frontend of the table in Kubernetes' words, for the debugging tools (`trace`,
+    `maps`): (address text, port, "TCP"|"UDP") -> "namespace/name:port (kind)", the port by its
+    name (its number when unnamed), the kind one of cluster IP, external IP, load-balancer IP,
+    node port (at each of `node_addresses`)."""
+    names = {}
+    for svc in table:
+        for sp in svc.ports:
+            label = f"{svc.key}:{sp.name or sp.port}"
+            if svc.cluster_ip is not None:
+                names[(str(svc.cluster_ip), sp.port, sp.protocol)] = f"{label} (cluster IP)"
+            for ip in svc.external_ips:
+                names[(str(ip), sp.port, sp.protocol)] = f"{label} (external IP)"
+            for ip in svc.load_balancer_ips:
+                names[(str(ip), sp.port, sp.protocol)] = f"{label} (load-balancer IP)"
+            if sp.node_port:
+                for ip in node_addresses:
+                    names[(str(ip), sp.node_port, sp.protocol)] = f"{label} (node port)"
+    return names

@@ -26,10 +26,18 @@ LAYOUT = {
     "config": (4, {}, 56, {"clock_offset": 0, "seed": 8, "node_ip": 12, "ct_syn": 16, "ct_tcp": 20,
                             "ct_close": 24, "ct_udp": 28, "ct_close_wait": 32, "cluster_net": 36,
                             "cluster_mask": 40, "snat_lo": 44, "snat_hi": 46, "masquerade": 48,
-                            "masq_link_local": 49, "pad0": 50, "pad1": 52}),
+                            "masq_link_local": 49, "trace": 50, "pad0": 51, "pad1": 52}),
     "nonmasq": (8, {"prefixlen": 0, "addr": 4}, 1, {}),
     "lb_sources": (12, {"prefixlen": 0, "svc_id": 4, "addr": 8}, 1, {}),
+    # per-CPU: bcc's Leaf is one value per CPU; sLeaf (checked below) is struct trace_event
+    "trace_scratch": (4, {}, None, {}),
 }
+
+TRACE_EVENT = (80, {"time": 0, "ifindex": 8, "counted": 12, "verdict": 16, "hook": 20, "drop": 21, "proto": 22,
+                    "tcp_flags": 23, "saddr": 24, "daddr": 28, "sport": 32, "dport": 34, "new_saddr": 36,
+                    "new_daddr": 40, "new_sport": 44, "new_dport": 46, "new_proto": 48, "ct_dir": 49,
+                    "ct_flags": 50, "svc_id": 52, "backend_id": 56, "hash": 60, "slot": 64, "count": 66,
+                    "snat_port": 68, "snat_tries": 70, "pad0": 71, "ct_remaining": 72, "pad1": 76})
 
 
 def _offsets(t) -> dict:
@@ -41,10 +49,20 @@ def test_generated_types_match_the_pinned_layout(program, name):
     ksize, koffs, lsize, loffs = LAYOUT[name]
     t = program.table(name)
     assert ctypes.sizeof(t.Key) == ksize
-    assert ctypes.sizeof(t.Leaf) == lsize
+    if lsize is not None:
+        assert ctypes.sizeof(t.Leaf) == lsize
+        assert _offsets(t.Leaf) == loffs
     if koffs:
         assert _offsets(t.Key) == koffs
-    assert _offsets(t.Leaf) == loffs
+
+
+def test_trace_event_layout(program):
+    """struct trace_event, as the trace reader decodes it (run/trace/bpf.py reads bcc's type of
+    trace_scratch's value)."""
+    size, offsets = TRACE_EVENT
+    t = program.table("trace_scratch").sLeaf
+    assert ctypes.sizeof(t) == size
+    assert _offsets(t) == offsets
 
 
 def test_metrics_map_has_one_counter_per_reason(program):

@@ -147,6 +147,9 @@ class EbpfBackend(HealthCheckServing, Backend):
             if prog.config_drift(cfg):
                 prog.set_node_config(cfg)
                 repaired.append(f"{node}: configuration restored")
+            if prog.trace_flag() and not state.trace_reader_attached(lab.name):
+                prog.trace_flag(False)
+                repaired.append(f"{node}: trace events turned off (their reader is gone)")
         return repaired
 
     def sync(self, lab, table) -> list[str]:

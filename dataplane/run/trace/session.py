@@ -1,0 +1,187 @@
+"""One `dataplane trace` session: the readers a lab's backend has (its eBPF programs' events, or
+netfilter's trace; the kernel's drops with --drops), started together, merged by time, filtered
+to the nodes, pods and services asked for, and all of them stopped however the session ends."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from ...errors import LabError
+from ...lab import state
+from ...spec.table import frontend_names
+
+KUBE_PROXY_MODES = ("iptables", "iptables-legacy", "nftables")
+
+
+@dataclass
+class Selection:
+    """What to show: nodes by name (every node when empty); with `pods`, events that touch one of
+    their addresses; with `services`, events of one of them (named by the event, or touching one
+    of its frontends or endpoints). Both: events that satisfy both."""
+    nodes: list[str]
+    pod_addresses: set = field(default_factory=set)
+    services: set = field(default_factory=set)            # "namespace/name"
+    service_addresses: set = field(default_factory=set)
+
+    @property
+    def addresses(self) -> set:
+        """Every address the selection names (for readers that filter in the kernel)."""
+        return self.pod_addresses | self.service_addresses
+
+    def wants(self, e: dict) -> bool:
+        if self.nodes and e.get("node") not in self.nodes:
+            return False
+        touched = _addresses_of(e)
+        if self.pod_addresses and not self.pod_addresses & touched:
+            return False
+        if self.services:
+            named = (e.get("service") or "").split(":", 1)[0] in self.services
+            return named or bool(self.service_addresses & touched)
+        return True
+
+
+def _addresses_of(e: dict) -> set:
+    out = set()
+    for side in ("before", "after", "packet"):
+        t = e.get(side) or {}
+        out |= {t.get("src"), t.get("dst")}
+    return out - {None}
+
+
+def select(record, table, nodes=(), pods=(), services=()) -> Selection:
+    """A Selection from names, each checked against the lab (a wrong one is an error naming what
+    there is)."""
+    all_nodes = sorted(o for o, r in record.roles.items() if r == "node")
+    for n in nodes:
+        if n not in all_nodes:
+            raise LabError(f"lab {record.name} has no node named {n!r}; its nodes: {', '.join(all_nodes)}")
+    all_pods = sorted(o for o, r in record.roles.items() if r == "pod")
+    for p in pods:
+        if p not in all_pods:
+            raise LabError(f"lab {record.name} has no pod named {p!r}; its pods: {', '.join(all_pods)}")
+    sel = Selection(list(nodes), {record.addresses[p] for p in pods})
+    for s in services:
+        svc = table.get(s)
+        if svc is None:
+            raise LabError(f"lab {record.name} has no service {s!r}; its services: "
+                           f"{', '.join(sv.key for sv in table) or '(none)'}")
+        sel.services.add(svc.key)
+        sel.service_addresses |= {str(a) for a in (svc.cluster_ip, *svc.external_ips, *svc.load_balancer_ips)
+                                  if a is not None}
+        sel.service_addresses |= {str(ep.address) for ep in svc.endpoints}
+    return sel
+
+
+class TraceSession:
+    """The lab's readers, as one stream. `drops`: the kernel's drops too."""
+
+    def __init__(self, record, table, selection: Selection, drops: bool = False):
+        self.record, self.selection, self.drops = record, selection, drops
+        self.readers: list = []
+        nodes = selection.nodes or sorted(o for o, r in record.roles.items() if r == "node")
+        self.node_ns = {n: record.objects[n] for n in nodes}
+        node_ips = [record.addresses[n] for n in record.roles if record.roles[n] == "node"]
+        self.frontends = frontend_names(table, node_ips)
+
+    def start(self) -> list[str]:
+        """Start every reader; lines saying what is traced (for the terminal)."""
+        backend = self.record.backend
+        said = []
+        try:
+            if backend == "ebpf":
+                from .bpf import BpfTrace
+                r = BpfTrace(self.record.name, self.node_ns, self.frontends)
+                r.start()
+                self.readers.append(r)
+                said.append(f"eBPF trace events of {', '.join(self.node_ns)}")
+            elif backend in KUBE_PROXY_MODES:
+                from .netfilter import NetfilterTrace
+                match = {"addresses": sorted(self.selection.addresses)} if self.selection.addresses else None
+                for node, ns in self.node_ns.items():
+                    r = NetfilterTrace(ns, node, backend, match)
+                    r.start()
+                    self.readers.append(r)
+                said.append(f"netfilter trace (nft monitor trace) of {', '.join(self.node_ns)}")
+            elif not self.drops:
+                raise LabError(f"lab {self.record.name} runs backend {backend!r}, which makes no decisions to "
+                               f"trace; --drops shows the kernel's drops of its packets")
+            if self.drops:
+                from .drops import KernelDrops
+                r = KernelDrops(_namespace_inodes(self.record))
+                self.readers.append(r)
+                said.append("kernel drops (skb:kfree_skb) in every namespace of the lab")
+        except BaseException:
+            self.close()
+            raise
+        return said
+
+    def poll(self, timeout: float = 0.2) -> list[dict]:
+        """The events that arrived, oldest first, those selected only."""
+        out = []
+        share = max(timeout / max(len(self.readers), 1), 0.01)
+        for r in self.readers:
+            out += _poll(r, share)
+        return sorted((e for e in out if self.selection.wants(e)), key=lambda e: e.get("time", 0.0))
+
+    def close(self) -> None:
+        while self.readers:
+            r = self.readers.pop()
+            try:
+                r.close()
+            except Exception:
+                pass      # the others are still closed: nothing of ours stays attached
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _poll(reader, seconds: float) -> list[dict]:
+    from .bpf import BpfTrace
+    if isinstance(reader, BpfTrace):
+        return reader.poll(int(seconds * 1000))
+    from .drops import KernelDrops
+    if isinstance(reader, KernelDrops):
+        return reader.poll(int(seconds * 1000))
+    return reader.poll(seconds)
+
+
+def _namespace_inodes(record) -> dict:
+    import os
+    from ...lab import netns
+    out = {}
+    for ns in record.namespaces:
+        try:
+            out[os.stat(netns.path(ns)).st_ino] = ns
+        except OSError:
+            pass
+    if not out:
+        raise LabError(f"lab {record.name} has no namespace left to watch")
+    return out
+
+
+def run(record, table, selection: Selection, drops: bool, emit, seconds: float | None = None,
+        count: int | None = None, started=lambda lines: None) -> int:
+    """Trace until Ctrl-C, `seconds` or `count` events; each event to `emit`. The number shown."""
+    shown = 0
+    with TraceSession(record, table, selection, drops) as session:
+        started(session.start())
+        end = time.monotonic() + seconds if seconds else None
+        while (end is None or time.monotonic() < end) and (count is None or shown < count):
+            for e in session.poll():
+                emit(e)
+                shown += 1
+                if count is not None and shown >= count:
+                    break
+    return shown
+
+
+def lab_and_table(name: str):
+    """The lab's record and its desired service table (what its agent serves)."""
+    rec = state.load(name)
+    if rec is None:
+        raise LabError(f"no lab named {name!r} (see `dataplane status`)")
+    from ..agent.desired import Desired
+    return rec, Desired(rec).table()
