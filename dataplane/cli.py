@@ -9,7 +9,7 @@ import time
 import click
 
 from . import backends, doctor
-from .errors import DataplaneError, PrerequisiteError
+from .errors import DataplaneError, LabError, PrerequisiteError
 
 EPILOG_RUN = """\b
 Examples:
@@ -503,6 +503,183 @@ def rules(lab, nodes):
         text = be.dump(rec, node)
         click.echo(f"=== {lab} {node} ({rec.backend})")
         click.echo(text, nl=False)
+
+
+@cli.command(epilog="""\b
+Examples:
+  dataplane explain scenarios/clusterip.yaml --from pod/client --to service/web          # offline, every backend
+  dataplane explain scenarios/nodeport.yaml --from host/outside --to service/web --backend nftables
+  sudo dataplane explain demo --from pod/client --to service/web:dns                     # a running lab's rules
+  dataplane explain scenarios/clusterip.yaml --from pod/client --to 10.96.0.10:81 --json
+""")
+@click.argument("lab_or_scenario", metavar="LAB|SCENARIO")
+@click.option("--from", "client", required=True, metavar="pod/NAME", help="The client: pod/NAME, node/NAME or host/NAME.")
+@click.option("--to", "to", required=True, metavar="service/NAME[:PORT]",
+              help="service/NAME[:PORT] (a port's name or number; default its first port), or ADDRESS:PORT. "
+                   "From a host outside the cluster, the service's node port (or LB/external IP).")
+@click.option("--protocol", type=click.Choice(["TCP", "UDP"]), default=None,
+              help="For ADDRESS:PORT (default TCP); with a service port, it must match.")
+@click.option("--backend", "backend", default="all", show_default=True,
+              type=click.Choice(["all", "ebpf", "iptables", "iptables-legacy", "nftables"]),
+              help="Which backend's path; `all`: eBPF (reference model) and kube-proxy's two rule sets side by side. "
+                   "On a lab: its own backend unless given.")
+@click.option("--seed", type=int, default=None, help="The eBPF flow-hash seed (default: the lab's, offline 0).")
+@click.option("--json", "as_json", is_flag=True, help="A JSON list, one object per backend.")
+def explain(lab_or_scenario, client, to, protocol, backend, seed, as_json):
+    """Explain the path one new connection would take, step by step: for eBPF from the reference
+    model (the frontend met, its candidates in hash order, the backend the hash picks, each hook's
+    rewrite, the reply's reverse NAT), for kube-proxy's iptables and nftables modes a chain-by-chain
+    walk of the rules (KUBE-SERVICES -> KUBE-SVC-... -> KUBE-SEP-..., probabilities, DNAT, the
+    masquerade mark), as kube-proxy's own packet tracer does.
+
+    LAB|SCENARIO: a running lab (its installed rules are walked; needs root) or a scenario file
+    (offline: rules rendered from it, no lab, no root).
+    """
+    import json as _json
+    import os as _os
+    from .run import explain as ex
+    if _os.path.exists(lab_or_scenario) and not _os.path.isdir(lab_or_scenario):
+        scenario = _load(lab_or_scenario)
+        table, live, lab_backend, lab_seed = scenario.services, None, None, 0
+    else:
+        from .run.trace import session
+        doctor.require("root")
+        rec, table = session.lab_and_table(lab_or_scenario)
+        scenario = _load(rec.scenario)
+        lab_backend, lab_seed = rec.backend, _lab_seed(rec)
+        live = _live_rules(rec)
+    target = ex.resolve(scenario, table, client, to, protocol)
+    if backend == "all":
+        chosen = ex.BACKENDS if lab_backend is None else (lab_backend,) if lab_backend in ex.BACKENDS + (
+            "iptables-legacy",) else ex.BACKENDS
+    else:
+        chosen = (backend,)
+    if live is not None and any(b != lab_backend and b != "ebpf" for b in chosen):
+        raise DataplaneError(f"lab {lab_or_scenario} runs {lab_backend}: its rules are the only ones installed; "
+                             f"explain another backend offline, on the scenario file {rec.scenario}")
+    out = ex.explain(scenario, table, target, chosen, seed if seed is not None else lab_seed, live)
+    if as_json:
+        click.echo(_json.dumps([e.as_dict() for e in out], indent=1))
+    else:
+        click.echo(ex.format_text(out), nl=False)
+
+
+def _lab_seed(rec) -> int:
+    """The seed the lab's eBPF programs hash with (0 for other backends)."""
+    if rec.backend != "ebpf":
+        return 0
+    from .backends.ebpf.inspect import NodeMapsView
+    node = sorted(o for o, r in rec.roles.items() if r == "node")[0]
+    return NodeMapsView(rec.name, node, {}).config()["seed"]
+
+
+def _live_rules(rec):
+    """node, backend -> (the rules installed there, where they were read)."""
+    def read(node: str, b: str):
+        be = backends.class_of(rec.backend)()
+        ns = rec.objects[node]
+        if rec.backend == "nftables":
+            return be.rules(ns), f"installed in {ns} (nft list table ip kube-proxy)"
+        return be.rules(ns), f"installed in {ns} ({be.save})"
+    return read
+
+
+@cli.command(name="maps", epilog="""\b
+Examples:
+  sudo dataplane maps demo                        # every map of every node
+  sudo dataplane maps demo --node node1 conntrack # node1's flows: tuple, backend, state, time left
+  sudo dataplane maps demo services --json        # frontends and their backends, as JSON
+\b
+The same maps raw, as the kernel holds them:
+  sudo bpftool map dump pinned /sys/fs/bpf/dp-demo/node1/conntrack
+""")
+@click.argument("lab")
+@click.argument("map_name", metavar="[MAP]", required=False,
+                type=click.Choice(["services", "conntrack", "snat", "affinity", "lb_sources", "nonmasq", "addresses",
+                                   "config", "metrics"]))
+@click.option("--node", "nodes", multiple=True, metavar="NODE", help="Only this node (repeatable; default: every node).")
+@click.option("--json", "as_json", is_flag=True, help="JSON: {node: {map: entries}}.")
+def maps_cmd(lab, map_name, nodes, as_json):
+    """Print LAB's eBPF maps in service terms: frontends and their backends (slot order),
+    conntrack entries as flows (tuple, translation, state, lifetime left, service), masquerade
+    mappings, session affinity, source ranges, non-masquerade CIDRs, config and counters.
+    Read while traffic runs; each map is one consistent read.
+    """
+    import json as _json
+    from .backends.ebpf import inspect
+    from .run.trace import session
+    doctor.require("root")
+    rec, table = session.lab_and_table(lab)
+    if rec.backend != "ebpf":
+        raise LabError(f"lab {lab} runs backend {rec.backend!r}, which has no BPF maps; "
+                       f"`dataplane rules {lab}` prints its rules")
+    sel = session.select(rec, table, nodes)
+    frontends = session.TraceSession(rec, table, sel).frontends
+    chosen = (map_name,) if map_name else inspect.SECTIONS
+    out = {}
+    for node in sel.nodes or sorted(o for o, r in rec.roles.items() if r == "node"):
+        out[node] = inspect.read(lab, node, frontends, chosen)
+        if not as_json:
+            click.echo(inspect.format_text(node, f"/sys/fs/bpf/dp-{lab}/{node}", out[node]), nl=False)
+    if as_json:
+        click.echo(_json.dumps(out, indent=1, sort_keys=True))
+
+
+@cli.command(epilog="""\b
+Examples:
+  sudo dataplane up scenarios/clusterip.yaml --name demo          # ebpf
+  sudo dataplane trace demo                                  # every decision, until Ctrl-C
+  sudo dataplane trace demo --pod client --service web       # one client's flows to one service
+  sudo dataplane trace demo --drops --seconds 10 --json      # and the kernel's drops, as JSON lines
+\b
+  sudo dataplane up scenarios/clusterip.yaml --name nft --backend nftables
+  sudo dataplane trace nft --node node1                      # chains and rules netfilter walked
+\b
+In another terminal, make traffic:
+  sudo dataplane exec demo client -- curl -s 10.96.0.10/hostname
+See docs/debugging.md for a worked demo.
+""")
+@click.argument("lab")
+@click.option("--node", "nodes", multiple=True, metavar="NODE", help="Only this node (repeatable; default: every node).")
+@click.option("--pod", "pods", multiple=True, metavar="POD", help="Only packets from or to this pod (repeatable).")
+@click.option("--service", "services", multiple=True, metavar="[NS/]NAME",
+              help="Only this service's flows: its frontends and endpoints (repeatable).")
+@click.option("--drops", is_flag=True, help="Also the kernel's drops of lab packets with the kernel's drop reason "
+              "(skb:kfree_skb): what dies outside the dataplane (no route, no socket, rp_filter, a full queue).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line instead of text.")
+@click.option("--seconds", type=click.FloatRange(min=0.1), default=None, help="Stop after this long (default: Ctrl-C).")
+@click.option("--count", type=click.IntRange(min=1), default=None, help="Stop after this many events.")
+def trace(lab, nodes, pods, services, drops, as_json, seconds, count):
+    """Stream what LAB's dataplane decides about each packet, one line per decision.
+
+    \b
+    ebpf          the programs' own events: hook, packet before and after,
+                  the frontend met, the backend chosen and why (hash and slot,
+                  affinity, the conntrack entry of a known flow), the port taken
+                  on the node's address, every rejection and drop by its reason.
+                  Costs the programs nothing while no trace runs.
+    nftables,     netfilter's trace (`nft monitor trace`): every chain and rule
+    iptables      the packet met, with their verdicts.
+    iptables-legacy  no netfilter trace inside a namespace (see docs/debugging.md);
+                  --drops still works.
+    """
+    import json as _json
+    from .run.trace import session
+    doctor.require("root")
+    rec, table = session.lab_and_table(lab)
+    sel = session.select(rec, table, nodes, pods, services)
+
+    def emit(e):
+        click.echo(_json.dumps(e, sort_keys=True) if as_json else e["text"])
+
+    def started(lines):
+        for line in lines:
+            click.echo(f"# tracing {line}" + ("" if seconds or count else "; Ctrl-C ends"), err=True)
+
+    try:
+        session.run(rec, table, sel, drops, emit, seconds=seconds, count=count, started=started)
+    except KeyboardInterrupt:
+        pass
 
 
 @cli.group(epilog="""\b
