@@ -96,8 +96,11 @@ def cli():
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("--keep", is_flag=True, help="Leave the lab up after the checks (remove it with `down`).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress messages on stderr.")
+@click.option("--explain", "explain_failures", is_flag=True,
+              help="Under each failing check, the path one of its connections takes on this backend "
+                   "(`dataplane explain`: the reference model for ebpf, the installed rules for kube-proxy's modes).")
 @backend_options
-def run(scenario, backend, lab_name, as_json, keep, quiet, seed, map_sizes, ct_timeouts):
+def run(scenario, backend, lab_name, as_json, keep, quiet, explain_failures, seed, map_sizes, ct_timeouts):
     """Build the lab of SCENARIO, program a backend, run its checks, tear down.
 
     Prints a table of checks (or, with --json, {"scenario", "backend", "passed", "checks": [...]})
@@ -115,12 +118,12 @@ def run(scenario, backend, lab_name, as_json, keep, quiet, seed, map_sizes, ct_t
         chosen = [backends.get(name, strict=False, **settings) for name in backends.CONFORMANCE]
         for be in chosen:
             doctor.require(*be.needs)
-        reps = [run_live(sc, be, lab_name or sc.name, progress=progress) for be in chosen]
+        reps = [run_live(sc, be, lab_name or sc.name, progress=progress, explain=explain_failures) for be in chosen]
         click.echo(report.matrix_json(reps) if as_json else report.matrix(reps))
         sys.exit(0 if all(r.passed for r in reps) else 1)
     be = backends.get(backend, **settings)
     doctor.require(*be.needs)
-    rep = run_live(sc, be, lab_name or sc.name, keep=keep, progress=progress)
+    rep = run_live(sc, be, lab_name or sc.name, keep=keep, progress=progress, explain=explain_failures)
     click.echo(report.as_json(rep) if as_json else report.table(rep))
     sys.exit(0 if rep.passed else 1)
 

@@ -25,6 +25,9 @@ def table(report: Report) -> str:
         elif status == "FAIL":
             line = click.style(line[:6], fg="red") + line[6:]
         lines.append(line)
+        result = report.results[i - 1] if i else None
+        if result is not None and result.explanation:
+            lines += [f"          {x}" for x in result.explanation]
     passed = sum(r.passed for r in report.results)
     lines.append(f"{passed} of {len(report.results)} checks passed")
     for node, counters in sorted(report.counters.items()):

@@ -23,11 +23,15 @@ class CheckResult:
     # a background load's (judge/load.py): every request's failure, and how many were sent
     failures: list | None = None
     requests: int | None = None
+    # `run --explain`: the path of one new connection of this check, on this backend (lines)
+    explanation: list | None = None
 
     def to_json(self) -> dict:
         out = {"name": self.name, "passed": self.passed, "detail": self.detail,
                "outcomes": self.outcomes, "backends": self.answered, "sources": self.sources,
                "difference": self.difference}
+        if self.explanation is not None:
+            out["explanation"] = self.explanation
         if self.failures is not None:
             out.update(requests=self.requests, failed=self.requests - self.outcomes.get("reachable", 0),
                        failures=self.failures)

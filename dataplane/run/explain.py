@@ -84,16 +84,40 @@ def resolve(scenario: Scenario, table, client: str, to: str, protocol: str | Non
         if role == "host":              # outside the cluster: the first node port, else a LB/external IP
             addr, port = _external_address(topo, svc, sp)
         target = Target(name, role, obj.ip, node or "", addr, port, sp.protocol, svc.key, sp.name)
+    elif to.startswith(("node/", "pod/")):
+        obj_name, _, port_text = to.split("/", 1)[1].partition(":")
+        dest = topo.find(obj_name)
+        if dest is None or not port_text.isdigit():
+            raise DataplaneError(f"--to {to!r}: expected {to.split('/')[0]}/NAME:PORT with a {to.split('/')[0]} "
+                                 f"of {scenario.name}")
+        target = Target(name, role, obj.ip, node or "", dest.ip, int(port_text), protocol or "TCP")
     else:
         addr_text, _, port_text = to.rpartition(":")
         try:
             addr, port = IPv4Address(addr_text), int(port_text)
         except ValueError:
-            raise DataplaneError(f"--to {to!r}: expected service/NAME[:PORT] or ADDRESS:PORT") from None
+            raise DataplaneError(f"--to {to!r}: expected service/NAME[:PORT], node/NAME:PORT or ADDRESS:PORT") from None
         target = Target(name, role, obj.ip, node or "", addr, port, protocol or "TCP")
     if role == "host":
         target.node = _node_of_address(topo, target.addr) or topo.nodes[0].name
     return target
+
+
+def target_of_check(scenario: Scenario, table, step) -> Target:
+    """A check's connection (its client, address, port and protocol as resolved) as a Target."""
+    topo = scenario.topology
+    role = _role(topo, step.client)
+    obj = topo.find(step.client)
+    node = obj.node if role == "pod" else (step.client if role == "node" else _node_of_address(topo, step.ip))
+    service, port_name = None, ""
+    if step.target.startswith("service/"):
+        svc = table.get(step.target[len("service/"):])
+        if svc is not None:
+            service = svc.key
+            sp = next((p for p in svc.ports if p.port == step.port and p.protocol == step.protocol), None)
+            port_name = sp.name if sp else ""
+    return Target(step.client, role, obj.ip, node or topo.nodes[0].name, step.ip, step.port, step.protocol,
+                  service, port_name)
 
 
 def _role(topo, name: str) -> str | None:

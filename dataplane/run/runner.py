@@ -127,7 +127,7 @@ def _read_line(proc, timeout: float) -> str:
     return proc.stdout.readline() if ready else ""
 
 
-def run_simulated(scenario: Scenario, backend, progress=lambda m: None) -> Report:
+def run_simulated(scenario: Scenario, backend, progress=lambda m: None, explain: bool = False) -> Report:
     """The scenario on the emulator: same checks, same judge, no kernel."""
     from ..emulator.net import SimNet
     from ..lab.plan import make_plan
@@ -179,7 +179,10 @@ def run_simulated(scenario: Scenario, backend, progress=lambda m: None) -> Repor
         elif isinstance(step, EndLoad):
             report.results.append(evaluate_load(step, loads.stop(step.name), updates))
         else:
-            report.results.append(judged(step, table, backend.name, simulate))
+            result = judged(step, table, backend.name, simulate)
+            if explain and not result.passed:
+                result.explanation = _explanation(scenario, table, step, backend)
+            report.results.append(result)
         net.collect()
     from ..contract.consts import INDEX
     report.counters = {n.obj: {k: v for k, v in sorted(n.datapath.s.metrics.items(), key=lambda kv: INDEX[kv[0]]) if v}
@@ -233,10 +236,12 @@ def tear_down(lab: Lab, backend) -> None:
 
 
 def run_live(scenario: Scenario, backend, lab_name: str, keep: bool = False,
-             progress=lambda m: None) -> Report:
-    """The scenario on a lab of namespaces (or, for a simulated backend, on the emulator)."""
+             progress=lambda m: None, explain: bool = False) -> Report:
+    """The scenario on a lab of namespaces (or, for a simulated backend, on the emulator). With
+    `explain`, each failing check's result carries the path of one of its connections on this
+    backend (run/explain.py), taken while the lab is still up."""
     if backend.simulated:
-        return run_simulated(scenario, backend, progress)
+        return run_simulated(scenario, backend, progress, explain)
     report = Report(scenario.name, backend.name, lab_name, ignored=list(scenario.ignored), seed=backend.seed)
     old = on_terminate()
     lab = loads = None
@@ -261,7 +266,10 @@ def run_live(scenario: Scenario, backend, lab_name: str, keep: bool = False,
             elif isinstance(step, EndLoad):
                 report.results.append(evaluate_load(step, loads.stop(step.load), updates))
             else:
-                report.results.append(judged(step, table, backend.name, lambda s: run_check(lab, s)))
+                result = judged(step, table, backend.name, lambda s: run_check(lab, s))
+                if explain and not result.passed:
+                    result.explanation = _explanation(scenario, table, step, backend, lab)
+                report.results.append(result)
             backend.collect()      # garbage-collect expired flows between steps
         report.counters = {node: {k: v for k, v in m.items() if v} for node, m in backend.metrics().items()}
         return report
@@ -271,6 +279,24 @@ def run_live(scenario: Scenario, backend, lab_name: str, keep: bool = False,
                 loads.stop_all()        # generators are lab processes: the lab's teardown would kill them too
         finally:
             _finish(lab, backend, keep, lab_name, progress, old)
+
+
+def _explanation(scenario: Scenario, table, step: CheckSpec, backend, lab=None) -> list[str]:
+    """`explain` for a failing check, on the backend that failed it: the reference model for eBPF
+    and the emulator, the rules the lab's nodes hold for kube-proxy's modes."""
+    from . import explain as ex
+    try:
+        target = ex.target_of_check(scenario, table, step)
+        name = "ebpf" if backend.simulated else backend.name
+        live = None
+        if name != "ebpf":
+            def live(node, _mode):
+                ns = lab.plan.netns_of(node)
+                return backend.rules(ns), f"installed in {ns}"
+        [out] = ex.explain(scenario, table, target, (name,), seed=backend.seed or 0, live=live)
+        return ex.format_text([out]).splitlines()
+    except Exception as exc:      # an explanation must never cost the run its report
+        return [f"(no explanation: {exc})"]
 
 
 def _finish(lab, backend, keep: bool, lab_name: str, progress, old_handlers: dict) -> None:

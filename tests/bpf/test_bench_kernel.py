@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from dataplane.lab import netns
-from dataplane.run.bench.kernel import PATHS, run_kernel
+from dataplane.run.bench.kernel import PATHS, TRACED, run_kernel
 
 
 # the counter each call of a path must move (the programs count every decision)
@@ -15,14 +15,21 @@ EXPECTED = {"not-service": "M_PASS", "new-flow": "M_DNAT_NEW", "established": "M
 
 def test_every_path_is_the_one_it_names():
     results = run_kernel(fills=(1, 200), calls=300, seed=3)
-    assert [(r.path, r.services) for r in results] == [(p, n) for n in (1, 200) for p in PATHS]
+    names = [*PATHS, *(f"{p}+trace" for p in TRACED)]
+    assert [(r.path, r.services) for r in results] == [(p, n) for n in (1, 200) for p in names]
     for r in results:
         assert r.calls == 300 and 0 < r.p50 <= r.p90 <= r.p99, r
         assert "drop" not in r.verdict, f"{r.path} at {r.services} services ends in {r.verdict}: {r.counters}"
+        path, traced = r.path.removesuffix("+trace"), r.path.endswith("+trace")
         if r.path == "floor":
             assert r.counters == {}, r            # not our program
         else:
-            assert r.counters.get(EXPECTED[r.path]) == 300, f"{r.path}: {r.counters}"
+            assert r.counters.get(EXPECTED[path]) == 300, f"{r.path}: {r.counters}"
+        if traced:
+            # every decision traced; a packet left alone (not service traffic) makes no event
+            assert r.counters["trace events"] == (0 if path == "not-service" else 300), r.counters
+        else:
+            assert "trace events" not in r.counters
     assert not netns.exists(f"dp-bench{os.getpid()}.node1")
 
 

@@ -20,7 +20,14 @@ times, frames prepared beforehand:
                    port each call
   masquerade-est   a pod's ACK on a masqueraded connection the program has seen both ways
 
-Percentiles (p50, p90, p99) are of the CALLS single runs; conntrack is emptied between fills.
+Then four of them again with a trace attached (`dataplane trace`: the config's trace flag set,
+every decision's event written to the ring buffer), named PATH+trace; the bench drains the ring
+buffer between calls, outside the timed runs, as a reader keeping up would, and counts the events.
+The same paths without the "+trace" are the cost with no trace attached (the flag clear: one byte
+test per note).
+
+Percentiles (p50, p90, p99) are of the CALLS single runs; conntrack is emptied between fills, and
+before each traced path (which then sets its own connection up again).
 """
 from __future__ import annotations
 
@@ -44,6 +51,8 @@ OUTSIDE_HOSTS = 200         # masquerade-new spreads over these, so its ports ne
 NEW_FLOW_PORTS = 20000      # new flows' source ports start here (so at most 45,535 calls per path)
 SETUP_PORT = 19000          # the connections the established paths use: below every new flow's
 MAX_CALLS = 65535 - NEW_FLOW_PORTS
+TRACED = ("not-service", "new-flow", "established", "reply")     # timed again as PATH+trace
+DRAIN_EVERY = 1000          # calls between two drains of the trace ring buffer (1 MiB: ~11,000 events)
 FILLS = (1, 1000, 10000, 65536)
 QUICK_FILLS = (1, 1000, 10000)
 
@@ -171,7 +180,37 @@ class Bench:
             after = self.prog.metrics()
             grew = {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
             results.append(_summary(path, n, times, verdict, grew))
+        for path in TRACED:
+            self.prog.table("conntrack").clear()
+            fn, batch = self.path_frames(path, n, calls, rng)
+            before = self.prog.metrics()
+            times, verdict, events = self._times_traced(fn, batch)
+            after = self.prog.metrics()
+            grew = {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
+            grew["trace events"] = events
+            results.append(_summary(f"{path}+trace", n, times, verdict, grew))
         return results
+
+    def _times_traced(self, fn: str, frames: list) -> tuple[list, str, int]:
+        """_times with the trace flag set, the ring buffer drained every DRAIN_EVERY calls (not
+        timed: each call's time is the kernel's, around the program run); and the events read."""
+        events = [0]
+        if not getattr(self, "_ring_open", False):
+            self.prog.table("trace_events").open_ring_buffer(lambda ctx, data, size: self._on_event())
+            self._ring_open = True
+        self._on_event = lambda: events.__setitem__(0, events[0] + 1)
+        times, verdicts = [], set()
+        self.prog.trace_flag(True)
+        try:
+            for i in range(0, len(frames), DRAIN_EVERY):
+                t, v = self._times(fn, frames[i:i + DRAIN_EVERY])
+                times += t
+                verdicts.add(v)
+                self.prog.bpf.ring_buffer_consume()
+        finally:
+            self.prog.trace_flag(False)
+            self.prog.bpf.ring_buffer_consume()
+        return times, "/".join(sorted(verdicts)), events[0]
 
     def path_frames(self, path: str, n: int, calls: int, rng: random.Random) -> tuple[str, list]:
         """(entry point, CALLS frames) of one path at fill n (installed by fill), with the
@@ -223,7 +262,7 @@ def run_kernel(fills=FILLS, calls: int = 20000, seed: int = 1, progress=lambda m
         rng = random.Random(seed)
         out = []
         for n in fills:
-            progress(f"kernel: {n:,} services installed, {len(PATHS)} paths x {calls:,} calls")
+            progress(f"kernel: {n:,} services installed, {len(PATHS) + len(TRACED)} paths x {calls:,} calls")
             out += bench.measure(n, calls, rng)
         return out
     finally:

@@ -36,7 +36,7 @@ CT_ENTRIES = {DEFINES[k]: k for k in ("CT_SERVICE", "CT_REPLY", "CT_SNAT_OUT", "
 CT_FLAGS = {v: k[len("CT_F_"):].lower() for k, v in DEFINES.items()
             if k.startswith("CT_F_") and k != "CT_F_CLOSED_BOTH"}
 PROTOCOLS = {1: "ICMP", 6: "TCP", 17: "UDP"}
-TCP_FLAGS = ((0x02, "S"), (0x10, "."), (0x01, "F"), (0x04, "R"), (0x08, "P"))
+TCP_FLAGS = ((0x02, "S"), (0x01, "F"), (0x04, "R"), (0x08, "P"), (0x10, "."))   # as tcpdump prints them
 # What a packet's outcome is, of everything it counted: the first of these (a drop wins over all).
 OUTCOMES = ("REJECT_NO_ENDPOINTS", "REJECT_PORT_UNSERVED", "M_DNAT_NEW", "M_DNAT", "M_REVNAT", "M_ICMP_REVNAT",
             "M_SNAT_NEW", "M_SNAT", "M_UNSNAT", "M_SOCK_LB")
@@ -274,6 +274,7 @@ class BpfTrace:
     def start(self) -> None:
         try:
             self._lock()
+            self.started_ns = time.monotonic_ns()
             event_type, config_type = event_types()
             self.event_type = event_type
             lib = _libbpf()
@@ -318,7 +319,8 @@ class BpfTrace:
     def _on_event(self, ctx, data, size) -> int:
         node = list(self.nodes)[(ctx or 1) - 1]
         ev = self.event_type.from_buffer_copy(ct.string_at(data, min(size, ct.sizeof(self.event_type))))
-        self.pending.append(decode(ev, node, self.names[node]))
+        if ev.time >= self.started_ns:     # not what an earlier reader left unread
+            self.pending.append(decode(ev, node, self.names[node]))
         return 0
 
     def poll(self, timeout_ms: int = RING_TIMEOUT_MS) -> list[dict]:

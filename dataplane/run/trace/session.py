@@ -41,7 +41,7 @@ class Selection:
 
 
 def _addresses_of(e: dict) -> set:
-    out = set()
+    out = {e.get("src"), e.get("dst")}
     for side in ("before", "after", "packet"):
         t = e.get(side) or {}
         out |= {t.get("src"), t.get("dst")}
@@ -144,8 +144,26 @@ def _poll(reader, seconds: float) -> list[dict]:
         return reader.poll(int(seconds * 1000))
     from .drops import KernelDrops
     if isinstance(reader, KernelDrops):
-        return reader.poll(int(seconds * 1000))
+        return [_drop_event(e) for e in reader.poll(int(seconds * 1000))]
     return reader.poll(seconds)
+
+
+def _drop_event(e: dict) -> dict:
+    """A kernel drop as the other sources' events: the lab object it happened in, and a line."""
+    from ...lab.names import lab_of_netns
+    from .bpf import clock_text
+    ns = e["netns"]
+    lab = lab_of_netns(ns)
+    e = dict(e, source="drop", node=ns[len(f"dp-{lab}."):] if lab else ns)
+    proto = (e.get("proto") or "?").upper()
+    if e.get("sport") is not None:
+        what = f"{proto} {e['src']}:{e['sport']} -> {e['dst']}:{e['dport']}"
+    elif e.get("src"):
+        what = f"{proto} {e['src']} -> {e['dst']}"
+    else:
+        what = proto
+    e["text"] = f"{clock_text(e['time'])} {e['node']} kernel drop {what}: {e['reason']} at {e['location']}"
+    return e
 
 
 def _namespace_inodes(record) -> dict:

@@ -1,0 +1,97 @@
+"""`dataplane explain` offline (no kernel): the eBPF path from the reference model and the
+emulator, kube-proxy's modes from a walk of their rendered rules, compared; `run --explain` on the
+emulator; the errors of a wrong --from or --to. Rows of (scenario, client, target) -> what every
+backend must say."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from dataplane.errors import DataplaneError
+from dataplane.run import explain as ex
+from dataplane.spec.scenario import load
+from tests.conftest import SCENARIOS
+
+WEB = {"10.0.1.3:8080", "10.0.2.2:8080", "10.0.2.3:8080"}
+
+
+def run(scenario: str, client: str, to: str, protocol=None, backends=ex.BACKENDS):
+    sc = load(SCENARIOS / scenario)
+    target = ex.resolve(sc, sc.services, client, to, protocol)
+    return {e.backend: e for e in ex.explain(sc, sc.services, target, backends)}
+
+
+@pytest.mark.parametrize("scenario,client,to,verdict,candidates,masquerade", [
+    # a ClusterIP from a pod: the same three candidates everywhere, DNAT to one of them
+    ("clusterip.yaml", "pod/client", "service/web", "DNAT", WEB, False),
+    ("clusterip.yaml", "pod/client", "service/web:dns", "DNAT", WEB, False),
+    # a port the cluster IP does not serve: no candidates; rejected, but iptables mode has no rule
+    # for it and lets it be routed on (docs/differences.md, cluster-ip-unserved-port)
+    ("clusterip.yaml", "pod/client", "10.96.0.10:81", {"ebpf": "REJECT", "iptables": "ACCEPT", "nftables": "REJECT"},
+     set(), False),
+    # a node port with externalTrafficPolicy Local on a node with the endpoint: that one only
+    ("nodeport.yaml", "host/ext", "node/node2:30081", "DNAT", {"10.0.2.2:8080"}, False),
+    # eTP Cluster from outside: any endpoint, masqueraded to the node
+    ("nodeport.yaml", "host/ext", "node/node1:30080", "DNAT", {"10.0.1.2:8080", "10.0.2.2:8080"}, True),
+])
+def test_every_backend_explains_the_same_candidates_and_verdict(scenario, client, to, verdict, candidates,
+                                                                 masquerade):
+    out = run(scenario, client, to)
+    assert list(out) == ["ebpf", "iptables", "nftables"]
+    for backend, e in out.items():
+        assert e.verdict == (verdict[backend] if isinstance(verdict, dict) else verdict), (backend, e.steps)
+        assert set(e.candidates) == candidates, (backend, e.candidates)
+        if verdict == "DNAT":
+            assert e.chosen in candidates
+    for backend in ("iptables", "nftables"):
+        assert any("masquerade" in n for n in out[backend].notes) == masquerade, out[backend].notes
+
+
+def test_the_ebpf_explanation_walks_the_hooks_of_the_first_packet_and_its_reply():
+    e = run("clusterip.yaml", "pod/client", "service/web", backends=("ebpf",))["ebpf"]
+    steps = "\n".join(e.steps)
+    assert "frontend 10.96.0.10:80/TCP of default/web" in e.steps[0]
+    assert "from_pod(v-client)" in e.steps[1] and "M_DNAT_NEW" in e.steps[1] and "hash 0x" in e.steps[1]
+    assert e.chosen in e.steps[1]
+    assert "M_REVNAT" in steps and "10.96.0.10:80 -> 10.0.1.2" in steps        # the reply, from the VIP
+    assert e.candidates == sorted(WEB, key=lambda a: tuple(int(x) for x in a.replace(":", ".").split(".")))
+
+
+def test_the_kube_proxy_walks_name_their_chains():
+    out = run("clusterip.yaml", "pod/client", "service/web", backends=("iptables", "nftables"))
+    ipt = [s for s in out["iptables"].steps if "KUBE-" in s]
+    assert any(s.startswith("nat KUBE-SERVICES") for s in ipt) and any("KUBE-SVC-" in s for s in ipt)
+    assert any("DNAT to" in s and "KUBE-SEP-" in s for s in ipt)
+    nft = out["nftables"].steps
+    assert any("services:" in s and "@service-ips" in s for s in nft) and any("numgen random mod 3" in s for s in nft)
+
+
+@pytest.mark.parametrize("client,to,protocol,message", [
+    ("pod/nobody", "service/web", None, "no such client in clusterip; clients: pod/client"),
+    ("node/client", "service/web", None, "no such client"),
+    ("pod/client", "service/nope", None, "no service 'nope'; services: default/closed, default/web"),
+    ("pod/client", "service/web:smtp", None, "default/web has no port 'smtp'; its ports: http, dns"),
+    ("pod/client", "service/web:http", "UDP", "--protocol UDP: default/web port http is TCP"),
+    ("pod/client", "web", None, "expected service/NAME[:PORT], node/NAME:PORT or ADDRESS:PORT"),
+])
+def test_a_wrong_client_or_target_is_named(client, to, protocol, message):
+    sc = load(SCENARIOS / "clusterip.yaml")
+    with pytest.raises(DataplaneError, match="^--") as err:
+        ex.resolve(sc, sc.services, client, to, protocol)
+    assert message in str(err.value)
+
+
+def test_run_explain_adds_the_path_to_failing_checks_only(tmp_path):
+    from dataplane import backends
+    from dataplane.run.runner import run_simulated
+    text = (SCENARIOS / "clusterip.yaml").read_text()
+    wrong = text.replace("    backends: [web-1, web-2, web-3]\n    source: client\n", "    expect: refused\n", 1)
+    assert wrong != text
+    (tmp_path / "s.yaml").write_text(wrong)
+    report = run_simulated(load(tmp_path / "s.yaml"), backends.get("emulator", seed=5), explain=True)
+    failed = [r for r in report.results if not r.passed]
+    assert len(failed) == 1 and failed[0].explanation[0].startswith("=== ebpf: client (10.0.1.2) -> 10.96.0.10:80/TCP")
+    assert any(line.startswith("verdict: DNAT to 10.0.") for line in failed[0].explanation)
+    assert all(r.explanation is None for r in report.results if r.passed)
+    assert json.loads(json.dumps(report.to_json()))["checks"][0]["explanation"] == failed[0].explanation
