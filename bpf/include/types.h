@@ -195,4 +195,20 @@ struct trace_event {
 	__u32  pad1;
 };
 
+/* kernel_drops.c's event for `dataplane trace --drops`: one packet the kernel dropped in a lab
+ * namespace (skb:kfree_skb), read with bcc's type of it (run/trace/drops.py). */
+struct drop_event {
+	__u64  time;             /* bpf_ktime_get_ns: CLOCK_MONOTONIC */
+	__u64  location;         /* the kernel address that dropped it */
+	__u32  netns;            /* inode of the network namespace */
+	__u32  reason;           /* enum skb_drop_reason */
+	__be32 saddr;            /* with ipv4 */
+	__be32 daddr;
+	__u16  ethertype;        /* host order (the tracepoint's ntohs(skb->protocol)) */
+	__be16 sport;            /* TCP and UDP, not a later fragment */
+	__be16 dport;
+	__u8   ipproto;
+	__u8   ipv4;             /* the IPv4 fields were read */
+};
+
 #endif

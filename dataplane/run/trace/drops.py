@@ -26,6 +26,7 @@ import ipaddress
 import json
 import os
 import shutil
+import socket
 import struct
 import subprocess
 from dataclasses import dataclass
@@ -53,7 +54,6 @@ OFFSETS = {
 }
 # Kinds that only qualify or rename a type: the member's layout is the type beneath.
 QUALIFIERS = {"TYPEDEF", "CONST", "VOLATILE", "RESTRICT", "TYPE_TAG"}
-EVENT = struct.Struct("=QQII4s4sH2s2sBB")          # struct drop_event below, field for field
 
 
 # --- the kernel's BTF -------------------------------------------------------------------------
@@ -208,108 +208,8 @@ def tracepoint_fields(text: str) -> dict[str, str]:
     return fields
 
 
-# Everything the kernel tells is read at a -D offset; no kernel struct type appears here.
-PROGRAM = r"""
-/* The format file types `reason` as enum skb_drop_reason, which bcc's generated args struct names
-   but bcc's headers (Debian 6.1) do not define: a complete 4-byte enum of the same name lets it
-   compile. Only its size matters; the values come from BTF, in user space. */
-enum skb_drop_reason { DP_DROP_REASON_LOW = 0, DP_DROP_REASON_HIGH = 0xffffffff };
-
-struct drop_event {
-    u64 time;               /* bpf_ktime_get_ns: CLOCK_MONOTONIC */
-    u64 location;
-    u32 netns;              /* inode of the network namespace */
-    u32 reason;
-    u32 saddr;              /* network order, as in the header */
-    u32 daddr;
-    u16 ethertype;          /* host order (the tracepoint's ntohs(skb->protocol)) */
-    u16 sport;              /* network order */
-    u16 dport;
-    u8 ipproto;
-    u8 ipv4;                /* the IPv4 fields were read */
-};
-
-BPF_HASH(netns, u32, u8, 1024);
-BPF_RINGBUF_OUTPUT(drops, 64);
-BPF_ARRAY(lost, u64, 1);
-
-static __always_inline void *read_ptr(void *base, int offset) {
-    void *p = 0;
-    if (base)
-        bpf_probe_read_kernel(&p, sizeof(p), base + offset);
-    return p;
-}
-
-/* The namespace's inode if it is one of ours, else 0. */
-static __always_inline u32 watched(void *net) {
-    u32 inum = 0;
-    if (!net || bpf_probe_read_kernel(&inum, sizeof(inum), net + NET_INUM))
-        return 0;
-    return netns.lookup(&inum) ? inum : 0;
-}
-
-static __always_inline void read_ipv4(void *skb, struct drop_event *e) {
-    unsigned char *head = read_ptr(skb, SKB_HEAD);
-    u16 nh = 0xffff;
-    u8 ip[20];
-    bpf_probe_read_kernel(&nh, sizeof(nh), skb + SKB_NETWORK_HEADER);
-    if (!head || nh == 0xffff || bpf_probe_read_kernel(ip, sizeof(ip), head + nh))
-        return;
-    if ((ip[0] >> 4) != 4 || (ip[0] & 0xf) < 5)
-        return;
-    e->ipv4 = 1;
-    e->ipproto = ip[9];
-    __builtin_memcpy(&e->saddr, &ip[12], 4);
-    __builtin_memcpy(&e->daddr, &ip[16], 4);
-    if ((((u16)ip[6] << 8 | ip[7]) & 0x1fff) || (ip[9] != 6 && ip[9] != 17))
-        return;             /* a later fragment carries no ports */
-    /* Ports follow the IP header by its IHL, not at skb->transport_header: that one is reset to
-       the network header on receive and moved past it only in ip_rcv_core, so a drop before
-       (tc, PREROUTING's early hooks, IP_INHDR) would read the IP header as ports. */
-    u16 ports[2] = {};
-    if (bpf_probe_read_kernel(ports, sizeof(ports), head + nh + (ip[0] & 0xf) * 4))
-        return;
-    e->sport = ports[0];
-    e->dport = ports[1];
-}
-
-TRACEPOINT_PROBE(skb, kfree_skb) {
-    u32 reason = args->reason;
-    if (reason == REASON_CONSUMED)
-        return 0;           /* freed after use, not dropped (consume_skb has its own tracepoint) */
-    void *skb = args->skbaddr;
-    /* The owning socket first: on a socket's queue UDP reuses skb->dev's storage (dev_scratch),
-       so dev is trusted only for skbs without one. */
-    void *sk = read_ptr(skb, SKB_SK);
-#ifdef HAVE_RX_SK
-    if (!sk)
-        sk = args->rx_sk;
-#endif
-    u32 inum = watched(read_ptr(sk, SK_NET));
-    if (!inum)
-        inum = watched(read_ptr(read_ptr(skb, SKB_DEV), DEV_NET));
-    if (!inum)
-        return 0;
-    struct drop_event *e = drops.ringbuf_reserve(sizeof(struct drop_event));
-    if (!e) {
-        int zero = 0;
-        u64 *n = lost.lookup(&zero);
-        if (n)
-            __sync_fetch_and_add(n, 1);
-        return 0;
-    }
-    __builtin_memset(e, 0, sizeof(*e));
-    e->time = bpf_ktime_get_ns();
-    e->location = (u64)args->location;
-    e->netns = inum;
-    e->reason = reason;
-    e->ethertype = args->protocol;
-    if (args->protocol == ETH_P_IP)
-        read_ipv4(skb, e);
-    drops.ringbuf_submit(e, 0);
-    return 0;
-}
-"""
+# The program: bpf/kernel_drops.c (struct drop_event: bpf/include/types.h), built with these defines.
+PROGRAM = "kernel_drops.c"
 
 
 def cflags(layout: KernelLayout, fields: dict[str, str]) -> list[str]:
@@ -339,7 +239,7 @@ class KernelDrops:
         self.layout = kernel_layout()
         self.namespaces = dict(namespaces)
         self.addresses = {str(ipaddress.IPv4Address(a)) for a in addresses} if addresses is not None else None
-        self._pending: list[bytes] = []
+        self._pending: list = []
         self.bpf = self._load(fields)
 
     def _load(self, fields: dict[str, str]):
@@ -348,7 +248,8 @@ class KernelDrops:
         except ImportError as exc:
             raise PrerequisiteError(f"bcc cannot be imported ({exc})", "apt-get install python3-bpfcc") from exc
         try:
-            bpf = BPF(text=PROGRAM.encode(), cflags=cflags(self.layout, fields))   # attaches TRACEPOINT_PROBE
+            from ...backends.ebpf.source import assemble
+            bpf = BPF(text=assemble(PROGRAM).encode(), cflags=cflags(self.layout, fields))   # attaches TRACEPOINT_PROBE
         except Exception as exc:
             raise DataplaneError(f"compiling or attaching the skb:kfree_skb program failed: {exc}") from exc
         try:
@@ -356,7 +257,10 @@ class KernelDrops:
             for inode in self.namespaces:
                 table[table.Key(inode)] = table.Leaf(1)
             # The callback only copies: bcc prints and swallows an exception raised in it.
-            bpf[b"drops"].open_ring_buffer(lambda _ctx, data, size: self._pending.append(ctypes.string_at(data, size)))
+            ring = bpf[b"drops"]
+            self._event_type = bpf[b"drop_scratch"].sLeaf     # bcc's type of struct drop_event
+            ring.open_ring_buffer(lambda _ctx, data, size: self._pending.append(
+                self._event_type.from_buffer_copy(ctypes.string_at(data, ctypes.sizeof(self._event_type)))))
         except BaseException:
             bpf.cleanup()
             raise
@@ -382,20 +286,19 @@ class KernelDrops:
     def _wanted(self, event: dict) -> bool:
         return self.addresses is None or bool({event["src"], event["dst"]} & self.addresses)
 
-    def _event(self, raw: bytes) -> dict:
-        (time_ns, location, inode, reason, saddr, daddr, ethertype, sport, dport,
-         ipproto, ipv4) = EVENT.unpack(raw[:EVENT.size])
-        ports = ipv4 and ipproto in (6, 17)
+    def _event(self, e) -> dict:
+        ports = e.ipv4 and e.ipproto in (6, 17)
         return {
-            "time": time_ns / 1e9,
-            "netns": self.namespaces.get(inode, str(inode)),
-            "reason": self.reason(reason),
-            "location": symbol(location),
-            "src": str(ipaddress.IPv4Address(saddr)) if ipv4 else None,
-            "dst": str(ipaddress.IPv4Address(daddr)) if ipv4 else None,
-            "proto": IP_PROTOS.get(ipproto, str(ipproto)) if ipv4 else ETHERTYPES.get(ethertype, f"0x{ethertype:04x}"),
-            "sport": int.from_bytes(sport, "big") if ports else None,
-            "dport": int.from_bytes(dport, "big") if ports else None,
+            "time": e.time / 1e9,
+            "netns": self.namespaces.get(e.netns, str(e.netns)),
+            "reason": self.reason(e.reason),
+            "location": symbol(e.location),
+            "src": str(ipaddress.IPv4Address(struct.pack("=I", e.saddr))) if e.ipv4 else None,
+            "dst": str(ipaddress.IPv4Address(struct.pack("=I", e.daddr))) if e.ipv4 else None,
+            "proto": IP_PROTOS.get(e.ipproto, str(e.ipproto)) if e.ipv4
+            else ETHERTYPES.get(e.ethertype, f"0x{e.ethertype:04x}"),
+            "sport": socket.ntohs(e.sport) if ports else None,
+            "dport": socket.ntohs(e.dport) if ports else None,
         }
 
     def reason(self, value: int) -> str:
