@@ -547,7 +547,7 @@ def explain(lab_or_scenario, client, to, protocol, backend, seed, as_json):
     else:
         from .run.trace import session
         doctor.require("root")
-        rec, table = session.lab_and_table(lab_or_scenario)
+        rec, table, _ = session.lab_and_table(lab_or_scenario)
         scenario = _load(rec.scenario)
         lab_backend, lab_seed = rec.backend, _lab_seed(rec)
         live = _live_rules(rec)
@@ -612,7 +612,7 @@ def maps_cmd(lab, map_name, nodes, as_json):
     from .backends.ebpf import inspect
     from .run.trace import session
     doctor.require("root")
-    rec, table = session.lab_and_table(lab)
+    rec, table, _ = session.lab_and_table(lab)
     if rec.backend != "ebpf":
         raise LabError(f"lab {lab} runs backend {rec.backend!r}, which has no BPF maps; "
                        f"`dataplane rules {lab}` prints its rules")
@@ -669,8 +669,8 @@ def trace(lab, nodes, pods, services, drops, as_json, seconds, count):
     import json as _json
     from .run.trace import session
     doctor.require("root")
-    rec, table = session.lab_and_table(lab)
-    sel = session.select(rec, table, nodes, pods, services)
+    rec, table, topology = session.lab_and_table(lab)
+    sel = session.select(rec, table, nodes, pods, services, topology)
 
     def emit(e):
         click.echo(_json.dumps(e, sort_keys=True) if as_json else e["text"])

@@ -124,3 +124,40 @@ def test_frontend_names():
     assert names[("10.96.0.100", 80, "TCP")] == "default/web:http (cluster IP)"
     assert names[("10.240.0.1", 30053, "UDP")] == "default/web:dns (node port)"
     assert names[("10.240.0.1", 30081, "TCP")] == "default/web-local:80 (node port)"
+
+
+@pytest.mark.parametrize("nft,letters", [("syn", "S"), ("syn | ack", "S."), ("0x18", "P."), ("0x11", "F."),
+                                         ("rst", "R"), ("ack", ".")])
+def test_netfilter_tcp_flags_read_as_the_ebpf_trace_writes_them(nft, letters):
+    from dataplane.run.trace.netfilter import tcp_flag_letters
+    assert tcp_flag_letters(nft) == letters
+
+
+def test_events_come_out_in_time_order_and_stop_at_count(monkeypatch):
+    """A netfilter event completes after a pause in its lines, so it can arrive after a later
+    event of another reader: the session holds events back a moment and emits them by time."""
+    from dataplane.run.trace import session as sess
+    batches = [[{"time": 5.0, "n": "b"}], [{"time": 4.0, "n": "a"}, {"time": 9.0, "n": "d"}],
+               [{"time": 6.0, "n": "c"}]]
+
+    class Fake:
+        def __init__(self, *a):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            pass
+
+        def start(self):
+            return ["fake"]
+
+        def poll(self):
+            return batches.pop(0) if batches else []
+
+    monkeypatch.setattr(sess, "TraceSession", Fake)
+    monkeypatch.setattr(sess, "REORDER_WINDOW", 1e9)        # hold everything until the end
+    got = []
+    shown = sess.run(None, None, Selection([]), False, got.append, seconds=0.2, count=3)
+    assert [e["n"] for e in got] == ["a", "b", "c"] and shown == 3

@@ -57,10 +57,13 @@ TOOL_TIMEOUT = 30
 TERMINAL = {"accept", "drop", "queue", "stolen"}
 LEGACY_REASON = (
     "netfilter tracing is not available for iptables-legacy: x_tables rules send no nftables trace "
-    "events, and their TRACE target logs through nf_log, whose logger in a node namespace "
+    "events, and their TRACE target logs through nf_log, whose default logger in a node namespace "
     "(nf_log_ipv4) writes to the kernel log from namespaces other than the host's only when the "
     "host-wide sysctl net.netfilter.nf_log_all_netns=1 (Documentation/networking/netfilter-sysctl.rst), "
-    "a host setting the lab does not change. The bpf and drops trace sources still cover this backend.")
+    "a host setting the lab does not change. (Binding nfnetlink_log as the namespace's own IPv4 logger "
+    "would deliver TRACE records to an NFLOG listener in the namespace; that reader is not written.) "
+    "`dataplane trace --drops` still shows this backend's dropped packets; `dataplane explain` walks its "
+    "rules; the same rules traced: the iptables backend (iptables-nft).")
 
 _LINE = re.compile(r"^trace id (?P<id>[0-9a-f]+) (?P<family>\S+) (?P<table>\S+) (?P<chain>\S+) (?P<rest>.*?)\s*$")
 _RULE = re.compile(r"^(?P<rule>(?:rule .*|unknown rule handle \d+)) \(verdict (?P<verdict>[^)]*)\)$")
@@ -134,6 +137,25 @@ def _drain(fd: int) -> tuple[bytes, bool]:
         chunks.append(chunk)
 
 
+TCP_FLAG_BITS = {"fin": 0x01, "syn": 0x02, "rst": 0x04, "psh": 0x08, "ack": 0x10, "urg": 0x20, "ecn": 0x40,
+                 "cwr": 0x80}
+
+
+def tcp_flag_letters(text: str) -> str:
+    """nft's TCP flags (`syn`, `syn | ack`, `0x18`) as tcpdump writes them (S, S., P.), as the
+    eBPF trace does."""
+    bits = 0
+    for word in re.split(r"[|,\s]+", text.strip()):
+        if not word:
+            continue
+        try:
+            bits |= int(word, 0)
+        except ValueError:
+            bits |= TCP_FLAG_BITS.get(word.lower(), 0)
+    letters = "".join(ch for bit, ch in ((0x02, "S"), (0x01, "F"), (0x04, "R"), (0x08, "P")) if bits & bit)
+    return letters + ("." if bits & 0x10 else "") or text
+
+
 def describe(e: dict) -> str:
     """The event's line (what `dataplane trace` prints): the packet, the chains it passed, the
     outcome. The clock is wall time for reading; the event's `time` stays monotonic."""
@@ -141,9 +163,10 @@ def describe(e: dict) -> str:
     stamp = time.strftime("%H:%M:%S", time.localtime(wall)) + f".{int(wall % 1 * 1e6):06d}"
     p = e["packet"]
     where = f"{e['hook'] or '?'}({p.get('iif') or p.get('oif') or ''})"
-    flags = f" [{p['tcp_flags']}]" if p.get("tcp_flags") else ""
-    what = (f"{p.get('proto')} {p.get('src')}:{p['sport']} -> {p.get('dst')}:{p['dport']}{flags}" if "dport" in p
-            else f"{p.get('proto')} {p.get('src')} -> {p.get('dst')}" + (f" {p['icmp_type']}" if p.get("icmp_type") else ""))
+    flags = f" [{tcp_flag_letters(p['tcp_flags'])}]" if p.get("tcp_flags") else ""
+    proto = str(p.get("proto")).upper()
+    what = (f"{proto} {p.get('src')}:{p['sport']} -> {p.get('dst')}:{p['dport']}{flags}" if "dport" in p
+            else f"{proto} {p.get('src')} -> {p.get('dst')}" + (f" {p['icmp_type']}" if p.get("icmp_type") else ""))
     path = []
     for table, chain, *_ in e["steps"]:
         if not path or path[-1] != f"{table}/{chain}":
@@ -179,7 +202,9 @@ class _Packet:
     def _verdict(self) -> str:
         # drop ends the packet; otherwise the last chain that decided (accept, a policy) stands
         if self.dropped():
-            return "drop"
+            # a reject is a drop and an ICMP error sent back: the trace says drop, the rule says why
+            rule = next(r for _, _, r, v in self.steps if v == "drop")
+            return "reject" if re.search(r"\breject\b", rule) else "drop"
         return next((v for *_, v in reversed(self.steps) if v in TERMINAL), "accept")
 
     def _dnat(self, first: dict) -> str | None:

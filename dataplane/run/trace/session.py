@@ -10,7 +10,7 @@ from ...errors import LabError
 from ...lab import state
 from ...spec.table import frontend_names
 
-KUBE_PROXY_MODES = ("iptables", "iptables-legacy", "nftables")
+KUBE_PROXY_MODES = ("iptables", "nftables")        # iptables-legacy: no netfilter trace (netfilter.py)
 
 
 @dataclass
@@ -20,6 +20,7 @@ class Selection:
     of its frontends or endpoints). Both: events that satisfy both."""
     nodes: list[str]
     pod_addresses: set = field(default_factory=set)
+    on_nodes: set = field(default_factory=set)            # the nodes and the pods they run (kernel drops)
     services: set = field(default_factory=set)            # "namespace/name"
     service_addresses: set = field(default_factory=set)
 
@@ -29,7 +30,7 @@ class Selection:
         return self.pod_addresses | self.service_addresses
 
     def wants(self, e: dict) -> bool:
-        if self.nodes and e.get("node") not in self.nodes:
+        if self.nodes and e.get("node") not in (self.on_nodes or self.nodes):
             return False
         touched = _addresses_of(e)
         if self.pod_addresses and not self.pod_addresses & touched:
@@ -48,9 +49,10 @@ def _addresses_of(e: dict) -> set:
     return out - {None}
 
 
-def select(record, table, nodes=(), pods=(), services=()) -> Selection:
+def select(record, table, nodes=(), pods=(), services=(), topology=None) -> Selection:
     """A Selection from names, each checked against the lab (a wrong one is an error naming what
-    there is)."""
+    there is). With the lab's `topology`, a node's events include those of its pods' namespaces
+    (the kernel's drops happen there too)."""
     all_nodes = sorted(o for o, r in record.roles.items() if r == "node")
     for n in nodes:
         if n not in all_nodes:
@@ -60,6 +62,8 @@ def select(record, table, nodes=(), pods=(), services=()) -> Selection:
         if p not in all_pods:
             raise LabError(f"lab {record.name} has no pod named {p!r}; its pods: {', '.join(all_pods)}")
     sel = Selection(list(nodes), {record.addresses[p] for p in pods})
+    if topology is not None and nodes:
+        sel.on_nodes = set(nodes) | {p.name for p in topology.pods if p.node in nodes}
     for s in services:
         svc = table.get(s)
         if svc is None:
@@ -94,6 +98,11 @@ class TraceSession:
                 r.start()
                 self.readers.append(r)
                 said.append(f"eBPF trace events of {', '.join(self.node_ns)}")
+            elif backend == "iptables-legacy":
+                from .netfilter import LEGACY_REASON
+                if not self.drops:
+                    raise LabError(f"lab {self.record.name}: {LEGACY_REASON}")
+                said.append("no netfilter trace on iptables-legacy (see docs/debugging.md)")
             elif backend in KUBE_PROXY_MODES:
                 from .netfilter import NetfilterTrace
                 match = {"addresses": sorted(self.selection.addresses)} if self.selection.addresses else None
@@ -180,26 +189,43 @@ def _namespace_inodes(record) -> dict:
     return out
 
 
+# How long an event is held back so that a later-arriving earlier one goes first: netfilter's
+# trace completes a packet only after a pause in its lines, the other readers at once.
+REORDER_WINDOW = 0.5
+
+
 def run(record, table, selection: Selection, drops: bool, emit, seconds: float | None = None,
         count: int | None = None, started=lambda lines: None) -> int:
-    """Trace until Ctrl-C, `seconds` or `count` events; each event to `emit`. The number shown."""
+    """Trace until Ctrl-C, `seconds` or `count` events; each event to `emit`, in time order (held
+    back REORDER_WINDOW seconds). The number shown."""
     shown = 0
+    held: list[dict] = []
+
+    def release(upto: float) -> None:
+        nonlocal shown, held
+        held.sort(key=lambda e: e.get("time", 0.0))
+        while held and held[0].get("time", 0.0) <= upto and (count is None or shown < count):
+            emit(held.pop(0))
+            shown += 1
+
     with TraceSession(record, table, selection, drops) as session:
         started(session.start())
         end = time.monotonic() + seconds if seconds else None
-        while (end is None or time.monotonic() < end) and (count is None or shown < count):
-            for e in session.poll():
-                emit(e)
-                shown += 1
-                if count is not None and shown >= count:
-                    break
+        try:
+            while (end is None or time.monotonic() < end) and (count is None or shown < count):
+                held += session.poll()
+                release(time.monotonic() - REORDER_WINDOW)
+            held += session.poll()
+        finally:
+            release(float("inf"))          # Ctrl-C too: what was read is shown
     return shown
 
 
 def lab_and_table(name: str):
-    """The lab's record and its desired service table (what its agent serves)."""
+    """The lab's record, its desired service table (what its agent serves) and its topology."""
     rec = state.load(name)
     if rec is None:
         raise LabError(f"no lab named {name!r} (see `dataplane status`)")
     from ..agent.desired import Desired
-    return rec, Desired(rec).table()
+    desired = Desired(rec)
+    return rec, desired.table(), desired.scenario.topology
