@@ -178,9 +178,11 @@ def explain_ebpf(scenario: Scenario, table, target: Target, seed: int = 0) -> Ex
     ex.chosen = next((c for c in net.dnat_to), None)
     outcome = result.get("outcome")
     ex.verdict = {"reachable": "DNAT" if ex.chosen else "ACCEPT", "refused": "REJECT"}.get(outcome, "DROP")
-    answered = f"answered by {result.get('hostname')}" if outcome == "reachable" else outcome
-    ex.notes.append(f"the request was {answered} (on the emulator, seed {seed}; a lab with the same seed "
-                    f"hashes the same flow to the same backend)")
+    if outcome == "reachable" and ex.chosen:
+        ex.notes.append(f"the request was answered by {result.get('hostname')} (on the emulator, seed {seed}; a lab "
+                        f"with the same seed hashes the same flow to the same backend)")
+    else:
+        ex.notes.append(f"the request was {outcome} (on the emulator)")
     return ex
 
 
@@ -310,7 +312,8 @@ def format_text(explanations: list) -> str:
         lines.append(head + (f" [{t.service}{':' + t.port_name if t.port_name else ''}]" if t.service else ""))
         lines.append(f"candidates: {', '.join(ex.candidates) or '(none)'}")
         lines += [f"  {s}" for s in ex.steps]
-        lines.append(f"verdict: {ex.verdict}" + (f" to {ex.chosen}" if ex.chosen else ""))
+        lines.append(f"verdict: {ex.verdict}" + (f" to {ex.chosen}" if ex.chosen else "")
+                     + (" (not translated: routed on like any other packet)" if ex.verdict == "ACCEPT" else ""))
         lines += [f"note: {n}" for n in ex.notes]
     if len(explanations) > 1:
         sets = {ex.backend: sorted(ex.candidates) for ex in explanations}
@@ -318,4 +321,8 @@ def format_text(explanations: list) -> str:
         lines.append("=== the backends " + ("agree on the candidates" if same else
                                               "DISAGREE on the candidates: " + "; ".join(
                                                   f"{b} {', '.join(v) or '(none)'}" for b, v in sets.items())))
+        verdicts = {ex.backend: ex.verdict for ex in explanations}
+        if len(set(verdicts.values())) > 1:
+            lines.append("=== their verdicts differ: " + ", ".join(f"{b} {v}" for b, v in verdicts.items())
+                         + " (docs/differences.md lists where kube-proxy's own modes disagree, and whom eBPF follows)")
     return "\n".join(lines) + "\n"
