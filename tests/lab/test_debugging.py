@@ -95,6 +95,31 @@ def test_trace_shows_dnat_reverse_nat_and_a_named_rejection(ebpf_lab):
     assert all(not node["config"]["trace"] for node in config.values())
 
 
+def test_a_trace_killed_with_sigkill_is_turned_off_by_the_agent(ebpf_lab):
+    """The reader clears the flag when it stops; one killed outright cannot, and the lab's agent
+    (reconcile, every 2 s by default) clears a flag whose reader no longer holds the lab's trace
+    lock. A second reader meanwhile is refused while the first holds it."""
+    import os
+    import signal
+    proc = traced(ebpf_lab, seconds=60)
+    try:
+        second = cli("trace", ebpf_lab, "--seconds", "1", check=False)
+        assert second.returncode != 0 and "is being traced already" in second.stderr
+        flags = json.loads(cli("maps", ebpf_lab, "config", "--json").stdout)
+        assert all(node["config"]["trace"] for node in flags.values())
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        flags = json.loads(cli("maps", ebpf_lab, "config", "--json").stdout)
+        if not any(node["config"]["trace"] for node in flags.values()):
+            break
+        time.sleep(0.5)
+    assert not any(node["config"]["trace"] for node in flags.values()), flags
+    assert "trace events turned off (their reader is gone)" in cli("status", ebpf_lab).stdout
+
+
 def test_maps_show_a_running_flow_and_explain_names_the_same_candidates(ebpf_lab):
     hold = netns.popen(f"dp-{ebpf_lab}.client", [sys.executable, "-c",
                        f"import socket,time\ns=socket.create_connection(('{VIP}',80),timeout=3)\n"

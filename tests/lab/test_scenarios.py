@@ -1,7 +1,8 @@
 """The conformance matrix: every scenario on every backend: ebpf (real namespaces, TC, sockets),
 kube-proxy's iptables mode (iptables-nft and iptables-legacy) and nftables mode (real rules in
 the node namespaces) and the emulator with the oracle at the hooks. Each must pass, every check with
-the same outcome on every backend, except where docs/differences.md documents otherwise."""
+the same outcome on every backend, except where docs/differences.md documents otherwise. The
+lessons (scenarios/lessons/, docs/lessons/) are in the matrix too, as `lessons/NN-topic`."""
 from __future__ import annotations
 
 import multiprocessing
@@ -17,7 +18,8 @@ from dataplane.run.runner import run_live
 from dataplane.spec.scenario import load
 from tests.conftest import SCENARIOS
 
-ALL = sorted(p.stem for p in SCENARIOS.glob("*.yaml"))
+ALL = sorted(p.stem for p in SCENARIOS.glob("*.yaml")) + \
+    sorted(f"lessons/{p.stem}" for p in SCENARIOS.glob("lessons/*.yaml"))
 
 
 def _run(path: str, backend: str, seed: int, lab: str):
@@ -32,8 +34,9 @@ def test_scenario_on_every_backend(name):
     path = str(SCENARIOS / f"{name}.yaml")
     seed = random.SystemRandom().randrange(1 << 32)
     live = [b for b in CONFORMANCE if not backends.class_of(b).simulated]
+    short = name.rpartition("/")[2]                 # lab names: no "lessons/"
     with ProcessPoolExecutor(len(live), mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {b: pool.submit(_run, path, b, seed, f"t{i}-{name}"[:20]) for i, b in enumerate(live)}
+        futures = {b: pool.submit(_run, path, b, seed, f"t{i}-{short}"[:20]) for i, b in enumerate(live)}
         simulated = {b: _run(path, b, seed, "unused") for b in CONFORMANCE if b not in futures}
         done = {b: f.result() for b, f in futures.items()}
     reports = [done.get(b) or simulated[b] for b in CONFORMANCE]

@@ -26,7 +26,9 @@ def _port(be16: int) -> int:
     return socket.ntohs(be16)
 
 
-def _dump(path: str) -> list[dict]:
+def pinned_entries(path: str) -> list[dict]:
+    """Every entry of a pinned map, fields named by its BTF ({"key": ..., "value": ...}; a per-CPU
+    map's "values" one per CPU): one bpftool call, which reads each entry whole."""
     proc = subprocess.run(["bpftool", "-j", "map", "dump", "pinned", path], capture_output=True, text=True)
     if proc.returncode != 0:
         raise DataplaneError(f"bpftool could not read {path}: {proc.stderr.strip()}")
@@ -41,8 +43,8 @@ def ebpf_maps(lab: str, node: str) -> str:
     pins = os.path.join(PIN_ROOT, f"dp-{lab}", node)
     if not os.path.isdir(pins):
         raise LabError(f"no pinned eBPF maps for {node} under {pins}")
-    backends = {e["key"]: e["value"] for e in _dump(os.path.join(pins, "backends"))}
-    services = [(e["key"], e["value"]) for e in _dump(os.path.join(pins, "services"))]
+    backends = {e["key"]: e["value"] for e in pinned_entries(os.path.join(pins, "backends"))}
+    services = [(e["key"], e["value"]) for e in pinned_entries(os.path.join(pins, "services"))]
     slots = {(k["vip"], k["port"], k["proto"], k["scope"], k["slot"]): v for k, v in services}
     lines = [f"# eBPF maps of {node}, pinned under {pins}",
              "# frontend -> endpoints (slot order; the flow hash picks a slot)"]
@@ -69,6 +71,6 @@ def ebpf_maps(lab: str, node: str) -> str:
     for name in ("conntrack", "affinity"):
         path = os.path.join(pins, name)
         if os.path.exists(path):
-            lines.append(f"# {name}: {len(_dump(path))} entries (bpftool map dump pinned {path})")
+            lines.append(f"# {name}: {len(pinned_entries(path))} entries (bpftool map dump pinned {path})")
     return "\n".join(lines) + "\n"
 

@@ -15,7 +15,7 @@ import time
 
 from ...contract.consts import DEFINES, METRICS
 from ...errors import LabError
-from .dump import _dump
+from .dump import pinned_entries
 from .program import PIN_ROOT
 
 PROTOCOLS = {1: "ICMP", 6: "TCP", 17: "UDP"}
@@ -58,7 +58,7 @@ class NodeMapsView:
 
     def raw(self, name: str) -> list[dict]:
         if name not in self._cache:
-            self._cache[name] = _dump(os.path.join(self.pins, name))
+            self._cache[name] = pinned_entries(os.path.join(self.pins, name))
         return self._cache[name]
 
     def config(self) -> dict:

@@ -22,7 +22,7 @@ import socket
 import struct
 import time
 
-from ...backends.ebpf.dump import _dump as bpftool_dump
+from ...backends.ebpf.dump import pinned_entries
 from ...backends.ebpf.layout import _ctype
 from ...contract.consts import DEFINES, METRICS
 from ...contract.headers import BPF_DIR
@@ -148,13 +148,13 @@ class NodeNames:
         if time.monotonic() - self.read_at < 1.0:
             return
         self.read_at = time.monotonic()
-        for e in bpftool_dump(os.path.join(self.pins, "services")):
+        for e in pinned_entries(os.path.join(self.pins, "services")):
             k, v = e["key"], e["value"]
             if k["slot"] == 0 and k["port"]:
                 proto = PROTOCOLS.get(k["proto"], str(k["proto"]))
                 self.services[v["svc_id"]] = f"{_ip(k['vip'])}:{_port(k['port'])}/{proto}"
         self.backends = {e["key"]: f"{_ip(e['value']['addr'])}:{_port(e['value']['port'])}"
-                         for e in bpftool_dump(os.path.join(self.pins, "backends"))}
+                         for e in pinned_entries(os.path.join(self.pins, "backends"))}
         try:
             with netns.ipr(self.ns) as ipr:
                 self.interfaces = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
