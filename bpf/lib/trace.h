@@ -28,6 +28,17 @@
 
 _Static_assert(M_MAX <= 32, "trace_event.counted holds one bit per counter");
 
+/* Is this packet traced? A build with DP_TRACE_COMPILED_OUT has no tracing at all (every note
+ * folds away): `bench kernel` times it beside the normal build to measure what the notes cost
+ * while no trace is attached. */
+#ifdef DP_TRACE_COMPILED_OUT
+#define __trace4_on(p) 0
+#define trace4_config_on(cfg) 0
+#else
+#define __trace4_on(p) ((p)->trace)
+#define trace4_config_on(cfg) ((cfg) && (cfg)->trace)
+#endif
+
 /* The events, to user space: 1 MiB per node (about 11,000 events before a reader that stopped
  * reading loses any). bcc has no pinned form of BPF_RINGBUF_OUTPUT: this is it, with the pin. */
 struct trace_events_table_t {
@@ -59,7 +70,7 @@ static __always_inline struct trace_event *__trace4_scratch(void)
 static __always_inline void trace4_count(const struct pkt *p, __u32 m)
 {
 	metrics_count(m);
-	if (!p->trace)
+	if (!__trace4_on(p))
 		return;
 	struct trace_event *te = __trace4_scratch();
 	if (te)
@@ -69,7 +80,7 @@ static __always_inline void trace4_count(const struct pkt *p, __u32 m)
 /* The service port a new flow met. */
 static __always_inline void trace4_note_service(const struct pkt *p, const struct svc_value *svc)
 {
-	if (!p->trace)
+	if (!__trace4_on(p))
 		return;
 	struct trace_event *te = __trace4_scratch();
 	if (!te)
@@ -81,7 +92,7 @@ static __always_inline void trace4_note_service(const struct pkt *p, const struc
 /* A new flow's backend, and what chose it: the hash and its slot, or (slot 0) affinity. */
 static __always_inline void trace4_note_choice(const struct pkt *p, __u32 id, __u32 hash, __u16 slot)
 {
-	if (!p->trace)
+	if (!__trace4_on(p))
 		return;
 	struct trace_event *te = __trace4_scratch();
 	if (!te)
@@ -95,7 +106,7 @@ static __always_inline void trace4_note_choice(const struct pkt *p, __u32 id, __
 static __always_inline void trace4_note_flow(const struct pkt *p, const struct ct_key *k,
 					     const struct ct_entry *e, __u64 now)
 {
-	if (!p->trace)
+	if (!__trace4_on(p))
 		return;
 	struct trace_event *te = __trace4_scratch();
 	if (!te)
@@ -110,7 +121,7 @@ static __always_inline void trace4_note_flow(const struct pkt *p, const struct c
 /* A port taken on the node's address, after `tries` others. */
 static __always_inline void trace4_note_snat(const struct pkt *p, __be16 port, __u32 tries)
 {
-	if (!p->trace)
+	if (!__trace4_on(p))
 		return;
 	struct trace_event *te = __trace4_scratch();
 	if (!te)
@@ -143,7 +154,7 @@ static __always_inline void __trace4_after(struct __sk_buff *skb, struct trace_e
  * nothing counted but M_PASS. */
 static __always_inline void trace4_end(struct __sk_buff *skb, const struct pkt *p, int ret)
 {
-	if (!p->trace)
+	if (!__trace4_on(p))
 		return;
 	struct trace_event *te = __trace4_scratch();
 	if (!te)

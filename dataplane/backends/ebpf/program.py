@@ -69,16 +69,23 @@ class NodeProgram:
     address_filter: object = None    # address_filter.AddressFilter: built on first use after a load
 
     def load(self, seed: int, clock_offset: int = 0, pin_dir: str | None = None,
-             layout_file: str | None = None, configure: bool = True, origins: list | None = None) -> bool:
+             layout_file: str | None = None, configure: bool = True, origins: list | None = None,
+             without_tracing: bool = False) -> bool:
         """Compile and load. With `pin_dir`, the maps live there: created and pinned, or, if an
         earlier build pinned them, reused once their layout stamp matches this build's (True then).
         `layout_file` keeps the description of a new layout, so that a later mismatch can name the
         maps that changed. A refused build leaves the pinned maps as they were. Without
         `configure`, the config map (shared with the running programs, when reused) is left for
         the caller to write once every node's build has passed. `origins` (a list, filled in):
-        build from a text without #line markers, for a profiler (source.assemble)."""
+        build from a text without #line markers, for a profiler (source.assemble).
+        `without_tracing`: a build with no trace code at all (DP_TRACE_COMPILED_OUT), for
+        `bench kernel` to time beside a normal one; never for a lab."""
         from bcc import BPF
         defines = self.sizes.defines()
+        if without_tracing:
+            if pin_dir:
+                raise DataplaneError("a build without tracing is for benchmarks: it cannot serve a lab")
+            defines["DP_TRACE_COMPILED_OUT"] = 1
         existed = set()
         if pin_dir:
             os.makedirs(pin_dir, exist_ok=True)

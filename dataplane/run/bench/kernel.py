@@ -23,8 +23,10 @@ times, frames prepared beforehand:
 Then four of them again with a trace attached (`dataplane trace`: the config's trace flag set,
 every decision's event written to the ring buffer), named PATH+trace; the bench drains the ring
 buffer between calls, outside the timed runs, as a reader keeping up would, and counts the events.
-The same paths without the "+trace" are the cost with no trace attached (the flag clear: one byte
-test per note).
+And the same four on a second build of the programs without any trace code (DP_TRACE_COMPILED_OUT,
+named PATH-notrace), timed in alternation with the normal build with no trace attached (chunks of
+DRAIN_EVERY calls, one build then the other, PATH-detached), so that the machine's drift falls on
+both: their difference is what the trace notes cost while nobody traces.
 
 Percentiles (p50, p90, p99) are of the CALLS single runs; conntrack is emptied between fills, and
 before each traced path (which then sets its own connection up again).
@@ -108,6 +110,7 @@ class Bench:
         from ...contract.render import Ids, NodeConfig, NodeMaps
         from ...lab import netns
         self.progress = progress
+        self.bare = None
         self.ns = f"dp-bench{os.getpid()}.node1"
         netns.remove(self.ns)
         netns.create(self.ns)
@@ -120,21 +123,25 @@ class Bench:
             progress("compiling bpf/dataplane.c")
             self.prog = NodeProgram("node1", self.ns, NODE_IP)
             self.prog.load(seed=1, origins=origins)
-            self.prog.set_node_config(NodeConfig(NODE_IP, IPv4Network("10.0.0.0/16"), masquerade=True,
-                                                 non_masquerade=(IPv4Network("10.0.0.0/16"),)))
+            self.bare = NodeProgram("node1", self.ns, NODE_IP)
+            self.bare.load(seed=1, without_tracing=True)
+            for prog in (self.prog, self.bare):
+                prog.set_node_config(NodeConfig(NODE_IP, IPv4Network("10.0.0.0/16"), masquerade=True,
+                                                non_masquerade=(IPv4Network("10.0.0.0/16"),)))
             from bcc import BPF
             self.floor_bpf = BPF(text=b"int pass(struct __sk_buff *skb) { return 0; }", cflags=["-w"])
             self.floor_fd = self.floor_bpf.load_func(b"pass", BPF.SCHED_CLS).fd
         except BaseException:
             self.close()
             raise
-        self.ids, self.current = Ids(), NodeMaps()
+        self.ids, self.current, self.bare_ids, self.bare_current = Ids(), NodeMaps(), Ids(), NodeMaps()
 
     def close(self) -> None:
         from ...lab import netns
         try:
-            if self.prog is not None:
-                self.prog.close()
+            for prog in (self.prog, self.bare):
+                if prog is not None:
+                    prog.close()
             if self.floor_bpf is not None:
                 self.floor_bpf.cleanup()
         finally:
@@ -143,22 +150,27 @@ class Bench:
     def fill(self, n: int) -> None:
         from ...backends.ebpf.maps import apply
         from ...contract.render import render_node
-        desired = render_node(table(n), "node1", self.ids, NODE_IP)
+        t = table(n)
+        desired = render_node(t, "node1", self.ids, NODE_IP)
         apply(self.prog, self.current, desired)
         self.current = desired
         self.prog.table("conntrack").clear()
+        bare = render_node(t, "node1", self.bare_ids, NODE_IP)
+        apply(self.bare, self.bare_current, bare)
+        self.bare_current = bare
+        self.bare.table("conntrack").clear()
 
-    def _run(self, fn: str | int, data: bytes):
+    def _run(self, fn: str | int, data: bytes, prog=None):
         from ...backends.ebpf.testrun import run
         from ...lab import netns
-        fd = fn if isinstance(fn, int) else self.prog.fns[fn].fd
+        fd = fn if isinstance(fn, int) else (prog or self.prog).fns[fn].fd
         with netns.inside(self.ns):
             return run(fd, data)
 
-    def _times(self, fn, frames: list) -> tuple[list, str]:
+    def _times(self, fn, frames: list, prog=None) -> tuple[list, str]:
         from ...backends.ebpf.testrun import run
         from ...lab import netns
-        fd = fn if isinstance(fn, int) else self.prog.fns[fn].fd
+        fd = fn if isinstance(fn, int) else (prog or self.prog).fns[fn].fd
         out, verdicts = [], set()
         with netns.inside(self.ns):
             for data in frames:
@@ -189,7 +201,33 @@ class Bench:
             grew = {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
             grew["trace events"] = events
             results.append(_summary(f"{path}+trace", n, times, verdict, grew))
+        for path in TRACED:
+            results += self._against_no_tracing(path, n, calls, rng)
         return results
+
+    def _against_no_tracing(self, path: str, n: int, calls: int, rng: random.Random) -> list[PathResult]:
+        """PATH-detached (this build, no trace attached) and PATH-notrace (the build without trace
+        code), timed in alternating chunks; each build's connection set up in its own maps."""
+        out = {}
+        for prog in (self.prog, self.bare):
+            prog.table("conntrack").clear()
+        seed = rng.random()          # the same frames for both builds (new-flow's services drawn alike)
+        frames = {id(p): self.path_frames(path, n, calls, random.Random(seed), prog=p)
+                  for p in (self.prog, self.bare)}
+        times = {id(p): [] for p in (self.prog, self.bare)}
+        verdicts = {id(p): set() for p in (self.prog, self.bare)}
+        before = {id(p): p.metrics() for p in (self.prog, self.bare)}
+        for i in range(0, calls, DRAIN_EVERY):
+            for p in (self.prog, self.bare):
+                fn, batch = frames[id(p)]
+                t, v = self._times(fn, batch[i:i + DRAIN_EVERY], prog=p)
+                times[id(p)] += t
+                verdicts[id(p)].add(v)
+        for p, name in ((self.prog, f"{path}-detached"), (self.bare, f"{path}-notrace")):
+            after = p.metrics()
+            grew = {k: v - before[id(p)].get(k, 0) for k, v in after.items() if v != before[id(p)].get(k, 0)}
+            out[name] = _summary(name, n, times[id(p)], "/".join(sorted(verdicts[id(p)])), grew)
+        return list(out.values())
 
     def _times_traced(self, fn: str, frames: list) -> tuple[list, str, int]:
         """_times with the trace flag set, the ring buffer drained every DRAIN_EVERY calls (not
@@ -212,17 +250,17 @@ class Bench:
             self.prog.bpf.ring_buffer_consume()
         return times, "/".join(sorted(verdicts)), events[0]
 
-    def path_frames(self, path: str, n: int, calls: int, rng: random.Random) -> tuple[str, list]:
+    def path_frames(self, path: str, n: int, calls: int, rng: random.Random, prog=None) -> tuple[str, list]:
         """(entry point, CALLS frames) of one path at fill n (installed by fill), with the
-        connection it needs set up first."""
+        connection it needs set up first (in `prog`'s maps: the bench's build by default)."""
         vip = lambda i: str(IPv4Address("10.96.0.1") + i)     # noqa: E731
         sports = list(range(NEW_FLOW_PORTS, NEW_FLOW_PORTS + calls))
         frames = {
             "floor": lambda: ("floor", [_frame(CLIENT, OTHER_POD, _tcp(40000, 8080, "A"))] * calls),
             "not-service": lambda: ("from_pod", [_frame(CLIENT, OTHER_POD, _tcp(40000, 8080, "A"))] * calls),
             "new-flow": lambda: ("from_pod", [_frame(CLIENT, vip(rng.randrange(n)), _tcp(s, 80, "S")) for s in sports]),
-            "established": lambda: self._established(vip(n - 1), calls, SETUP_PORT)[0],
-            "reply": lambda: self._established(vip(n - 1), calls, SETUP_PORT + 2)[1],
+            "established": lambda: self._established(vip(n - 1), calls, SETUP_PORT, prog)[0],
+            "reply": lambda: self._established(vip(n - 1), calls, SETUP_PORT + 2, prog)[1],
             "nodeport-new": lambda: ("from_netdev", [_frame(OUTSIDE, str(NODE_IP), _tcp(s, NODE_PORT, "S"),
                                                             pod_side=False) for s in sports]),
             "masquerade-new": lambda: ("to_netdev", [_frame(CLIENT, str(IPv4Address(OUTSIDE) + i % OUTSIDE_HOSTS),
@@ -231,12 +269,12 @@ class Bench:
         }
         return frames[path]()
 
-    def _established(self, target: str, calls: int, sport: int):
+    def _established(self, target: str, calls: int, sport: int, prog=None):
         """A connection through a service, seen both ways: (its client's ACKs, its backend's)."""
         from scapy.layers.l2 import Ether
-        syn = self._run("from_pod", _frame(CLIENT, target, _tcp(sport, 80, "S")))
+        syn = self._run("from_pod", _frame(CLIENT, target, _tcp(sport, 80, "S")), prog)
         backend = Ether(syn.data)["IP"].dst
-        self._run("to_pod", _frame(backend, CLIENT, _tcp(8080, sport, "SA", 5000, 1001), pod_side=False))
+        self._run("to_pod", _frame(backend, CLIENT, _tcp(8080, sport, "SA", 5000, 1001), pod_side=False), prog)
         return (("from_pod", [_frame(CLIENT, target, _tcp(sport, 80, "A", 1001, 5001))] * calls),
                 ("to_pod", [_frame(backend, CLIENT, _tcp(8080, sport, "A", 5001, 1001), pod_side=False)] * calls))
 
@@ -262,7 +300,7 @@ def run_kernel(fills=FILLS, calls: int = 20000, seed: int = 1, progress=lambda m
         rng = random.Random(seed)
         out = []
         for n in fills:
-            progress(f"kernel: {n:,} services installed, {len(PATHS) + len(TRACED)} paths x {calls:,} calls")
+            progress(f"kernel: {n:,} services installed, {len(PATHS) + 3 * len(TRACED)} paths x {calls:,} calls")
             out += bench.measure(n, calls, rng)
         return out
     finally:
