@@ -55,7 +55,7 @@ static __always_inline int __to_netdev(struct __sk_buff *skb, struct pkt *p)
 	struct ct_entry *e;
 	struct dp_config *cfg;
 	__u64 now;
-	int ret = pkt4_begin(skb, p, &cfg, &now, TRACE_HOOK_TO_NETDEV);
+	int ret = pkt4_begin(skb, p, &cfg, &now);
 	if (ret != DP_CONTINUE)
 		return ret;
 	/* errors the node itself sends about translated flows, and error sources that are the node's
@@ -88,7 +88,7 @@ static __always_inline int __from_netdev(struct __sk_buff *skb, struct pkt *p)
 	struct ct_entry *e;
 	struct dp_config *cfg;
 	__u64 now;
-	int ret = pkt4_begin(skb, p, &cfg, &now, TRACE_HOOK_FROM_NETDEV);
+	int ret = pkt4_begin(skb, p, &cfg, &now);
 	if (ret != DP_CONTINUE)
 		return ret;
 	ret = uplink_untranslated(skb, p, now, HOOK_INGRESS);
@@ -115,6 +115,7 @@ static __always_inline int __from_netdev(struct __sk_buff *skb, struct pkt *p)
 int to_netdev(struct __sk_buff *skb)
 {
 	struct pkt p = {};
+	trace4_begin(&p, TRACE_HOOK_TO_NETDEV);
 	int ret = __to_netdev(skb, &p);
 	trace4_end(skb, &p, ret);
 	return dp_verdict(ret);
@@ -123,6 +124,7 @@ int to_netdev(struct __sk_buff *skb)
 int from_netdev(struct __sk_buff *skb)
 {
 	struct pkt p = {};
+	trace4_begin(&p, TRACE_HOOK_FROM_NETDEV);
 	int ret = __from_netdev(skb, &p);
 	trace4_end(skb, &p, ret);
 	return dp_verdict(ret);

@@ -81,7 +81,7 @@ static __always_inline int __from_pod(struct __sk_buff *skb, struct pkt *p)
 	struct ct_entry *e;
 	struct dp_config *cfg;
 	__u64 now;
-	int ret = pkt4_parse_config(skb, p, &cfg, TRACE_HOOK_FROM_POD);
+	int ret = pkt4_parse_config(skb, p, &cfg);
 	if (ret != DP_CONTINUE)
 		return ret;
 	if (pod4_fast_pass(p, cfg))
@@ -116,7 +116,7 @@ static __always_inline int __to_pod(struct __sk_buff *skb, struct pkt *p)
 	struct ct_entry *e;
 	struct dp_config *cfg;
 	__u64 now;
-	int ret = pkt4_begin(skb, p, &cfg, &now, TRACE_HOOK_TO_POD);
+	int ret = pkt4_begin(skb, p, &cfg, &now);
 	if (ret != DP_CONTINUE)
 		return ret;
 	ret = pod_untranslated(skb, p, now, HOOK_EGRESS);
@@ -137,6 +137,7 @@ static __always_inline int __to_pod(struct __sk_buff *skb, struct pkt *p)
 int from_pod(struct __sk_buff *skb)
 {
 	struct pkt p = {};
+	trace4_begin(&p, TRACE_HOOK_FROM_POD);
 	int ret = __from_pod(skb, &p);
 	trace4_end(skb, &p, ret);
 	return dp_verdict(ret);
@@ -145,6 +146,7 @@ int from_pod(struct __sk_buff *skb)
 int to_pod(struct __sk_buff *skb)
 {
 	struct pkt p = {};
+	trace4_begin(&p, TRACE_HOOK_TO_POD);
 	int ret = __to_pod(skb, &p);
 	trace4_end(skb, &p, ret);
 	return dp_verdict(ret);

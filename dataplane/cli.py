@@ -679,10 +679,20 @@ def trace(lab, nodes, pods, services, drops, as_json, seconds, count):
         for line in lines:
             click.echo(f"# tracing {line}" + ("" if seconds or count else "; Ctrl-C ends"), err=True)
 
+    import signal
+    from .run.runner import Terminated, on_terminate
+    old = on_terminate()          # SIGTERM, SIGHUP: stop as Ctrl-C does, every reader closed
+    lost = 0
     try:
-        session.run(rec, table, sel, drops, emit, seconds=seconds, count=count, started=started)
-    except KeyboardInterrupt:
+        _, lost = session.run(rec, table, sel, drops, emit, seconds=seconds, count=count, started=started)
+    except (KeyboardInterrupt, Terminated):
         pass
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+    if lost:
+        click.echo(f"# {lost} events lost: the ring buffer was full (the reader fell behind; "
+                   f"counted as M_TRACE_LOST)", err=True)
 
 
 @cli.group(epilog="""\b

@@ -43,6 +43,8 @@ enum metric {
 	                        * written again from its other half */
 	M_SOCK_LB,             /* a node process's socket sent to a backend instead of a frontend */
 	M_SOCK_REVNAT,         /* a backend's address shown to a node process as the frontend */
+	M_TRACE_LOST,          /* a trace event the ring buffer had no room for (its reader fell behind): the
+	                        * event is lost, never the packet */
 	M_MAX,
 };
 

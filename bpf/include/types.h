@@ -142,8 +142,7 @@ struct dp_config {
 	__u16  snat_hi;
 	__u8   masquerade;       /* egress masquerade on (ip-masq-agent semantics) */
 	__u8   masq_link_local;  /* masquerade to 169.254.0.0/16 too */
-	__u8   trace;            /* `dataplane trace` attached: send trace_events (lib/trace.h) */
-	__u8   pad0;
+	__u16  pad0;
 	__u32  pad1;
 };
 

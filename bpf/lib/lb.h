@@ -180,6 +180,8 @@ static __always_inline __u32 lb4_select_backend(const struct pkt *p, const struc
 	__u16 slot;
 	__u32 id = lb4_choose_backend(svc, p->saddr, hash, p->daddr, p->dport, p->proto, now, &slot);
 	trace4_note_choice(p, id, hash, slot);
+	if (id && !slot)
+		trace4_note_counted(p, M_AFFINITY_HIT);    /* counted in lb4_choose_backend */
 	return id;
 }
 

@@ -68,7 +68,7 @@ struct pkt {
 	__u32  l4_off;
 	__be16 ip_id;        /* the IPv4 identification: ties fragments together */
 	__u8   trace;        /* a trace reader is attached: notes go to the packet's event (trace.h) */
-	__u8   hook;         /* TRACE_HOOK_*: which entry point met it */
+	__u8   hook;         /* TRACE_HOOK_*: which entry point met it (for its trace event) */
 };
 
 /* A TCP segment that opens a connection: SYN without ACK. */
@@ -185,18 +185,16 @@ static __always_inline void __pkt4_frag_ports(struct pkt *p)
 }
 
 /* pkt4_begin in two halves, so that a fast path can leave between them (pod.c): the packet
- * parsed and the node's config found (and with it whether this packet is traced: even a malformed
- * one, whose drop is a decision too) ... */
-static __always_inline int pkt4_parse_config(struct __sk_buff *skb, struct pkt *p, struct dp_config **cfg,
-					     __u8 hook)
+ * parsed and the node's config found ... */
+static __always_inline int pkt4_parse_config(struct __sk_buff *skb, struct pkt *p, struct dp_config **cfg)
 {
 	int ret = __pkt4_parse(skb, p);
-	*cfg = config_get();
-	p->hook = hook;
-	p->trace = *cfg ? (*cfg)->trace : 0;
 	if (IS_DROP(ret))
 		return ret;
-	if (ret == PKT4_NOT_IPV4 || !*cfg)
+	if (ret == PKT4_NOT_IPV4)
+		return dp_pass();
+	*cfg = config_get();
+	if (!*cfg)
 		return dp_pass();
 	return DP_CONTINUE;
 }
@@ -210,10 +208,9 @@ static __always_inline __u64 pkt4_clock(struct pkt *p, const struct dp_config *c
 
 /* The first stage of every hook: DP_CONTINUE with the packet parsed, the node's config and the
  * clock, or the verdict for a packet that is not ours to look at. */
-static __always_inline int pkt4_begin(struct __sk_buff *skb, struct pkt *p, struct dp_config **cfg, __u64 *now,
-				      __u8 hook)
+static __always_inline int pkt4_begin(struct __sk_buff *skb, struct pkt *p, struct dp_config **cfg, __u64 *now)
 {
-	int ret = pkt4_parse_config(skb, p, cfg, hook);
+	int ret = pkt4_parse_config(skb, p, cfg);
 	if (ret != DP_CONTINUE)
 		return ret;
 	*now = pkt4_clock(p, *cfg);

@@ -170,10 +170,14 @@ static __always_inline int snat4_claim(struct __sk_buff *skb, const struct pkt *
 		if (__snat4_socket_holds(skb, p->proto, p->daddr, p->dport, cfg->node_ip, port))
 			continue;
 		if (ct4_claim(&ki, in) == 0) {
-			if (attempt && __snat4_candidate(p, cfg, 0, keep))
+			/* attempt 0 is a candidate only when the flow's own port is in the range */
+			int own = __snat4_candidate(p, cfg, 0, keep) != 0;
+			if (attempt && own)
 				/* the flow's own port was in range, but taken */
 				trace4_count(p, M_SNAT_PORT_MOVED);
-			trace4_note_snat(p, port, attempt);
+			/* candidates tried before this one (no counter in the loop: the verifier could not
+			 * merge its iterations' states) */
+			trace4_note_snat(p, port, attempt - !own);
 			*port_out = port;
 			return 0;
 		}

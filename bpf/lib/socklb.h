@@ -43,7 +43,7 @@ static __always_inline int __sock4_refuse(const struct dp_config *cfg, __u8 hook
 					  __be16 dport, __u32 reason)
 {
 	metrics_count(reason);
-	if (trace4_config_on(cfg))
+	if (cfg && trace4_enabled())
 		trace4_sock(cfg, hook, proto, daddr, dport, reason, 0, 0, 0, 0, daddr, dport, 0);
 	bpf_set_retval(-ECONNREFUSED);
 	return 0;
@@ -97,7 +97,7 @@ static __always_inline int sock4_translate(struct bpf_sock_addr *ctx, __u8 hook)
 	ctx->user_ip4 = be->addr;
 	ctx->user_port = (__u32)be->port;
 	metrics_count(M_SOCK_LB);
-	if (trace4_config_on(cfg))
+	if (trace4_enabled())
 		trace4_sock(cfg, hook, proto, daddr, dport, M_SOCK_LB, svc->svc_id, id, hash, slot, be->addr,
 			    be->port, 1);
 	return 1;

@@ -4,8 +4,9 @@
  * port met, the backend chosen with the hash and slot that chose it, the conntrack entry that
  * held a known flow, the port taken on the node's address.
  *
- * Off unless a reader is attached (dp_config.trace, set by run/trace/bpf.py): a packet then
- * costs a byte test per note. On, the notes of one packet gather in a per-CPU scratch event that
+ * Off unless a reader is attached (trace_control, written by run/trace/bpf.py alone: a map of
+ * its own, so that no writer of the node's config ever races it): each entry point reads the flag
+ * into the packet's struct pkt, and a note then costs a byte test. On, the notes of one packet gather in a per-CPU scratch event that
  * the entry point completes and sends (trace4_end), then clears, so that the next packet starts
  * from an empty one: every packet with the flag reaches its entry point's end, and a TC program
  * is never interrupted by another on the same CPU (softirq, or bottom halves disabled on egress).
@@ -33,11 +34,10 @@ _Static_assert(M_MAX <= 32, "trace_event.counted holds one bit per counter");
  * while no trace is attached. */
 #ifdef DP_TRACE_COMPILED_OUT
 #define __trace4_on(p) 0
-#define trace4_config_on(cfg) 0
 #else
 #define __trace4_on(p) ((p)->trace)
-#define trace4_config_on(cfg) ((cfg) && (cfg)->trace)
 #endif
+
 
 /* The events, to user space: 1 MiB per node (about 11,000 events before a reader that stopped
  * reading loses any). bcc has no pinned form of BPF_RINGBUF_OUTPUT: this is it, with the pin. */
@@ -60,10 +60,42 @@ struct trace_events_table_t trace_events = { .max_entries = 1 << 20 };
 /* The event being gathered for the packet at hand, per CPU (see above). */
 DP_TABLE("percpu_array", __u32, struct trace_event, trace_scratch, 1, 0);
 
+/* index 0: 1 while `dataplane trace` reads this node's events, else 0. */
+DP_TABLE("array", __u32, __u32, trace_control, 1, 0);
+
+/* Is a reader attached? (An inlined array read.) */
+static __always_inline int trace4_enabled(void)
+{
+#ifdef DP_TRACE_COMPILED_OUT
+	return 0;
+#else
+	__u32 zero = 0;
+	__u32 *on = trace_control.lookup(&zero);
+	return on && *on;
+#endif
+}
+
+/* An entry point's first step: whether its packet is traced, and where it is. */
+static __always_inline void trace4_begin(struct pkt *p, __u8 hook)
+{
+	p->trace = trace4_enabled();
+	p->hook = hook;
+}
+
 static __always_inline struct trace_event *__trace4_scratch(void)
 {
 	__u32 zero = 0;
 	return trace_scratch.lookup(&zero);
+}
+
+/* Note in the packet's event a counter moved elsewhere (where the packet was not at hand). */
+static __always_inline void trace4_note_counted(const struct pkt *p, __u32 m)
+{
+	if (!__trace4_on(p))
+		return;
+	struct trace_event *te = __trace4_scratch();
+	if (te)
+		te->counted |= 1U << m;
 }
 
 /* Count an outcome (metrics_count), and note it in the packet's event when tracing. */
@@ -174,13 +206,14 @@ static __always_inline void trace4_end(struct __sk_buff *skb, const struct pkt *
 		te->dport = p->dport;
 		if (!IS_DROP(ret))
 			__trace4_after(skb, te, p);
-		trace_events.ringbuf_output(te, sizeof(*te), 0);
+		if (trace_events.ringbuf_output(te, sizeof(*te), 0) < 0)
+			metrics_count(M_TRACE_LOST);
 	}
 	__builtin_memset(te, 0, sizeof(*te));
 }
 
 /* A socket hook's event (no packet yet: the frontend asked for, the backend given, or the
- * refusal's reason), built on the stack. */
+ * refusal's reason), built on the stack. The caller checked trace4_enabled(). */
 static __always_inline void trace4_sock(const struct dp_config *cfg, __u8 hook, __u8 proto, __be32 daddr,
 					__be16 dport, __u32 counted_metric, __u32 svc_id, __u32 backend_id,
 					__u32 hash, __u16 slot, __be32 new_daddr, __be16 new_dport, int verdict)
@@ -200,7 +233,8 @@ static __always_inline void trace4_sock(const struct dp_config *cfg, __u8 hook, 
 	te.hash = hash;
 	te.slot = slot;
 	te.verdict = verdict;
-	trace_events.ringbuf_output(&te, sizeof(te), 0);
+	if (trace_events.ringbuf_output(&te, sizeof(te), 0) < 0)
+		metrics_count(M_TRACE_LOST);
 }
 
 #endif

@@ -34,6 +34,10 @@ def lab_of_netns(netns: str, prefix: str = "dp-") -> str | None:
     return netns[len(prefix):].split(".", 1)[0]
 
 
+# The nftables table `dataplane trace` adds to a node of a kube-proxy backend while it runs (its
+# chains mark the packets to trace): run/trace/netfilter.py; the agent removes one left behind.
+NFT_TRACE_TABLE = "dataplane-trace"
+
 # Where a lab's pinned BPF objects live: one bpffs directory per lab, dp-<lab>.
 PIN_ROOT = "/sys/fs/bpf"
 

@@ -69,6 +69,17 @@ def trace_lock_path(name: str) -> str:
     return os.path.join(lab_files(name), "trace.lock")
 
 
+def trace_marker_path(name: str) -> str:
+    """Present while a `dataplane trace` of the lab is (or was, if it was killed) attached: what
+    tells the agent there may be trace state to clear (the reader removes it when it stops)."""
+    return os.path.join(lab_files(name), "trace.attached")
+
+
+def trace_left_behind(name: str) -> bool:
+    """A trace was attached and its reader is gone without clearing up (killed with SIGKILL)."""
+    return os.path.exists(trace_marker_path(name)) and not trace_reader_attached(name)
+
+
 def trace_reader_attached(name: str) -> bool:
     """Does a `dataplane trace` hold the lab's trace lock? (The agent clears the programs' trace
     flag when none does: a reader killed with SIGKILL could not.)"""

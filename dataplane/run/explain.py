@@ -99,7 +99,7 @@ def resolve(scenario: Scenario, table, client: str, to: str, protocol: str | Non
             raise DataplaneError(f"--to {to!r}: expected service/NAME[:PORT], node/NAME:PORT or ADDRESS:PORT") from None
         target = Target(name, role, obj.ip, node or "", addr, port, protocol or "TCP")
     if role == "host":
-        target.node = _node_of_address(topo, target.addr) or topo.nodes[0].name
+        target.node = entry_node(scenario, target.addr)
     return target
 
 
@@ -108,7 +108,7 @@ def target_of_check(scenario: Scenario, table, step) -> Target:
     topo = scenario.topology
     role = _role(topo, step.client)
     obj = topo.find(step.client)
-    node = obj.node if role == "pod" else (step.client if role == "node" else _node_of_address(topo, step.ip))
+    node = obj.node if role == "pod" else (step.client if role == "node" else entry_node(scenario, step.ip))
     service, port_name = None, ""
     if step.target.startswith("service/"):
         svc = table.get(step.target[len("service/"):])
@@ -141,6 +141,23 @@ def _external_address(topo, svc, sp):
 
 def _node_of_address(topo, addr) -> str | None:
     return next((n.name for n in topo.nodes if n.ip == addr), None)
+
+
+def entry_node(scenario: Scenario, addr) -> str:
+    """The node whose dataplane meets a packet from outside the cluster to `addr`: the node that
+    owns it (a node port), the node the underlay routes a load-balancer or external IP to, the
+    node it routes the service CIDR to; else the first node."""
+    topo = scenario.topology
+    addr = IPv4Address(addr)
+    owner = _node_of_address(topo, addr)
+    if owner:
+        return owner
+    routed = next((node for ip, node in scenario.frontend_routes if IPv4Address(ip) == addr), None)
+    if routed:
+        return routed
+    if topo.service_route and addr in topo.service_cidr:
+        return topo.service_route
+    return topo.nodes[0].name
 
 
 # -- eBPF: the reference model --------------------------------------------------------------------
@@ -193,6 +210,21 @@ class _TracedSimNet:
         from ..emulator.net import SimNet
 
         class Traced(SimNet):
+            def socket_destination(self, sim, proto, dst, port):
+                # a node's own process: the socket hooks (connect4/sendmsg4) choose, not a TC hook
+                where = super().socket_destination(sim, proto, dst, port)
+                if sim.role == "node" and sim.datapath is not None:
+                    name = {6: "TCP", 17: "UDP"}.get(proto, str(proto))
+                    if where == (None, None):
+                        self.lines.append(f"{sim.obj} sock_connect4 {name} -> {dst}:{port}: refused at connect() "
+                                          f"(ECONNREFUSED), as kube-proxy's REJECT")
+                    elif (IPv4Address(where[0]), where[1]) != (IPv4Address(dst), port):
+                        self.lines.append(f"{sim.obj} sock_connect4 {name} -> {dst}:{port}: M_SOCK_LB — the socket "
+                                          f"connects to backend {where[0]}:{where[1]} (the frontend is kept for "
+                                          f"getpeername and replies)")
+                        self.dnat_to.append(f"{where[0]}:{where[1]}")
+                return where
+
             def _hooks(self, ns, ifname):
                 found = super()._hooks(ns, ifname)
                 if found is None:

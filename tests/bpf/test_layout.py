@@ -26,11 +26,12 @@ LAYOUT = {
     "config": (4, {}, 56, {"clock_offset": 0, "seed": 8, "node_ip": 12, "ct_syn": 16, "ct_tcp": 20,
                             "ct_close": 24, "ct_udp": 28, "ct_close_wait": 32, "cluster_net": 36,
                             "cluster_mask": 40, "snat_lo": 44, "snat_hi": 46, "masquerade": 48,
-                            "masq_link_local": 49, "trace": 50, "pad0": 51, "pad1": 52}),
+                            "masq_link_local": 49, "pad0": 50, "pad1": 52}),
     "nonmasq": (8, {"prefixlen": 0, "addr": 4}, 1, {}),
     "lb_sources": (12, {"prefixlen": 0, "svc_id": 4, "addr": 8}, 1, {}),
     # per-CPU: bcc's Leaf is one value per CPU; sLeaf (checked below) is struct trace_event
     "trace_scratch": (4, {}, None, {}),
+    "trace_control": (4, {}, 4, {}),
 }
 
 TRACE_EVENT = (80, {"time": 0, "ifindex": 8, "counted": 12, "verdict": 16, "hook": 20, "drop": 21, "proto": 22,

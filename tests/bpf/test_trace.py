@@ -34,8 +34,9 @@ class Names:
 
 
 @pytest.fixture
-def traced(pair, program):
-    """(pair, events): the program with its trace flag set; events() drains the ring buffer."""
+def trace_of(pair, program):
+    """trace_of(table, **pair options) -> (pair, events): the program with its trace flag set;
+    events() drains the ring buffer and decodes what was in it."""
     got = []
     ring = program.table("trace_events")
     if not getattr(program, "_test_ring_open", False):
@@ -45,18 +46,28 @@ def traced(pair, program):
     import ctypes as ct
     program._test_ring_sink = lambda data, size: got.append(
         event_type.from_buffer_copy(ct.string_at(data, ct.sizeof(event_type))))
-    p = pair(table())
-    program.trace_flag(True)
 
-    def events():
-        program.bpf.ring_buffer_consume()
-        out = [decode(ev, "node1", Names(program)) for ev in got]
-        got.clear()
-        return out
+    def make(tab, **kw):
+        p = pair(tab, **kw)
+        program.trace_flag(True)
 
-    yield p, events
+        def events(decoded=True):
+            program.bpf.ring_buffer_consume()
+            out = [decode(ev, "node1", Names(program)) for ev in got] if decoded else list(got)
+            got.clear()
+            return out
+        events()          # what an earlier test left unread
+        return p, events
+
+    yield make
     program.trace_flag(False)
+    program.bpf.ring_buffer_consume()
     program._test_ring_sink = lambda data, size: None
+
+
+@pytest.fixture
+def traced(trace_of):
+    return trace_of(table())
 
 
 def test_a_new_flow_names_its_service_backend_and_choice(traced):
@@ -115,3 +126,54 @@ def test_no_event_without_the_flag(traced, program):
     p.send("from_pod", from_pod(CLIENT, VIP, syn(sport=40001)))
     [e] = events()
     assert e["before"]["sport"] == 40001 and e["after"]["dst"] in (WEB1, WEB2)
+
+
+def test_an_affinity_choice_says_so(trace_of):
+    from tests.bpf.test_clusterip import AFFINITY
+    p, events = trace_of(table(services=AFFINITY), seed=11)
+    p.send("from_pod", from_pod(CLIENT, VIP, syn(sport=40001)))
+    p.send("from_pod", from_pod(CLIENT, VIP, syn(sport=40002)))
+    first, second = events()
+    assert first["choice"]["by"] == "hash" and first["choice"]["slot"] >= 1 and first["also"] == []
+    assert second["choice"] == {"by": "affinity", "hash": second["choice"]["hash"], "slot": 0, "count": 2}
+    assert second["also"] == ["M_AFFINITY_HIT"] and second["backend"] == first["backend"]
+    assert "by session affinity" in second["text"]
+
+
+def test_a_masquerade_names_the_node_port_and_the_tries(trace_of):
+    from ipaddress import IPv4Network
+    from dataplane.contract.render import NodeConfig
+    from dataplane.spec.table import ServiceTable
+    from tests.bpf.harness import NODE_IP
+    config = NodeConfig(NODE_IP, IPv4Network("10.0.0.0/16"), masquerade=True,
+                        non_masquerade=(IPv4Network("10.0.0.0/16"),))
+    p, events = trace_of(ServiceTable(), config=config)
+    out = "10.128.1.1"
+    p.send("to_netdev", from_pod(CLIENT, out, syn(sport=40000, dport=8080)))    # not a range port: a random one
+    p.send("to_netdev", from_pod(CLIENT, out, syn(sport=62000, dport=8080)))    # in the range and free: kept
+    p.send("to_netdev", from_pod("10.0.1.9", out, syn(sport=62000, dport=8080)))  # in the range, taken: moved
+    random_port, kept, moved = events()
+    for e in (random_port, kept, moved):
+        assert e["hook"] == "to_netdev" and e["outcome"] == "M_SNAT_NEW" and e["after"]["src"] == str(NODE_IP)
+        assert e["after"]["sport"] == e["snat"]["port"] and 61000 <= e["snat"]["port"] <= 65535
+    assert random_port["snat"]["tries"] == 0 and kept["snat"] == {"port": 62000, "tries": 0}
+    assert moved["snat"]["tries"] >= 1 and moved["snat"]["port"] != 62000 and moved["also"] == ["M_SNAT_PORT_MOVED"]
+    assert "node port 62000" in kept["text"] and f"after {moved['snat']['tries']} tries" in moved["text"]
+
+
+def test_a_full_ring_buffer_loses_events_counted_never_packets(trace_of, program, node_netns):
+    """Nobody reads: the 1 MiB ring buffer fills (80-byte events and an 8-byte header each), and
+    every further event is counted in M_TRACE_LOST while its packet is translated as ever."""
+    from dataplane.backends.ebpf.testrun import run
+    from dataplane.lab import netns
+    p, events = trace_of(table())
+    before = program.metrics()
+    sent = 14000
+    with netns.inside(node_netns):
+        verdicts = {run(program.fns["from_pod"].fd, bytes(from_pod(CLIENT, VIP, syn(sport=20000 + i)))).verdict
+                    for i in range(sent)}
+    after = program.metrics()
+    read = len(events(decoded=False))
+    lost = after["M_TRACE_LOST"] - before["M_TRACE_LOST"]
+    assert verdicts == {"pass"} and after["M_DNAT_NEW"] - before["M_DNAT_NEW"] == sent
+    assert lost > 0 and read + lost == sent and read == (1 << 20) // 88

@@ -32,6 +32,11 @@ def run(scenario: str, client: str, to: str, protocol=None, backends=ex.BACKENDS
      set(), False),
     # a node port with externalTrafficPolicy Local on a node with the endpoint: that one only
     ("nodeport.yaml", "host/ext", "node/node2:30081", "DNAT", {"10.0.2.2:8080"}, False),
+    # a node's own process: the eBPF socket hook picks the backend at connect(); kube-proxy's OUTPUT chains,
+    # which mark it for masquerade (its source is outside the cluster CIDR: it leaves as the node either way)
+    ("host-network.yaml", "node/node1", "service/web", "DNAT", {"10.0.1.2:8080", "10.0.2.2:8080"}, True),
+    # a load-balancer IP with eTP Local: met by the node the underlay routes it to, not the first node
+    ("loadbalancer.yaml", "host/ext", "10.200.0.11:80", "DNAT", {"10.0.1.2:8080"}, False),
     # eTP Cluster from outside: any endpoint, masqueraded to the node
     ("nodeport.yaml", "host/ext", "node/node1:30080", "DNAT", {"10.0.1.2:8080", "10.0.2.2:8080"}, True),
 ])
@@ -95,3 +100,11 @@ def test_run_explain_adds_the_path_to_failing_checks_only(tmp_path):
     assert any(line.startswith("verdict: DNAT to 10.0.") for line in failed[0].explanation)
     assert all(r.explanation is None for r in report.results if r.passed)
     assert json.loads(json.dumps(report.to_json()))["checks"][0]["explanation"] == failed[0].explanation
+
+
+def test_a_frontend_from_outside_is_met_by_the_node_the_underlay_routes_it_to():
+    sc = load(SCENARIOS / "loadbalancer.yaml")
+    routes = dict((str(ip), node) for ip, node in sc.frontend_routes)
+    for ip, node in routes.items():
+        assert ex.resolve(sc, sc.services, "host/ext", f"{ip}:80", None).node == node
+    assert ex.resolve(sc, sc.services, "host/ext", "node/node2:30081", None).node == "node2"

@@ -156,8 +156,11 @@ def test_events_come_out_in_time_order_and_stop_at_count(monkeypatch):
         def poll(self):
             return batches.pop(0) if batches else []
 
+        def lost(self):
+            return 2
+
     monkeypatch.setattr(sess, "TraceSession", Fake)
     monkeypatch.setattr(sess, "REORDER_WINDOW", 1e9)        # hold everything until the end
     got = []
-    shown = sess.run(None, None, Selection([]), False, got.append, seconds=0.2, count=3)
-    assert [e["n"] for e in got] == ["a", "b", "c"] and shown == 3
+    shown, lost = sess.run(None, None, Selection([]), False, got.append, seconds=0.2, count=3)
+    assert [e["n"] for e in got] == ["a", "b", "c"] and shown == 3 and lost == 2

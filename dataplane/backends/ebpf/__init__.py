@@ -150,6 +150,8 @@ class EbpfBackend(HealthCheckServing, Backend):
             if prog.trace_flag() and not state.trace_reader_attached(lab.name):
                 prog.trace_flag(False)
                 repaired.append(f"{node}: trace events turned off (their reader is gone)")
+        if state.trace_left_behind(lab.name):
+            os.unlink(state.trace_marker_path(lab.name))     # the flags above were its only state
         return repaired
 
     def sync(self, lab, table) -> list[str]:

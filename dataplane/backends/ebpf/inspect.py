@@ -29,7 +29,7 @@ SECTIONS = ("services", "conntrack", "snat", "affinity", "lb_sources", "nonmasq"
 
 
 def _ip(be32: int) -> str:
-    return str(ipaddress.IPv4Address(struct.pack("<I", be32)))
+    return str(ipaddress.IPv4Address(struct.pack("=I", be32)))
 
 
 def _port(be16: int) -> int:
@@ -178,7 +178,7 @@ class NodeMapsView:
             c[f] = _ip(c[f])
         c.pop("pad0", None)
         c.pop("pad1", None)
-        c["trace"] = bool(c.get("trace"))
+        c["trace"] = bool(self.raw("trace_control")[0]["value"])     # a `dataplane trace` is attached
         return c
 
     def metrics(self) -> dict:

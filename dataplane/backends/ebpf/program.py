@@ -29,7 +29,7 @@ TC_INGRESS = "ffff:fff2"
 TC_EGRESS = "ffff:fff3"
 MAP_NAMES = ("services", "backends", "conntrack", "affinity", "affinity_match", "nosnat", "frags", "sock_revnat",
              "metrics", "config", "nonmasq", "lb_sources", "addresses", "address_filter", "trace_scratch",
-             "trace_events", "layout")
+             "trace_control", "trace_events", "layout")
 TC_PARENTS = {TC_INGRESS: 0xFFFFFFF2, TC_EGRESS: 0xFFFFFFF3}
 ENTRY_POINTS = ("from_pod", "to_pod", "from_netdev", "to_netdev")
 # The node's socket hooks (cgroup/connect4 and friends): entry point -> its attach type
@@ -193,14 +193,13 @@ class NodeProgram:
         t[t.Key(0)] = cur
 
     def trace_flag(self, on: bool | None = None) -> int:
-        """The config's trace flag (`dataplane trace` sets it from its own process; this is for
-        the agent, which clears it when no reader holds it)."""
-        t = self.table("config")
-        cur = t[t.Key(0)]
+        """Is a trace reader attached (trace_control)? `dataplane trace` sets it from its own
+        process; this is for the agent, which clears it when no reader holds the lab's trace lock,
+        and for tests. The whole value is written: nothing else shares the map."""
+        t = self.table("trace_control")
         if on is not None:
-            cur.trace = int(on)
-            t[t.Key(0)] = cur
-        return cur.trace
+            t[t.Key(0)] = t.Leaf(int(on))
+        return t[t.Key(0)].value
 
     def now(self) -> int:
         """The dataplane clock: CLOCK_MONOTONIC (bpf_ktime_get_ns) plus the configured offset."""

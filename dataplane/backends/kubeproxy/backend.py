@@ -11,7 +11,8 @@ import shlex
 from dataclasses import dataclass, field
 
 from ...errors import DataplaneError
-from ...lab import netns
+from ...lab import netns, state
+from ...lab.names import NFT_TRACE_TABLE
 from ..base import Backend, HealthCheckServing
 from .conntrack import clean_stale_entries
 
@@ -111,7 +112,24 @@ class KubeProxyBackend(HealthCheckServing, Backend):
             self.fingerprints[node] = self.fingerprint(ns)
             repaired.append(f"{node}: rules changed behind our back; installed again and synced in full "
                             f"({change or 'no rule changes'})")
+        if state.trace_left_behind(lab.name):
+            repaired += self._remove_trace_tables(lab.name)
         return repaired
+
+    def _remove_trace_tables(self, lab: str) -> list[str]:
+        """The netfilter trace's table, left in the nodes by a `dataplane trace` that was killed
+        (its chains would go on marking packets for nobody)."""
+        import os
+        removed = []
+        for node, ns in self.namespaces.items():
+            proc = netns.run(ns, ["nft", "delete", "table", "ip", NFT_TRACE_TABLE], timeout=30)
+            if proc.returncode == 0:
+                removed.append(f"{node}: the trace table {NFT_TRACE_TABLE} removed (its reader is gone)")
+        try:
+            os.unlink(state.trace_marker_path(lab))
+        except FileNotFoundError:
+            pass
+        return removed
 
     def fingerprint(self, ns: str) -> str:
         return hashlib.sha256(self.rules_for_fingerprint(ns).encode()).hexdigest()

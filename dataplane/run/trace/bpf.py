@@ -1,10 +1,12 @@
 """The eBPF programs' own trace events (bpf/lib/trace.h), read from each node's pinned ring buffer.
 
-Attaching sets `trace` in each node's config map, which turns the programs' notes on; detaching
-clears it, and then a packet costs the programs one byte test per note. One reader per lab at a
-time (an exclusive lock beside the lab's record: two readers of one ring buffer would each see
-half of the events); the lab's agent clears a flag that no reader holds the lock for (a reader
-killed with SIGKILL), so a lost reader costs nothing for long.
+Attaching sets each node's `trace_control` flag (a map of tracing's own: the agent's config writes
+never race it), which turns the programs' notes on; detaching clears it, and then a packet costs
+the programs a byte test per note. One reader per lab at a time (the session's lock: two readers
+of one ring buffer would each see half of the events); the lab's agent clears a flag that no
+reader holds the lock for (a reader killed with SIGKILL), so a lost reader costs little for long. The ring buffer's callback only copies; events are decoded (and the maps
+read for names) in poll(). Events the programs could not write (the ring buffer full) are counted
+by the programs (M_TRACE_LOST) and reported by `lost()`.
 
 The event's layout comes from bcc's generated type of `struct trace_event` (bpf/include/types.h,
 compiled here in a program of types only) and is checked against the layout the lab's programs
@@ -14,7 +16,6 @@ predate a change of the struct is refused, not misread.
 from __future__ import annotations
 
 import ctypes as ct
-import fcntl
 import ipaddress
 import json
 import os
@@ -46,8 +47,7 @@ DOES = {"M_DNAT_NEW": "new flow", "M_DNAT": "DNAT (known flow)", "M_REVNAT": "re
         "M_UNSNAT": "un-masquerade (reply)", "M_SOCK_LB": "socket sent to backend",
         "REJECT_NO_ENDPOINTS": "REJECT: no endpoints, ICMP port unreachable sent back",
         "REJECT_PORT_UNSERVED": "REJECT: port not served, ICMP port unreachable sent back"}
-TYPES_SOURCE = '#include "types.h"\nBPF_ARRAY(trace_event_type, struct trace_event, 1);\n' \
-               'BPF_ARRAY(config_type, struct dp_config, 1);\n'
+TYPES_SOURCE = '#include "types.h"\nBPF_ARRAY(trace_event_type, struct trace_event, 1);\n'
 RING_TIMEOUT_MS = 200
 
 
@@ -58,12 +58,12 @@ def _libbpf():
     return lib
 
 
-def event_types():
-    """(struct trace_event, struct dp_config) as bcc generates them from bpf/include/types.h."""
+def event_type():
+    """struct trace_event as bcc generates it from bpf/include/types.h."""
     from bcc import BPF
     b = BPF(text=TYPES_SOURCE.encode(), cflags=["-w", f"-I{BPF_DIR / 'include'}"])
     try:
-        return b["trace_event_type"].Leaf, b["config_type"].Leaf
+        return b["trace_event_type"].Leaf
     finally:
         b.cleanup()
 
@@ -99,24 +99,21 @@ class _PinnedMap:
             self.fd = -1
 
 
-class _Config(_PinnedMap):
-    """The node's config map: only its `trace` byte is ours to write."""
+class _TraceControl(_PinnedMap):
+    """A node's trace_control map: index 0, 1 while a reader is attached. Written whole."""
 
-    def __init__(self, lib, path: str, config_type):
-        super().__init__(lib, path)
-        self.type = config_type
-
-    def trace(self, on: bool | None = None) -> int:
-        """The flag (after setting it, when `on` is given)."""
+    def set(self, on: bool) -> None:
         from bcc.libbcc import lib as bcc
-        key, value = ct.c_uint32(0), self.type()
+        key, value = ct.c_uint32(0), ct.c_uint32(int(on))
+        if bcc.bpf_update_elem(self.fd, ct.byref(key), ct.byref(value), 0) < 0:
+            raise LabError(f"cannot write a node's trace_control map: {os.strerror(ct.get_errno())}")
+
+    def get(self) -> int:
+        from bcc.libbcc import lib as bcc
+        key, value = ct.c_uint32(0), ct.c_uint32(0)
         if bcc.bpf_lookup_elem(self.fd, ct.byref(key), ct.byref(value)) < 0:
-            raise LabError(f"cannot read a node's config map: {os.strerror(ct.get_errno())}")
-        if on is not None and value.trace != int(on):
-            value.trace = int(on)
-            if bcc.bpf_update_elem(self.fd, ct.byref(key), ct.byref(value), 0) < 0:
-                raise LabError(f"cannot write a node's config map: {os.strerror(ct.get_errno())}")
-        return value.trace
+            raise LabError(f"cannot read a node's trace_control map: {os.strerror(ct.get_errno())}")
+        return value.value
 
 
 def _ip(be32: int) -> str:
@@ -263,23 +260,21 @@ class BpfTrace:
 
     def __init__(self, lab: str, nodes: dict, frontends: dict):
         self.lab, self.nodes, self.frontends = lab, nodes, frontends
-        self.lock_fd = None
-        self.configs: dict[str, _Config] = {}
+        self.controls: dict[str, _TraceControl] = {}
         self.rings: list[_PinnedMap] = []
         self.names: dict[str, NodeNames] = {}
         self.ring = None
-        self.pending: list[dict] = []
+        self.raw: list[tuple[str, bytes]] = []       # (node, event bytes), copied by the callback
         self.callback = None
+        self.lost_at_start: dict[str, int] = {}
 
     def start(self) -> None:
         try:
-            self._lock()
             self.started_ns = time.monotonic_ns()
-            event_type, config_type = event_types()
-            self.event_type = event_type
+            self.event_type = event_type()
             lib = _libbpf()
             for node in self.nodes:
-                check_layout(self.lab, node, event_type)
+                check_layout(self.lab, node, self.event_type)
             self.callback = ct.CFUNCTYPE(ct.c_int, ct.c_void_p, ct.c_void_p, ct.c_int)(self._on_event)
             for i, (node, ns) in enumerate(self.nodes.items()):
                 pins = os.path.join(pin_dir(self.lab), node)
@@ -289,22 +284,13 @@ class BpfTrace:
                 ring = _PinnedMap(lib, os.path.join(pins, "trace_events"))
                 self.rings.append(ring)
                 self._add_ring(ring.fd, i)
-                self.configs[node] = _Config(lib, os.path.join(pins, "config"), config_type)
-            for cfg in self.configs.values():
-                cfg.trace(True)
+                self.controls[node] = _TraceControl(lib, os.path.join(pins, "trace_control"))
+            self.lost_at_start = self.lost()
+            for control in self.controls.values():
+                control.set(True)
         except BaseException:
             self.close()
             raise
-
-    def _lock(self) -> None:
-        self.lock_fd = os.open(state.trace_lock_path(self.lab), os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(self.lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self.lock_fd)
-            self.lock_fd = None
-            raise LabError(f"lab {self.lab} is being traced already (`dataplane trace` in another terminal): "
-                           f"one reader at a time, since readers of one ring buffer would split its events")
 
     def _add_ring(self, fd: int, index: int) -> None:
         from bcc.libbcc import lib as bcc
@@ -317,41 +303,53 @@ class BpfTrace:
             raise DataplaneError(f"cannot read the trace ring buffer of lab {self.lab}: {os.strerror(ct.get_errno())}")
 
     def _on_event(self, ctx, data, size) -> int:
-        node = list(self.nodes)[(ctx or 1) - 1]
-        ev = self.event_type.from_buffer_copy(ct.string_at(data, min(size, ct.sizeof(self.event_type))))
-        if ev.time >= self.started_ns:     # not what an earlier reader left unread
-            self.pending.append(decode(ev, node, self.names[node]))
+        # only a copy here: an exception in a ring buffer callback is swallowed by libbpf's caller
+        self.raw.append((list(self.nodes)[(ctx or 1) - 1], ct.string_at(data, min(size, ct.sizeof(self.event_type)))))
         return 0
 
     def poll(self, timeout_ms: int = RING_TIMEOUT_MS) -> list[dict]:
-        """Events that arrived (waiting up to timeout_ms for the first). The flags are set again
-        if something cleared them (an agent's config write racing ours)."""
+        """Events that arrived (waiting up to timeout_ms for the first), decoded; not those an
+        earlier reader left in the ring buffer unread."""
         from bcc.libbcc import lib as bcc
         bcc.bpf_poll_ringbuf(self.ring, timeout_ms)
-        for cfg in self.configs.values():
-            cfg.trace(True)
-        out, self.pending = self.pending, []
+        raw, self.raw = self.raw, []
+        out = []
+        for node, data in raw:
+            ev = self.event_type.from_buffer_copy(data)
+            if ev.time >= self.started_ns:
+                out.append(decode(ev, node, self.names[node]))
         return out
 
+    def lost(self) -> dict:
+        """Per node: events the programs could not write (M_TRACE_LOST, since the lab started)."""
+        from ...contract.consts import INDEX
+        out = {}
+        for node in self.nodes:
+            path = os.path.join(pin_dir(self.lab), node, "metrics")
+            for e in pinned_entries(path):
+                if e["key"] == INDEX["M_TRACE_LOST"]:
+                    out[node] = sum(cpu["value"] for cpu in e["values"]) if "values" in e else e["value"]
+        return out
+
+    def lost_since_start(self) -> int:
+        return sum(n - self.lost_at_start.get(node, 0) for node, n in self.lost().items())
+
     def close(self) -> None:
-        """Flags cleared, ring buffers and maps let go, the lock released. Idempotent."""
+        """Flags cleared, ring buffers and maps let go. Idempotent."""
         from bcc.libbcc import lib as bcc
-        for cfg in self.configs.values():
+        for control in self.controls.values():
             try:
-                cfg.trace(False)
+                control.set(False)
             except LabError:
                 pass      # the lab went away first
-            cfg.close()
-        self.configs.clear()
+            control.close()
+        self.controls.clear()
         if self.ring is not None:
             bcc.bpf_free_ringbuf(self.ring)
             self.ring = None
         for ring in self.rings:
             ring.close()
         self.rings.clear()
-        if self.lock_fd is not None:
-            os.close(self.lock_fd)
-            self.lock_fd = None
 
     def __enter__(self):
         self.start()

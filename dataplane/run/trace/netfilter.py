@@ -46,8 +46,9 @@ import time
 
 from ...errors import DataplaneError
 from ...lab import netns
+from ...lab.names import NFT_TRACE_TABLE
 
-TABLE = "dataplane-trace"
+TABLE = NFT_TRACE_TABLE
 PRIORITY = -350                     # before raw (-300) and conntrack (-200): nothing has changed the packet yet
 MODES = ("nftables", "iptables", "iptables-legacy")
 IDLE = 0.2                          # seconds without a line after which a packet's trace is complete

@@ -82,16 +82,54 @@ class TraceSession:
     def __init__(self, record, table, selection: Selection, drops: bool = False):
         self.record, self.selection, self.drops = record, selection, drops
         self.readers: list = []
+        self.lock_fd = None
         nodes = selection.nodes or sorted(o for o, r in record.roles.items() if r == "node")
         self.node_ns = {n: record.objects[n] for n in nodes}
         node_ips = [record.addresses[n] for n in record.roles if record.roles[n] == "node"]
         self.frontends = frontend_names(table, node_ips)
+
+    LOCK_WAIT = 1.0      # seconds to wait for the lab's trace lock: the agent's probe holds it a moment
+
+    def _lock(self) -> None:
+        """The lab's trace lock (one trace per lab: two readers of a ring buffer would split its
+        events, two netfilter tracers would share one table), and the marker that tells the agent
+        to clear up after a reader that dies without doing so."""
+        import fcntl
+        import os
+        self.lock_fd = os.open(state.trace_lock_path(self.record.name), os.O_RDWR | os.O_CREAT, 0o600)
+        deadline = time.monotonic() + self.LOCK_WAIT
+        while True:
+            try:
+                fcntl.flock(self.lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() < deadline:
+                    time.sleep(0.05)
+                    continue
+            os.close(self.lock_fd)
+            self.lock_fd = None
+            raise LabError(f"lab {self.record.name} is being traced already (`dataplane trace` in another "
+                           f"terminal): one trace per lab at a time")
+        with open(state.trace_marker_path(self.record.name), "w") as f:
+            f.write(f"{os.getpid()}\n")
+
+    def _unlock(self) -> None:
+        import os
+        if self.lock_fd is None:
+            return
+        try:
+            os.unlink(state.trace_marker_path(self.record.name))
+        except FileNotFoundError:
+            pass
+        os.close(self.lock_fd)
+        self.lock_fd = None
 
     def start(self) -> list[str]:
         """Start every reader; lines saying what is traced (for the terminal)."""
         backend = self.record.backend
         said = []
         try:
+            self._lock()
             if backend == "ebpf":
                 from .bpf import BpfTrace
                 r = BpfTrace(self.record.name, self.node_ns, self.frontends)
@@ -132,13 +170,21 @@ class TraceSession:
             out += _poll(r, share)
         return sorted((e for e in out if self.selection.wants(e)), key=lambda e: e.get("time", 0.0))
 
+    def lost(self) -> int:
+        """Events the eBPF programs had no ring buffer room for since this trace started."""
+        from .bpf import BpfTrace
+        return sum(r.lost_since_start() for r in self.readers if isinstance(r, BpfTrace))
+
     def close(self) -> None:
-        while self.readers:
-            r = self.readers.pop()
-            try:
-                r.close()
-            except Exception:
-                pass      # the others are still closed: nothing of ours stays attached
+        try:
+            while self.readers:
+                r = self.readers.pop()
+                try:
+                    r.close()
+                except Exception:
+                    pass      # the others are still closed: nothing of ours stays attached
+        finally:
+            self._unlock()
 
     def __enter__(self):
         return self
@@ -195,9 +241,10 @@ REORDER_WINDOW = 0.5
 
 
 def run(record, table, selection: Selection, drops: bool, emit, seconds: float | None = None,
-        count: int | None = None, started=lambda lines: None) -> int:
-    """Trace until Ctrl-C, `seconds` or `count` events; each event to `emit`, in time order (held
-    back REORDER_WINDOW seconds). The number shown."""
+        count: int | None = None, started=lambda lines: None) -> tuple[int, int]:
+    """Trace until Ctrl-C (or SIGTERM, SIGHUP: the caller makes them exceptions), `seconds` or
+    `count` events; each event to `emit`, in time order (held back REORDER_WINDOW seconds). (The
+    number shown, the events the eBPF programs had no ring buffer room for.)"""
     shown = 0
     held: list[dict] = []
 
@@ -218,7 +265,8 @@ def run(record, table, selection: Selection, drops: bool, emit, seconds: float |
             held += session.poll()
         finally:
             release(float("inf"))          # Ctrl-C too: what was read is shown
-    return shown
+            lost = session.lost()
+    return shown, lost
 
 
 def lab_and_table(name: str):
