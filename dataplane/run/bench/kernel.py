@@ -20,13 +20,14 @@ times, frames prepared beforehand:
                    port each call
   masquerade-est   a pod's ACK on a masqueraded connection the program has seen both ways
 
-Then four of them again with a trace attached (`dataplane trace`: the config's trace flag set,
-every decision's event written to the ring buffer), named PATH+trace; the bench drains the ring
-buffer between calls, outside the timed runs, as a reader keeping up would, and counts the events.
-And the same four on a second build of the programs without any trace code (DP_TRACE_COMPILED_OUT,
-named PATH-notrace), timed in alternation with the normal build with no trace attached (chunks of
-DRAIN_EVERY calls, one build then the other, PATH-detached), so that the machine's drift falls on
-both: their difference is what the trace notes cost while nobody traces.
+Then four of them three more ways, timed in alternation (chunks of DRAIN_EVERY calls, one variant
+after the other) so that the machine's drift falls on all three: PATH-detached (the same build,
+no trace attached), PATH+trace (a trace attached: the trace flag set, every decision's event
+written to the ring buffer, which the bench drains after each chunk, untimed, as a reader keeping
+up would, counting the events) and PATH-notrace (a second build of the programs without any trace
+code, DP_TRACE_COMPILED_OUT). detached − notrace is what the trace notes cost while nobody traces;
++trace − detached what a trace attached costs. (These use at most MAX_CALLS / 2 calls: an attached
+new flow needs source ports of its own.)
 
 Percentiles (p50, p90, p99) are of the CALLS single runs; conntrack is emptied between fills, and
 before each traced path (which then sets its own connection up again).
@@ -193,68 +194,75 @@ class Bench:
             grew = {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
             results.append(_summary(path, n, times, verdict, grew))
         for path in TRACED:
-            self.prog.table("conntrack").clear()
-            fn, batch = self.path_frames(path, n, calls, rng)
-            before = self.prog.metrics()
-            times, verdict, events = self._times_traced(fn, batch)
-            after = self.prog.metrics()
-            grew = {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
-            grew["trace events"] = events
-            results.append(_summary(f"{path}+trace", n, times, verdict, grew))
-        for path in TRACED:
-            results += self._against_no_tracing(path, n, calls, rng)
+            results += self._with_and_without_tracing(path, n, min(calls, MAX_CALLS // 2), rng)
         return results
 
-    def _against_no_tracing(self, path: str, n: int, calls: int, rng: random.Random) -> list[PathResult]:
-        """PATH-detached (this build, no trace attached) and PATH-notrace (the build without trace
-        code), timed in alternating chunks; each build's connection set up in its own maps."""
-        out = {}
+    def _with_and_without_tracing(self, path: str, n: int, calls: int, rng: random.Random) -> list[PathResult]:
+        """PATH-detached (this build, no trace attached), PATH+trace (this build, a trace attached:
+        the ring buffer drained after each chunk, untimed) and PATH-notrace (the build without
+        trace code), timed in alternating chunks of DRAIN_EVERY calls, so that the machine's drift
+        falls on all three. Each build's connection is set up in its own maps; on this build a new
+        flow's attached frames use source ports of their own (they would be known flows else)."""
         for prog in (self.prog, self.bare):
             prog.table("conntrack").clear()
-        seed = rng.random()          # the same frames for both builds (new-flow's services drawn alike)
-        frames = {id(p): self.path_frames(path, n, calls, random.Random(seed), prog=p)
-                  for p in (self.prog, self.bare)}
-        times = {id(p): [] for p in (self.prog, self.bare)}
-        verdicts = {id(p): set() for p in (self.prog, self.bare)}
-        before = {id(p): p.metrics() for p in (self.prog, self.bare)}
+            prog.table("affinity").clear()
+        seed = rng.random()          # the same frames for every variant (new-flow's services drawn alike)
+        variants = (("-detached", self.prog, False, 0), ("+trace", self.prog, True, calls), ("-notrace", self.bare, False, 0))
+        frames = {name: self.path_frames(path, n, calls, random.Random(seed), prog=prog, port_offset=offset)
+                  for name, prog, _, offset in variants}
+        times = {name: [] for name, *_ in variants}
+        verdicts = {name: set() for name, *_ in variants}
+        events = self._count_events()
+        before = {name: prog.metrics() for name, prog, *_ in variants}
+        grew = {}
         for i in range(0, calls, DRAIN_EVERY):
-            for p in (self.prog, self.bare):
-                fn, batch = frames[id(p)]
-                t, v = self._times(fn, batch[i:i + DRAIN_EVERY], prog=p)
-                times[id(p)] += t
-                verdicts[id(p)].add(v)
-        for p, name in ((self.prog, f"{path}-detached"), (self.bare, f"{path}-notrace")):
-            after = p.metrics()
-            grew = {k: v - before[id(p)].get(k, 0) for k, v in after.items() if v != before[id(p)].get(k, 0)}
-            out[name] = _summary(name, n, times[id(p)], "/".join(sorted(verdicts[id(p)])), grew)
-        return list(out.values())
+            for name, prog, traced, _ in variants:
+                fn, batch = frames[name]
+                if traced:
+                    prog.trace_flag(True)
+                try:
+                    t, v = self._times(fn, batch[i:i + DRAIN_EVERY], prog=prog)
+                finally:
+                    if traced:
+                        prog.trace_flag(False)
+                        prog.bpf.ring_buffer_consume()
+                times[name] += t
+                verdicts[name].add(v)
+                # the counters of this build's two variants are told apart chunk by chunk
+                after = prog.metrics()
+                step = {k: v - before[name].get(k, 0) for k, v in after.items() if v != before[name].get(k, 0)}
+                for k, v in step.items():
+                    grew.setdefault(name, {})[k] = grew.get(name, {}).get(k, 0) + v
+                for other, p2, *_ in variants:
+                    if p2 is prog:
+                        before[other] = after
+        out = []
+        for name, *_ in variants:
+            counters = grew.get(name, {})
+            if name == "+trace":
+                counters["trace events"] = events()
+            out.append(_summary(f"{path}{name}", n, times[name], "/".join(sorted(verdicts[name])), counters))
+        return out
 
-    def _times_traced(self, fn: str, frames: list) -> tuple[list, str, int]:
-        """_times with the trace flag set, the ring buffer drained every DRAIN_EVERY calls (not
-        timed: each call's time is the kernel's, around the program run); and the events read."""
-        events = [0]
+    def _count_events(self):
+        """A counter of the trace events this build sends from now on (its ring buffer read here)."""
+        count = [0]
         if not getattr(self, "_ring_open", False):
             self.prog.table("trace_events").open_ring_buffer(lambda ctx, data, size: self._on_event())
             self._ring_open = True
-        self._on_event = lambda: events.__setitem__(0, events[0] + 1)
-        times, verdicts = [], set()
-        self.prog.trace_flag(True)
-        try:
-            for i in range(0, len(frames), DRAIN_EVERY):
-                t, v = self._times(fn, frames[i:i + DRAIN_EVERY])
-                times += t
-                verdicts.add(v)
-                self.prog.bpf.ring_buffer_consume()
-        finally:
-            self.prog.trace_flag(False)
-            self.prog.bpf.ring_buffer_consume()
-        return times, "/".join(sorted(verdicts)), events[0]
+        self._on_event = lambda: count.__setitem__(0, count[0] + 1)
+        self.prog.bpf.ring_buffer_consume()
+        count[0] = 0
+        return lambda: count[0]
 
-    def path_frames(self, path: str, n: int, calls: int, rng: random.Random, prog=None) -> tuple[str, list]:
+    def path_frames(self, path: str, n: int, calls: int, rng: random.Random, prog=None,
+                    port_offset: int = 0) -> tuple[str, list]:
         """(entry point, CALLS frames) of one path at fill n (installed by fill), with the
-        connection it needs set up first (in `prog`'s maps: the bench's build by default)."""
+        connection it needs set up first (in `prog`'s maps: the bench's build by default); new
+        flows from source ports NEW_FLOW_PORTS + port_offset on."""
         vip = lambda i: str(IPv4Address("10.96.0.1") + i)     # noqa: E731
-        sports = list(range(NEW_FLOW_PORTS, NEW_FLOW_PORTS + calls))
+        first = NEW_FLOW_PORTS + port_offset
+        sports = list(range(first, first + calls))
         frames = {
             "floor": lambda: ("floor", [_frame(CLIENT, OTHER_POD, _tcp(40000, 8080, "A"))] * calls),
             "not-service": lambda: ("from_pod", [_frame(CLIENT, OTHER_POD, _tcp(40000, 8080, "A"))] * calls),
