@@ -120,6 +120,12 @@ def run(scenario, backend, lab_name, as_json, keep, quiet, explain_failures, see
             doctor.require(*be.needs)
         reps = [run_live(sc, be, lab_name or sc.name, progress=progress, explain=explain_failures) for be in chosen]
         click.echo(report.matrix_json(reps) if as_json else report.matrix(reps))
+        if explain_failures and not as_json:
+            for rep in reps:
+                for r in rep.results:
+                    if r.explanation:
+                        click.echo(f"FAIL on {rep.backend}: {r.name}")
+                        click.echo("\n".join(f"  {line}" for line in r.explanation))
         sys.exit(0 if all(r.passed for r in reps) else 1)
     be = backends.get(backend, **settings)
     doctor.require(*be.needs)
@@ -511,7 +517,7 @@ def rules(lab, nodes):
 @cli.command(epilog="""\b
 Examples:
   dataplane explain scenarios/clusterip.yaml --from pod/client --to service/web          # offline, every backend
-  dataplane explain scenarios/nodeport.yaml --from host/outside --to service/web --backend nftables
+  dataplane explain scenarios/nodeport.yaml --from host/ext --to node/node2:30081 --backend nftables
   sudo dataplane explain demo --from pod/client --to service/web:dns                     # a running lab's rules
   dataplane explain scenarios/clusterip.yaml --from pod/client --to 10.96.0.10:81 --json
 """)
@@ -598,15 +604,16 @@ The same maps raw, as the kernel holds them:
 """)
 @click.argument("lab")
 @click.argument("map_name", metavar="[MAP]", required=False,
-                type=click.Choice(["services", "conntrack", "snat", "affinity", "lb_sources", "nonmasq", "addresses",
-                                   "config", "metrics"]))
+                type=click.Choice(["services", "conntrack", "snat", "nosnat", "affinity", "affinity_match", "sock_revnat",
+                                   "frags", "lb_sources", "nonmasq", "addresses", "config", "metrics"]))
 @click.option("--node", "nodes", multiple=True, metavar="NODE", help="Only this node (repeatable; default: every node).")
 @click.option("--json", "as_json", is_flag=True, help="JSON: {node: {map: entries}}.")
 def maps_cmd(lab, map_name, nodes, as_json):
     """Print LAB's eBPF maps in service terms: frontends and their backends (slot order),
     conntrack entries as flows (tuple, translation, state, lifetime left, service), masquerade
-    mappings, session affinity, source ranges, non-masquerade CIDRs, config and counters.
-    Read while traffic runs; each map is one consistent read.
+    mappings (both halves), UDP flows never masqueraded, session affinity and its eligible
+    backends, node sockets sent to backends, fragments in flight, source ranges, non-masquerade
+    CIDRs, config and counters. Read while traffic runs; each map is one bpftool read.
     """
     import json as _json
     from .backends.ebpf import inspect
@@ -660,7 +667,7 @@ def trace(lab, nodes, pods, services, drops, as_json, seconds, count):
                   the frontend met, the backend chosen and why (hash and slot,
                   affinity, the conntrack entry of a known flow), the port taken
                   on the node's address, every rejection and drop by its reason.
-                  Costs the programs nothing while no trace runs.
+                  While no trace runs, a byte test per note (docs/benchmarks.md).
     nftables,     netfilter's trace (`nft monitor trace`): every chain and rule
     iptables      the packet met, with their verdicts.
     iptables-legacy  no netfilter trace inside a namespace (see docs/debugging.md);
@@ -797,7 +804,14 @@ def _bench(benches, names, sizes, reps, quick, dump, scale, seed, as_json, out_d
     if imported is not None:
         for note in imported.notes:
             say(f"import: {note}")
-    run = suite.run(benches, params, progress=say)
+    from .run.runner import on_terminate
+    import signal
+    old = on_terminate()         # SIGTERM, SIGHUP: an exception, so every lab and namespace is removed
+    try:
+        run = suite.run(benches, params, progress=say)
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
     report = bench_report.text(run)
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)
@@ -1154,6 +1168,12 @@ def main():
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)
+    except BaseException as exc:
+        from .run.runner import Terminated
+        if not isinstance(exc, Terminated):
+            raise
+        click.echo("terminated", err=True)
+        sys.exit(143)
 
 
 if __name__ == "__main__":

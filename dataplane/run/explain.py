@@ -195,6 +195,8 @@ def explain_ebpf(scenario: Scenario, table, target: Target, seed: int = 0) -> Ex
     ex.chosen = next((c for c in net.dnat_to), None)
     outcome = result.get("outcome")
     ex.verdict = {"reachable": "DNAT" if ex.chosen else "ACCEPT", "refused": "REJECT"}.get(outcome, "DROP")
+    if ex.verdict == "ACCEPT" and net.masqueraded:
+        ex.verdict = "ACCEPT, masqueraded"
     if outcome == "reachable" and ex.chosen:
         ex.notes.append(f"the request was answered by {result.get('hostname')} (on the emulator, seed {seed}; a lab "
                         f"with the same seed hashes the same flow to the same backend)")
@@ -251,12 +253,14 @@ class _TracedSimNet:
                         self.lines.append(line)
                         if r.reason == "M_DNAT_NEW":
                             self.dnat_to.append(after.split(" -> ")[1].split(" ")[0])
+                        if r.reason == "M_SNAT_NEW":
+                            self.masqueraded = True
                     return r
                 traced.__name__ = hook.__name__
                 return traced
 
         net = Traced(plan, table, seed)
-        net.lines, net.dnat_to, net.seen, net.repeated = [], [], set(), 0
+        net.lines, net.dnat_to, net.seen, net.repeated, net.masqueraded = [], [], set(), 0, False
         return net
 
 
@@ -285,7 +289,9 @@ def rules_offline(mode: str, scenario: Scenario, table, node: str) -> str:
         from ..backends.nftables.render import render
         return render(table, scenario.topology, node).full_text()
     from ..backends.iptables.render import render
-    return render(table, scenario.topology, node).restore_text()
+    from ..backends.kubeproxy.masq_agent import masq_agent_text
+    # ip-masq-agent's rules too, as a node holds them beside kube-proxy's (egress masquerade)
+    return render(table, scenario.topology, node).restore_text() + masq_agent_text(scenario.topology)
 
 
 def explain_kube_proxy(mode: str, scenario: Scenario, target: Target, rules: str, source: str) -> Explanation:
@@ -312,7 +318,12 @@ def explain_kube_proxy(mode: str, scenario: Scenario, target: Target, rules: str
                                                               for c in walk.candidates)
                         + f"; this walk follows {walk.endpoint or 'the first'} (the kernel draws at random)")
     if walk.masquerade:
-        ex.notes.append(f"masqueraded: leaves {target.node} with its address {node_ip} (KUBE-MARK-MASQ 0x4000)")
+        ex.notes.append(f"masqueraded: leaves {target.node} with its address {node_ip}")
+        if walk.verdict == "ACCEPT":
+            ex.verdict = "ACCEPT, masqueraded"
+    if mode == "nftables":
+        ex.notes.append("ip-masq-agent's egress masquerade is iptables rules beside this table (`dataplane rules`): "
+                        "not walked here")
     ex.notes += walk.affinity + walk.notes
     return ex
 
@@ -345,7 +356,7 @@ def format_text(explanations: list) -> str:
         lines.append(f"candidates: {', '.join(ex.candidates) or '(none)'}")
         lines += [f"  {s}" for s in ex.steps]
         lines.append(f"verdict: {ex.verdict}" + (f" to {ex.chosen}" if ex.chosen else "")
-                     + (" (not translated: routed on like any other packet)" if ex.verdict == "ACCEPT" else ""))
+                     + (" (not DNATed: routed on like any other packet)" if ex.verdict.startswith("ACCEPT") else ""))
         lines += [f"note: {n}" for n in ex.notes]
     if len(explanations) > 1:
         sets = {ex.backend: sorted(ex.candidates) for ex in explanations}

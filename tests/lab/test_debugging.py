@@ -15,7 +15,8 @@ from dataplane.lab import netns
 from tests.conftest import ROOT, SCENARIOS
 
 VIP = "10.96.0.10"
-ENDPOINTS = {"10.0.1.3:8080", "10.0.2.2:8080", "10.0.2.3:8080"}     # web-1..3 of clusterip.yaml
+HOSTS = {"web-1": "10.0.1.3:8080", "web-2": "10.0.2.2:8080", "web-3": "10.0.2.3:8080"}   # clusterip.yaml
+ENDPOINTS = set(HOSTS.values())
 
 
 def cli(*args, check=True, timeout=300):
@@ -83,14 +84,18 @@ def test_trace_shows_dnat_reverse_nat_and_a_named_rejection(ebpf_lab):
     assert e["hook"] == "from_pod" and e["interface"] == "v-client" and e["before"]["dst"] == VIP
     assert e["backend"] in ENDPOINTS and e["after"]["dst"] + ":8080" == e["backend"]
     assert e["service"] == "default/web:http (cluster IP)" and e["choice"]["count"] == 3
+    assert HOSTS[answer[0]] == e["backend"]                 # the pod that answered is the one the event names
+    # explain's candidates are in the order the programs' slots count (the one rule the oracle
+    # and the renderer share, docs/datapath.md): the trace's slot names the same endpoint
+    live = json.loads(cli("explain", ebpf_lab, "--from", "pod/client", "--to", "service/web", "--json").stdout)
+    assert live[0]["candidates"][e["choice"]["slot"] - 1] == e["backend"]
     flow = [x for x in events if x["before"]["sport"] == e["before"]["sport"] or x["before"]["dport"] == e["before"]["sport"]]
     replies = [x for x in flow if x["outcome"] == "M_REVNAT"]
     assert replies and all(r["after"]["src"] == VIP and r["conntrack"]["entry"] == "CT_REPLY" for r in replies)
     assert all(x["backend"] == e["backend"] for x in flow)
     [rejected] = [x for x in events if x["before"]["dport"] == 81]
     assert rejected["outcome"] == "REJECT_PORT_UNSERVED" and rejected["after"]["proto"] == "ICMP"
-    # the flag is off again: a connection after the trace made no event (none to read) and the
-    # config says so
+    # the trace has stopped: its flag is off on every node
     config = json.loads(cli("maps", ebpf_lab, "config", "--json").stdout)
     assert all(not node["config"]["trace"] for node in config.values())
 
@@ -170,5 +175,21 @@ def test_trace_on_nftables_shows_the_chains_netfilter_walked():
         # the trace table is gone with the trace
         listing = netns.run(f"dp-{name}.node1", ["nft", "list", "tables"], timeout=30).stdout
         assert "dataplane-trace" not in listing
+        # a trace killed outright leaves its table: the agent removes it once nobody holds the lock
+        import os
+        import signal
+        proc = traced(name, "--node", "node1", seconds=60)
+        assert "dataplane-trace" in netns.run(f"dp-{name}.node1", ["nft", "list", "tables"], timeout=30).stdout
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and "dataplane-trace" in netns.run(
+                f"dp-{name}.node1", ["nft", "list", "tables"], timeout=30).stdout:
+            time.sleep(0.5)
+        assert "dataplane-trace" not in netns.run(f"dp-{name}.node1", ["nft", "list", "tables"], timeout=30).stdout
+        assert "the trace table dataplane-trace removed (its reader is gone)" in cli("status", name).stdout
+        monitors = [p for p in netns.pids_in(f"dp-{name}.node1")
+                    if open(f"/proc/{p}/cmdline", "rb").read().startswith(b"nft\0monitor")]
+        assert monitors == []
     finally:
         cli("down", name)

@@ -27,9 +27,11 @@ def run(scenario: str, client: str, to: str, protocol=None, backends=ex.BACKENDS
     ("clusterip.yaml", "pod/client", "service/web", "DNAT", WEB, False),
     ("clusterip.yaml", "pod/client", "service/web:dns", "DNAT", WEB, False),
     # a port the cluster IP does not serve: no candidates; rejected, but iptables mode has no rule
-    # for it and lets it be routed on (docs/differences.md, cluster-ip-unserved-port)
-    ("clusterip.yaml", "pod/client", "10.96.0.10:81", {"ebpf": "REJECT", "iptables": "ACCEPT", "nftables": "REJECT"},
-     set(), False),
+    # for it and lets it be routed on (docs/differences.md, cluster-ip-unserved-port), where
+    # ip-masq-agent masquerades it (the service CIDR is no non-masquerade destination)
+    ("clusterip.yaml", "pod/client", "10.96.0.10:81",
+     {"ebpf": "REJECT", "iptables": "ACCEPT, masqueraded", "nftables": "REJECT"}, set(),
+     {"iptables": True, "nftables": False}),
     # a node port with externalTrafficPolicy Local on a node with the endpoint: that one only
     ("nodeport.yaml", "host/ext", "node/node2:30081", "DNAT", {"10.0.2.2:8080"}, False),
     # a node's own process: the eBPF socket hook picks the backend at connect(); kube-proxy's OUTPUT chains,
@@ -50,7 +52,8 @@ def test_every_backend_explains_the_same_candidates_and_verdict(scenario, client
         if verdict == "DNAT":
             assert e.chosen in candidates
     for backend in ("iptables", "nftables"):
-        assert any("masquerade" in n for n in out[backend].notes) == masquerade, out[backend].notes
+        want = masquerade[backend] if isinstance(masquerade, dict) else masquerade
+        assert any(n.startswith("masqueraded:") for n in out[backend].notes) == want, out[backend].notes
 
 
 def test_the_ebpf_explanation_walks_the_hooks_of_the_first_packet_and_its_reply():
@@ -108,3 +111,11 @@ def test_a_frontend_from_outside_is_met_by_the_node_the_underlay_routes_it_to():
     for ip, node in routes.items():
         assert ex.resolve(sc, sc.services, "host/ext", f"{ip}:80", None).node == node
     assert ex.resolve(sc, sc.services, "host/ext", "node/node2:30081", None).node == "node2"
+
+
+def test_egress_masquerade_is_explained_on_every_backend_it_is_walked_on():
+    out = run("lessons/07-masquerade.yaml", "pod/client", "10.128.1.1:8080")
+    assert out["ebpf"].verdict == "ACCEPT, masqueraded" and out["iptables"].verdict == "ACCEPT, masqueraded"
+    assert any("M_SNAT_NEW" in s for s in out["ebpf"].steps)
+    # nftables mode leaves egress masquerade to ip-masq-agent's iptables rules, which its walk does not read
+    assert out["nftables"].verdict == "ACCEPT" and any("ip-masq-agent" in n for n in out["nftables"].notes)

@@ -25,7 +25,8 @@ CT_FLAGS = {v: k[len("CT_F_"):].lower() for k, v in DEFINES.items()
             if k.startswith("CT_F_") and k != "CT_F_CLOSED_BOTH"}
 SVC_FLAGS = {v: k[len("SVC_F_"):].lower() for k, v in DEFINES.items() if k.startswith("SVC_F_")}
 # what `dataplane maps` can show, in order; each a map, or a view of one
-SECTIONS = ("services", "conntrack", "snat", "affinity", "lb_sources", "nonmasq", "addresses", "config", "metrics")
+SECTIONS = ("services", "conntrack", "snat", "nosnat", "affinity", "affinity_match", "sock_revnat", "frags",
+            "lb_sources", "nonmasq", "addresses", "config", "metrics")
 
 
 def _ip(be32: int) -> str:
@@ -100,8 +101,9 @@ class NodeMapsView:
         return {s["svc_id"]: s for s in self.services()}
 
     def conntrack(self) -> list[dict]:
-        """Service flows: one per CT_SERVICE entry with its reply entry found (a flow whose other
-        half is gone shows with the half it has)."""
+        """Service flows' entries: `service` (the client's packets as sent, translated to the
+        backend) and `reply` (the backend's, translated back to the frontend), one line each; a
+        flow whose other half was evicted shows with the half it has."""
         now = self.now()
         by_id = self._services_by_id()
         out = []
@@ -117,25 +119,65 @@ class NodeMapsView:
                     "state": _state(proto, v["flags"]), "remaining": max(0, (v["expires"] - now) // 10**9),
                     "expired": v["expires"] <= now, "svc_id": v["svc_id"], "backend_id": v["backend_id"],
                     "service": svc.get("service") or svc.get("frontend")}
-            if v["flags"] & DEFINES["CT_F_HAIRPIN"] and k["dir"] == DEFINES["CT_SERVICE"]:
+            if k["dir"] == DEFINES["CT_SERVICE"] and v["snat_addr"]:
+                # hairpin, externalTrafficPolicy Cluster, an off-cluster client: the backend sees the node
                 flow["masqueraded_as"] = _endpoint(v["snat_addr"], v["snat_port"])
             out.append(flow)
         return sorted(out, key=lambda f: (f["entry"] != "service", f["tuple"]))
 
     def snat(self) -> list[dict]:
-        """Masquerade mappings: each SNAT_OUT entry (pod -> remote, leaving as node IP:port)."""
+        """Masquerade mappings, both halves: `out` (SNAT_OUT: the pod -> remote packets as sent,
+        leaving as node IP:port) and `in` (SNAT_IN: the remote's answers to node IP:port, back to
+        the pod, or for a hairpin flow to the client from the frontend)."""
         now = self.now()
         out = []
         for e in self.raw("conntrack"):
             k, v = e["key"], e["value"]
-            if k["dir"] != DEFINES["CT_SNAT_OUT"]:
+            if k["dir"] not in (DEFINES["CT_SNAT_OUT"], DEFINES["CT_SNAT_IN"]):
                 continue
             proto = PROTOCOLS.get(k["proto"], str(k["proto"]))
-            out.append({"proto": proto, "from": _endpoint(k["saddr"], k["sport"]),
-                        "to": _endpoint(k["daddr"], k["dport"]), "as": _endpoint(v["nat_addr"], v["nat_port"]),
+            half = "out" if k["dir"] == DEFINES["CT_SNAT_OUT"] else "in"
+            out.append({"half": half, "proto": proto, "from": _endpoint(k["saddr"], k["sport"]),
+                        "to": _endpoint(k["daddr"], k["dport"]), "becomes": _endpoint(v["nat_addr"], v["nat_port"]),
                         "flags": _flags(v["flags"], CT_FLAGS), "state": _state(proto, v["flags"]),
                         "remaining": max(0, (v["expires"] - now) // 10**9), "expired": v["expires"] <= now})
-        return sorted(out, key=lambda m: (m["from"], m["to"]))
+        return sorted(out, key=lambda m: (m["half"] != "out", m["from"], m["to"]))
+
+    def nosnat(self) -> list[dict]:
+        """Reply tuples of UDP flows a remote began to a pod: the pod's answers are never masqueraded."""
+        now = self.now()
+        return sorted(({"tuple": f"{_endpoint(e['key']['saddr'], e['key']['sport'])} -> "
+                                 f"{_endpoint(e['key']['daddr'], e['key']['dport'])}",
+                        "remaining": max(0, (e["value"]["expires"] - now) // 10**9)}
+                       for e in self.raw("nosnat")), key=lambda r: r["tuple"])
+
+    def affinity_match(self) -> list[dict]:
+        """Which backends count for each service port with affinity (a remembered backend not here
+        is not chosen again)."""
+        by_id = self._services_by_id()
+        backends = {e["key"]: e["value"] for e in self.raw("backends")}
+        rows = {}
+        for e in self.raw("affinity_match"):
+            k = e["key"]
+            b = backends.get(k["backend_id"])
+            svc = by_id.get(k["svc_id"], {})
+            row = rows.setdefault(k["svc_id"], {"svc_id": k["svc_id"], "service": svc.get("service") or svc.get("frontend"),
+                                                "eligible": []})
+            row["eligible"].append(_endpoint(b["addr"], b["port"]) if b else f"backend {k['backend_id']}")
+        return [dict(r, eligible=sorted(r["eligible"])) for _, r in sorted(rows.items())]
+
+    def sock_revnat(self) -> list[dict]:
+        """Node processes' sockets sent to a backend by the socket hooks: the frontend they asked for."""
+        return sorted(({"cookie": e["key"]["cookie"], "backend": _endpoint(e["key"]["addr"], e["key"]["port"]),
+                        "frontend": f"{_endpoint(e['value']['addr'], e['value']['port'])}/"
+                                    f"{PROTOCOLS.get(e['value']['proto'], e['value']['proto'])}"}
+                       for e in self.raw("sock_revnat")), key=lambda r: r["cookie"])
+
+    def frags(self) -> list[dict]:
+        """Fragmented datagrams in flight: the first fragment's ports, for the later ones."""
+        return [{"datagram": f"{_ip(e['key']['saddr'])} -> {_ip(e['key']['daddr'])} id {socket.ntohs(e['key']['id'])} "
+                             f"proto {e['key']['proto']}",
+                 "ports": f"{_port(e['value']['sport'])} -> {_port(e['value']['dport'])}"} for e in self.raw("frags")]
 
     def affinity(self) -> list[dict]:
         now = self.now()
@@ -190,15 +232,17 @@ class NodeMapsView:
         return out
 
     def section(self, name: str):
-        return {"services": self.services, "conntrack": self.conntrack, "snat": self.snat,
-                "affinity": self.affinity, "lb_sources": self.lb_sources, "nonmasq": self.nonmasq,
+        return {"services": self.services, "conntrack": self.conntrack, "snat": self.snat, "nosnat": self.nosnat,
+                "affinity": self.affinity, "affinity_match": self.affinity_match, "sock_revnat": self.sock_revnat,
+                "frags": self.frags, "lb_sources": self.lb_sources, "nonmasq": self.nonmasq,
                 "addresses": self.addresses, "config": self.config_view, "metrics": self.metrics}[name]()
 
 
 def _state(proto: str, flags: int) -> str:
-    """A flow's state in conntrack's words."""
+    """A flow's state in conntrack's words. The programs track state for TCP only: a UDP flow
+    lives by its lifetime, renewed by every packet either way (lib/conntrack.h)."""
     if proto != "TCP":
-        return "replied" if flags & DEFINES["CT_F_SEEN_REPLY"] else "unreplied"
+        return "live (no state kept for UDP)"
     if flags & DEFINES["CT_F_RST"]:
         return "reset"
     closing = flags & (DEFINES["CT_F_FIN_ORIG"] | DEFINES["CT_F_FIN_REPLY"])
@@ -245,8 +289,25 @@ def _fmt_conntrack(rows):
 
 
 def _fmt_snat(rows):
-    return [f"{m['proto']} {m['from']} -> {m['to']} leaves as {m['as']}  {m['state']}, {m['remaining']}s left"
+    return [f"{m['half']:3} {m['proto']} {m['from']} -> {m['to']} "
+            f"{'leaves as' if m['half'] == 'out' else 'goes to'} {m['becomes']}  {m['state']}, {m['remaining']}s left"
             f"{' (expired)' if m['expired'] else ''}" for m in rows]
+
+
+def _fmt_nosnat(rows):
+    return [f"{r['tuple']}  (answers never masqueraded), {r['remaining']}s left" for r in rows]
+
+
+def _fmt_affinity_match(rows):
+    return [f"{r['service'] or 'id ' + str(r['svc_id'])}: {', '.join(r['eligible'])}" for r in rows]
+
+
+def _fmt_sock_revnat(rows):
+    return [f"socket {r['cookie']} -> {r['backend']} shown as {r['frontend']}" for r in rows]
+
+
+def _fmt_frags(rows):
+    return [f"{r['datagram']}: ports {r['ports']}" for r in rows]
 
 
 def _fmt_affinity(rows):
@@ -270,6 +331,8 @@ def _fmt_dict(d):
     return [f"{k} {v}" for k, v in d.items()]
 
 
-_FORMAT = {"services": _fmt_services, "conntrack": _fmt_conntrack, "snat": _fmt_snat, "affinity": _fmt_affinity,
+_FORMAT = {"services": _fmt_services, "conntrack": _fmt_conntrack, "snat": _fmt_snat, "nosnat": _fmt_nosnat,
+           "affinity_match": _fmt_affinity_match, "sock_revnat": _fmt_sock_revnat, "frags": _fmt_frags,
+           "affinity": _fmt_affinity,
            "lb_sources": _fmt_lb_sources, "nonmasq": _fmt_list, "addresses": _fmt_addresses, "config": _fmt_dict,
            "metrics": _fmt_dict}

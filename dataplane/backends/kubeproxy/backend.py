@@ -33,6 +33,14 @@ def run_tool(ns: str, argv: list[str], input: str | None = None, what: str = "")
     return proc.stdout
 
 
+def _cmdline(pid: int) -> list[bytes]:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().split(b"\0")
+    except OSError:
+        return []
+
+
 def without_counters(saved: str) -> str:
     """iptables-save output as a fingerprint: no comment lines (timestamps), no packet and byte
     counters (`:POSTROUTING ACCEPT [812:48720]`: traffic changes them, not drift)."""
@@ -125,6 +133,10 @@ class KubeProxyBackend(HealthCheckServing, Backend):
             proc = netns.run(ns, ["nft", "delete", "table", "ip", NFT_TRACE_TABLE], timeout=30)
             if proc.returncode == 0:
                 removed.append(f"{node}: the trace table {NFT_TRACE_TABLE} removed (its reader is gone)")
+            monitors = [pid for pid in netns.pids_in(ns) if _cmdline(pid)[:3] == [b"nft", b"monitor", b"trace"]]
+            if monitors:
+                netns.stop(monitors)
+                removed.append(f"{node}: the dead trace's `nft monitor trace` stopped")
         try:
             os.unlink(state.trace_marker_path(lab))
         except FileNotFoundError:

@@ -26,8 +26,10 @@ no trace attached), PATH+trace (a trace attached: the trace flag set, every deci
 written to the ring buffer, which the bench drains after each chunk, untimed, as a reader keeping
 up would, counting the events) and PATH-notrace (a second build of the programs without any trace
 code, DP_TRACE_COMPILED_OUT). detached − notrace is what the trace notes cost while nobody traces;
-+trace − detached what a trace attached costs. (These use at most MAX_CALLS / 2 calls: an attached
-new flow needs source ports of its own.)
++trace − detached what a trace attached costs. Each variant runs on a program instance of its own
+that nothing else runs on (two instances of the build, one of the build without trace code), its
+maps filled alike: a flow table's history (what ran on it before) changes how fast it takes new
+entries, by hundreds of ns on the new-flow path.
 
 Percentiles (p50, p90, p99) are of the CALLS single runs; conntrack is emptied between fills, and
 before each traced path (which then sets its own connection up again).
@@ -111,7 +113,7 @@ class Bench:
         from ...contract.render import Ids, NodeConfig, NodeMaps
         from ...lab import netns
         self.progress = progress
-        self.bare = None
+        self.bare = self.traced = self.plain = None
         self.ns = f"dp-bench{os.getpid()}.node1"
         netns.remove(self.ns)
         netns.create(self.ns)
@@ -124,9 +126,17 @@ class Bench:
             progress("compiling bpf/dataplane.c")
             self.prog = NodeProgram("node1", self.ns, NODE_IP)
             self.prog.load(seed=1, origins=origins)
+            # for the tracing comparison, three instances used by nothing else (an instance's maps
+            # carry the history of every path timed on it, and a flow table's history changes how
+            # fast it takes new entries): this build twice (detached, attached), and the build
+            # without trace code
+            self.plain = NodeProgram("node1", self.ns, NODE_IP)
+            self.plain.load(seed=1)
+            self.traced = NodeProgram("node1", self.ns, NODE_IP)
+            self.traced.load(seed=1)
             self.bare = NodeProgram("node1", self.ns, NODE_IP)
             self.bare.load(seed=1, without_tracing=True)
-            for prog in (self.prog, self.bare):
+            for prog in (self.prog, self.plain, self.traced, self.bare):
                 prog.set_node_config(NodeConfig(NODE_IP, IPv4Network("10.0.0.0/16"), masquerade=True,
                                                 non_masquerade=(IPv4Network("10.0.0.0/16"),)))
             from bcc import BPF
@@ -135,12 +145,13 @@ class Bench:
         except BaseException:
             self.close()
             raise
-        self.ids, self.current, self.bare_ids, self.bare_current = Ids(), NodeMaps(), Ids(), NodeMaps()
+        self.ids, self.current = Ids(), NodeMaps()
+        self.others = {id(p): (Ids(), NodeMaps()) for p in (self.plain, self.traced, self.bare)}
 
     def close(self) -> None:
         from ...lab import netns
         try:
-            for prog in (self.prog, self.bare):
+            for prog in (self.prog, self.plain, self.traced, self.bare):
                 if prog is not None:
                     prog.close()
             if self.floor_bpf is not None:
@@ -156,10 +167,12 @@ class Bench:
         apply(self.prog, self.current, desired)
         self.current = desired
         self.prog.table("conntrack").clear()
-        bare = render_node(t, "node1", self.bare_ids, NODE_IP)
-        apply(self.bare, self.bare_current, bare)
-        self.bare_current = bare
-        self.bare.table("conntrack").clear()
+        for prog in (self.plain, self.traced, self.bare):
+            ids, current = self.others[id(prog)]
+            desired = render_node(t, "node1", ids, NODE_IP)
+            apply(prog, current, desired)
+            self.others[id(prog)] = (ids, desired)
+            prog.table("conntrack").clear()
 
     def _run(self, fn: str | int, data: bytes, prog=None):
         from ...backends.ebpf.testrun import run
@@ -194,29 +207,29 @@ class Bench:
             grew = {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
             results.append(_summary(path, n, times, verdict, grew))
         for path in TRACED:
-            results += self._with_and_without_tracing(path, n, min(calls, MAX_CALLS // 2), rng)
+            results += self._with_and_without_tracing(path, n, calls, rng)
         return results
 
     def _with_and_without_tracing(self, path: str, n: int, calls: int, rng: random.Random) -> list[PathResult]:
-        """PATH-detached (this build, no trace attached), PATH+trace (this build, a trace attached:
-        the ring buffer drained after each chunk, untimed) and PATH-notrace (the build without
-        trace code), timed in alternating chunks of DRAIN_EVERY calls, so that the machine's drift
-        falls on all three. Each build's connection is set up in its own maps; on this build a new
-        flow's attached frames use source ports of their own (they would be known flows else)."""
-        for prog in (self.prog, self.bare):
+        """PATH-detached (this build, no trace attached), PATH+trace (another instance of this
+        build, a trace attached: its ring buffer drained after each chunk, untimed) and
+        PATH-notrace (the build without trace code), timed in alternating chunks of DRAIN_EVERY
+        calls, so that the machine's drift falls on all three; each on an instance of its own
+        that only these comparisons use, maps filled alike, its connection set up in them."""
+        for prog in (self.plain, self.traced, self.bare):
             prog.table("conntrack").clear()
             prog.table("affinity").clear()
         seed = rng.random()          # the same frames for every variant (new-flow's services drawn alike)
-        variants = (("-detached", self.prog, False, 0), ("+trace", self.prog, True, calls), ("-notrace", self.bare, False, 0))
-        frames = {name: self.path_frames(path, n, calls, random.Random(seed), prog=prog, port_offset=offset)
-                  for name, prog, _, offset in variants}
+        variants = (("-detached", self.plain, False), ("+trace", self.traced, True), ("-notrace", self.bare, False))
+        frames = {name: self.path_frames(path, n, calls, random.Random(seed), prog=prog)
+                  for name, prog, _ in variants}
         times = {name: [] for name, *_ in variants}
         verdicts = {name: set() for name, *_ in variants}
-        events = self._count_events()
+        events = self._count_events(self.traced)
         before = {name: prog.metrics() for name, prog, *_ in variants}
         grew = {}
         for i in range(0, calls, DRAIN_EVERY):
-            for name, prog, traced, _ in variants:
+            for name, prog, traced in variants:
                 fn, batch = frames[name]
                 if traced:
                     prog.trace_flag(True)
@@ -228,15 +241,10 @@ class Bench:
                         prog.bpf.ring_buffer_consume()
                 times[name] += t
                 verdicts[name].add(v)
-                # the counters of this build's two variants are told apart chunk by chunk
-                after = prog.metrics()
-                step = {k: v - before[name].get(k, 0) for k, v in after.items() if v != before[name].get(k, 0)}
-                for k, v in step.items():
-                    grew.setdefault(name, {})[k] = grew.get(name, {}).get(k, 0) + v
-                for other, p2, *_ in variants:
-                    if p2 is prog:
-                        before[other] = after
         out = []
+        for name, prog, _ in variants:
+            after = prog.metrics()
+            grew[name] = {k: v - before[name].get(k, 0) for k, v in after.items() if v != before[name].get(k, 0)}
         for name, *_ in variants:
             counters = grew.get(name, {})
             if name == "+trace":
@@ -244,25 +252,22 @@ class Bench:
             out.append(_summary(f"{path}{name}", n, times[name], "/".join(sorted(verdicts[name])), counters))
         return out
 
-    def _count_events(self):
-        """A counter of the trace events this build sends from now on (its ring buffer read here)."""
+    def _count_events(self, prog):
+        """A counter of the trace events `prog` sends from now on (its ring buffer read here)."""
         count = [0]
         if not getattr(self, "_ring_open", False):
-            self.prog.table("trace_events").open_ring_buffer(lambda ctx, data, size: self._on_event())
+            prog.table("trace_events").open_ring_buffer(lambda ctx, data, size: self._on_event())
             self._ring_open = True
         self._on_event = lambda: count.__setitem__(0, count[0] + 1)
-        self.prog.bpf.ring_buffer_consume()
+        prog.bpf.ring_buffer_consume()
         count[0] = 0
         return lambda: count[0]
 
-    def path_frames(self, path: str, n: int, calls: int, rng: random.Random, prog=None,
-                    port_offset: int = 0) -> tuple[str, list]:
+    def path_frames(self, path: str, n: int, calls: int, rng: random.Random, prog=None) -> tuple[str, list]:
         """(entry point, CALLS frames) of one path at fill n (installed by fill), with the
-        connection it needs set up first (in `prog`'s maps: the bench's build by default); new
-        flows from source ports NEW_FLOW_PORTS + port_offset on."""
+        connection it needs set up first (in `prog`'s maps: the bench's first instance by default)."""
         vip = lambda i: str(IPv4Address("10.96.0.1") + i)     # noqa: E731
-        first = NEW_FLOW_PORTS + port_offset
-        sports = list(range(first, first + calls))
+        sports = list(range(NEW_FLOW_PORTS, NEW_FLOW_PORTS + calls))
         frames = {
             "floor": lambda: ("floor", [_frame(CLIENT, OTHER_POD, _tcp(40000, 8080, "A"))] * calls),
             "not-service": lambda: ("from_pod", [_frame(CLIENT, OTHER_POD, _tcp(40000, 8080, "A"))] * calls),

@@ -205,7 +205,7 @@ class _Packet:
         if self.dropped():
             # a reject is a drop and an ICMP error sent back: the trace says drop, the rule says why
             rule = next(r for _, _, r, v in self.steps if v == "drop")
-            return "reject" if re.search(r"\breject\b", rule) else "drop"
+            return "reject" if re.search(r"\breject\b", rule, re.IGNORECASE) else "drop"
         return next((v for *_, v in reversed(self.steps) if v in TERMINAL), "accept")
 
     def _dnat(self, first: dict) -> str | None:

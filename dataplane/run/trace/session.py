@@ -36,8 +36,9 @@ class Selection:
         if self.pod_addresses and not self.pod_addresses & touched:
             return False
         if self.services:
-            named = (e.get("service") or "").split(":", 1)[0] in self.services
-            return named or bool(self.service_addresses & touched)
+            if e.get("service"):            # an event that names its service is judged by the name
+                return e["service"].split(":", 1)[0] in self.services
+            return bool(self.service_addresses & touched)
         return True
 
 
@@ -73,6 +74,8 @@ def select(record, table, nodes=(), pods=(), services=(), topology=None) -> Sele
         sel.service_addresses |= {str(a) for a in (svc.cluster_ip, *svc.external_ips, *svc.load_balancer_ips)
                                   if a is not None}
         sel.service_addresses |= {str(ep.address) for ep in svc.endpoints}
+        if any(sp.node_port for sp in svc.ports):        # its node ports: every node's address
+            sel.service_addresses |= {record.addresses[n] for n, r in record.roles.items() if r == "node"}
     return sel
 
 
@@ -163,11 +166,15 @@ class TraceSession:
         return said
 
     def poll(self, timeout: float = 0.2) -> list[dict]:
-        """The events that arrived, oldest first, those selected only."""
+        """The events that arrived, oldest first, those selected only. With the eBPF programs'
+        own events, the kernel's record of their drops (TC_INGRESS, TC_EGRESS: a program said
+        TC_ACT_SHOT) is left out: their event names the reason already."""
         out = []
         share = max(timeout / max(len(self.readers), 1), 0.01)
+        ebpf = self.record.backend == "ebpf"
         for r in self.readers:
-            out += _poll(r, share)
+            out += [e for e in _poll(r, share)
+                    if not (ebpf and e.get("source") == "drop" and e.get("reason") in ("TC_INGRESS", "TC_EGRESS"))]
         return sorted((e for e in out if self.selection.wants(e)), key=lambda e: e.get("time", 0.0))
 
     def lost(self) -> int:
