@@ -137,8 +137,12 @@ class NodeMapsView:
                 continue
             proto = PROTOCOLS.get(k["proto"], str(k["proto"]))
             half = "out" if k["dir"] == DEFINES["CT_SNAT_OUT"] else "in"
+            becomes = _endpoint(v["nat_addr"], v["nat_port"])
+            if half == "in" and v["flags"] & DEFINES["CT_F_HAIRPIN"]:
+                # a hairpin flow's answer goes back to the client (snat_*), from the frontend (nat_*)
+                becomes = f"{_endpoint(v['snat_addr'], v['snat_port'])} from {becomes}"
             out.append({"half": half, "proto": proto, "from": _endpoint(k["saddr"], k["sport"]),
-                        "to": _endpoint(k["daddr"], k["dport"]), "becomes": _endpoint(v["nat_addr"], v["nat_port"]),
+                        "to": _endpoint(k["daddr"], k["dport"]), "becomes": becomes,
                         "flags": _flags(v["flags"], CT_FLAGS), "state": _state(proto, v["flags"]),
                         "remaining": max(0, (v["expires"] - now) // 10**9), "expired": v["expires"] <= now})
         return sorted(out, key=lambda m: (m["half"] != "out", m["from"], m["to"]))

@@ -238,8 +238,8 @@ def describe(e: dict) -> str:
         why.append(f"backend {e['backend'] or e['backend_id']} {how}")
     elif "conntrack" in e:
         c = e["conntrack"]
-        why.append(f"{c['entry']} -> {e['backend'] or e['backend_id']}, {','.join(c['flags']) or 'new'}, "
-                   f"{c['remaining']}s left")
+        to = f" -> {e['backend'] or e['backend_id']}" if e["backend_id"] else ""     # a masquerade has none
+        why.append(f"{c['entry']}{to}, {','.join(c['flags']) or 'no reply yet'}, {c['remaining']}s left")
     if "snat" in e:
         why.append(f"node port {e['snat']['port']} after {e['snat']['tries']} tries" if e["snat"]["tries"]
                    else f"node port {e['snat']['port']}")
