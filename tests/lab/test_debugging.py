@@ -31,7 +31,13 @@ CONNECT = """
 import socket, sys
 s = socket.create_connection(("{vip}", 80), timeout=3)
 s.sendall(b"GET /hostname HTTP/1.0\\r\\n\\r\\n")
-print(s.recv(1000).split(b"\\r\\n\\r\\n")[-1].decode())
+data = b""
+while True:                     # HTTP/1.0: the server closes after its answer
+    chunk = s.recv(1000)
+    if not chunk:
+        break
+    data += chunk
+print(data.split(b"\\r\\n\\r\\n", 1)[-1].decode().strip())
 s.close()
 try:
     socket.create_connection(("{vip}", 81), timeout=3)
