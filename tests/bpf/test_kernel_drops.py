@@ -109,8 +109,7 @@ def test_btf_offsets_agree_with_a_compiler_laying_out_the_same_btf(btf, tmp_path
     """bpftool's `format c` of the same BTF, laid out by gcc: offsetof for every define the program
     uses (through sk_buff's anonymous unions and struct_group), and a bitfield's bit found by
     setting it in a zeroed struct."""
-    if not shutil.which("gcc"):
-        pytest.skip("gcc is needed to lay out vmlinux.h")
+    assert shutil.which("gcc"), "gcc lays out vmlinux.h here; make setup installs it"
     header = subprocess.run(["bpftool", "btf", "dump", "file", drops.BTF_VMLINUX, "format", "c"],
                             capture_output=True, text=True, check=True).stdout
     (tmp_path / "vmlinux.h").write_text(header)
@@ -202,8 +201,7 @@ def test_a_udp_datagram_to_a_closed_port_is_a_no_socket_drop_in_its_namespace(la
 
 
 def test_a_syn_dropped_by_an_nft_rule_is_a_netfilter_drop(labns):
-    if not shutil.which("nft"):
-        pytest.skip("nft is not installed")
+    assert shutil.which("nft"), "make setup installs nft"
     rules = """
         table inet droptest {
             chain input { type filter hook input priority 0; policy accept; tcp dport 4242 drop; }
@@ -224,8 +222,7 @@ def test_a_drop_before_the_packet_has_a_device_is_placed_by_its_socket(labns, mo
     """An nft OUTPUT drop comes before ip_output gives the skb a device: only its socket
     (sock.__sk_common.skc_net) says where it is. With the device route made to miss (DEV_NET at
     a wrong offset), the drop is still placed in A: the socket route works on its own."""
-    if not shutil.which("nft"):
-        pytest.skip("nft is not installed")
+    assert shutil.which("nft"), "make setup installs nft"
     rules = """
         table inet droptest {
             chain output { type filter hook output priority 0; policy accept; udp dport 4646 drop; }
