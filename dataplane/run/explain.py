@@ -98,7 +98,8 @@ def resolve(scenario: Scenario, table, client: str, to: str, protocol: str | Non
         except ValueError:
             raise DataplaneError(f"--to {to!r}: expected service/NAME[:PORT], node/NAME:PORT or ADDRESS:PORT") from None
         target = Target(name, role, obj.ip, node or "", addr, port, protocol or "TCP")
-    if role == "host":
+    if role == "host" or _node_port_elsewhere(scenario, table, target):
+        # from outside, or to a node port of another node: that node decides
         target.node = entry_node(scenario, target.addr)
     return target
 
@@ -116,8 +117,20 @@ def target_of_check(scenario: Scenario, table, step) -> Target:
             service = svc.key
             sp = next((p for p in svc.ports if p.port == step.port and p.protocol == step.protocol), None)
             port_name = sp.name if sp else ""
-    return Target(step.client, role, obj.ip, node or topo.nodes[0].name, step.ip, step.port, step.protocol,
-                  service, port_name)
+    target = Target(step.client, role, obj.ip, node or topo.nodes[0].name, step.ip, step.port, step.protocol,
+                    service, port_name)
+    if _node_port_elsewhere(scenario, table, target):
+        target.node = entry_node(scenario, step.ip)      # a node port of another node: that node decides
+    return target
+
+
+def _node_port_elsewhere(scenario: Scenario, table, target: Target) -> bool:
+    """Is the target a node port of a node other than the client's own?"""
+    owner = _node_of_address(scenario.topology, target.addr)
+    if owner is None or owner == target.node:
+        return False
+    fronts = frontends(table, owner, scenario.topology.node(owner).ip)
+    return fronts.find(target.addr, target.port, PROTOCOL_NUMBERS[target.protocol]) is not None
 
 
 def _role(topo, name: str) -> str | None:
@@ -177,6 +190,10 @@ def explain_ebpf(scenario: Scenario, table, target: Target, seed: int = 0) -> Ex
         ex.steps.append(f"{target.node}: {target.addr}:{target.port}/{target.protocol} is no frontend of this node"
                         + (" (a cluster IP on a port it does not serve: rejected)"
                            if fronts.is_cluster_ip(target.addr) else ": passed untranslated"))
+    elif not front.admits(target.client_ip):
+        ex.steps.append(f"{target.node}: frontend {front.addr}:{front.port}/{target.protocol} of {front.service} "
+                        f"does not admit {target.client_ip} (loadBalancerSourceRanges): dropped before a backend "
+                        f"is chosen")
     else:
         ex.candidates = [f"{b.addr}:{b.port}" for b in front.targets]
         kind = "the pods' own entry (externalTrafficPolicy Local short-circuit)" if front.users == "pods" else "entry"
@@ -194,7 +211,21 @@ def explain_ebpf(scenario: Scenario, table, target: Target, seed: int = 0) -> Ex
                         f"conntrack entries")
     ex.chosen = next((c for c in net.dnat_to), None)
     outcome = result.get("outcome")
-    ex.verdict = {"reachable": "DNAT" if ex.chosen else "ACCEPT", "refused": "REJECT"}.get(outcome, "DROP")
+    # the verdict is the programs' (the first decision that is not a pass); the request's end, which
+    # the network and the server decide too, is a note
+    decided = net.decisions[0] if net.decisions else None
+    if ex.chosen:
+        ex.verdict = "DNAT"
+    elif decided and decided.startswith("REJECT"):
+        ex.verdict = "REJECT"
+    elif decided and decided.startswith("DROP"):
+        ex.verdict = "DROP"
+    elif front is not None and not net.lines:
+        # no hook saw the packet (the network dropped it before a node): what the node would do
+        ex.verdict = "DNAT" if front.targets and not front.local_only else "DROP"
+        ex.notes.append(f"no packet reached a dataplane hook: the verdict is {target.node}'s frontend's")
+    else:
+        ex.verdict = "ACCEPT"
     if ex.verdict == "ACCEPT" and net.masqueraded:
         ex.verdict = "ACCEPT, masqueraded"
     if outcome == "reachable" and ex.chosen:
@@ -220,6 +251,7 @@ class _TracedSimNet:
                     if where == (None, None):
                         self.lines.append(f"{sim.obj} sock_connect4 {name} -> {dst}:{port}: refused at connect() "
                                           f"(ECONNREFUSED), as kube-proxy's REJECT")
+                        self.decisions.append("REJECT (at connect)")
                     elif (IPv4Address(where[0]), where[1]) != (IPv4Address(dst), port):
                         self.lines.append(f"{sim.obj} sock_connect4 {name} -> {dst}:{port}: M_SOCK_LB — the socket "
                                           f"connects to backend {where[0]}:{where[1]} (the frontend is kept for "
@@ -251,6 +283,7 @@ class _TracedSimNet:
                         if r.verdict != "drop" and after != before:
                             line += f" => {after}"
                         self.lines.append(line)
+                        self.decisions.append(r.reason)
                         if r.reason == "M_DNAT_NEW":
                             self.dnat_to.append(after.split(" -> ")[1].split(" ")[0])
                         if r.reason == "M_SNAT_NEW":
@@ -261,6 +294,7 @@ class _TracedSimNet:
 
         net = Traced(plan, table, seed)
         net.lines, net.dnat_to, net.seen, net.repeated, net.masqueraded = [], [], set(), 0, False
+        net.decisions = []
         return net
 
 
@@ -291,7 +325,7 @@ def rules_offline(mode: str, scenario: Scenario, table, node: str) -> str:
     from ..backends.iptables.render import render
     from ..backends.kubeproxy.masq_agent import masq_agent_text
     # ip-masq-agent's rules too, as a node holds them beside kube-proxy's (egress masquerade)
-    return render(table, scenario.topology, node).restore_text() + masq_agent_text(scenario.topology)
+    return render(table, scenario.topology, node).restore_text() + (masq_agent_text(scenario.topology) or "")
 
 
 def explain_kube_proxy(mode: str, scenario: Scenario, target: Target, rules: str, source: str) -> Explanation:
@@ -365,7 +399,7 @@ def format_text(explanations: list) -> str:
                                               "DISAGREE on the candidates: " + "; ".join(
                                                   f"{b} {', '.join(v) or '(none)'}" for b, v in sets.items())))
         verdicts = {ex.backend: ex.verdict for ex in explanations}
-        if len(set(verdicts.values())) > 1:
+        if len({v.split(",")[0] for v in verdicts.values()}) > 1:
             lines.append("=== their verdicts differ: " + ", ".join(f"{b} {v}" for b, v in verdicts.items())
                          + " (docs/differences.md lists where kube-proxy's own modes disagree, and whom eBPF follows)")
     return "\n".join(lines) + "\n"
