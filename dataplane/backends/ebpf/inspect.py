@@ -55,7 +55,7 @@ class NodeMapsView:
         if not os.path.isdir(self.pins):
             raise LabError(f"no pinned eBPF maps for {node} under {self.pins}")
         self.frontends = frontends
-        self._cache: dict[str, list] = {}
+        self._cache: dict = {}          # map name -> its entries (and one derived view)
 
     def raw(self, name: str) -> list[dict]:
         if name not in self._cache:
@@ -98,7 +98,10 @@ class NodeMapsView:
         return out
 
     def _services_by_id(self) -> dict:
-        return {s["svc_id"]: s for s in self.services()}
+        """svc_id -> its service view, built once per view (each section naming services asks)."""
+        if "(services by id)" not in self._cache:
+            self._cache["(services by id)"] = {s["svc_id"]: s for s in self.services()}
+        return self._cache["(services by id)"]
 
     def conntrack(self) -> list[dict]:
         """Service flows' entries: `service` (the client's packets as sent, translated to the
